@@ -1,0 +1,190 @@
+//! The executor: runs plans through the cognition backend, off its mailbox,
+//! at most `concurrency` at a time (from `actors.toml`). Every job is written
+//! to the store before it starts and when it ends, with its process group, so
+//! that after a crash or `kill -9` the next executor kills what was left
+//! running and records those jobs as failed instead of losing them.
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::sync::{Semaphore, oneshot};
+use tokio::task::JoinSet;
+
+use super::{Context, load_snapshot, make_snapshot};
+use crate::cognition::Job;
+use crate::messages::{ActorKind, Common, ExecutorMsg, JobOutcome, JobStatus, Usage, inject};
+use crate::process;
+use crate::store::{JobRecord, now_ms};
+
+const KIND: ActorKind = ActorKind::Executor;
+const SCHEMA: u32 = 1;
+
+/// The executor's committed state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExecutorSnapshot {
+    pub jobs_completed: u64,
+    pub jobs_failed: u64,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+pub struct Executor;
+
+pub struct ExecutorState {
+    ctx: Context,
+    snapshot: ExecutorSnapshot,
+    slots: Arc<Semaphore>,
+    /// Running jobs; dropping the set (the actor died) aborts them, and the
+    /// process runner kills their process groups.
+    jobs: JoinSet<()>,
+}
+
+impl Actor for Executor {
+    type Msg = ExecutorMsg;
+    type State = ExecutorState;
+    type Arguments = Context;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ctx: Context,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or_default();
+        abandon_leftover_jobs(&ctx).await;
+        Ok(ExecutorState {
+            slots: Arc::new(Semaphore::new(ctx.tree.executor_concurrency)),
+            ctx,
+            snapshot,
+            jobs: JoinSet::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: ExecutorMsg,
+        state: &mut ExecutorState,
+    ) -> Result<(), ActorProcessingErr> {
+        while state.jobs.try_join_next().is_some() {}
+        match message {
+            ExecutorMsg::Capabilities(reply) => {
+                let _ = reply.send(state.ctx.backend.capabilities());
+            }
+            ExecutorMsg::Execute { plan, reply } => {
+                let ctx = state.ctx.clone();
+                let slots = state.slots.clone();
+                state.jobs.spawn(async move {
+                    let outcome = execute(&ctx, slots, plan).await;
+                    let _ = myself.cast(ExecutorMsg::JobDone { outcome, reply });
+                });
+            }
+            ExecutorMsg::JobDone { outcome, reply } => {
+                let s = &mut state.snapshot;
+                match outcome.status {
+                    JobStatus::Completed => s.jobs_completed += 1,
+                    _ => s.jobs_failed += 1,
+                }
+                s.input_tokens += outcome.usage.input_tokens;
+                s.output_tokens += outcome.usage.output_tokens;
+                s.cost_usd += outcome.usage.cost_usd;
+                let _ = reply.send(outcome);
+            }
+            ExecutorMsg::Common(common) => match common {
+                Common::Snapshot(reply) => {
+                    let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
+                }
+                Common::Revert(reply) => {
+                    let loaded = load_snapshot(&state.ctx.store, KIND, SCHEMA);
+                    let _ = reply.send(loaded.map(|s| state.snapshot = s.unwrap_or_default()));
+                }
+                Common::Fault(fault) => inject(KIND, fault)?,
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Runs one plan: waits for a slot, records the job, runs it, records the end.
+async fn execute(ctx: &Context, slots: Arc<Semaphore>, plan: crate::messages::Plan) -> JobOutcome {
+    let failed = |job_id: u64, error: String| JobOutcome {
+        job_id,
+        status: JobStatus::Failed,
+        output: String::new(),
+        error: Some(error),
+        usage: Usage::default(),
+        session_id: None,
+    };
+    let Ok(_slot) = slots.acquire_owned().await else {
+        return failed(0, "the executor is shutting down".into());
+    };
+    let id = match ctx.store.next_job_id() {
+        Ok(id) => id,
+        Err(error) => return failed(0, format!("cannot record the job: {error}")),
+    };
+    let mut record = JobRecord {
+        id,
+        iteration: plan.iteration,
+        backend: ctx.backend.name().to_string(),
+        capability: plan.capability.clone(),
+        status: "running".into(),
+        process_group: None,
+        started_at_ms: now_ms(),
+        ended_at_ms: None,
+        error: None,
+    };
+    if let Err(error) = ctx.store.put_job(&record).await {
+        return failed(id, format!("cannot record the job: {error}"));
+    }
+    let job = Job {
+        id,
+        capability: plan.capability.clone(),
+        prompt: plan.prompt.clone(),
+        cwd: ctx.workspace.path.clone(),
+        timeout: ctx.config.job_timeout,
+    };
+    let (started, group) = oneshot::channel();
+    let run = ctx.backend.run(job, started);
+    let note_group = async {
+        if let Ok(group) = group.await {
+            let mut running = record.clone();
+            running.process_group = Some(group);
+            let _ = ctx.store.put_job(&running).await;
+        }
+    };
+    let (outcome, ()) = tokio::join!(run, note_group);
+    record.status = outcome.status.as_str().to_string();
+    record.ended_at_ms = Some(now_ms());
+    record.error = outcome.error.clone();
+    if let Err(error) = ctx.store.put_job(&record).await {
+        tracing::warn!(job = id, %error, "cannot record the end of a job");
+    }
+    tracing::info!(
+        job = id,
+        capability = %plan.capability,
+        status = outcome.status.as_str(),
+        input_tokens = outcome.usage.input_tokens,
+        output_tokens = outcome.usage.output_tokens,
+        "job finished"
+    );
+    outcome
+}
+
+/// Jobs still marked running belong to an executor that died: kill what is
+/// left of their processes and record them as failed.
+async fn abandon_leftover_jobs(ctx: &Context) {
+    let Ok(jobs) = ctx.store.jobs() else {
+        return;
+    };
+    for mut job in jobs.into_iter().filter(|j| j.status == "running") {
+        if let Some(group) = job.process_group {
+            process::kill_stale_group(group);
+        }
+        job.status = "failed".into();
+        job.ended_at_ms = Some(now_ms());
+        job.error = Some("abandoned: the executor stopped while the job ran".into());
+        tracing::warn!(job = job.id, "abandoned a job left running by an earlier executor");
+        let _ = ctx.store.put_job(&job).await;
+    }
+}

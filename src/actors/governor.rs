@@ -1,0 +1,225 @@
+//! The governor: grants or denies the permit each iteration starts with
+//! (paused by an operator, iteration limit reached, token budget over the
+//! last 24 hours spent) and keeps the ledger of tokens and money the backends
+//! reported. Spent tokens are a fact whatever becomes of the iteration, so the
+//! ledger and the pause flag are written to the store at once.
+
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+
+use super::{Context, load_snapshot, make_snapshot};
+use crate::messages::{ActorKind, Common, GovernorMsg, GovernorStatus, Permit, Usage, inject};
+use crate::store::now_ms;
+
+const KIND: ActorKind = ActorKind::Governor;
+const SCHEMA: u32 = 1;
+const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+
+/// The governor's committed state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GovernorSnapshot {
+    pub paused: bool,
+    /// (unix ms, tokens) of every job in the last 24 hours.
+    pub usage: Vec<(u64, u64)>,
+    pub cost_usd_total: f64,
+    pub tokens_total: u64,
+    pub permits_granted: u64,
+}
+
+impl GovernorSnapshot {
+    fn tokens_since(&self, since_ms: u64) -> u64 {
+        self.usage
+            .iter()
+            .filter(|(at, _)| *at >= since_ms)
+            .map(|(_, tokens)| tokens)
+            .sum()
+    }
+
+    fn forget_before(&mut self, since_ms: u64) {
+        self.usage.retain(|(at, _)| *at >= since_ms);
+    }
+}
+
+/// The decision for one permit request, as a pure function of the state.
+pub fn decide(
+    snapshot: &GovernorSnapshot,
+    iteration: u64,
+    max_iterations: Option<u64>,
+    tokens_per_day: u64,
+    retry_after: Duration,
+    now_ms: u64,
+) -> Permit {
+    if let Some(max) = max_iterations
+        && iteration > max
+    {
+        return Permit::Finished {
+            reason: format!("iteration limit reached ({max} iterations committed)"),
+        };
+    }
+    if snapshot.paused {
+        return Permit::Wait {
+            reason: "paused by an operator".into(),
+            retry_after,
+        };
+    }
+    let since = now_ms.saturating_sub(DAY_MS);
+    let spent = snapshot.tokens_since(since);
+    if spent >= tokens_per_day {
+        // Wait until the oldest usage in the window leaves it.
+        let oldest = snapshot
+            .usage
+            .iter()
+            .filter(|(at, _)| *at >= since)
+            .map(|(at, _)| *at)
+            .min()
+            .unwrap_or(now_ms);
+        let free_at = oldest + DAY_MS;
+        return Permit::Wait {
+            reason: format!("token budget spent: {spent} of {tokens_per_day} tokens in the last 24h"),
+            retry_after: Duration::from_millis(free_at.saturating_sub(now_ms)).max(retry_after),
+        };
+    }
+    Permit::Granted
+}
+
+pub struct Governor;
+
+pub struct GovernorState {
+    ctx: Context,
+    snapshot: GovernorSnapshot,
+}
+
+impl GovernorState {
+    async fn persist(&self) -> Result<(), String> {
+        let record = make_snapshot(KIND, SCHEMA, &self.snapshot)?;
+        self.ctx
+            .store
+            .put_snapshot(&record)
+            .await
+            .map_err(|e| e.to_string())
+    }
+}
+
+impl Actor for Governor {
+    type Msg = GovernorMsg;
+    type State = GovernorState;
+    type Arguments = Context;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ctx: Context,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or_default();
+        Ok(GovernorState { ctx, snapshot })
+    }
+
+    async fn handle(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        message: GovernorMsg,
+        state: &mut GovernorState,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            GovernorMsg::RequestPermit { iteration, reply } => {
+                let config = &state.ctx.config;
+                let permit = decide(
+                    &state.snapshot,
+                    iteration,
+                    config.max_iterations,
+                    config.tokens_per_day,
+                    config.permit_retry_after,
+                    now_ms(),
+                );
+                if permit == Permit::Granted {
+                    state.snapshot.permits_granted += 1;
+                }
+                let _ = reply.send(permit);
+            }
+            GovernorMsg::RecordUsage { usage, reply } => {
+                record_usage(&mut state.snapshot, usage, now_ms());
+                if let Err(error) = state.persist().await {
+                    tracing::error!(%error, "cannot persist the token ledger");
+                }
+                let _ = reply.send(());
+            }
+            GovernorMsg::SetPaused { paused, reply } => {
+                state.snapshot.paused = paused;
+                let _ = reply.send(state.persist().await);
+            }
+            GovernorMsg::Status(reply) => {
+                let since = now_ms().saturating_sub(DAY_MS);
+                let _ = reply.send(GovernorStatus {
+                    paused: state.snapshot.paused,
+                    tokens_last_day: state.snapshot.tokens_since(since),
+                    tokens_per_day: state.ctx.config.tokens_per_day,
+                    cost_usd_total: state.snapshot.cost_usd_total,
+                    permits_granted: state.snapshot.permits_granted,
+                });
+            }
+            GovernorMsg::Common(common) => match common {
+                Common::Snapshot(reply) => {
+                    let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
+                }
+                Common::Revert(reply) => {
+                    // Usage and pause are durable as they happen, so the
+                    // stored snapshot is already the whole truth.
+                    let loaded = load_snapshot(&state.ctx.store, KIND, SCHEMA);
+                    let result = loaded.map(|s| state.snapshot = s.unwrap_or_default());
+                    let _ = reply.send(result);
+                }
+                Common::Fault(fault) => inject(KIND, fault)?,
+            },
+        }
+        Ok(())
+    }
+}
+
+fn record_usage(snapshot: &mut GovernorSnapshot, usage: Usage, now_ms: u64) {
+    snapshot.forget_before(now_ms.saturating_sub(DAY_MS));
+    if usage.tokens() > 0 {
+        snapshot.usage.push((now_ms, usage.tokens()));
+    }
+    snapshot.tokens_total += usage.tokens();
+    snapshot.cost_usd_total += usage.cost_usd;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const RETRY: Duration = Duration::from_secs(2);
+
+    #[test]
+    fn grants_until_the_iteration_limit() {
+        let s = GovernorSnapshot::default();
+        assert_eq!(decide(&s, 3, Some(3), 100, RETRY, 0), Permit::Granted);
+        assert!(matches!(decide(&s, 4, Some(3), 100, RETRY, 0), Permit::Finished { .. }));
+    }
+
+    #[test]
+    fn a_pause_makes_the_planner_wait() {
+        let s = GovernorSnapshot {
+            paused: true,
+            ..Default::default()
+        };
+        assert!(matches!(decide(&s, 1, None, 100, RETRY, 0), Permit::Wait { retry_after, .. } if retry_after == RETRY));
+    }
+
+    #[test]
+    fn the_token_budget_is_a_rolling_day() {
+        let mut s = GovernorSnapshot::default();
+        let now = 10 * DAY_MS;
+        record_usage(&mut s, Usage { input_tokens: 60, output_tokens: 50, cost_usd: 0.1 }, now - 1000);
+        let denied = decide(&s, 1, None, 100, RETRY, now);
+        let Permit::Wait { retry_after, reason } = denied else {
+            panic!("expected a wait, got {denied:?}");
+        };
+        assert!(reason.contains("110 of 100"), "{reason}");
+        assert_eq!(retry_after, Duration::from_millis(DAY_MS - 1000));
+        // A day later the usage has left the window.
+        assert_eq!(decide(&s, 1, None, 100, RETRY, now + DAY_MS), Permit::Granted);
+    }
+}

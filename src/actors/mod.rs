@@ -1,0 +1,117 @@
+//! The six actors of the tree and what they share: the [`Shared`] context
+//! every actor is started with, the snapshot helpers that restore an actor's
+//! committed state in `pre_start`, and the [`Factory`] the supervisor uses to
+//! (re)start them. Each actor lives in its own file, built the same way:
+//! behaviour struct, state, `pre_start` that reads the store, an exhaustive
+//! `handle`. Actors never import each other: they reach peers through
+//! `crate::messages` by registered name.
+
+pub mod executor;
+pub mod governor;
+pub mod learner;
+pub mod modifier;
+pub mod planner;
+pub mod researcher;
+
+use std::sync::Arc;
+
+use ractor::{Actor, ActorCell};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+
+use crate::cognition::Cognition;
+use crate::config::{Config, TreeSpec};
+use crate::events::EventBus;
+use crate::messages::ActorKind;
+use crate::store::{SnapshotRecord, Store, codec};
+use crate::supervisor::{ChildFactory, SpawnFuture};
+use crate::workspace::Workspace;
+
+/// What every actor of one agent instance shares.
+pub struct Shared {
+    pub config: Config,
+    pub tree: TreeSpec,
+    pub store: Store,
+    pub workspace: Workspace,
+    pub backend: Arc<dyn Cognition>,
+    pub events: EventBus,
+    /// The prompt template for model backends.
+    pub prompt_template: String,
+}
+
+pub type Context = Arc<Shared>;
+
+/// Loads an actor's committed snapshot; `None` before its first commit. A
+/// snapshot of another schema is a clear error, never a panic.
+pub fn load_snapshot<S: DeserializeOwned>(
+    store: &Store,
+    kind: ActorKind,
+    schema: u32,
+) -> Result<Option<S>, String> {
+    let Some(record) = store
+        .snapshot(kind.name())
+        .map_err(|e| format!("cannot read the {kind} snapshot: {e}"))?
+    else {
+        return Ok(None);
+    };
+    if record.schema != schema {
+        return Err(format!(
+            "the stored {kind} snapshot has schema version {}, this build reads version {schema}; \
+             use the build that wrote it or start with a new --state directory",
+            record.schema
+        ));
+    }
+    codec::decode(&record.body)
+        .map(Some)
+        .map_err(|e| format!("the stored {kind} snapshot is unreadable: {e}"))
+}
+
+/// Encodes an actor's state as the record it commits. The planner's iteration
+/// driver stamps the iteration number when it commits.
+pub fn make_snapshot<S: Serialize>(
+    kind: ActorKind,
+    schema: u32,
+    body: &S,
+) -> Result<SnapshotRecord, String> {
+    Ok(SnapshotRecord {
+        actor: kind.name().to_string(),
+        schema,
+        iteration: 0,
+        body: codec::encode(body).map_err(|e| e.to_string())?,
+    })
+}
+
+/// Starts the real actors for the supervisor.
+pub struct Factory {
+    pub context: Context,
+}
+
+impl ChildFactory for Factory {
+    fn spawn(&self, kind: ActorKind, supervisor: ActorCell) -> SpawnFuture {
+        let ctx = self.context.clone();
+        let name = Some(kind.name().to_string());
+        Box::pin(async move {
+            let cell = match kind {
+                ActorKind::Governor => {
+                    Actor::spawn_linked(name, governor::Governor, ctx, supervisor).await?.0.get_cell()
+                }
+                ActorKind::Learner => {
+                    Actor::spawn_linked(name, learner::Learner, ctx, supervisor).await?.0.get_cell()
+                }
+                ActorKind::Researcher => {
+                    Actor::spawn_linked(name, researcher::Researcher, ctx, supervisor).await?.0.get_cell()
+                }
+                ActorKind::Executor => {
+                    Actor::spawn_linked(name, executor::Executor, ctx, supervisor).await?.0.get_cell()
+                }
+                ActorKind::Modifier => {
+                    Actor::spawn_linked(name, modifier::Modifier, ctx, supervisor).await?.0.get_cell()
+                }
+                ActorKind::Planner => {
+                    Actor::spawn_linked(name, planner::Planner, ctx, supervisor).await?.0.get_cell()
+                }
+            };
+            Ok(cell)
+        })
+    }
+}

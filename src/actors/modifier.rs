@@ -1,0 +1,334 @@
+//! The modifier: owns the agent's worktree. Before an iteration it puts the
+//! worktree back at the committed head (dropping anything a crashed iteration
+//! left) and measures fitness; after execution it validates the change (the
+//! validation command, then fitness, which must not get worse) and either
+//! commits it as one commit on the agent branch or rolls back to the base
+//! commit, leaving `git status` clean. git and commands run off the mailbox.
+
+use std::path::Path;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::{Context, load_snapshot, make_snapshot};
+use crate::config::Fitness;
+use crate::messages::{ActorKind, Common, ModifierMsg, Prepared, Verdict, inject};
+use crate::process::{self, CommandSpec, Ending};
+use crate::workspace::Workspace;
+
+const KIND: ActorKind = ActorKind::Modifier;
+const SCHEMA: u32 = 1;
+
+/// The modifier's committed state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ModifierSnapshot {
+    /// The agent branch's head as of the last committed iteration.
+    pub head: String,
+    /// Fitness measured at `head`, when known.
+    pub head_fitness: Option<f64>,
+    pub accepted: u64,
+    pub rolled_back: u64,
+}
+
+pub struct Modifier;
+
+pub struct ModifierState {
+    ctx: Context,
+    snapshot: ModifierSnapshot,
+    work: JoinSet<()>,
+}
+
+impl ModifierState {
+    fn restore(&mut self) -> Result<(), String> {
+        self.snapshot = match load_snapshot(&self.ctx.store, KIND, SCHEMA)? {
+            Some(snapshot) => snapshot,
+            None => ModifierSnapshot {
+                head: self.ctx.workspace.head().map_err(|e| e.to_string())?,
+                ..Default::default()
+            },
+        };
+        Ok(())
+    }
+}
+
+impl Actor for Modifier {
+    type Msg = ModifierMsg;
+    type State = ModifierState;
+    type Arguments = Context;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ctx: Context,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let mut state = ModifierState {
+            ctx,
+            snapshot: ModifierSnapshot::default(),
+            work: JoinSet::new(),
+        };
+        state.restore()?;
+        Ok(state)
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: ModifierMsg,
+        state: &mut ModifierState,
+    ) -> Result<(), ActorProcessingErr> {
+        while state.work.try_join_next().is_some() {}
+        match message {
+            ModifierMsg::Prepare { iteration, reply } => {
+                let ctx = state.ctx.clone();
+                let head = state.snapshot.head.clone();
+                let known = state.snapshot.head_fitness;
+                state.work.spawn(async move {
+                    let result = prepare(&ctx, &head, known).await;
+                    if let Ok(prepared) = &result {
+                        let _ = myself.cast(ModifierMsg::Settled {
+                            head: prepared.base_commit.clone(),
+                            fitness: prepared.fitness,
+                            rolled_back: false,
+                        });
+                    }
+                    tracing::debug!(iteration, "worktree prepared");
+                    let _ = reply.send(result);
+                });
+            }
+            ModifierMsg::Validate {
+                iteration,
+                summary,
+                fitness_before,
+                reply,
+            } => {
+                let ctx = state.ctx.clone();
+                let base = state.snapshot.head.clone();
+                state.work.spawn(async move {
+                    let result = validate(&ctx, &base, iteration, &summary, fitness_before).await;
+                    match &result {
+                        Ok(Verdict::Accepted { commit, fitness_after, .. }) => {
+                            let _ = myself.cast(ModifierMsg::Settled {
+                                head: commit.clone(),
+                                fitness: Some(*fitness_after),
+                                rolled_back: false,
+                            });
+                        }
+                        Ok(verdict) => {
+                            let _ = myself.cast(ModifierMsg::Settled {
+                                head: base,
+                                fitness: fitness_before,
+                                rolled_back: matches!(verdict, Verdict::Rejected { .. }),
+                            });
+                        }
+                        Err(_) => {}
+                    }
+                    let _ = reply.send(result);
+                });
+            }
+            ModifierMsg::Settled {
+                head,
+                fitness,
+                rolled_back,
+            } => {
+                if head != state.snapshot.head {
+                    state.snapshot.accepted += 1;
+                }
+                if rolled_back {
+                    state.snapshot.rolled_back += 1;
+                }
+                state.snapshot.head = head;
+                state.snapshot.head_fitness = fitness;
+            }
+            ModifierMsg::Common(common) => match common {
+                Common::Snapshot(reply) => {
+                    let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
+                }
+                Common::Revert(reply) => {
+                    // Stop any validation still running, then put the
+                    // worktree back at the committed head.
+                    state.work.abort_all();
+                    let result = state.restore().and_then(|()| {
+                        state
+                            .ctx
+                            .workspace
+                            .reset_to(&state.snapshot.head)
+                            .map_err(|e| e.to_string())
+                    });
+                    let _ = reply.send(result);
+                }
+                Common::Fault(fault) => inject(KIND, fault)?,
+            },
+        }
+        Ok(())
+    }
+}
+
+async fn blocking<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("worktree task failed: {e}"))?
+}
+
+async fn prepare(ctx: &Context, head: &str, known: Option<f64>) -> Result<Prepared, String> {
+    let workspace = ctx.workspace.clone();
+    let base = head.to_string();
+    blocking(move || workspace.reset_to(&base).map_err(|e| format!("cannot reset the worktree: {e}"))).await?;
+    let fitness = match known {
+        Some(fitness) => Some(fitness),
+        None => Some(measure_fitness(ctx, &ctx.workspace.path).await?),
+    };
+    Ok(Prepared {
+        base_commit: head.to_string(),
+        fitness,
+    })
+}
+
+async fn validate(
+    ctx: &Context,
+    base: &str,
+    iteration: u64,
+    summary: &str,
+    fitness_before: Option<f64>,
+) -> Result<Verdict, String> {
+    let workspace = ctx.workspace.clone();
+    let changed = blocking(move || workspace.changed_files().map_err(|e| e.to_string())).await?;
+    if changed.is_empty() {
+        return Ok(Verdict::NoChange);
+    }
+    let rejection = match check(ctx, fitness_before).await {
+        Ok(fitness_after) => {
+            let workspace = ctx.workspace.clone();
+            let message = commit_message(iteration, summary, fitness_before, fitness_after, changed.len());
+            let commit = blocking(move || workspace.commit_all(&message).map_err(|e| e.to_string())).await?;
+            return Ok(Verdict::Accepted {
+                commit,
+                fitness_after,
+                files_changed: changed.len(),
+            });
+        }
+        Err(rejection) => rejection,
+    };
+    rollback(&ctx.workspace, base).await?;
+    Ok(rejection)
+}
+
+/// Validation then fitness; `Err` carries the rejection.
+async fn check(ctx: &Context, fitness_before: Option<f64>) -> Result<f64, Verdict> {
+    let cwd = &ctx.workspace.path;
+    let spec = CommandSpec::shell(&ctx.config.validation_command, cwd, ctx.config.validation_timeout);
+    let finished = process::run(&spec).await.map_err(|e| Verdict::Rejected {
+        reason: e.to_string(),
+        fitness_after: None,
+    })?;
+    if !finished.success() {
+        let why = match finished.ending {
+            Ending::TimedOut => "timed out".to_string(),
+            Ending::Exited(code) => format!("failed ({})", code.map_or("signal".into(), |c| format!("status {c}"))),
+        };
+        return Err(Verdict::Rejected {
+            reason: format!("validation `{}` {why}: {}", ctx.config.validation_command, finished.tail(3)),
+            fitness_after: None,
+        });
+    }
+    let after = measure_fitness(ctx, cwd).await.map_err(|reason| Verdict::Rejected {
+        reason,
+        fitness_after: None,
+    })?;
+    if let Some(before) = fitness_before
+        && after > before
+    {
+        return Err(Verdict::Rejected {
+            reason: format!("fitness got worse: {before} → {after}"),
+            fitness_after: Some(after),
+        });
+    }
+    Ok(after)
+}
+
+async fn rollback(workspace: &Workspace, base: &str) -> Result<(), String> {
+    let workspace = workspace.clone();
+    let base = base.to_string();
+    blocking(move || workspace.reset_to(&base).map_err(|e| format!("rollback failed: {e}"))).await
+}
+
+fn commit_message(iteration: u64, summary: &str, before: Option<f64>, after: f64, files: usize) -> String {
+    let before = before.map_or("?".to_string(), |b| b.to_string());
+    format!(
+        "agent: iteration {iteration}: {summary}\n\nFitness: {before} -> {after}\nFiles changed: {files}\nIteration: {iteration}\n"
+    )
+}
+
+/// Measures the worktree's fitness (lower is better).
+pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
+    let timeout = ctx.config.validation_timeout;
+    match &ctx.config.fitness {
+        Fitness::CargoWarnings => {
+            let spec = CommandSpec {
+                program: "cargo".into(),
+                args: ["clippy", "--all-targets", "--message-format=json", "--quiet"]
+                    .map(String::from)
+                    .to_vec(),
+                cwd: cwd.to_path_buf(),
+                env: Vec::new(),
+                timeout,
+            };
+            let finished = process::run(&spec).await.map_err(|e| e.to_string())?;
+            if !finished.success() {
+                return Err(format!(
+                    "fitness: `cargo clippy` failed, the workspace does not build: {}",
+                    finished.tail(3)
+                ));
+            }
+            Ok(count_warnings(&finished.stdout) as f64)
+        }
+        Fitness::Command(command) => {
+            let spec = CommandSpec::shell(command, cwd, timeout);
+            let finished = process::run(&spec).await.map_err(|e| e.to_string())?;
+            if !finished.success() {
+                return Err(format!("fitness command `{command}` failed: {}", finished.tail(3)));
+            }
+            let last = finished.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            last.trim().parse::<f64>().map_err(|_| {
+                format!("fitness command `{command}` must print a number on its last line, printed {last:?}")
+            })
+        }
+    }
+}
+
+/// Distinct compiler and clippy warnings in `cargo --message-format=json`
+/// output. A lib's warnings appear again when its tests are built, hence the
+/// de-duplication by rendered text.
+pub fn count_warnings(json_lines: &str) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for line in json_lines.lines() {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if value["reason"] != "compiler-message" {
+            continue;
+        }
+        let message = &value["message"];
+        let has_spans = message["spans"].as_array().is_some_and(|s| !s.is_empty());
+        if message["level"] == "warning" && has_spans {
+            seen.insert(message["rendered"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    seen.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn warnings_are_counted_once_and_summaries_are_ignored() {
+        let warning = r#"{"reason":"compiler-message","message":{"level":"warning","rendered":"warning: unused x","spans":[{"file_name":"src/lib.rs"}]}}"#;
+        let summary = r#"{"reason":"compiler-message","message":{"level":"warning","rendered":"warning: 1 warning emitted","spans":[]}}"#;
+        let other = r#"{"reason":"compiler-artifact"}"#;
+        let output = [warning, warning, summary, other, "not json"].join("\n");
+        assert_eq!(count_warnings(&output), 1);
+    }
+}

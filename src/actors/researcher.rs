@@ -1,0 +1,235 @@
+//! The researcher: answers research requests from a cache in the store with a
+//! time-to-live. A miss is filled off the mailbox from local sources (the
+//! workspace's README and docs, the paragraphs that share words with the
+//! topic) and, with a model backend, a read-only research prompt. A cache hit
+//! costs no tokens.
+
+use std::path::Path;
+use std::time::Duration;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef};
+use serde::{Deserialize, Serialize};
+use tokio::task::JoinSet;
+
+use super::{Context, load_snapshot, make_snapshot};
+use crate::messages::{ActorKind, Common, Research, ResearcherMsg, Usage, inject};
+use crate::store::{ResearchRecord, now_ms};
+
+const KIND: ActorKind = ActorKind::Researcher;
+const SCHEMA: u32 = 1;
+/// Most paragraphs a local answer carries.
+const MAX_PARAGRAPHS: usize = 6;
+const MAX_NOTES: usize = 4000;
+
+/// The researcher's committed state.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ResearcherSnapshot {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+pub struct Researcher;
+
+pub struct ResearcherState {
+    ctx: Context,
+    snapshot: ResearcherSnapshot,
+    /// Misses being filled; aborted if the actor dies.
+    tasks: JoinSet<()>,
+}
+
+impl Actor for Researcher {
+    type Msg = ResearcherMsg;
+    type State = ResearcherState;
+    type Arguments = Context;
+
+    async fn pre_start(
+        &self,
+        _myself: ActorRef<Self::Msg>,
+        ctx: Context,
+    ) -> Result<Self::State, ActorProcessingErr> {
+        let snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or_default();
+        Ok(ResearcherState {
+            ctx,
+            snapshot,
+            tasks: JoinSet::new(),
+        })
+    }
+
+    async fn handle(
+        &self,
+        myself: ActorRef<Self::Msg>,
+        message: ResearcherMsg,
+        state: &mut ResearcherState,
+    ) -> Result<(), ActorProcessingErr> {
+        while state.tasks.try_join_next().is_some() {}
+        match message {
+            ResearcherMsg::Research { topic, reply } => {
+                let ttl = state.ctx.config.research_ttl;
+                let cached = state.ctx.store.research(&topic).ok().flatten();
+                if let Some(entry) = cached.filter(|e| is_fresh(e, ttl, now_ms())) {
+                    state.snapshot.hits += 1;
+                    let _ = reply.send(Research {
+                        topic,
+                        notes: entry.notes,
+                        from_cache: true,
+                        usage: Usage::default(),
+                    });
+                    return Ok(());
+                }
+                let ctx = state.ctx.clone();
+                state.tasks.spawn(async move {
+                    let research = fill(&ctx, &topic).await;
+                    let entry = ResearchRecord {
+                        topic: topic.clone(),
+                        notes: research.notes.clone(),
+                        fetched_at_ms: now_ms(),
+                    };
+                    if let Err(error) = ctx.store.put_research(&entry).await {
+                        tracing::warn!(%error, "cannot cache research");
+                    }
+                    let _ = myself.cast(ResearcherMsg::Filled { research, reply });
+                });
+            }
+            ResearcherMsg::Filled { research, reply } => {
+                state.snapshot.misses += 1;
+                let _ = reply.send(research);
+            }
+            ResearcherMsg::Common(common) => match common {
+                Common::Snapshot(reply) => {
+                    let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
+                }
+                Common::Revert(reply) => {
+                    let loaded = load_snapshot(&state.ctx.store, KIND, SCHEMA);
+                    let _ = reply.send(loaded.map(|s| state.snapshot = s.unwrap_or_default()));
+                }
+                Common::Fault(fault) => inject(KIND, fault)?,
+            },
+        }
+        Ok(())
+    }
+}
+
+/// Whether a cache entry is younger than `ttl`.
+pub fn is_fresh(entry: &ResearchRecord, ttl: Duration, now_ms: u64) -> bool {
+    now_ms.saturating_sub(entry.fetched_at_ms) < ttl.as_millis() as u64
+}
+
+/// Answers a miss: local notes, then the model's answer when there is one.
+async fn fill(ctx: &Context, topic: &str) -> Research {
+    let root = ctx.workspace.path.clone();
+    let topic_owned = topic.to_string();
+    let local = tokio::task::spawn_blocking(move || local_notes(&root, &topic_owned))
+        .await
+        .unwrap_or_default();
+    let mut notes = local;
+    let mut usage = Usage::default();
+    let question = format!(
+        "Read this repository (do not change anything) and list, in at most ten short bullet \
+         points, the facts someone needs to make progress on: {topic}"
+    );
+    if let Some(answer) = ctx
+        .backend
+        .research(&question, &ctx.workspace.path, ctx.config.job_timeout)
+        .await
+    {
+        usage = answer.usage;
+        if answer.error.is_none() && !answer.output.trim().is_empty() {
+            notes = format!("{}\n\n{}", answer.output.trim(), notes);
+        }
+    }
+    notes.truncate(floor_char_boundary(&notes, MAX_NOTES));
+    Research {
+        topic: topic.to_string(),
+        notes,
+        from_cache: false,
+        usage,
+    }
+}
+
+fn floor_char_boundary(text: &str, max: usize) -> usize {
+    let mut end = max.min(text.len());
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    end
+}
+
+/// Paragraphs of the workspace's README and docs that share the most words
+/// with the topic.
+pub fn local_notes(root: &Path, topic: &str) -> String {
+    let words: Vec<String> = topic
+        .split(|c: char| !c.is_alphanumeric())
+        .filter(|w| w.len() >= 4)
+        .map(str::to_lowercase)
+        .collect();
+    let mut files = Vec::new();
+    if let Ok(entries) = std::fs::read_dir(root) {
+        files.extend(entries.flatten().map(|e| e.path()).filter(|p| {
+            p.file_name()
+                .and_then(|n| n.to_str())
+                .is_some_and(|n| n.to_lowercase().starts_with("readme"))
+        }));
+    }
+    if let Ok(entries) = std::fs::read_dir(root.join("docs")) {
+        files.extend(
+            entries
+                .flatten()
+                .map(|e| e.path())
+                .filter(|p| p.extension().is_some_and(|e| e == "md")),
+        );
+    }
+    files.sort();
+    let mut scored: Vec<(usize, String)> = Vec::new();
+    for file in files {
+        let Ok(text) = std::fs::read_to_string(&file) else {
+            continue;
+        };
+        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        for paragraph in text.split("\n\n") {
+            let lower = paragraph.to_lowercase();
+            let score = words.iter().filter(|w| lower.contains(w.as_str())).count();
+            if score > 0 {
+                scored.push((score, format!("[{name}] {}", paragraph.trim())));
+            }
+        }
+    }
+    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored
+        .into_iter()
+        .take(MAX_PARAGRAPHS)
+        .map(|(_, p)| p)
+        .collect::<Vec<_>>()
+        .join("\n\n")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn local_notes_pick_paragraphs_that_share_words_with_the_topic() {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(
+            dir.path().join("README.md"),
+            "# Stats\n\nComputes the median of samples.\n\nUnrelated text here.\n",
+        )
+        .unwrap();
+        std::fs::create_dir(dir.path().join("docs")).unwrap();
+        std::fs::write(dir.path().join("docs/warnings.md"), "Warnings are deliberate.\n").unwrap();
+        let notes = local_notes(dir.path(), "reduce warnings, keep the median right");
+        assert!(notes.contains("median of samples"), "{notes}");
+        assert!(notes.contains("[warnings.md] Warnings are deliberate."), "{notes}");
+        assert!(!notes.contains("Unrelated"), "{notes}");
+    }
+
+    #[test]
+    fn cache_entries_expire_after_the_ttl() {
+        let entry = ResearchRecord {
+            topic: "t".into(),
+            notes: String::new(),
+            fetched_at_ms: 1_000,
+        };
+        assert!(is_fresh(&entry, Duration::from_secs(1), 1_999));
+        assert!(!is_fresh(&entry, Duration::from_secs(1), 2_000));
+    }
+}

@@ -1,0 +1,326 @@
+//! The command line: clap definitions and dispatch. Every failure a user can
+//! cause is printed as one plain sentence (never a debug dump) and mapped to a
+//! documented exit status.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Args, Parser, Subcommand};
+
+use crate::config::{self, BackendChoice, Mode};
+use crate::ctl::client;
+use crate::ctl::protocol::{Command, Outcome};
+use crate::daemon::{self, Ending, Overrides, exit};
+use crate::store::Store;
+
+#[derive(Debug, Parser)]
+#[command(name = "agent", version, about = "A long-running, supervised, self-improving agent service")]
+pub struct Cli {
+    /// Log format on stderr.
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub log_format: LogFormat,
+    #[command(subcommand)]
+    pub command: TopCommand,
+}
+
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum LogFormat {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum TopCommand {
+    /// Run the agent: the supervision tree, the control socket, the iterations.
+    Run(RunArgs),
+    /// Steer a running agent through its control socket.
+    Ctl(CtlArgs),
+    /// Check configuration files without starting anything.
+    Config {
+        #[command(subcommand)]
+        command: ConfigCommand,
+    },
+    /// Show committed iterations from the store (the daemon must be stopped).
+    History(HistoryArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct FileArgs {
+    /// The agent configuration [default: config/agent.toml, else the embedded default].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// The supervision tree [default: actors.toml, else the embedded default].
+    #[arg(long, value_name = "FILE")]
+    pub actors: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct RunArgs {
+    /// The goal, one sentence [default: the stored run's goal, else the configured one].
+    #[arg(long)]
+    pub goal: Option<String>,
+    /// Replace the goal of an unfinished run stored in the state directory.
+    #[arg(long)]
+    pub replace_goal: bool,
+    /// The git repository or directory to improve.
+    #[arg(long, value_name = "DIR")]
+    pub workspace: Option<PathBuf>,
+    /// Runtime data directory (store, worktree, control socket).
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    #[command(flatten)]
+    pub files: FileArgs,
+    /// Cognition backend.
+    #[arg(long, value_enum)]
+    pub backend: Option<BackendChoice>,
+    /// Path or name of the Claude Code executable.
+    #[arg(long, value_name = "PATH")]
+    pub claude_bin: Option<PathBuf>,
+    /// Autonomy mode.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+    /// Stop once this many iterations are committed (in total for the run).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_iterations: Option<u64>,
+}
+
+#[derive(Debug, Args)]
+pub struct CtlArgs {
+    /// The daemon's state directory [default: the configured one, `state`].
+    #[arg(long, value_name = "DIR", global = true)]
+    pub state: Option<PathBuf>,
+    /// The control socket, if not in the state directory.
+    #[arg(long, value_name = "PATH", global = true)]
+    pub socket: Option<PathBuf>,
+    /// Print the daemon's answer as JSON.
+    #[arg(long, global = true)]
+    pub json: bool,
+    #[command(subcommand)]
+    pub command: CtlCommand,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CtlCommand {
+    /// Goal, run state, committed iterations and every actor's health.
+    Status,
+    /// Start no new iteration until resumed.
+    Pause,
+    /// Resume after a pause.
+    Resume,
+    /// Stop the daemon: the in-flight iteration finishes first unless --now.
+    Stop {
+        /// Abandon the in-flight iteration at once.
+        #[arg(long)]
+        now: bool,
+    },
+    /// Make an actor fail on purpose (debug mode or [debug] fault_injection only).
+    Fault {
+        /// governor | learner | researcher | executor | modifier | planner
+        actor: String,
+        /// panic | error
+        fault: String,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ConfigCommand {
+    /// Validate agent.toml and actors.toml; exit 2 with the place of the first problem.
+    Check(FileArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct HistoryArgs {
+    /// The state directory.
+    #[arg(long, value_name = "DIR", default_value = "state")]
+    pub state: PathBuf,
+    /// How many of the latest iterations to show.
+    #[arg(long, value_name = "N", default_value_t = 20)]
+    pub last: usize,
+    /// One JSON object per line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the parsed command line and returns the process exit status.
+pub fn main(cli: Cli) -> ExitCode {
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("agent: cannot start the async runtime: {error}");
+            return ExitCode::from(exit::FAILED);
+        }
+    };
+    let code = runtime.block_on(async move {
+        match cli.command {
+            TopCommand::Run(args) => run(args).await,
+            TopCommand::Ctl(args) => ctl(args).await,
+            TopCommand::Config {
+                command: ConfigCommand::Check(files),
+            } => config_check(&files),
+            TopCommand::History(args) => history(&args),
+        }
+    });
+    // Jobs still running on the blocking pool must not hold the exit.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(5));
+    ExitCode::from(code)
+}
+
+async fn run(args: RunArgs) -> u8 {
+    let (config, tree) = match config::load_all(args.files.config.as_deref(), args.files.actors.as_deref()) {
+        Ok(loaded) => loaded,
+        Err(error) => {
+            eprintln!("agent: {error}");
+            return exit::USAGE;
+        }
+    };
+    let overrides = Overrides {
+        goal: args.goal,
+        replace_goal: args.replace_goal,
+        workspace: args.workspace,
+        state: args.state,
+        backend: args.backend,
+        claude_bin: args.claude_bin,
+        mode: args.mode,
+        max_iterations: args.max_iterations,
+    };
+    match daemon::run(config, tree, overrides).await {
+        Ok(Ending::Finished(_) | Ending::Stopped) => exit::OK,
+        Ok(Ending::Escalated(_)) => exit::FAILED,
+        Err(error) => {
+            eprintln!("agent: {error}");
+            error.exit_code()
+        }
+    }
+}
+
+async fn ctl(args: CtlArgs) -> u8 {
+    let socket = match (&args.socket, &args.state) {
+        (Some(socket), _) => socket.clone(),
+        (None, Some(state)) => state.join("agent.sock"),
+        (None, None) => match config::load_all(None, None) {
+            Ok((config, _)) => config.socket_path(),
+            Err(_) => Path::new("state").join("agent.sock"),
+        },
+    };
+    let command = match args.command {
+        CtlCommand::Status => Command::Status,
+        CtlCommand::Pause => Command::Pause,
+        CtlCommand::Resume => Command::Resume,
+        CtlCommand::Stop { now } => Command::Stop { now },
+        CtlCommand::Fault { actor, fault } => Command::Fault { actor, fault },
+    };
+    match client::request(&socket, command).await {
+        Err(error) => {
+            eprintln!("agent ctl: {error}");
+            exit::UNAVAILABLE
+        }
+        Ok(Outcome::Ok(reply)) => {
+            if args.json {
+                let value = match &reply {
+                    crate::ctl::protocol::Reply::Status(status) => serde_json::to_string(status),
+                    other => serde_json::to_string(other),
+                };
+                println!("{}", value.unwrap_or_default());
+            } else {
+                println!("{}", client::render(&reply));
+            }
+            exit::OK
+        }
+        Ok(Outcome::Error(error)) => {
+            if args.json {
+                println!("{}", serde_json::to_string(&error).unwrap_or_default());
+            }
+            eprintln!("agent ctl: refused ({}): {}", serde_json::to_string(&error.kind).unwrap_or_default().trim_matches('"'), error.message);
+            exit::FAILED
+        }
+    }
+}
+
+fn config_check(files: &FileArgs) -> u8 {
+    match config::load_all(files.config.as_deref(), files.actors.as_deref()) {
+        Ok((config, tree)) => {
+            let used = |given: Option<&Path>, conventional: &'static str| {
+                config::Source::pick(given, conventional, "").describe()
+            };
+            println!(
+                "ok: {} and {} are valid ({} actors, strategy {:?}, backend {:?}, mode {:?})",
+                used(files.config.as_deref(), "config/agent.toml"),
+                used(files.actors.as_deref(), "actors.toml"),
+                tree.children.len(),
+                tree.strategy,
+                config.backend,
+                config.mode
+            );
+            exit::OK
+        }
+        Err(error) => {
+            eprintln!("agent: {error}");
+            exit::USAGE
+        }
+    }
+}
+
+fn history(args: &HistoryArgs) -> u8 {
+    let store = match Store::open(&args.state) {
+        Ok(store) => store,
+        Err(error) => {
+            eprintln!("agent: {error}");
+            return match error {
+                crate::store::StoreError::InUse(_) => exit::UNAVAILABLE,
+                _ => exit::FAILED,
+            };
+        }
+    };
+    let records = match store.iterations(args.last) {
+        Ok(records) => records,
+        Err(error) => {
+            eprintln!("agent: {error}");
+            return exit::FAILED;
+        }
+    };
+    for record in records {
+        if args.json {
+            println!("{}", serde_json::to_string(&HistoryLine::from(&record)).unwrap_or_default());
+        } else {
+            println!(
+                "{:>4}  {:<24} {:<10} {}",
+                record.number, record.capability, record.outcome, record.summary
+            );
+        }
+    }
+    exit::OK
+}
+
+/// `history --json`: one object per committed iteration.
+#[derive(serde::Serialize)]
+struct HistoryLine<'a> {
+    iteration: u64,
+    capability: &'a str,
+    outcome: &'a str,
+    fitness_before: Option<f64>,
+    fitness_after: Option<f64>,
+    input_tokens: u64,
+    output_tokens: u64,
+    cost_usd: f64,
+    duration_ms: u64,
+    commit: Option<&'a str>,
+    summary: &'a str,
+}
+
+impl<'a> From<&'a crate::store::IterationRecord> for HistoryLine<'a> {
+    fn from(r: &'a crate::store::IterationRecord) -> Self {
+        HistoryLine {
+            iteration: r.number,
+            capability: &r.capability,
+            outcome: &r.outcome,
+            fitness_before: r.fitness_before,
+            fitness_after: r.fitness_after,
+            input_tokens: r.input_tokens,
+            output_tokens: r.output_tokens,
+            cost_usd: r.cost_usd,
+            duration_ms: r.duration_ms,
+            commit: r.commit.as_deref(),
+            summary: &r.summary,
+        }
+    }
+}

@@ -1,0 +1,311 @@
+//! Configuration: `config/agent.toml` and `actors.toml`, each parsed into raw
+//! structs (shape and value checks, with the span of every bad value) and then
+//! into the checked [`Config`] and [`TreeSpec`] the rest of the program uses.
+//! Command-line flags are applied on top of the checked config.
+
+pub mod actors;
+pub mod error;
+pub mod values;
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+pub use actors::{ChildSpec, DEFAULT_ACTORS_TOML, TreeSpec};
+pub use error::ConfigError;
+use values::{HumanDuration, Positive};
+
+/// The embedded default, identical to the repository's `config/agent.toml`.
+pub const DEFAULT_AGENT_TOML: &str = include_str!("../../config/agent.toml");
+
+/// How much autonomy the agent has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "snake_case")]
+pub enum Mode {
+    /// Changes that pass validation are committed without asking.
+    Autonomous,
+    /// Changes wait for an operator's approval.
+    Supervised,
+    /// Like autonomous, and fault injection through `agent ctl fault` is allowed.
+    Debug,
+}
+
+/// Which cognition backend executes plans.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum BackendChoice {
+    /// Claude Code when it is installed and usable, else offline.
+    Auto,
+    /// Local cargo commands, no model.
+    Offline,
+    /// `claude -p` run directly.
+    ClaudeCli,
+    /// Claude Code reached over MCP.
+    Mcp,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawConfig {
+    run: RawRun,
+    cognition: RawCognition,
+    validation: RawValidation,
+    governor: RawGovernor,
+    researcher: RawResearcher,
+    #[serde(default)]
+    ctl: RawCtl,
+    #[serde(default)]
+    debug: RawDebug,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRun {
+    goal: String,
+    workspace: PathBuf,
+    state: PathBuf,
+    max_iterations: Option<Positive>,
+    mode: Mode,
+    shutdown_timeout: HumanDuration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCognition {
+    backend: BackendChoice,
+    claude_bin: PathBuf,
+    permission_mode: String,
+    model: Option<String>,
+    job_timeout: HumanDuration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawValidation {
+    command: Option<String>,
+    fitness: Option<String>,
+    timeout: HumanDuration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawGovernor {
+    tokens_per_day: Positive,
+    retry_after: HumanDuration,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawResearcher {
+    cache_ttl: HumanDuration,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawCtl {
+    socket: Option<PathBuf>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawDebug {
+    #[serde(default)]
+    fault_injection: bool,
+}
+
+/// How the fitness of the workspace is measured.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Fitness {
+    /// Count of distinct compiler and clippy warnings (`cargo clippy --all-targets`).
+    CargoWarnings,
+    /// A shell command that prints a number; lower is better.
+    Command(String),
+}
+
+/// The checked configuration of one agent instance.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub goal: String,
+    pub workspace: PathBuf,
+    pub state_dir: PathBuf,
+    pub max_iterations: Option<u64>,
+    pub mode: Mode,
+    pub shutdown_timeout: Duration,
+    pub backend: BackendChoice,
+    pub claude_bin: PathBuf,
+    pub permission_mode: String,
+    pub model: Option<String>,
+    pub job_timeout: Duration,
+    /// Shell command that must succeed for a change to be kept.
+    pub validation_command: String,
+    pub fitness: Fitness,
+    pub validation_timeout: Duration,
+    pub tokens_per_day: u64,
+    pub permit_retry_after: Duration,
+    pub research_ttl: Duration,
+    pub socket: Option<PathBuf>,
+    pub fault_injection: bool,
+}
+
+const PERMISSION_MODES: [&str; 5] = [
+    "default",
+    "acceptEdits",
+    "plan",
+    "bypassPermissions",
+    "dontAsk",
+];
+
+impl Config {
+    /// Parses and checks `agent.toml` text; `file` is used in messages only.
+    pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
+        let raw: RawConfig =
+            toml::from_str(text).map_err(|error| ConfigError::from_toml(file, text, &error))?;
+        if raw.run.goal.trim().is_empty() {
+            return Err(ConfigError::whole_file(
+                file,
+                "[run] goal must be a non-empty sentence",
+            ));
+        }
+        if !PERMISSION_MODES.contains(&raw.cognition.permission_mode.as_str()) {
+            return Err(ConfigError::whole_file(
+                file,
+                format!(
+                    "[cognition] permission_mode \"{}\" is not one of: {}",
+                    raw.cognition.permission_mode,
+                    PERMISSION_MODES.join(", ")
+                ),
+            ));
+        }
+        let fitness = match raw.validation.fitness.as_deref().map(str::trim) {
+            None | Some("cargo-warnings") => Fitness::CargoWarnings,
+            Some("") => {
+                return Err(ConfigError::whole_file(
+                    file,
+                    "[validation] fitness must be \"cargo-warnings\" or a command that prints a number",
+                ));
+            }
+            Some(command) => Fitness::Command(command.to_string()),
+        };
+        Ok(Config {
+            goal: raw.run.goal,
+            workspace: raw.run.workspace,
+            state_dir: raw.run.state,
+            max_iterations: raw.run.max_iterations.map(Positive::get),
+            mode: raw.run.mode,
+            shutdown_timeout: raw.run.shutdown_timeout.0,
+            backend: raw.cognition.backend,
+            claude_bin: raw.cognition.claude_bin,
+            permission_mode: raw.cognition.permission_mode,
+            model: raw.cognition.model.filter(|m| !m.is_empty()),
+            job_timeout: raw.cognition.job_timeout.0,
+            validation_command: raw
+                .validation
+                .command
+                .unwrap_or_else(|| "cargo test".to_string()),
+            fitness,
+            validation_timeout: raw.validation.timeout.0,
+            tokens_per_day: raw.governor.tokens_per_day.get(),
+            permit_retry_after: raw.governor.retry_after.0,
+            research_ttl: raw.researcher.cache_ttl.0,
+            socket: raw.ctl.socket,
+            fault_injection: raw.debug.fault_injection,
+        })
+    }
+
+    /// Reads and checks a file.
+    pub fn load(file: &Path) -> Result<Config, ConfigError> {
+        let text = read_config_file(file)?;
+        Self::parse(file, &text)
+    }
+
+    /// Whether `agent ctl fault` is accepted.
+    pub fn faults_allowed(&self) -> bool {
+        self.mode == Mode::Debug || self.fault_injection
+    }
+
+    /// The control socket path.
+    pub fn socket_path(&self) -> PathBuf {
+        self.socket
+            .clone()
+            .unwrap_or_else(|| self.state_dir.join("agent.sock"))
+    }
+}
+
+/// Reads a config file, turning I/O failures into an error naming the file.
+pub(crate) fn read_config_file(file: &Path) -> Result<String, ConfigError> {
+    std::fs::read_to_string(file).map_err(|error| {
+        let why = match error.kind() {
+            std::io::ErrorKind::NotFound => "file not found".to_string(),
+            _ => format!("cannot read the file: {error}"),
+        };
+        ConfigError::whole_file(file, why)
+    })
+}
+
+/// Which file to read: the one given, else the conventional path when it
+/// exists, else the embedded default (so a bare `agent run` works anywhere).
+pub enum Source {
+    File(PathBuf),
+    Embedded(&'static str, &'static str),
+}
+
+impl Source {
+    pub fn pick(given: Option<&Path>, conventional: &'static str, embedded: &'static str) -> Source {
+        match given {
+            Some(path) => Source::File(path.to_path_buf()),
+            None if Path::new(conventional).is_file() => Source::File(conventional.into()),
+            None => Source::Embedded(conventional, embedded),
+        }
+    }
+
+    pub fn describe(&self) -> String {
+        match self {
+            Source::File(path) => path.display().to_string(),
+            Source::Embedded(name, _) => format!("embedded default {name}"),
+        }
+    }
+}
+
+/// Loads both files (from the given paths, the conventional ones, or the
+/// embedded defaults).
+pub fn load_all(
+    config: Option<&Path>,
+    actors: Option<&Path>,
+) -> Result<(Config, TreeSpec), ConfigError> {
+    let config = match Source::pick(config, "config/agent.toml", DEFAULT_AGENT_TOML) {
+        Source::File(path) => Config::load(&path)?,
+        Source::Embedded(name, text) => Config::parse(Path::new(name), text)?,
+    };
+    let tree = match Source::pick(actors, "actors.toml", DEFAULT_ACTORS_TOML) {
+        Source::File(path) => TreeSpec::load(&path)?,
+        Source::Embedded(name, text) => TreeSpec::parse(Path::new(name), text)?,
+    };
+    Ok((config, tree))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn embedded_default_is_valid() {
+        let config = Config::parse(Path::new("agent.toml"), DEFAULT_AGENT_TOML).unwrap();
+        assert_eq!(config.backend, BackendChoice::Auto);
+        assert_eq!(config.fitness, Fitness::CargoWarnings);
+    }
+
+    fn error_of(text: &str) -> String {
+        Config::parse(Path::new("agent.toml"), text)
+            .unwrap_err()
+            .to_string()
+    }
+
+    #[test]
+    fn bad_values_are_located() {
+        let bad = DEFAULT_AGENT_TOML.replace("job_timeout = \"10m\"", "job_timeout = \"soon\"");
+        let message = error_of(&bad);
+        assert!(message.starts_with("agent.toml:"), "{message}");
+        assert!(message.contains("found \"soon\""), "{message}");
+    }
+}

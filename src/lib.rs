@@ -1,0 +1,17 @@
+//! `agent`: a long-running, supervised, self-improving agent service. A
+//! supervision tree of six actors pursues a goal by improving a git workspace
+//! in committed iterations; see `docs/ARCHITECTURE.md` for the map.
+
+pub mod actors;
+pub mod cli;
+pub mod cognition;
+pub mod config;
+pub mod ctl;
+pub mod daemon;
+pub mod events;
+pub mod logging;
+pub mod messages;
+pub mod process;
+pub mod store;
+pub mod supervisor;
+pub mod workspace;

@@ -1,0 +1,265 @@
+//! Running child processes the way a long-running service must: each in a
+//! process group of its own, with a deadline, output captured, and the whole
+//! group killed on timeout, on cancellation and when the handle is dropped, so
+//! that no grandchild outlives the job. Children also get SIGKILL if this
+//! process dies (`PR_SET_PDEATHSIG`), and job records keep their process group
+//! so a restarted agent can clean up after a `kill -9`.
+
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::time::Duration;
+
+use nix::sys::signal::{Signal, killpg};
+use nix::unistd::Pid;
+use tokio::io::AsyncReadExt;
+use tokio::process::{Child, Command};
+
+/// How long a process group gets between SIGTERM and SIGKILL.
+const TERM_GRACE: Duration = Duration::from_secs(2);
+
+/// What to run.
+#[derive(Debug, Clone)]
+pub struct CommandSpec {
+    pub program: PathBuf,
+    pub args: Vec<String>,
+    pub cwd: PathBuf,
+    pub env: Vec<(String, String)>,
+    pub timeout: Duration,
+}
+
+impl CommandSpec {
+    /// `sh -c <script>` in `cwd`.
+    pub fn shell(script: &str, cwd: &Path, timeout: Duration) -> CommandSpec {
+        CommandSpec {
+            program: "sh".into(),
+            args: vec!["-c".into(), script.into()],
+            cwd: cwd.to_path_buf(),
+            env: Vec::new(),
+            timeout,
+        }
+    }
+
+    /// One line for logs: the program and its arguments.
+    pub fn display(&self) -> String {
+        let mut line = self.program.display().to_string();
+        for arg in &self.args {
+            line.push(' ');
+            line.push_str(arg);
+        }
+        line
+    }
+}
+
+/// How a process ended.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Ending {
+    /// It exited by itself; `None` when a signal ended it.
+    Exited(Option<i32>),
+    /// The deadline passed and the group was killed.
+    TimedOut,
+}
+
+/// The result of running a command.
+#[derive(Debug, Clone)]
+pub struct Finished {
+    pub ending: Ending,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Finished {
+    pub fn success(&self) -> bool {
+        self.ending == Ending::Exited(Some(0))
+    }
+
+    /// The end of stderr (or stdout), for error messages.
+    pub fn tail(&self, lines: usize) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let all: Vec<&str> = text.trim_end().lines().collect();
+        all[all.len().saturating_sub(lines)..].join("\n")
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("cannot start `{command}`: {source}")]
+pub struct SpawnError {
+    pub command: String,
+    #[source]
+    pub source: std::io::Error,
+}
+
+/// Kills a process group when dropped, unless disarmed.
+struct GroupGuard {
+    group: Option<Pid>,
+}
+
+impl GroupGuard {
+    fn kill(&mut self, signal: Signal) {
+        if let Some(group) = self.group {
+            // ESRCH means the group is already gone, which is what we want.
+            let _ = killpg(group, signal);
+        }
+    }
+}
+
+impl Drop for GroupGuard {
+    fn drop(&mut self) {
+        self.kill(Signal::SIGKILL);
+    }
+}
+
+/// A started process; `wait` runs it to the end.
+pub struct Running {
+    child: Child,
+    guard: GroupGuard,
+    spec: CommandSpec,
+}
+
+impl Running {
+    /// The process group id (equal to the child's pid).
+    pub fn process_group(&self) -> Option<i32> {
+        self.guard.group.map(Pid::as_raw)
+    }
+
+    /// Waits for the process, killing its group at the deadline. The group is
+    /// killed after a normal exit too, so that grandchildren left behind die.
+    pub async fn wait(mut self) -> Finished {
+        // Readers run on their own so that a grandchild holding the pipes
+        // open cannot keep us waiting once the child itself has exited.
+        let stdout = self.child.stdout.take().map(|pipe| tokio::spawn(read_all(pipe)));
+        let stderr = self.child.stderr.take().map(|pipe| tokio::spawn(read_all(pipe)));
+        let ending = match tokio::time::timeout(self.spec.timeout, self.child.wait()).await {
+            Ok(status) => Ending::Exited(status.ok().and_then(|s| s.code())),
+            Err(_) => {
+                tracing::warn!(
+                    command = %self.spec.display(),
+                    timeout = %humantime::format_duration(self.spec.timeout),
+                    "command timed out; terminating its process group"
+                );
+                self.guard.kill(Signal::SIGTERM);
+                if tokio::time::timeout(TERM_GRACE, self.child.wait()).await.is_err() {
+                    tracing::warn!(command = %self.spec.display(), "process group ignored SIGTERM; killing it");
+                }
+                Ending::TimedOut
+            }
+        };
+        // Whatever the ending, nothing of the group may outlive the job.
+        self.guard.kill(Signal::SIGKILL);
+        let _ = self.child.wait().await;
+        Finished {
+            ending,
+            stdout: collect(stdout).await,
+            stderr: collect(stderr).await,
+        }
+    }
+}
+
+async fn read_all(mut pipe: impl tokio::io::AsyncRead + Unpin) -> String {
+    let mut bytes = Vec::new();
+    let _ = pipe.read_to_end(&mut bytes).await;
+    String::from_utf8_lossy(&bytes).into_owned()
+}
+
+async fn collect(reader: Option<tokio::task::JoinHandle<String>>) -> String {
+    match reader {
+        Some(handle) => handle.await.unwrap_or_default(),
+        None => String::new(),
+    }
+}
+
+/// Starts `spec` in a new process group with stdin closed.
+pub fn start(spec: &CommandSpec) -> Result<Running, SpawnError> {
+    let mut command = Command::new(&spec.program);
+    command
+        .args(&spec.args)
+        .current_dir(&spec.cwd)
+        .envs(spec.env.iter().map(|(k, v)| (k, v)))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    die_with_parent(&mut command);
+    let child = command.spawn().map_err(|source| SpawnError {
+        command: spec.display(),
+        source,
+    })?;
+    let group = child.id().map(|pid| Pid::from_raw(pid as i32));
+    Ok(Running {
+        child,
+        guard: GroupGuard { group },
+        spec: spec.clone(),
+    })
+}
+
+/// Runs `spec` to the end.
+pub async fn run(spec: &CommandSpec) -> Result<Finished, SpawnError> {
+    Ok(start(spec)?.wait().await)
+}
+
+/// Asks the kernel to SIGKILL the child when this process dies, so a
+/// `kill -9` of the agent does not leave a job editing the worktree.
+#[allow(unsafe_code)]
+fn die_with_parent(command: &mut Command) {
+    // SAFETY: the closure runs in the forked child before exec and calls only
+    // prctl(2), which is async-signal-safe; it touches no memory of the parent.
+    unsafe {
+        command.pre_exec(|| {
+            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) == -1 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+}
+
+/// Kills a process group left behind by an earlier run (after a `kill -9`).
+pub fn kill_stale_group(group: i32) {
+    if group > 1 {
+        let _ = killpg(Pid::from_raw(group), Signal::SIGKILL);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn output_and_exit_code_are_captured() {
+        let spec = CommandSpec::shell("echo out; echo err >&2; exit 3", Path::new("."), Duration::from_secs(10));
+        let finished = run(&spec).await.unwrap();
+        assert_eq!(finished.ending, Ending::Exited(Some(3)));
+        assert_eq!(finished.stdout.trim(), "out");
+        assert_eq!(finished.stderr.trim(), "err");
+    }
+
+    #[tokio::test]
+    async fn a_timeout_kills_the_whole_group_even_if_sigterm_is_ignored() {
+        let dir = tempfile::tempdir().unwrap();
+        let pid_file = dir.path().join("grandchild");
+        let script = format!(
+            "trap '' TERM; sleep 1000 & echo $! > {}; wait",
+            pid_file.display()
+        );
+        let spec = CommandSpec::shell(&script, dir.path(), Duration::from_millis(300));
+        let finished = run(&spec).await.unwrap();
+        assert_eq!(finished.ending, Ending::TimedOut);
+        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        // The group was SIGKILLed; the grandchild may linger as a zombie for a
+        // moment until init reaps it, so poll its state rather than sleeping.
+        let gone = (0..200).any(|_| {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|stat| !stat.contains(") Z "))
+                .unwrap_or(false);
+            if alive {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            !alive
+        });
+        assert!(gone, "grandchild {pid} survived the timeout");
+    }
+}

@@ -1,0 +1,312 @@
+//! The store: the only module that touches sled. It owns the trees (run,
+//! actor snapshots, iteration log, experiences, cognition jobs, research
+//! cache), the codec, and durability: nothing is reported as committed before
+//! `flush_async` has returned, because sled on its own syncs only every 500 ms.
+
+pub mod codec;
+pub mod records;
+
+use std::path::{Path, PathBuf};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use sled::Transactional;
+use sled::transaction::ConflictableTransactionError;
+
+pub use codec::CodecError;
+pub use records::{
+    ExperienceRecord, IterationRecord, JobRecord, ResearchRecord, RunRecord, SnapshotRecord,
+};
+
+const RUN_KEY: &[u8] = b"run";
+
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    #[error(
+        "the state directory {0} is in use by a running agent; talk to it with `agent ctl --state {0}` or stop it first"
+    )]
+    InUse(PathBuf),
+    #[error("cannot open the store in {path}: {message}")]
+    Open { path: PathBuf, message: String },
+    #[error("store I/O failed: {0}")]
+    Io(String),
+    #[error("a stored {what} is unreadable: {source}")]
+    Corrupt {
+        what: &'static str,
+        source: CodecError,
+    },
+    #[error(transparent)]
+    Codec(#[from] CodecError),
+}
+
+impl From<sled::Error> for StoreError {
+    fn from(error: sled::Error) -> Self {
+        StoreError::Io(error.to_string())
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+}
+
+/// An open store. Cheap to clone: sled trees are reference-counted.
+#[derive(Clone)]
+pub struct Store {
+    db: sled::Db,
+    meta: sled::Tree,
+    snapshots: sled::Tree,
+    iterations: sled::Tree,
+    experiences: sled::Tree,
+    jobs: sled::Tree,
+    research: sled::Tree,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Store").finish_non_exhaustive()
+    }
+}
+
+impl Store {
+    /// Opens (or creates) the store under `state_dir/store`.
+    pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
+        let path = state_dir.join("store");
+        let db = sled::Config::new().path(&path).open().map_err(|error| {
+            if is_lock_error(&error) {
+                StoreError::InUse(state_dir.to_path_buf())
+            } else {
+                StoreError::Open {
+                    path: path.clone(),
+                    message: error.to_string(),
+                }
+            }
+        })?;
+        Ok(Store {
+            meta: db.open_tree("meta")?,
+            snapshots: db.open_tree("snapshots")?,
+            iterations: db.open_tree("iterations")?,
+            experiences: db.open_tree("experiences")?,
+            jobs: db.open_tree("jobs")?,
+            research: db.open_tree("research")?,
+            db,
+        })
+    }
+
+    /// Makes everything written so far durable.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.db.flush_async().await?;
+        Ok(())
+    }
+
+    // ------------------------------------------------------------- run --
+
+    pub fn run(&self) -> Result<Option<RunRecord>, StoreError> {
+        self.get(&self.meta, RUN_KEY, "run record")
+    }
+
+    pub async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
+        self.meta.insert(RUN_KEY, codec::encode(run)?)?;
+        self.flush().await
+    }
+
+    // -------------------------------------------------------- snapshots --
+
+    pub fn snapshot(&self, actor: &str) -> Result<Option<SnapshotRecord>, StoreError> {
+        self.get(&self.snapshots, actor.as_bytes(), "actor snapshot")
+    }
+
+    /// Writes one actor's snapshot on its own (for facts that are durable
+    /// whatever happens to the iteration, such as money spent) and flushes.
+    pub async fn put_snapshot(&self, record: &SnapshotRecord) -> Result<(), StoreError> {
+        self.snapshots
+            .insert(record.actor.as_bytes(), codec::encode(record)?)?;
+        self.flush().await
+    }
+
+    // ------------------------------------------------------- iterations --
+
+    /// Commits one iteration atomically: its log entry, the experience learned
+    /// from it and every actor's snapshot, in one transaction, then flushed.
+    pub async fn commit_iteration(
+        &self,
+        record: &IterationRecord,
+        experience: Option<&ExperienceRecord>,
+        snapshots: &[SnapshotRecord],
+    ) -> Result<(), StoreError> {
+        let key = record.number.to_be_bytes();
+        let record_bytes = codec::encode(record)?;
+        let experience_bytes = experience.map(codec::encode).transpose()?;
+        let snapshot_bytes: Vec<(Vec<u8>, Vec<u8>)> = snapshots
+            .iter()
+            .map(|s| Ok((s.actor.as_bytes().to_vec(), codec::encode(s)?)))
+            .collect::<Result<_, CodecError>>()?;
+        (&self.iterations, &self.experiences, &self.snapshots)
+            .transaction(|(iterations, experiences, snapshots)| {
+                iterations.insert(&key, record_bytes.as_slice())?;
+                if let Some(bytes) = &experience_bytes {
+                    experiences.insert(&key, bytes.as_slice())?;
+                }
+                for (actor, bytes) in &snapshot_bytes {
+                    snapshots.insert(actor.as_slice(), bytes.as_slice())?;
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|error| StoreError::Io(format!("{error:?}")))?;
+        self.flush().await
+    }
+
+    pub fn last_iteration(&self) -> Result<Option<IterationRecord>, StoreError> {
+        match self.iterations.last()? {
+            Some((_, bytes)) => Ok(Some(decode(&bytes, "iteration record")?)),
+            None => Ok(None),
+        }
+    }
+
+    /// The last `count` committed iterations, oldest first.
+    pub fn iterations(&self, count: usize) -> Result<Vec<IterationRecord>, StoreError> {
+        let mut records: Vec<IterationRecord> = self
+            .iterations
+            .iter()
+            .rev()
+            .take(count)
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                decode(&bytes, "iteration record")
+            })
+            .collect::<Result<_, StoreError>>()?;
+        records.reverse();
+        Ok(records)
+    }
+
+    /// The last `count` experiences, oldest first.
+    pub fn experiences(&self, count: usize) -> Result<Vec<ExperienceRecord>, StoreError> {
+        let mut records: Vec<ExperienceRecord> = self
+            .experiences
+            .iter()
+            .rev()
+            .take(count)
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                decode(&bytes, "experience")
+            })
+            .collect::<Result<_, StoreError>>()?;
+        records.reverse();
+        Ok(records)
+    }
+
+    // ------------------------------------------------------------- jobs --
+
+    /// A fresh, never reused job id.
+    pub fn next_job_id(&self) -> Result<u64, StoreError> {
+        Ok(self.db.generate_id()?)
+    }
+
+    pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.jobs.insert(job.id.to_be_bytes(), codec::encode(job)?)?;
+        self.flush().await
+    }
+
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.jobs
+            .iter()
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                decode(&bytes, "job record")
+            })
+            .collect()
+    }
+
+    // --------------------------------------------------------- research --
+
+    pub fn research(&self, topic: &str) -> Result<Option<ResearchRecord>, StoreError> {
+        self.get(&self.research, topic.as_bytes(), "research entry")
+    }
+
+    pub async fn put_research(&self, entry: &ResearchRecord) -> Result<(), StoreError> {
+        self.research
+            .insert(entry.topic.as_bytes(), codec::encode(entry)?)?;
+        self.flush().await
+    }
+
+    fn get<T: serde::de::DeserializeOwned>(
+        &self,
+        tree: &sled::Tree,
+        key: &[u8],
+        what: &'static str,
+    ) -> Result<Option<T>, StoreError> {
+        match tree.get(key)? {
+            Some(bytes) => Ok(Some(decode(&bytes, what)?)),
+            None => Ok(None),
+        }
+    }
+}
+
+fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+    codec::decode(bytes).map_err(|source| StoreError::Corrupt { what, source })
+}
+
+fn is_lock_error(error: &sled::Error) -> bool {
+    match error {
+        sled::Error::Io(io) => {
+            io.kind() == std::io::ErrorKind::WouldBlock
+                || io.to_string().to_lowercase().contains("lock")
+        }
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn record(number: u64) -> IterationRecord {
+        IterationRecord {
+            number,
+            goal: "g".into(),
+            capability: "fmt".into(),
+            outcome: "accepted".into(),
+            fitness_before: Some(3.0),
+            fitness_after: Some(2.0),
+            input_tokens: 1,
+            output_tokens: 2,
+            cost_usd: 0.0,
+            duration_ms: 5,
+            commit: None,
+            summary: String::new(),
+            finished_at_ms: 0,
+        }
+    }
+
+    #[tokio::test]
+    async fn a_committed_iteration_survives_reopening() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let store = Store::open(dir.path()).unwrap();
+            let snapshot = SnapshotRecord {
+                actor: "learner".into(),
+                schema: 1,
+                iteration: 1,
+                body: vec![1, 2, 3],
+            };
+            store
+                .commit_iteration(&record(1), None, std::slice::from_ref(&snapshot))
+                .await
+                .unwrap();
+            store.commit_iteration(&record(2), None, &[]).await.unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.last_iteration().unwrap().unwrap().number, 2);
+        assert_eq!(store.iterations(10).unwrap().len(), 2);
+        assert_eq!(store.snapshot("learner").unwrap().unwrap().body, vec![1, 2, 3]);
+    }
+
+    #[test]
+    fn a_second_open_says_the_directory_is_in_use() {
+        let dir = tempfile::tempdir().unwrap();
+        let _first = Store::open(dir.path()).unwrap();
+        let second = Store::open(dir.path()).unwrap_err();
+        assert!(matches!(second, StoreError::InUse(_)), "{second}");
+    }
+}

@@ -1,0 +1,88 @@
+//! The records kept in the store. These are storage types, separate from the
+//! actors' messages, so the in-memory types can change without breaking what
+//! is on disk. A new field goes at the end with `#[serde(default)]` only if
+//! the codec tolerates it; otherwise bump the snapshot schema.
+
+use serde::{Deserialize, Serialize};
+
+/// The run this state directory belongs to.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct RunRecord {
+    pub goal: String,
+    pub created_at_ms: u64,
+    /// "running" or "finished".
+    pub state: String,
+    /// Set when the tree escalated: why the last `agent run` gave up.
+    pub last_escalation: Option<String>,
+}
+
+/// One actor's committed state. `body` is the actor's own snapshot struct,
+/// encoded with the codec; `schema` says which version of that struct.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SnapshotRecord {
+    pub actor: String,
+    pub schema: u32,
+    /// The iteration this snapshot was committed with (0 before the first).
+    pub iteration: u64,
+    pub body: Vec<u8>,
+}
+
+/// One committed iteration, the event log's entry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct IterationRecord {
+    pub number: u64,
+    pub goal: String,
+    pub capability: String,
+    /// accepted | rejected | no-change | job-failed
+    pub outcome: String,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: Option<f64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+    /// The agent branch's commit, for an accepted change.
+    pub commit: Option<String>,
+    /// One line: what happened.
+    pub summary: String,
+    pub finished_at_ms: u64,
+}
+
+/// What the learner learned from one iteration.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperienceRecord {
+    pub iteration: u64,
+    pub capability: String,
+    pub outcome: String,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: Option<f64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+    pub error_signature: Option<String>,
+}
+
+/// A cognition job, written before it starts and when it ends.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: u64,
+    pub iteration: u64,
+    pub backend: String,
+    pub capability: String,
+    /// running | completed | failed | timeout | killed
+    pub status: String,
+    /// Process group of the job's process while it runs.
+    pub process_group: Option<i32>,
+    pub started_at_ms: u64,
+    pub ended_at_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+/// A cached research answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResearchRecord {
+    pub topic: String,
+    pub notes: String,
+    pub fetched_at_ms: u64,
+}

@@ -1,0 +1,294 @@
+//! The agent's own git working tree. The agent never edits the user's working
+//! copy: a workspace that is the root of a git repository gets a linked
+//! worktree under the state directory on the agent's branch; any other
+//! directory (such as the example crate inside this project) is imported into
+//! a repository of its own under the state directory, so the original
+//! repository's files, branches and history stay untouched. All calls block;
+//! actors run them on the blocking pool.
+
+use std::path::{Path, PathBuf};
+
+use git2::build::CheckoutBuilder;
+use git2::{BranchType, IndexAddOption, Oid, Repository, ResetType, Signature, StatusOptions};
+
+/// The branch the agent commits to.
+pub const AGENT_BRANCH: &str = "agent/work";
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkspaceError {
+    #[error("workspace {0} does not exist or is not a directory")]
+    Missing(PathBuf),
+    #[error("git: {0}")]
+    Git(#[from] git2::Error),
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+}
+
+/// The agent's worktree.
+#[derive(Debug, Clone)]
+pub struct Workspace {
+    pub path: PathBuf,
+}
+
+impl Workspace {
+    /// Opens the agent's worktree under `state_dir`, creating it from `source`
+    /// the first time.
+    pub fn prepare(source: &Path, state_dir: &Path) -> Result<Workspace, WorkspaceError> {
+        let path = state_dir.join("worktree");
+        if Repository::open(&path).is_ok() {
+            return Ok(Workspace { path });
+        }
+        if !source.is_dir() {
+            return Err(WorkspaceError::Missing(source.to_path_buf()));
+        }
+        let source = source.canonicalize()?;
+        let is_repo_root = Repository::open(&source)
+            .ok()
+            .and_then(|repo| repo.workdir().map(Path::to_path_buf))
+            .and_then(|workdir| workdir.canonicalize().ok())
+            .is_some_and(|workdir| workdir == source);
+        if is_repo_root {
+            add_linked_worktree(&source, &path)?;
+        } else {
+            import_directory(&source, &path)?;
+        }
+        Ok(Workspace { path })
+    }
+
+    fn repo(&self) -> Result<Repository, WorkspaceError> {
+        Ok(Repository::open(&self.path)?)
+    }
+
+    /// The commit the agent's branch points at.
+    pub fn head(&self) -> Result<String, WorkspaceError> {
+        let repo = self.repo()?;
+        let head = repo.head()?.peel_to_commit()?;
+        Ok(head.id().to_string())
+    }
+
+    /// Puts branch, index and files back at `commit` and removes untracked
+    /// files (ignored ones, such as `target/`, stay for the build cache).
+    pub fn reset_to(&self, commit: &str) -> Result<(), WorkspaceError> {
+        let repo = self.repo()?;
+        let object = repo.find_object(Oid::from_str(commit)?, None)?;
+        let mut checkout = CheckoutBuilder::new();
+        checkout.force();
+        repo.reset(&object, ResetType::Hard, Some(&mut checkout))?;
+        // A hard reset leaves untracked files; remove them (not ignored ones).
+        let mut options = StatusOptions::new();
+        options.include_untracked(true).recurse_untracked_dirs(false).include_ignored(false);
+        let untracked: Vec<PathBuf> = repo
+            .statuses(Some(&mut options))?
+            .iter()
+            .filter(|entry| entry.status().is_wt_new())
+            .filter_map(|entry| entry.path().map(|p| self.path.join(p)))
+            .collect();
+        for path in untracked {
+            if path.is_dir() {
+                std::fs::remove_dir_all(&path)?;
+            } else {
+                std::fs::remove_file(&path)?;
+            }
+        }
+        Ok(())
+    }
+
+    /// Files changed, added or deleted since the last commit (not ignored ones).
+    pub fn changed_files(&self) -> Result<Vec<String>, WorkspaceError> {
+        let repo = self.repo()?;
+        let mut options = StatusOptions::new();
+        options
+            .include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .include_ignored(false);
+        let statuses = repo.statuses(Some(&mut options))?;
+        Ok(statuses
+            .iter()
+            .filter_map(|entry| entry.path().map(str::to_string))
+            .collect())
+    }
+
+    /// Commits every change on the agent's branch and returns the commit id.
+    pub fn commit_all(&self, message: &str) -> Result<String, WorkspaceError> {
+        let repo = self.repo()?;
+        let mut index = repo.index()?;
+        index.add_all(["*"], IndexAddOption::DEFAULT, None)?;
+        index.update_all(["*"], None)?;
+        index.write()?;
+        let tree = repo.find_tree(index.write_tree()?)?;
+        let parent = repo.head()?.peel_to_commit()?;
+        let signature = signature()?;
+        let id = repo.commit(Some("HEAD"), &signature, &signature, message, &tree, &[&parent])?;
+        Ok(id.to_string())
+    }
+
+    /// The messages of the agent branch's commits, newest first.
+    pub fn log(&self) -> Result<Vec<String>, WorkspaceError> {
+        let repo = self.repo()?;
+        let mut walk = repo.revwalk()?;
+        walk.push_head()?;
+        walk.map(|id| {
+            let commit = repo.find_commit(id?)?;
+            Ok(commit.message().unwrap_or_default().to_string())
+        })
+        .collect()
+    }
+}
+
+fn signature() -> Result<Signature<'static>, git2::Error> {
+    Signature::now("agent", "agent@localhost")
+}
+
+/// Creates the agent's branch at the source's HEAD and a linked worktree of it.
+fn add_linked_worktree(source: &Path, path: &Path) -> Result<(), WorkspaceError> {
+    let repo = Repository::open(source)?;
+    let head = repo.head()?.peel_to_commit()?;
+    let branch = match repo.find_branch(AGENT_BRANCH, BranchType::Local) {
+        Ok(branch) => branch,
+        Err(_) => repo.branch(AGENT_BRANCH, &head, false)?,
+    };
+    if let Some(parent) = path.parent() {
+        std::fs::create_dir_all(parent)?;
+    }
+    let reference = branch.into_reference();
+    let mut options = git2::WorktreeAddOptions::new();
+    options.reference(Some(&reference));
+    // Worktree names must be unique in the source repository.
+    let name = format!("agent-{}", std::process::id());
+    repo.worktree(&name, path, Some(&options))?;
+    exclude_build_output(&Repository::open(path)?)?;
+    Ok(())
+}
+
+/// Copies a directory's files (not `.git`, `target`) into a new repository and
+/// commits them as the agent branch's first commit.
+fn import_directory(source: &Path, path: &Path) -> Result<(), WorkspaceError> {
+    // Build the import next to its final place, then rename, so a crash
+    // half-way never leaves a repository that looks ready.
+    let staging = path.with_extension("importing");
+    if staging.exists() {
+        std::fs::remove_dir_all(&staging)?;
+    }
+    std::fs::create_dir_all(&staging)?;
+    copy_tree(source, &staging)?;
+    {
+        let repo = Repository::init(&staging)?;
+        repo.set_head(&format!("refs/heads/{AGENT_BRANCH}"))?;
+        exclude_build_output(&repo)?;
+        let mut index = repo.index()?;
+        index.add_all(["*"], IndexAddOption::DEFAULT, None)?;
+        index.write()?;
+        let tree = repo.find_tree(index.write_tree()?)?;
+        let signature = signature()?;
+        repo.commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            &format!("agent: import {}", source.display()),
+            &tree,
+            &[],
+        )?;
+    }
+    std::fs::rename(&staging, path)?;
+    Ok(())
+}
+
+fn exclude_build_output(repo: &Repository) -> Result<(), WorkspaceError> {
+    let exclude = repo.path().join("info").join("exclude");
+    if let Some(dir) = exclude.parent() {
+        std::fs::create_dir_all(dir)?;
+    }
+    let mut text = std::fs::read_to_string(&exclude).unwrap_or_default();
+    if !text.lines().any(|line| line.trim() == "/target") {
+        text.push_str("\n/target\n");
+        std::fs::write(&exclude, text)?;
+    }
+    Ok(())
+}
+
+fn copy_tree(from: &Path, to: &Path) -> std::io::Result<()> {
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let name = entry.file_name();
+        if name == ".git" || name == "target" {
+            continue;
+        }
+        let kind = entry.file_type()?;
+        let target = to.join(&name);
+        if kind.is_dir() {
+            std::fs::create_dir_all(&target)?;
+            copy_tree(&entry.path(), &target)?;
+        } else if kind.is_file() {
+            std::fs::copy(entry.path(), &target)?;
+        }
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn imported() -> (tempfile::TempDir, Workspace) {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("src-dir");
+        std::fs::create_dir_all(source.join("sub")).unwrap();
+        std::fs::write(source.join("a.txt"), "a\n").unwrap();
+        std::fs::write(source.join("sub/b.txt"), "b\n").unwrap();
+        let ws = Workspace::prepare(&source, &dir.path().join("state")).unwrap();
+        (dir, ws)
+    }
+
+    #[test]
+    fn rollback_restores_the_base_commit_and_leaves_nothing_untracked() {
+        let (_dir, ws) = imported();
+        let base = ws.head().unwrap();
+        std::fs::write(ws.path.join("a.txt"), "changed\n").unwrap();
+        std::fs::write(ws.path.join("new.txt"), "new\n").unwrap();
+        std::fs::remove_file(ws.path.join("sub/b.txt")).unwrap();
+        assert_eq!(ws.changed_files().unwrap().len(), 3);
+        ws.reset_to(&base).unwrap();
+        assert!(ws.changed_files().unwrap().is_empty());
+        assert_eq!(ws.head().unwrap(), base);
+        assert_eq!(std::fs::read_to_string(ws.path.join("a.txt")).unwrap(), "a\n");
+        assert!(!ws.path.join("new.txt").exists());
+    }
+
+    #[test]
+    fn an_accepted_change_is_one_commit() {
+        let (_dir, ws) = imported();
+        let base = ws.head().unwrap();
+        std::fs::write(ws.path.join("a.txt"), "better\n").unwrap();
+        std::fs::write(ws.path.join("c.txt"), "c\n").unwrap();
+        let commit = ws.commit_all("agent: iteration 1").unwrap();
+        assert_ne!(commit, base);
+        assert!(ws.changed_files().unwrap().is_empty());
+        let repo = Repository::open(&ws.path).unwrap();
+        let head = repo.head().unwrap().peel_to_commit().unwrap();
+        assert_eq!(head.parent_id(0).unwrap().to_string(), base);
+        assert_eq!(ws.log().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_repository_root_gets_a_linked_worktree_and_its_checkout_is_untouched() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("repo");
+        std::fs::create_dir_all(&source).unwrap();
+        let repo = Repository::init(&source).unwrap();
+        std::fs::write(source.join("f.txt"), "f\n").unwrap();
+        let mut index = repo.index().unwrap();
+        index.add_all(["*"], IndexAddOption::DEFAULT, None).unwrap();
+        let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+        let sig = signature().unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap();
+        let user_branch = repo.head().unwrap().shorthand().unwrap().to_string();
+
+        let ws = Workspace::prepare(&source, &dir.path().join("state")).unwrap();
+        std::fs::write(ws.path.join("f.txt"), "agent\n").unwrap();
+        ws.commit_all("agent: iteration 1").unwrap();
+
+        assert_eq!(std::fs::read_to_string(source.join("f.txt")).unwrap(), "f\n");
+        assert_eq!(repo.head().unwrap().shorthand().unwrap(), user_branch);
+        assert!(repo.find_branch(AGENT_BRANCH, BranchType::Local).is_ok());
+    }
+}
