@@ -14,7 +14,11 @@ use crate::daemon::{self, Ending, Overrides, exit};
 use crate::store::Store;
 
 #[derive(Debug, Parser)]
-#[command(name = "agent", version, about = "A long-running, supervised, self-improving agent service")]
+#[command(
+    name = "agent",
+    version,
+    about = "A long-running, supervised, self-improving agent service"
+)]
 pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human")]
@@ -143,7 +147,10 @@ pub struct HistoryArgs {
 
 /// Runs the parsed command line and returns the process exit status.
 pub fn main(cli: Cli) -> ExitCode {
-    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
         Ok(runtime) => runtime,
         Err(error) => {
             eprintln!("agent: cannot start the async runtime: {error}");
@@ -166,13 +173,14 @@ pub fn main(cli: Cli) -> ExitCode {
 }
 
 async fn run(args: RunArgs) -> u8 {
-    let (config, tree) = match config::load_all(args.files.config.as_deref(), args.files.actors.as_deref()) {
-        Ok(loaded) => loaded,
-        Err(error) => {
-            eprintln!("agent: {error}");
-            return exit::USAGE;
-        }
-    };
+    let (config, tree) =
+        match config::load_all(args.files.config.as_deref(), args.files.actors.as_deref()) {
+            Ok(loaded) => loaded,
+            Err(error) => {
+                eprintln!("agent: {error}");
+                return exit::USAGE;
+            }
+        };
     let overrides = Overrides {
         goal: args.goal,
         replace_goal: args.replace_goal,
@@ -230,7 +238,13 @@ async fn ctl(args: CtlArgs) -> u8 {
             if args.json {
                 println!("{}", serde_json::to_string(&error).unwrap_or_default());
             }
-            eprintln!("agent ctl: refused ({}): {}", serde_json::to_string(&error.kind).unwrap_or_default().trim_matches('"'), error.message);
+            eprintln!(
+                "agent ctl: refused ({}): {}",
+                serde_json::to_string(&error.kind)
+                    .unwrap_or_default()
+                    .trim_matches('"'),
+                error.message
+            );
             exit::FAILED
         }
     }
@@ -280,7 +294,10 @@ fn history(args: &HistoryArgs) -> u8 {
     };
     for record in records {
         if args.json {
-            println!("{}", serde_json::to_string(&HistoryLine::from(&record)).unwrap_or_default());
+            println!(
+                "{}",
+                serde_json::to_string(&HistoryLine::from(&record)).unwrap_or_default()
+            );
         } else {
             println!(
                 "{:>4}  {:<24} {:<10} {}",

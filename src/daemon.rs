@@ -81,7 +81,11 @@ pub enum Ending {
 }
 
 /// Runs the daemon to its end.
-pub async fn run(mut config: Config, tree: TreeSpec, overrides: Overrides) -> Result<Ending, RunError> {
+pub async fn run(
+    mut config: Config,
+    tree: TreeSpec,
+    overrides: Overrides,
+) -> Result<Ending, RunError> {
     apply(&mut config, &overrides);
     if config.mode == Mode::Supervised {
         return Err(RunError::Usage(
@@ -91,12 +95,17 @@ pub async fn run(mut config: Config, tree: TreeSpec, overrides: Overrides) -> Re
         ));
     }
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
-        RunError::Failed(format!("cannot create the state directory {}: {e}", config.state_dir.display()))
+        RunError::Failed(format!(
+            "cannot create the state directory {}: {e}",
+            config.state_dir.display()
+        ))
     })?;
     let store = Store::open(&config.state_dir)?;
     config.goal = resolve_run(&store, &config, &overrides).await?;
 
-    let selection = cognition::select(&config).await.map_err(|e| RunError::Usage(e.to_string()))?;
+    let selection = cognition::select(&config)
+        .await
+        .map_err(|e| RunError::Usage(e.to_string()))?;
     tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
 
     let source = config.workspace.clone();
@@ -150,12 +159,15 @@ pub async fn run(mut config: Config, tree: TreeSpec, overrides: Overrides) -> Re
         stop: stop_tx.clone(),
     });
     let socket_path = config.socket_path();
-    let (socket, server_task) = server::start(&socket_path, server_context)
-        .map_err(|e| RunError::Failed(format!("cannot listen on {}: {e}", socket_path.display())))?;
+    let (socket, server_task) = server::start(&socket_path, server_context).map_err(|e| {
+        RunError::Failed(format!("cannot listen on {}: {e}", socket_path.display()))
+    })?;
     tracing::info!(socket = %socket_path.display(), "control socket ready");
 
-    let mut sigterm = signal(SignalKind::terminate()).map_err(|e| RunError::Failed(e.to_string()))?;
-    let mut sigint = signal(SignalKind::interrupt()).map_err(|e| RunError::Failed(e.to_string()))?;
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| RunError::Failed(e.to_string()))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| RunError::Failed(e.to_string()))?;
     let mut supervisor_done = supervisor_done;
     let (ending, stop) = loop {
         tokio::select! {
@@ -201,11 +213,17 @@ pub async fn run(mut config: Config, tree: TreeSpec, overrides: Overrides) -> Re
     printer.abort();
     let committed = store.last_iteration()?.map_or(0, |r| r.number);
     match &ending {
-        Ending::Finished(reason) => println!("agent: run finished ({reason}); {committed} iteration(s) committed"),
-        Ending::Stopped => println!("agent: stopped; {committed} iteration(s) committed, state checkpointed"),
+        Ending::Finished(reason) => {
+            println!("agent: run finished ({reason}); {committed} iteration(s) committed")
+        }
+        Ending::Stopped => {
+            println!("agent: stopped; {committed} iteration(s) committed, state checkpointed")
+        }
         Ending::Escalated(reason) => {
             tracing::error!(%reason, "the supervision tree escalated; state checkpointed");
-            eprintln!("agent: escalated: {reason}; {committed} iteration(s) committed, state checkpointed");
+            eprintln!(
+                "agent: escalated: {reason}; {committed} iteration(s) committed, state checkpointed"
+            );
         }
     }
     Ok(ending)
@@ -244,7 +262,11 @@ fn new_run(goal: &str) -> RunRecord {
 /// Decides the goal of this run: a new run takes the given (or configured)
 /// goal; a stored run is resumed with its own goal; a different `--goal` on an
 /// unfinished run is refused unless `--replace-goal` is given.
-async fn resolve_run(store: &Store, config: &Config, overrides: &Overrides) -> Result<String, RunError> {
+async fn resolve_run(
+    store: &Store,
+    config: &Config,
+    overrides: &Overrides,
+) -> Result<String, RunError> {
     let requested = overrides.goal.clone();
     let goal = match store.run()? {
         None => {
@@ -278,7 +300,9 @@ async fn resolve_run(store: &Store, config: &Config, overrides: &Overrides) -> R
         },
     };
     if goal.trim().is_empty() {
-        return Err(RunError::Usage("--goal must be a non-empty sentence".into()));
+        return Err(RunError::Usage(
+            "--goal must be a non-empty sentence".into(),
+        ));
     }
     Ok(goal)
 }
@@ -292,10 +316,17 @@ async fn drain(config: &Config, stop: StopRequest) {
     let drained = if deadline.is_zero() {
         false
     } else {
-        messages::call(ActorKind::Planner, deadline, PlannerMsg::Drain).await.is_ok()
+        messages::call(ActorKind::Planner, deadline, PlannerMsg::Drain)
+            .await
+            .is_ok()
     };
     if !drained {
-        let _ = messages::call(ActorKind::Planner, Duration::from_secs(30), PlannerMsg::Abandon).await;
+        let _ = messages::call(
+            ActorKind::Planner,
+            Duration::from_secs(30),
+            PlannerMsg::Abandon,
+        )
+        .await;
     }
 }
 
@@ -312,7 +343,9 @@ async fn print_iterations(mut events: tokio::sync::broadcast::Receiver<Event>) {
                 record.duration_ms as f64 / 1000.0
             ),
             Ok(Event::IterationAbandoned { iteration, reason }) => {
-                println!("iteration {iteration:>3}  abandoned before its commit: {reason}; it will run again")
+                println!(
+                    "iteration {iteration:>3}  abandoned before its commit: {reason}; it will run again"
+                )
             }
             Ok(Event::ActorRestarted { actor, restarts }) => {
                 println!("agent: {actor} restarted (restart {restarts})")

@@ -130,8 +130,16 @@ impl Running {
     pub async fn wait(mut self) -> Finished {
         // Readers run on their own so that a grandchild holding the pipes
         // open cannot keep us waiting once the child itself has exited.
-        let stdout = self.child.stdout.take().map(|pipe| tokio::spawn(read_all(pipe)));
-        let stderr = self.child.stderr.take().map(|pipe| tokio::spawn(read_all(pipe)));
+        let stdout = self
+            .child
+            .stdout
+            .take()
+            .map(|pipe| tokio::spawn(read_all(pipe)));
+        let stderr = self
+            .child
+            .stderr
+            .take()
+            .map(|pipe| tokio::spawn(read_all(pipe)));
         let ending = match tokio::time::timeout(self.spec.timeout, self.child.wait()).await {
             Ok(status) => Ending::Exited(status.ok().and_then(|s| s.code())),
             Err(_) => {
@@ -141,7 +149,10 @@ impl Running {
                     "command timed out; terminating its process group"
                 );
                 self.guard.kill(Signal::SIGTERM);
-                if tokio::time::timeout(TERM_GRACE, self.child.wait()).await.is_err() {
+                if tokio::time::timeout(TERM_GRACE, self.child.wait())
+                    .await
+                    .is_err()
+                {
                     tracing::warn!(command = %self.spec.display(), "process group ignored SIGTERM; killing it");
                 }
                 Ending::TimedOut
@@ -230,7 +241,11 @@ mod tests {
 
     #[tokio::test]
     async fn output_and_exit_code_are_captured() {
-        let spec = CommandSpec::shell("echo out; echo err >&2; exit 3", Path::new("."), Duration::from_secs(10));
+        let spec = CommandSpec::shell(
+            "echo out; echo err >&2; exit 3",
+            Path::new("."),
+            Duration::from_secs(10),
+        );
         let finished = run(&spec).await.unwrap();
         assert_eq!(finished.ending, Ending::Exited(Some(3)));
         assert_eq!(finished.stdout.trim(), "out");
@@ -248,7 +263,11 @@ mod tests {
         let spec = CommandSpec::shell(&script, dir.path(), Duration::from_millis(300));
         let finished = run(&spec).await.unwrap();
         assert_eq!(finished.ending, Ending::TimedOut);
-        let pid: i32 = std::fs::read_to_string(&pid_file).unwrap().trim().parse().unwrap();
+        let pid: i32 = std::fs::read_to_string(&pid_file)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
         // The group was SIGKILLed; the grandchild may linger as a zombie for a
         // moment until init reaps it, so poll its state rather than sleeping.
         let gone = (0..200).any(|_| {

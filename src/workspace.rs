@@ -76,7 +76,10 @@ impl Workspace {
         repo.reset(&object, ResetType::Hard, Some(&mut checkout))?;
         // A hard reset leaves untracked files; remove them (not ignored ones).
         let mut options = StatusOptions::new();
-        options.include_untracked(true).recurse_untracked_dirs(false).include_ignored(false);
+        options
+            .include_untracked(true)
+            .recurse_untracked_dirs(false)
+            .include_ignored(false);
         let untracked: Vec<PathBuf> = repo
             .statuses(Some(&mut options))?
             .iter()
@@ -118,7 +121,14 @@ impl Workspace {
         let tree = repo.find_tree(index.write_tree()?)?;
         let parent = repo.head()?.peel_to_commit()?;
         let signature = signature()?;
-        let id = repo.commit(Some("HEAD"), &signature, &signature, message, &tree, &[&parent])?;
+        let id = repo.commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            message,
+            &tree,
+            &[&parent],
+        )?;
         Ok(id.to_string())
     }
 
@@ -250,7 +260,10 @@ mod tests {
         ws.reset_to(&base).unwrap();
         assert!(ws.changed_files().unwrap().is_empty());
         assert_eq!(ws.head().unwrap(), base);
-        assert_eq!(std::fs::read_to_string(ws.path.join("a.txt")).unwrap(), "a\n");
+        assert_eq!(
+            std::fs::read_to_string(ws.path.join("a.txt")).unwrap(),
+            "a\n"
+        );
         assert!(!ws.path.join("new.txt").exists());
     }
 
@@ -280,14 +293,18 @@ mod tests {
         index.add_all(["*"], IndexAddOption::DEFAULT, None).unwrap();
         let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
         let sig = signature().unwrap();
-        repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[]).unwrap();
+        repo.commit(Some("HEAD"), &sig, &sig, "init", &tree, &[])
+            .unwrap();
         let user_branch = repo.head().unwrap().shorthand().unwrap().to_string();
 
         let ws = Workspace::prepare(&source, &dir.path().join("state")).unwrap();
         std::fs::write(ws.path.join("f.txt"), "agent\n").unwrap();
         ws.commit_all("agent: iteration 1").unwrap();
 
-        assert_eq!(std::fs::read_to_string(source.join("f.txt")).unwrap(), "f\n");
+        assert_eq!(
+            std::fs::read_to_string(source.join("f.txt")).unwrap(),
+            "f\n"
+        );
         assert_eq!(repo.head().unwrap().shorthand().unwrap(), user_branch);
         assert!(repo.find_branch(AGENT_BRANCH, BranchType::Local).is_ok());
     }

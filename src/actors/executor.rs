@@ -184,7 +184,10 @@ async fn abandon_leftover_jobs(ctx: &Context) {
         job.status = "failed".into();
         job.ended_at_ms = Some(now_ms());
         job.error = Some("abandoned: the executor stopped while the job ran".into());
-        tracing::warn!(job = job.id, "abandoned a job left running by an earlier executor");
+        tracing::warn!(
+            job = job.id,
+            "abandoned a job left running by an earlier executor"
+        );
         let _ = ctx.store.put_job(&job).await;
     }
 }

@@ -77,7 +77,9 @@ pub fn decide(
             .unwrap_or(now_ms);
         let free_at = oldest + DAY_MS;
         return Permit::Wait {
-            reason: format!("token budget spent: {spent} of {tokens_per_day} tokens in the last 24h"),
+            reason: format!(
+                "token budget spent: {spent} of {tokens_per_day} tokens in the last 24h"
+            ),
             retry_after: Duration::from_millis(free_at.saturating_sub(now_ms)).max(retry_after),
         };
     }
@@ -196,7 +198,10 @@ mod tests {
     fn grants_until_the_iteration_limit() {
         let s = GovernorSnapshot::default();
         assert_eq!(decide(&s, 3, Some(3), 100, RETRY, 0), Permit::Granted);
-        assert!(matches!(decide(&s, 4, Some(3), 100, RETRY, 0), Permit::Finished { .. }));
+        assert!(matches!(
+            decide(&s, 4, Some(3), 100, RETRY, 0),
+            Permit::Finished { .. }
+        ));
     }
 
     #[test]
@@ -205,21 +210,38 @@ mod tests {
             paused: true,
             ..Default::default()
         };
-        assert!(matches!(decide(&s, 1, None, 100, RETRY, 0), Permit::Wait { retry_after, .. } if retry_after == RETRY));
+        assert!(
+            matches!(decide(&s, 1, None, 100, RETRY, 0), Permit::Wait { retry_after, .. } if retry_after == RETRY)
+        );
     }
 
     #[test]
     fn the_token_budget_is_a_rolling_day() {
         let mut s = GovernorSnapshot::default();
         let now = 10 * DAY_MS;
-        record_usage(&mut s, Usage { input_tokens: 60, output_tokens: 50, cost_usd: 0.1 }, now - 1000);
+        record_usage(
+            &mut s,
+            Usage {
+                input_tokens: 60,
+                output_tokens: 50,
+                cost_usd: 0.1,
+            },
+            now - 1000,
+        );
         let denied = decide(&s, 1, None, 100, RETRY, now);
-        let Permit::Wait { retry_after, reason } = denied else {
+        let Permit::Wait {
+            retry_after,
+            reason,
+        } = denied
+        else {
             panic!("expected a wait, got {denied:?}");
         };
         assert!(reason.contains("110 of 100"), "{reason}");
         assert_eq!(retry_after, Duration::from_millis(DAY_MS - 1000));
         // A day later the usage has left the window.
-        assert_eq!(decide(&s, 1, None, 100, RETRY, now + DAY_MS), Permit::Granted);
+        assert_eq!(
+            decide(&s, 1, None, 100, RETRY, now + DAY_MS),
+            Permit::Granted
+        );
     }
 }

@@ -70,7 +70,10 @@ pub fn learn(stats: &mut BTreeMap<String, CapabilityStats>, experience: &Experie
 }
 
 /// Ranks `candidates` best first (UCB1; untried first, in the given order).
-pub fn rank(stats: &BTreeMap<String, CapabilityStats>, candidates: &[String]) -> Vec<RankedCapability> {
+pub fn rank(
+    stats: &BTreeMap<String, CapabilityStats>,
+    candidates: &[String],
+) -> Vec<RankedCapability> {
     let total: u64 = candidates
         .iter()
         .filter_map(|c| stats.get(c))
@@ -211,7 +214,9 @@ mod tests {
     /// the fitness, picking by rank converges on it.
     #[test]
     fn the_choice_settles_on_what_works() {
-        let candidates: Vec<String> = ["bad", "useless", "good", "noop"].map(String::from).to_vec();
+        let candidates: Vec<String> = ["bad", "useless", "good", "noop"]
+            .map(String::from)
+            .to_vec();
         let mut stats = BTreeMap::new();
         let mut picks = Vec::new();
         for _ in 0..60 {
@@ -227,7 +232,10 @@ mod tests {
         let good_early = picks[..10].iter().filter(|p| *p == "good").count();
         let good_late = picks[40..].iter().filter(|p| *p == "good").count();
         assert!(good_late >= 16, "late picks: {:?}", &picks[40..]);
-        assert!(good_late > good_early * 2, "early {good_early}, late {good_late}");
+        assert!(
+            good_late > good_early * 2,
+            "early {good_early}, late {good_late}"
+        );
     }
 
     #[test]

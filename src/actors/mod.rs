@@ -93,23 +93,37 @@ impl ChildFactory for Factory {
         Box::pin(async move {
             let cell = match kind {
                 ActorKind::Governor => {
-                    Actor::spawn_linked(name, governor::Governor, ctx, supervisor).await?.0.get_cell()
+                    Actor::spawn_linked(name, governor::Governor, ctx, supervisor)
+                        .await?
+                        .0
+                        .get_cell()
                 }
-                ActorKind::Learner => {
-                    Actor::spawn_linked(name, learner::Learner, ctx, supervisor).await?.0.get_cell()
-                }
+                ActorKind::Learner => Actor::spawn_linked(name, learner::Learner, ctx, supervisor)
+                    .await?
+                    .0
+                    .get_cell(),
                 ActorKind::Researcher => {
-                    Actor::spawn_linked(name, researcher::Researcher, ctx, supervisor).await?.0.get_cell()
+                    Actor::spawn_linked(name, researcher::Researcher, ctx, supervisor)
+                        .await?
+                        .0
+                        .get_cell()
                 }
                 ActorKind::Executor => {
-                    Actor::spawn_linked(name, executor::Executor, ctx, supervisor).await?.0.get_cell()
+                    Actor::spawn_linked(name, executor::Executor, ctx, supervisor)
+                        .await?
+                        .0
+                        .get_cell()
                 }
                 ActorKind::Modifier => {
-                    Actor::spawn_linked(name, modifier::Modifier, ctx, supervisor).await?.0.get_cell()
+                    Actor::spawn_linked(name, modifier::Modifier, ctx, supervisor)
+                        .await?
+                        .0
+                        .get_cell()
                 }
-                ActorKind::Planner => {
-                    Actor::spawn_linked(name, planner::Planner, ctx, supervisor).await?.0.get_cell()
-                }
+                ActorKind::Planner => Actor::spawn_linked(name, planner::Planner, ctx, supervisor)
+                    .await?
+                    .0
+                    .get_cell(),
             };
             Ok(cell)
         })

@@ -107,7 +107,11 @@ impl Actor for Modifier {
                 state.work.spawn(async move {
                     let result = validate(&ctx, &base, iteration, &summary, fitness_before).await;
                     match &result {
-                        Ok(Verdict::Accepted { commit, fitness_after, .. }) => {
+                        Ok(Verdict::Accepted {
+                            commit,
+                            fitness_after,
+                            ..
+                        }) => {
                             let _ = myself.cast(ModifierMsg::Settled {
                                 head: commit.clone(),
                                 fitness: Some(*fitness_after),
@@ -175,7 +179,12 @@ async fn blocking<T: Send + 'static>(
 async fn prepare(ctx: &Context, head: &str, known: Option<f64>) -> Result<Prepared, String> {
     let workspace = ctx.workspace.clone();
     let base = head.to_string();
-    blocking(move || workspace.reset_to(&base).map_err(|e| format!("cannot reset the worktree: {e}"))).await?;
+    blocking(move || {
+        workspace
+            .reset_to(&base)
+            .map_err(|e| format!("cannot reset the worktree: {e}"))
+    })
+    .await?;
     let fitness = match known {
         Some(fitness) => Some(fitness),
         None => Some(measure_fitness(ctx, &ctx.workspace.path).await?),
@@ -201,8 +210,15 @@ async fn validate(
     let rejection = match check(ctx, fitness_before).await {
         Ok(fitness_after) => {
             let workspace = ctx.workspace.clone();
-            let message = commit_message(iteration, summary, fitness_before, fitness_after, changed.len());
-            let commit = blocking(move || workspace.commit_all(&message).map_err(|e| e.to_string())).await?;
+            let message = commit_message(
+                iteration,
+                summary,
+                fitness_before,
+                fitness_after,
+                changed.len(),
+            );
+            let commit =
+                blocking(move || workspace.commit_all(&message).map_err(|e| e.to_string())).await?;
             return Ok(Verdict::Accepted {
                 commit,
                 fitness_after,
@@ -218,7 +234,11 @@ async fn validate(
 /// Validation then fitness; `Err` carries the rejection.
 async fn check(ctx: &Context, fitness_before: Option<f64>) -> Result<f64, Verdict> {
     let cwd = &ctx.workspace.path;
-    let spec = CommandSpec::shell(&ctx.config.validation_command, cwd, ctx.config.validation_timeout);
+    let spec = CommandSpec::shell(
+        &ctx.config.validation_command,
+        cwd,
+        ctx.config.validation_timeout,
+    );
     let finished = process::run(&spec).await.map_err(|e| Verdict::Rejected {
         reason: e.to_string(),
         fitness_after: None,
@@ -226,17 +246,26 @@ async fn check(ctx: &Context, fitness_before: Option<f64>) -> Result<f64, Verdic
     if !finished.success() {
         let why = match finished.ending {
             Ending::TimedOut => "timed out".to_string(),
-            Ending::Exited(code) => format!("failed ({})", code.map_or("signal".into(), |c| format!("status {c}"))),
+            Ending::Exited(code) => format!(
+                "failed ({})",
+                code.map_or("signal".into(), |c| format!("status {c}"))
+            ),
         };
         return Err(Verdict::Rejected {
-            reason: format!("validation `{}` {why}: {}", ctx.config.validation_command, finished.tail(3)),
+            reason: format!(
+                "validation `{}` {why}: {}",
+                ctx.config.validation_command,
+                finished.tail(3)
+            ),
             fitness_after: None,
         });
     }
-    let after = measure_fitness(ctx, cwd).await.map_err(|reason| Verdict::Rejected {
-        reason,
-        fitness_after: None,
-    })?;
+    let after = measure_fitness(ctx, cwd)
+        .await
+        .map_err(|reason| Verdict::Rejected {
+            reason,
+            fitness_after: None,
+        })?;
     if let Some(before) = fitness_before
         && after > before
     {
@@ -251,10 +280,21 @@ async fn check(ctx: &Context, fitness_before: Option<f64>) -> Result<f64, Verdic
 async fn rollback(workspace: &Workspace, base: &str) -> Result<(), String> {
     let workspace = workspace.clone();
     let base = base.to_string();
-    blocking(move || workspace.reset_to(&base).map_err(|e| format!("rollback failed: {e}"))).await
+    blocking(move || {
+        workspace
+            .reset_to(&base)
+            .map_err(|e| format!("rollback failed: {e}"))
+    })
+    .await
 }
 
-fn commit_message(iteration: u64, summary: &str, before: Option<f64>, after: f64, files: usize) -> String {
+fn commit_message(
+    iteration: u64,
+    summary: &str,
+    before: Option<f64>,
+    after: f64,
+    files: usize,
+) -> String {
     let before = before.map_or("?".to_string(), |b| b.to_string());
     format!(
         "agent: iteration {iteration}: {summary}\n\nFitness: {before} -> {after}\nFiles changed: {files}\nIteration: {iteration}\n"
@@ -268,9 +308,14 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
         Fitness::CargoWarnings => {
             let spec = CommandSpec {
                 program: "cargo".into(),
-                args: ["clippy", "--all-targets", "--message-format=json", "--quiet"]
-                    .map(String::from)
-                    .to_vec(),
+                args: [
+                    "clippy",
+                    "--all-targets",
+                    "--message-format=json",
+                    "--quiet",
+                ]
+                .map(String::from)
+                .to_vec(),
                 cwd: cwd.to_path_buf(),
                 env: Vec::new(),
                 timeout,
@@ -288,9 +333,17 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
             let spec = CommandSpec::shell(command, cwd, timeout);
             let finished = process::run(&spec).await.map_err(|e| e.to_string())?;
             if !finished.success() {
-                return Err(format!("fitness command `{command}` failed: {}", finished.tail(3)));
+                return Err(format!(
+                    "fitness command `{command}` failed: {}",
+                    finished.tail(3)
+                ));
             }
-            let last = finished.stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("");
+            let last = finished
+                .stdout
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
             last.trim().parse::<f64>().map_err(|_| {
                 format!("fitness command `{command}` must print a number on its last line, printed {last:?}")
             })

@@ -18,7 +18,7 @@ use tokio::task::JoinHandle;
 use super::{Context, load_snapshot, make_snapshot};
 use crate::events::Event;
 use crate::messages::{
-    self, ActorKind, Advice, Capability, Common, Experience, ExecutorMsg, GovernorMsg,
+    self, ActorKind, Advice, Capability, Common, ExecutorMsg, Experience, GovernorMsg,
     IterationEnd, JobOutcome, JobStatus, LearnerMsg, ModifierMsg, Outcome, Permit, Plan,
     PlannerMsg, PlannerStatus, Research, ResearcherMsg, RunState, Usage, Verdict, inject,
 };
@@ -77,11 +77,13 @@ impl Actor for Planner {
         ctx: Context,
     ) -> Result<Self::State, ActorProcessingErr> {
         let committed = ctx.store.last_iteration()?.map_or(0, |r| r.number);
-        let snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or(PlannerSnapshot {
+        let mut snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or(PlannerSnapshot {
             goal: ctx.config.goal.clone(),
             committed,
             last_fitness: None,
         });
+        // The daemon resolved the goal (resumed, or replaced on request).
+        snapshot.goal = ctx.config.goal.clone();
         // Whatever a previous planner left half-done (in this process or one
         // that was killed) is undone before the first iteration.
         let task = tokio::spawn(revert_all(myself.clone(), snapshot.committed + 1));
@@ -190,12 +192,17 @@ impl Actor for Planner {
     }
 }
 
-fn on_iteration_end(myself: &ActorRef<PlannerMsg>, state: &mut PlannerState, iteration: u64, end: IterationEnd) {
+fn on_iteration_end(
+    myself: &ActorRef<PlannerMsg>,
+    state: &mut PlannerState,
+    iteration: u64,
+    end: IterationEnd,
+) {
     let ctx = &state.ctx;
     match end {
         IterationEnd::Committed(record) => {
             state.snapshot.committed = record.number;
-            state.snapshot.last_fitness = record.fitness_after.or(record.fitness_before);
+            state.snapshot.last_fitness = head_fitness(&record);
             tracing::info!(
                 iteration = record.number,
                 capability = %record.capability,
@@ -206,7 +213,10 @@ fn on_iteration_end(myself: &ActorRef<PlannerMsg>, state: &mut PlannerState, ite
             ctx.events.emit(Event::IterationCommitted(record));
             let _ = myself.cast(PlannerMsg::Tick);
         }
-        IterationEnd::Wait { reason, retry_after } => {
+        IterationEnd::Wait {
+            reason,
+            retry_after,
+        } => {
             if reason.contains("paused") && state.run_state == RunState::Running {
                 state.run_state = RunState::Paused;
             }
@@ -221,7 +231,8 @@ fn on_iteration_end(myself: &ActorRef<PlannerMsg>, state: &mut PlannerState, ite
         }
         IterationEnd::Abandoned { reason } => {
             tracing::warn!(iteration, %reason, "iteration abandoned; reverting every actor and trying again");
-            ctx.events.emit(Event::IterationAbandoned { iteration, reason });
+            ctx.events
+                .emit(Event::IterationAbandoned { iteration, reason });
             let task = tokio::spawn(revert_all(myself.clone(), iteration));
             state.in_flight = Some(InFlight {
                 iteration,
@@ -249,23 +260,29 @@ async fn revert_all(planner: ActorRef<PlannerMsg>, iteration: u64) {
 async fn revert_peers() {
     for kind in ActorKind::ALL.into_iter().filter(|k| *k != KIND) {
         // An actor that is restarting reloads its snapshot in pre_start anyway.
-        match messages::call_common(kind, QUICK, Common::Revert).await {
-            Ok(Err(error)) => tracing::warn!(actor = %kind, %error, "revert failed"),
-            Ok(Ok(())) | Err(_) => {}
+        if let Ok(Err(error)) = messages::call_common(kind, QUICK, Common::Revert).await {
+            tracing::warn!(actor = %kind, %error, "revert failed");
         }
     }
 }
 
 /// One attempt at iteration `iteration`.
 async fn drive(ctx: &Context, snapshot: PlannerSnapshot, iteration: u64) -> IterationEnd {
-    let permit = messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::RequestPermit {
-        iteration,
-        reply,
+    let permit = messages::call(ActorKind::Governor, QUICK, |reply| {
+        GovernorMsg::RequestPermit { iteration, reply }
     })
     .await;
     match permit {
         Ok(Permit::Granted) => {}
-        Ok(Permit::Wait { reason, retry_after }) => return IterationEnd::Wait { reason, retry_after },
+        Ok(Permit::Wait {
+            reason,
+            retry_after,
+        }) => {
+            return IterationEnd::Wait {
+                reason,
+                retry_after,
+            };
+        }
         Ok(Permit::Finished { reason }) => return IterationEnd::Finished { reason },
         Err(error) => {
             return IterationEnd::Wait {
@@ -281,26 +298,39 @@ async fn drive(ctx: &Context, snapshot: PlannerSnapshot, iteration: u64) -> Iter
     }
 }
 
-async fn run_steps(ctx: &Context, mut snapshot: PlannerSnapshot, iteration: u64) -> Result<IterationRecord, String> {
+async fn run_steps(
+    ctx: &Context,
+    mut snapshot: PlannerSnapshot,
+    iteration: u64,
+) -> Result<IterationRecord, String> {
     let started = Instant::now();
     let slow = ctx.config.validation_timeout * 2 + MARGIN;
-    let prepared = messages::call(ActorKind::Modifier, slow, |reply| ModifierMsg::Prepare { iteration, reply })
-        .await
-        .map_err(|e| e.to_string())??;
-    let capabilities: Vec<Capability> = messages::call(ActorKind::Executor, QUICK, ExecutorMsg::Capabilities)
-        .await
-        .map_err(|e| e.to_string())?;
+    let prepared = messages::call(ActorKind::Modifier, slow, |reply| ModifierMsg::Prepare {
+        iteration,
+        reply,
+    })
+    .await
+    .map_err(|e| e.to_string())??;
+    let capabilities: Vec<Capability> =
+        messages::call(ActorKind::Executor, QUICK, ExecutorMsg::Capabilities)
+            .await
+            .map_err(|e| e.to_string())?;
     let candidates: Vec<String> = capabilities.iter().map(|c| c.id.clone()).collect();
-    let advice = messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Advise { candidates, reply })
-        .await
-        .map_err(|e| e.to_string())?;
+    let advice = messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Advise {
+        candidates,
+        reply,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
     let research = if ctx.backend.name() == "offline" {
         None
     } else {
         let topic = snapshot.goal.clone();
-        let research = messages::call(ActorKind::Researcher, ctx.config.job_timeout + MARGIN, |reply| {
-            ResearcherMsg::Research { topic, reply }
-        })
+        let research = messages::call(
+            ActorKind::Researcher,
+            ctx.config.job_timeout + MARGIN,
+            |reply| ResearcherMsg::Research { topic, reply },
+        )
         .await
         .map_err(|e| e.to_string())?;
         record_usage(research.usage).await?;
@@ -315,12 +345,14 @@ async fn run_steps(ctx: &Context, mut snapshot: PlannerSnapshot, iteration: u64)
         research.as_ref(),
         &ctx.prompt_template,
     )?;
-    tracing::info!(iteration, capability = %plan.capability, rationale = %plan.rationale, "plan");
+    tracing::debug!(iteration, capability = %plan.capability, rationale = %plan.rationale, "plan");
     let job_timeout = ctx.config.job_timeout + MARGIN;
     let plan_for_executor = plan.clone();
-    let job: JobOutcome = messages::call(ActorKind::Executor, job_timeout, |reply| ExecutorMsg::Execute {
-        plan: plan_for_executor,
-        reply,
+    let job: JobOutcome = messages::call(ActorKind::Executor, job_timeout, |reply| {
+        ExecutorMsg::Execute {
+            plan: plan_for_executor,
+            reply,
+        }
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -386,19 +418,6 @@ async fn run_steps(ctx: &Context, mut snapshot: PlannerSnapshot, iteration: u64)
         _ => None,
     };
     let summary = summarize(&experience, verdict.as_ref(), &job);
-    snapshot.committed = iteration;
-    snapshot.last_fitness = fitness_after;
-    let mut snapshots = vec![make_snapshot(KIND, SCHEMA, &snapshot)?];
-    for kind in ActorKind::ALL.into_iter().filter(|k| *k != KIND) {
-        snapshots.push(
-            messages::call_common(kind, QUICK, Common::Snapshot)
-                .await
-                .map_err(|e| e.to_string())??,
-        );
-    }
-    for snapshot in &mut snapshots {
-        snapshot.iteration = iteration;
-    }
     let record = IterationRecord {
         number: iteration,
         goal: snapshot.goal.clone(),
@@ -414,6 +433,19 @@ async fn run_steps(ctx: &Context, mut snapshot: PlannerSnapshot, iteration: u64)
         summary,
         finished_at_ms: now_ms(),
     };
+    snapshot.committed = iteration;
+    snapshot.last_fitness = head_fitness(&record);
+    let mut snapshots = vec![make_snapshot(KIND, SCHEMA, &snapshot)?];
+    for kind in ActorKind::ALL.into_iter().filter(|k| *k != KIND) {
+        snapshots.push(
+            messages::call_common(kind, QUICK, Common::Snapshot)
+                .await
+                .map_err(|e| e.to_string())??,
+        );
+    }
+    for snapshot in &mut snapshots {
+        snapshot.iteration = iteration;
+    }
     ctx.store
         .commit_iteration(&record, Some(&experience_record(&experience)), &snapshots)
         .await
@@ -421,13 +453,24 @@ async fn run_steps(ctx: &Context, mut snapshot: PlannerSnapshot, iteration: u64)
     Ok(record)
 }
 
+/// The fitness of the agent branch's head after an iteration.
+fn head_fitness(record: &IterationRecord) -> Option<f64> {
+    if record.outcome == Outcome::Accepted.as_str() {
+        record.fitness_after
+    } else {
+        record.fitness_before
+    }
+}
+
 async fn record_usage(usage: Usage) -> Result<(), String> {
     if usage == Usage::default() {
         return Ok(());
     }
-    messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::RecordUsage { usage, reply })
-        .await
-        .map_err(|e| e.to_string())
+    messages::call(ActorKind::Governor, QUICK, |reply| {
+        GovernorMsg::RecordUsage { usage, reply }
+    })
+    .await
+    .map_err(|e| e.to_string())
 }
 
 /// Turns the goal, the fitness, the learner's advice and any research into a
@@ -469,7 +512,10 @@ pub fn make_plan(
                         e.iteration,
                         e.capability,
                         e.outcome.as_str(),
-                        e.error_signature.as_ref().map(|s| format!(" ({s})")).unwrap_or_default()
+                        e.error_signature
+                            .as_ref()
+                            .map(|s| format!(" ({s})"))
+                            .unwrap_or_default()
                     )
                 })
                 .collect::<Vec<_>>()
@@ -477,10 +523,19 @@ pub fn make_plan(
         };
         template
             .replace("{goal}", goal)
-            .replace("{fitness}", &fitness.map_or("unknown".into(), |f| f.to_string()))
+            .replace(
+                "{fitness}",
+                &fitness.map_or("unknown".into(), |f| f.to_string()),
+            )
             .replace(
                 "{research}",
-                research.map_or("(no notes)", |r| if r.notes.is_empty() { "(no notes)" } else { &r.notes }),
+                research.map_or("(no notes)", |r| {
+                    if r.notes.is_empty() {
+                        "(no notes)"
+                    } else {
+                        &r.notes
+                    }
+                }),
             )
             .replace("{recent}", &recent)
     });
@@ -519,9 +574,16 @@ fn summarize(experience: &Experience, verdict: Option<&Verdict>, job: &JobOutcom
             &commit[..commit.len().min(10)]
         ),
         Some(Verdict::Rejected { reason, .. }) => {
-            format!("{} rejected and rolled back: {}", experience.capability, first_line(reason))
+            format!(
+                "{} rejected and rolled back: {}",
+                experience.capability,
+                first_line(reason)
+            )
         }
-        Some(Verdict::NoChange) => format!("{} changed nothing (fitness {before})", experience.capability),
+        Some(Verdict::NoChange) => format!(
+            "{} changed nothing (fitness {before})",
+            experience.capability
+        ),
         None => format!(
             "{} job {}: {}",
             experience.capability,
@@ -602,7 +664,10 @@ mod tests {
             "G={goal} F={fitness} R={research}",
         )
         .unwrap();
-        assert_eq!(plan.prompt.as_deref(), Some("G=fewer warnings F=7 R=uses median"));
+        assert_eq!(
+            plan.prompt.as_deref(),
+            Some("G=fewer warnings F=7 R=uses median")
+        );
     }
 
     #[test]

@@ -184,7 +184,10 @@ pub fn local_notes(root: &Path, topic: &str) -> String {
         let Ok(text) = std::fs::read_to_string(&file) else {
             continue;
         };
-        let name = file.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+        let name = file
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
         for paragraph in text.split("\n\n") {
             let lower = paragraph.to_lowercase();
             let score = words.iter().filter(|w| lower.contains(w.as_str())).count();
@@ -193,7 +196,7 @@ pub fn local_notes(root: &Path, topic: &str) -> String {
             }
         }
     }
-    scored.sort_by(|a, b| b.0.cmp(&a.0));
+    scored.sort_by_key(|(score, _)| std::cmp::Reverse(*score));
     scored
         .into_iter()
         .take(MAX_PARAGRAPHS)
@@ -215,10 +218,17 @@ mod tests {
         )
         .unwrap();
         std::fs::create_dir(dir.path().join("docs")).unwrap();
-        std::fs::write(dir.path().join("docs/warnings.md"), "Warnings are deliberate.\n").unwrap();
+        std::fs::write(
+            dir.path().join("docs/warnings.md"),
+            "Warnings are deliberate.\n",
+        )
+        .unwrap();
         let notes = local_notes(dir.path(), "reduce warnings, keep the median right");
         assert!(notes.contains("median of samples"), "{notes}");
-        assert!(notes.contains("[warnings.md] Warnings are deliberate."), "{notes}");
+        assert!(
+            notes.contains("[warnings.md] Warnings are deliberate."),
+            "{notes}"
+        );
         assert!(!notes.contains("Unrelated"), "{notes}");
     }
 

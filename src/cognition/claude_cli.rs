@@ -50,6 +50,7 @@ pub struct ClaudeCli {
     binary: PathBuf,
     permission_mode: String,
     model: Option<String>,
+    env: Vec<(String, String)>,
 }
 
 impl ClaudeCli {
@@ -58,7 +59,14 @@ impl ClaudeCli {
             binary,
             permission_mode,
             model,
+            env: Vec::new(),
         }
+    }
+
+    /// Extra environment for every claude process (e.g. `CLAUDE_CONFIG_DIR`).
+    pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
+        self.env = env;
+        self
     }
 
     fn command(&self, job: &Job, prompt: &str) -> CommandSpec {
@@ -81,7 +89,7 @@ impl ClaudeCli {
             program: self.binary.clone(),
             args,
             cwd: job.cwd.clone(),
-            env: Vec::new(),
+            env: self.env.clone(),
             timeout: job.timeout,
         }
     }
@@ -105,7 +113,14 @@ impl Cognition for ClaudeCli {
         let spec = self.command(&job, &prompt);
         let running = match process::start(&spec) {
             Ok(running) => running,
-            Err(error) => return outcome(job.id, JobStatus::Failed, String::new(), Some(error.to_string())),
+            Err(error) => {
+                return outcome(
+                    job.id,
+                    JobStatus::Failed,
+                    String::new(),
+                    Some(error.to_string()),
+                );
+            }
         };
         if let Some(group) = running.process_group() {
             let _ = started.send(group);
@@ -137,12 +152,29 @@ impl Cognition for ClaudeCli {
         let spec = self.command_in_mode(&job, question, "plan");
         let finished = match process::run(&spec).await {
             Ok(finished) => finished,
-            Err(error) => return Some(outcome(0, JobStatus::Failed, String::new(), Some(error.to_string()))),
+            Err(error) => {
+                return Some(outcome(
+                    0,
+                    JobStatus::Failed,
+                    String::new(),
+                    Some(error.to_string()),
+                ));
+            }
         };
         if finished.ending == Ending::TimedOut {
-            return Some(outcome(0, JobStatus::Timeout, String::new(), Some("research timed out".into())));
+            return Some(outcome(
+                0,
+                JobStatus::Timeout,
+                String::new(),
+                Some("research timed out".into()),
+            ));
         }
-        Some(interpret(0, &finished.stdout, &finished.stderr, finished.ending))
+        Some(interpret(
+            0,
+            &finished.stdout,
+            &finished.stderr,
+            finished.ending,
+        ))
     }
 }
 
@@ -253,7 +285,10 @@ mod tests {
         let stdout = r#"{"type":"result","subtype":"success","is_error":true,"result":"Not logged in · Please run /login","session_id":"s","total_cost_usd":0,"usage":{"input_tokens":0,"output_tokens":0}}"#;
         let outcome = interpret(1, stdout, "", Ending::Exited(Some(1)));
         assert_eq!(outcome.status, JobStatus::Failed);
-        assert_eq!(outcome.error.as_deref(), Some("Not logged in · Please run /login"));
+        assert_eq!(
+            outcome.error.as_deref(),
+            Some("Not logged in · Please run /login")
+        );
     }
 
     #[test]

@@ -14,17 +14,40 @@ const CAPABILITIES: [(&str, &str, &[&str]); 4] = [
     (
         "cargo-fix",
         "apply the compiler's suggested fixes (cargo fix)",
-        &["cargo", "fix", "--allow-dirty", "--allow-staged", "--allow-no-vcs", "--all-targets"],
+        &[
+            "cargo",
+            "fix",
+            "--allow-dirty",
+            "--allow-staged",
+            "--allow-no-vcs",
+            "--all-targets",
+        ],
     ),
     (
         "clippy-fix",
         "apply clippy's machine-applicable fixes to the library (cargo clippy --fix)",
-        &["cargo", "clippy", "--fix", "--allow-dirty", "--allow-staged", "--allow-no-vcs", "--lib"],
+        &[
+            "cargo",
+            "clippy",
+            "--fix",
+            "--allow-dirty",
+            "--allow-staged",
+            "--allow-no-vcs",
+            "--lib",
+        ],
     ),
     (
         "clippy-fix-all-targets",
         "apply clippy's fixes to every target, tests included",
-        &["cargo", "clippy", "--fix", "--allow-dirty", "--allow-staged", "--allow-no-vcs", "--all-targets"],
+        &[
+            "cargo",
+            "clippy",
+            "--fix",
+            "--allow-dirty",
+            "--allow-staged",
+            "--allow-no-vcs",
+            "--all-targets",
+        ],
     ),
     (
         "fmt",
@@ -62,8 +85,12 @@ impl Cognition for Offline {
             usage: Usage::default(),
             session_id: None,
         };
-        let Some((_, _, argv)) = CAPABILITIES.iter().find(|(id, _, _)| *id == job.capability) else {
-            return failed(format!("the offline backend has no capability `{}`", job.capability));
+        let Some((_, _, argv)) = CAPABILITIES.iter().find(|(id, _, _)| *id == job.capability)
+        else {
+            return failed(format!(
+                "the offline backend has no capability `{}`",
+                job.capability
+            ));
         };
         let spec = CommandSpec {
             program: argv[0].into(),

@@ -26,7 +26,12 @@ impl ConfigError {
     }
 
     /// An error at a byte span of the file's text.
-    pub fn at(file: &Path, text: &str, span: Option<Range<usize>>, message: impl Into<String>) -> Self {
+    pub fn at(
+        file: &Path,
+        text: &str,
+        span: Option<Range<usize>>,
+        message: impl Into<String>,
+    ) -> Self {
         ConfigError {
             file: file.to_path_buf(),
             position: span.map(|span| line_and_column(text, span.start)),

@@ -251,7 +251,11 @@ pub enum Source {
 }
 
 impl Source {
-    pub fn pick(given: Option<&Path>, conventional: &'static str, embedded: &'static str) -> Source {
+    pub fn pick(
+        given: Option<&Path>,
+        conventional: &'static str,
+        embedded: &'static str,
+    ) -> Source {
         match given {
             Some(path) => Source::File(path.to_path_buf()),
             None if Path::new(conventional).is_file() => Source::File(conventional.into()),

@@ -76,7 +76,11 @@ mod tests {
     #[test]
     fn durations_parse_and_zero_is_refused() {
         assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
-        assert!(parse_duration("0s").unwrap_err().contains("greater than zero"));
+        assert!(
+            parse_duration("0s")
+                .unwrap_err()
+                .contains("greater than zero")
+        );
         assert!(parse_duration("ten").unwrap_err().contains("found \"ten\""));
     }
 }

@@ -9,7 +9,9 @@ use futures::{SinkExt, StreamExt};
 use tokio::net::UnixStream;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 
-use super::protocol::{Command, MAX_FRAME_BYTES, Outcome, PROTOCOL_VERSION, Reply, Request, Response, StatusReply};
+use super::protocol::{
+    Command, MAX_FRAME_BYTES, Outcome, PROTOCOL_VERSION, Reply, Request, Response, StatusReply,
+};
 
 const ANSWER_TIMEOUT: Duration = Duration::from_secs(30);
 
@@ -24,10 +26,12 @@ pub enum ClientError {
 
 /// Sends one command and waits for its answer.
 pub async fn request(socket: &Path, command: Command) -> Result<Outcome, ClientError> {
-    let stream = UnixStream::connect(socket).await.map_err(|error| ClientError::Unreachable {
-        path: socket.to_path_buf(),
-        why: error.to_string(),
-    })?;
+    let stream = UnixStream::connect(socket)
+        .await
+        .map_err(|error| ClientError::Unreachable {
+            path: socket.to_path_buf(),
+            why: error.to_string(),
+        })?;
     let codec = LengthDelimitedCodec::builder()
         .max_frame_length(MAX_FRAME_BYTES)
         .new_codec();
@@ -44,13 +48,17 @@ pub async fn request(socket: &Path, command: Command) -> Result<Outcome, ClientE
         why,
     };
     let bytes = serde_json::to_vec(&request).map_err(|e| no_answer(e.to_string()))?;
-    frames.send(tokio_util::bytes::Bytes::from(bytes)).await.map_err(|e| no_answer(e.to_string()))?;
+    frames
+        .send(tokio_util::bytes::Bytes::from(bytes))
+        .await
+        .map_err(|e| no_answer(e.to_string()))?;
     let frame = tokio::time::timeout(ANSWER_TIMEOUT, frames.next())
         .await
         .map_err(|_| no_answer(format!("no answer within {}s", ANSWER_TIMEOUT.as_secs())))?
         .ok_or_else(|| no_answer("the connection closed".into()))?
         .map_err(|e| no_answer(e.to_string()))?;
-    let response: Response = serde_json::from_slice(&frame).map_err(|e| no_answer(format!("unreadable answer: {e}")))?;
+    let response: Response =
+        serde_json::from_slice(&frame).map_err(|e| no_answer(format!("unreadable answer: {e}")))?;
     Ok(response.result)
 }
 
@@ -70,12 +78,21 @@ fn render_status(status: &StatusReply) -> String {
         .in_flight
         .map(|n| format!(" (iteration {n} in flight)"))
         .unwrap_or_default();
-    out.push_str(&format!("iterations: {} committed{in_flight}\n", status.iteration));
+    out.push_str(&format!(
+        "iterations: {} committed{in_flight}\n",
+        status.iteration
+    ));
     if let Some(fitness) = status.fitness {
         out.push_str(&format!("fitness:    {fitness}\n"));
     }
-    out.push_str(&format!("backend:    {} ({} mode)\n\n", status.backend, status.mode));
-    out.push_str(&format!("{:<11} {:<11} {:>8}  {}\n", "ACTOR", "STATUS", "RESTARTS", "LAST ERROR"));
+    out.push_str(&format!(
+        "backend:    {} ({} mode)\n\n",
+        status.backend, status.mode
+    ));
+    out.push_str(&format!(
+        "{:<11} {:<11} {:>8}  {}\n",
+        "ACTOR", "STATUS", "RESTARTS", "LAST ERROR"
+    ));
     for actor in &status.actors {
         out.push_str(&format!(
             "{:<11} {:<11} {:>8}  {}\n",

@@ -54,7 +54,10 @@ impl Drop for ControlSocket {
 }
 
 /// Binds the socket and serves it until the returned guard's task is dropped.
-pub fn start(path: &Path, context: Arc<ServerContext>) -> std::io::Result<(ControlSocket, tokio::task::JoinHandle<()>)> {
+pub fn start(
+    path: &Path,
+    context: Arc<ServerContext>,
+) -> std::io::Result<(ControlSocket, tokio::task::JoinHandle<()>)> {
     // The store lock proves no other daemon owns this state directory, so a
     // socket file here is left over from a killed daemon.
     if path.exists() {
@@ -75,7 +78,12 @@ pub fn start(path: &Path, context: Arc<ServerContext>) -> std::io::Result<(Contr
             }
         }
     });
-    Ok((ControlSocket { path: path.to_path_buf() }, task))
+    Ok((
+        ControlSocket {
+            path: path.to_path_buf(),
+        },
+        task,
+    ))
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -89,8 +97,15 @@ async fn serve(stream: UnixStream, context: Arc<ServerContext>) {
     let peer_uid = stream.peer_cred().map(|cred| cred.uid()).ok();
     let mut frames = Framed::new(stream, codec());
     if peer_uid != Some(own_uid) {
-        tracing::warn!(?peer_uid, own_uid, "refused a control connection from another user");
-        let error = WireError::new(ErrorKind::NotPermitted, "this daemon accepts control requests only from its own user");
+        tracing::warn!(
+            ?peer_uid,
+            own_uid,
+            "refused a control connection from another user"
+        );
+        let error = WireError::new(
+            ErrorKind::NotPermitted,
+            "this daemon accepts control requests only from its own user",
+        );
         let _ = send(&mut frames, 0, Outcome::Error(error)).await;
         return;
     }
@@ -99,7 +114,8 @@ async fn serve(stream: UnixStream, context: Arc<ServerContext>) {
             Err(_) | Ok(None) => return,
             Ok(Some(Err(error))) => {
                 // The stream cannot be resynchronised after a bad length.
-                let error = WireError::new(ErrorKind::BadRequest, format!("unreadable frame: {error}"));
+                let error =
+                    WireError::new(ErrorKind::BadRequest, format!("unreadable frame: {error}"));
                 let _ = send(&mut frames, 0, Outcome::Error(error)).await;
                 return;
             }
@@ -108,7 +124,10 @@ async fn serve(stream: UnixStream, context: Arc<ServerContext>) {
         let (id, outcome) = match serde_json::from_slice::<Request>(&frame) {
             Err(error) => (
                 0,
-                Outcome::Error(WireError::new(ErrorKind::BadRequest, format!("malformed request: {error}"))),
+                Outcome::Error(WireError::new(
+                    ErrorKind::BadRequest,
+                    format!("malformed request: {error}"),
+                )),
             ),
             Ok(request) if request.version != PROTOCOL_VERSION => (
                 request.id,
@@ -128,7 +147,11 @@ async fn serve(stream: UnixStream, context: Arc<ServerContext>) {
     }
 }
 
-async fn send(frames: &mut Framed<UnixStream, LengthDelimitedCodec>, id: u64, result: Outcome) -> std::io::Result<()> {
+async fn send(
+    frames: &mut Framed<UnixStream, LengthDelimitedCodec>,
+    id: u64,
+    result: Outcome,
+) -> std::io::Result<()> {
     let response = Response {
         version: PROTOCOL_VERSION,
         id,
@@ -152,7 +175,11 @@ async fn dispatch(command: Command, context: &ServerContext) -> Outcome {
         Command::Pause => set_paused(true).await,
         Command::Resume => set_paused(false).await,
         Command::Stop { now } => {
-            let request = if now { StopRequest::Now } else { StopRequest::Graceful };
+            let request = if now {
+                StopRequest::Now
+            } else {
+                StopRequest::Graceful
+            };
             context.stop.send_replace(Some(request));
             Ok(Reply::Done {
                 message: if now {
@@ -174,7 +201,7 @@ async fn status(context: &ServerContext) -> Result<StatusReply, WireError> {
     let planner = messages::call(ActorKind::Planner, QUICK, PlannerMsg::Status)
         .await
         .map_err(peer_error)?;
-    let supervisor = ractor::ActorRef::<SupervisorMsg>::where_is(supervisor::NAME.to_string())
+    let supervisor = ractor::ActorRef::<SupervisorMsg>::where_is(supervisor::NAME)
         .ok_or_else(|| WireError::new(ErrorKind::Unavailable, "the supervisor is not running"))?;
     let children = supervisor
         .call(SupervisorMsg::Children, Some(QUICK))
@@ -203,10 +230,13 @@ async fn status(context: &ServerContext) -> Result<StatusReply, WireError> {
 }
 
 async fn set_paused(paused: bool) -> Result<Reply, WireError> {
-    messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::SetPaused { paused, reply })
-        .await
-        .map_err(peer_error)?
-        .map_err(|e| WireError::new(ErrorKind::Internal, e))?;
+    messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::SetPaused {
+        paused,
+        reply,
+    })
+    .await
+    .map_err(peer_error)?
+    .map_err(|e| WireError::new(ErrorKind::Internal, e))?;
     messages::lookup::<PlannerMsg>(ActorKind::Planner)
         .and_then(|planner| {
             planner
@@ -240,7 +270,10 @@ fn inject_fault(actor: &str, fault: &str, context: &ServerContext) -> Result<Rep
         )
     })?;
     let fault: FaultKind = fault.parse().map_err(|_| {
-        WireError::new(ErrorKind::BadRequest, format!("unknown fault \"{fault}\"; expected panic or error"))
+        WireError::new(
+            ErrorKind::BadRequest,
+            format!("unknown fault \"{fault}\"; expected panic or error"),
+        )
     })?;
     messages::send_common(kind, Common::Fault(fault)).map_err(peer_error)?;
     Ok(Reply::Done {

@@ -271,9 +271,14 @@ pub struct Research {
 pub enum Permit {
     Granted,
     /// Not now: ask again after `retry_after`.
-    Wait { reason: String, retry_after: Duration },
+    Wait {
+        reason: String,
+        retry_after: Duration,
+    },
     /// Never for this run (limit reached).
-    Finished { reason: String },
+    Finished {
+        reason: String,
+    },
 }
 
 /// The governor's view, for status.
@@ -410,7 +415,10 @@ pub enum PlannerMsg {
     /// Give up the in-flight iteration now (shutdown deadline passed).
     Abandon(RpcReplyPort<()>),
     /// The iteration driver finished (committed or failed before commit).
-    IterationEnded { iteration: u64, end: IterationEnd },
+    IterationEnded {
+        iteration: u64,
+        end: IterationEnd,
+    },
 }
 
 /// How an attempt at an iteration ended.
@@ -419,7 +427,10 @@ pub enum IterationEnd {
     /// Committed: log entry and every snapshot are durable.
     Committed(crate::store::IterationRecord),
     /// The governor said not now.
-    Wait { reason: String, retry_after: Duration },
+    Wait {
+        reason: String,
+        retry_after: Duration,
+    },
     /// The governor said the run is over.
     Finished { reason: String },
     /// Something failed before the commit; the iteration will run again.
@@ -474,7 +485,7 @@ pub enum PeerError {
 
 /// Finds a running actor by its registered name, typed.
 pub fn lookup<M: ractor::Message>(kind: ActorKind) -> Result<ActorRef<M>, PeerError> {
-    ActorRef::<M>::where_is(kind.name().to_string()).ok_or(PeerError::NotRunning(kind))
+    ActorRef::<M>::where_is(kind.name()).ok_or(PeerError::NotRunning(kind))
 }
 
 /// Calls a peer by name and waits at most `timeout` for its answer.

@@ -64,8 +64,14 @@ mod tests {
 
     #[test]
     fn unknown_formats_and_garbage_are_errors_not_panics() {
-        assert!(matches!(decode::<Sample>(&[9, 1, 2]), Err(CodecError::UnknownFormat(9))));
+        assert!(matches!(
+            decode::<Sample>(&[9, 1, 2]),
+            Err(CodecError::UnknownFormat(9))
+        ));
         assert!(matches!(decode::<Sample>(&[]), Err(CodecError::Empty)));
-        assert!(matches!(decode::<Sample>(&[1, 255, 255]), Err(CodecError::Decode(_))));
+        assert!(matches!(
+            decode::<Sample>(&[1, 255, 255]),
+            Err(CodecError::Decode(_))
+        ));
     }
 }

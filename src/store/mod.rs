@@ -204,7 +204,8 @@ impl Store {
     }
 
     pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        self.jobs.insert(job.id.to_be_bytes(), codec::encode(job)?)?;
+        self.jobs
+            .insert(job.id.to_be_bytes(), codec::encode(job)?)?;
         self.flush().await
     }
 
@@ -243,7 +244,10 @@ impl Store {
     }
 }
 
-fn decode<T: serde::de::DeserializeOwned>(bytes: &[u8], what: &'static str) -> Result<T, StoreError> {
+fn decode<T: serde::de::DeserializeOwned>(
+    bytes: &[u8],
+    what: &'static str,
+) -> Result<T, StoreError> {
     codec::decode(bytes).map_err(|source| StoreError::Corrupt { what, source })
 }
 
@@ -299,7 +303,10 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.last_iteration().unwrap().unwrap().number, 2);
         assert_eq!(store.iterations(10).unwrap().len(), 2);
-        assert_eq!(store.snapshot("learner").unwrap().unwrap().body, vec![1, 2, 3]);
+        assert_eq!(
+            store.snapshot("learner").unwrap().unwrap().body,
+            vec![1, 2, 3]
+        );
     }
 
     #[test]

@@ -15,7 +15,9 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent};
+use ractor::{
+    Actor, ActorCell, ActorProcessingErr, ActorRef, RpcReplyPort, SpawnErr, SupervisionEvent,
+};
 
 use crate::config::TreeSpec;
 use crate::events::{Event, EventBus};
@@ -47,7 +49,9 @@ pub struct ChildStatus {
 pub enum SupervisorMsg {
     Children(RpcReplyPort<Vec<ChildStatus>>),
     /// A backoff delay has passed: start the children waiting for `epoch`.
-    StartChildren { epoch: u64 },
+    StartChildren {
+        epoch: u64,
+    },
     /// Stop every child in reverse start order, then the supervisor.
     Shutdown(RpcReplyPort<()>),
 }
@@ -142,7 +146,9 @@ impl Actor for Supervisor {
                     // A tree that cannot start is not restarted: stop what
                     // did start, in reverse order, and report why.
                     stop_all(&mut state).await;
-                    return Err(format!("{kind} failed to start: {}", spawn_error_text(&error)).into());
+                    return Err(
+                        format!("{kind} failed to start: {}", spawn_error_text(&error)).into(),
+                    );
                 }
             }
         }
@@ -203,17 +209,19 @@ impl Actor for Supervisor {
         state: &mut SupervisorState,
     ) -> Result<(), ActorProcessingErr> {
         let (cell, exit, error) = match event {
-            SupervisionEvent::ActorFailed(cell, error) => (cell, Exit::Failed, Some(error.to_string())),
+            SupervisionEvent::ActorFailed(cell, error) => {
+                (cell, Exit::Failed, Some(error.to_string()))
+            }
             SupervisionEvent::ActorTerminated(cell, _, reason) => (cell, Exit::Normal, reason),
             _ => return Ok(()),
         };
         // Events about children we stopped on purpose name cells we no
         // longer hold; they are not failures.
-        let Some(index) = state
-            .slots
-            .iter()
-            .position(|slot| slot.cell.as_ref().is_some_and(|c| c.get_id() == cell.get_id()))
-        else {
+        let Some(index) = state.slots.iter().position(|slot| {
+            slot.cell
+                .as_ref()
+                .is_some_and(|c| c.get_id() == cell.get_id())
+        }) else {
             return Ok(());
         };
         on_exit(&myself, state, index, exit, error).await;
@@ -269,7 +277,10 @@ async fn on_exit(
         }
         Exit::Normal => tracing::info!(actor = %kind, "actor stopped"),
     }
-    match state.policy.decide(&mut state.window, index, exit, Instant::now()) {
+    match state
+        .policy
+        .decide(&mut state.window, index, exit, Instant::now())
+    {
         Decision::Leave => tracing::info!(actor = %kind, "actor not restarted (restart type)"),
         Decision::Restart { stop, start, delay } => {
             for sibling in stop {

@@ -47,7 +47,9 @@ pub struct Backoff {
 
 impl Backoff {
     pub fn delay(&self, earlier_restarts: u32) -> Duration {
-        let factor = 1u32.checked_shl(earlier_restarts.min(31)).unwrap_or(u32::MAX);
+        let factor = 1u32
+            .checked_shl(earlier_restarts.min(31))
+            .unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
     }
 }
@@ -155,7 +157,12 @@ impl Policy {
         };
         // Siblings taken down with the failed child are stopped in reverse
         // start order; temporary siblings are stopped but not started again.
-        let stop: Vec<usize> = affected.iter().rev().copied().filter(|&c| c != child).collect();
+        let stop: Vec<usize> = affected
+            .iter()
+            .rev()
+            .copied()
+            .filter(|&c| c != child)
+            .collect();
         let start: Vec<usize> = affected
             .into_iter()
             .filter(|&c| c == child || self.restart_types[c] != RestartType::Temporary)
@@ -195,28 +202,48 @@ mod tests {
     #[test]
     fn one_for_one_restarts_only_the_failed_child() {
         let p = policy(Strategy::OneForOne, &[Permanent; 4]);
-        let d = p.decide(&mut RestartWindow::default(), 2, Exit::Failed, Instant::now());
+        let d = p.decide(
+            &mut RestartWindow::default(),
+            2,
+            Exit::Failed,
+            Instant::now(),
+        );
         assert_eq!(d, restart(&[], &[2], 100));
     }
 
     #[test]
     fn one_for_all_stops_the_others_in_reverse_and_restarts_all_in_order() {
         let p = policy(Strategy::OneForAll, &[Permanent; 4]);
-        let d = p.decide(&mut RestartWindow::default(), 1, Exit::Failed, Instant::now());
+        let d = p.decide(
+            &mut RestartWindow::default(),
+            1,
+            Exit::Failed,
+            Instant::now(),
+        );
         assert_eq!(d, restart(&[3, 2, 0], &[0, 1, 2, 3], 100));
     }
 
     #[test]
     fn rest_for_one_restarts_the_child_and_those_started_after_it() {
         let p = policy(Strategy::RestForOne, &[Permanent; 4]);
-        let d = p.decide(&mut RestartWindow::default(), 1, Exit::Failed, Instant::now());
+        let d = p.decide(
+            &mut RestartWindow::default(),
+            1,
+            Exit::Failed,
+            Instant::now(),
+        );
         assert_eq!(d, restart(&[3, 2], &[1, 2, 3], 100));
     }
 
     #[test]
     fn temporary_siblings_are_stopped_but_not_restarted() {
         let p = policy(Strategy::OneForAll, &[Permanent, Temporary, Permanent]);
-        let d = p.decide(&mut RestartWindow::default(), 0, Exit::Failed, Instant::now());
+        let d = p.decide(
+            &mut RestartWindow::default(),
+            0,
+            Exit::Failed,
+            Instant::now(),
+        );
         assert_eq!(d, restart(&[2, 1], &[0, 2], 100));
     }
 
@@ -225,10 +252,19 @@ mod tests {
         let p = policy(Strategy::OneForOne, &[Permanent, Transient, Temporary]);
         let now = Instant::now();
         let mut w = RestartWindow::default();
-        assert!(matches!(p.decide(&mut w, 0, Exit::Normal, now), Decision::Restart { .. }));
-        assert!(matches!(p.decide(&mut w, 0, Exit::Failed, now), Decision::Restart { .. }));
+        assert!(matches!(
+            p.decide(&mut w, 0, Exit::Normal, now),
+            Decision::Restart { .. }
+        ));
+        assert!(matches!(
+            p.decide(&mut w, 0, Exit::Failed, now),
+            Decision::Restart { .. }
+        ));
         assert_eq!(p.decide(&mut w, 1, Exit::Normal, now), Decision::Leave);
-        assert!(matches!(p.decide(&mut w, 1, Exit::Failed, now), Decision::Restart { .. }));
+        assert!(matches!(
+            p.decide(&mut w, 1, Exit::Failed, now),
+            Decision::Restart { .. }
+        ));
         assert_eq!(p.decide(&mut w, 2, Exit::Failed, now), Decision::Leave);
         assert_eq!(p.decide(&mut w, 2, Exit::Normal, now), Decision::Leave);
     }
@@ -240,7 +276,10 @@ mod tests {
         let mut w = RestartWindow::default();
         for i in 0..3 {
             let at = start + Duration::from_secs(i);
-            assert!(matches!(p.decide(&mut w, 0, Exit::Failed, at), Decision::Restart { .. }));
+            assert!(matches!(
+                p.decide(&mut w, 0, Exit::Failed, at),
+                Decision::Restart { .. }
+            ));
         }
         let fourth = p.decide(&mut w, 1, Exit::Failed, start + Duration::from_secs(3));
         assert!(matches!(fourth, Decision::Escalate { .. }), "{fourth:?}");

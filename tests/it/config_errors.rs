@@ -1,0 +1,204 @@
+//! Bad configuration is refused before anything starts: exit status 2 and one
+//! line naming the file, the line and column, and what was expected.
+
+use std::path::Path;
+use std::process::Command;
+
+use crate::harness::{actors_config, agent_bin, text};
+
+const AGENT_TOML: &str = agent::config::DEFAULT_AGENT_TOML;
+const ACTORS_TOML: &str = agent::config::DEFAULT_ACTORS_TOML;
+
+/// Runs `agent config check` on the given texts; returns (status, stderr).
+fn check(agent_toml: &str, actors_toml: &str) -> (i32, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("agent.toml"), agent_toml).unwrap();
+    std::fs::write(dir.path().join("actors.toml"), actors_toml).unwrap();
+    let output = Command::new(agent_bin())
+        .args(["config", "check", "--config"])
+        .arg(dir.path().join("agent.toml"))
+        .arg("--actors")
+        .arg(dir.path().join("actors.toml"))
+        .output()
+        .unwrap();
+    (output.status.code().unwrap(), text(&output.stderr), dir)
+}
+
+fn line_of(text: &str, needle: &str) -> usize {
+    text.lines().position(|l| l.contains(needle)).unwrap() + 1
+}
+
+fn assert_refused(stderr: &str, file: &str, line: Option<usize>, expected: &str) {
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(!stderr.contains("RUST_BACKTRACE"), "{stderr}");
+    assert_eq!(
+        stderr.trim().lines().count(),
+        1,
+        "one line expected: {stderr}"
+    );
+    assert!(stderr.contains(file), "names the file {file}: {stderr}");
+    if let Some(line) = line {
+        assert!(
+            stderr.contains(&format!("{file}:{line}:")),
+            "names line {line}: {stderr}"
+        );
+    }
+    assert!(stderr.contains(expected), "says {expected:?}: {stderr}");
+}
+
+#[test]
+fn the_shipped_files_are_valid() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    let output = Command::new(agent_bin())
+        .current_dir(root)
+        .args(["config", "check"])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    assert!(text(&output.stdout).starts_with("ok: config/agent.toml and actors.toml are valid"));
+}
+
+#[test]
+fn a_missing_file_is_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let missing = dir.path().join("nope.toml");
+    let output = Command::new(agent_bin())
+        .args(["config", "check", "--config"])
+        .arg(&missing)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert_refused(&text(&output.stderr), "nope.toml", None, "file not found");
+}
+
+#[test]
+fn bad_toml_is_located() {
+    let bad = AGENT_TOML.replace("mode = \"autonomous\"", "mode = \"autonomous");
+    let (code, stderr, _dir) = check(&bad, ACTORS_TOML);
+    assert_eq!(code, 2);
+    assert_refused(
+        &stderr,
+        "agent.toml",
+        Some(line_of(&bad, "mode = \"autonomous")),
+        "",
+    );
+}
+
+#[test]
+fn an_unknown_key_is_located() {
+    let bad = AGENT_TOML.replace("[researcher]\n", "[researcher]\ncache_size = 3\n");
+    let (code, stderr, _dir) = check(&bad, ACTORS_TOML);
+    assert_eq!(code, 2);
+    assert_refused(
+        &stderr,
+        "agent.toml",
+        Some(line_of(&bad, "cache_size")),
+        "unknown field `cache_size`",
+    );
+}
+
+#[test]
+fn an_unknown_actor_is_located() {
+    let bad = ACTORS_TOML.replace("name = \"learner\"", "name = \"teacher\"");
+    let (code, stderr, _dir) = check(AGENT_TOML, &bad);
+    assert_eq!(code, 2);
+    assert_refused(
+        &stderr,
+        "actors.toml",
+        Some(line_of(&bad, "teacher")),
+        "unknown actor \"teacher\"",
+    );
+}
+
+#[test]
+fn a_missing_actor_is_named() {
+    let bad = ACTORS_TOML.replace(
+        "[[actor]]\nname = \"researcher\"\nrestart = \"permanent\"\n",
+        "",
+    );
+    let (code, stderr, _dir) = check(AGENT_TOML, &bad);
+    assert_eq!(code, 2);
+    assert_refused(
+        &stderr,
+        "actors.toml",
+        None,
+        "missing [[actor]] entries for: researcher",
+    );
+}
+
+#[test]
+fn negative_and_zero_limits_are_refused() {
+    for value in ["-3", "0"] {
+        let bad = ACTORS_TOML.replace("max_restarts = 5", &format!("max_restarts = {value}"));
+        let (code, stderr, _dir) = check(AGENT_TOML, &bad);
+        assert_eq!(code, 2);
+        assert_refused(
+            &stderr,
+            "actors.toml",
+            Some(line_of(&bad, "max_restarts =")),
+            &format!("expected a whole number greater than zero, found {value}"),
+        );
+    }
+    let bad = AGENT_TOML.replace("tokens_per_day = 2000000", "tokens_per_day = -1");
+    let (code, stderr, _dir) = check(&bad, ACTORS_TOML);
+    assert_eq!(code, 2);
+    assert_refused(
+        &stderr,
+        "agent.toml",
+        Some(line_of(&bad, "tokens_per_day")),
+        "greater than zero",
+    );
+}
+
+#[test]
+fn an_unknown_strategy_is_located() {
+    let bad = ACTORS_TOML.replace("strategy = \"one_for_one\"", "strategy = \"all_for_one\"");
+    let (code, stderr, _dir) = check(AGENT_TOML, &bad);
+    assert_eq!(code, 2);
+    assert_refused(
+        &stderr,
+        "actors.toml",
+        Some(line_of(&bad, "all_for_one")),
+        "one_for_one",
+    );
+}
+
+#[test]
+fn a_bad_duration_is_located() {
+    let bad = ACTORS_TOML.replace("within = \"30s\"", "within = \"thirty seconds\"");
+    let (code, stderr, _dir) = check(AGENT_TOML, &bad);
+    assert_eq!(code, 2);
+    assert_refused(
+        &stderr,
+        "actors.toml",
+        Some(line_of(&bad, "thirty seconds")),
+        "expected a duration such as \"10s\"",
+    );
+}
+
+#[test]
+fn run_refuses_bad_config_before_creating_anything() {
+    let dir = tempfile::tempdir().unwrap();
+    let actors = actors_config(
+        dir.path(),
+        &[("strategy = \"one_for_one\"", "strategy = \"sometimes\"")],
+    );
+    let state = dir.path().join("state");
+    let output = Command::new(agent_bin())
+        .arg("run")
+        .arg("--actors")
+        .arg(&actors)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    let line = line_of(&std::fs::read_to_string(&actors).unwrap(), "sometimes");
+    assert_refused(
+        &text(&output.stderr),
+        "actors.toml",
+        Some(line),
+        "sometimes",
+    );
+    assert!(!state.exists(), "nothing may be created");
+}

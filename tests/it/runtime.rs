@@ -1,0 +1,362 @@
+//! The supervision tree in-process: injected panics and errors in each of the
+//! six actors, and a child that fails every time. ractor's registry is global
+//! to the process, so these tests take turns.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use agent::actors::{Factory, Shared};
+use agent::cognition::claude_cli::ClaudeCli;
+use agent::config::{Config, TreeSpec};
+use agent::events::{Event, EventBus};
+use agent::messages::{
+    self, ActorKind, Common, FaultKind, GovernorMsg, PlannerMsg, PlannerStatus, RunState,
+};
+use agent::store::Store;
+use agent::supervisor::{
+    ChildFactory, ChildStatus, SpawnFuture, Supervisor, SupervisorArgs, SupervisorMsg,
+};
+use agent::workspace::Workspace;
+use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
+
+use crate::harness::{actors_config, fake_claude, fast_config, tiny_crate};
+
+static REGISTRY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+const WAIT: Duration = Duration::from_secs(60);
+
+/// Polls an async condition every 25 ms.
+async fn until<T, F: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    mut check: impl FnMut() -> F,
+) -> T {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        if let Some(value) = check().await {
+            return value;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out waiting for {what}"
+        );
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+}
+
+async fn children(supervisor: &ActorRef<SupervisorMsg>) -> BTreeMap<ActorKind, ChildStatus> {
+    supervisor
+        .call(SupervisorMsg::Children, Some(Duration::from_secs(5)))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_iter()
+        .map(|c| (c.kind, c))
+        .collect()
+}
+
+async fn planner_status() -> Option<PlannerStatus> {
+    messages::call(
+        ActorKind::Planner,
+        Duration::from_secs(5),
+        PlannerMsg::Status,
+    )
+    .await
+    .ok()
+}
+
+async fn set_paused(paused: bool) {
+    messages::call(ActorKind::Governor, Duration::from_secs(5), |reply| {
+        GovernorMsg::SetPaused { paused, reply }
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    messages::lookup::<PlannerMsg>(ActorKind::Planner)
+        .unwrap()
+        .cast(PlannerMsg::Paused(paused))
+        .unwrap();
+}
+
+fn start_config(dir: &Path) -> (Config, TreeSpec) {
+    let config_path = fast_config(dir, &[]);
+    let actors_path = actors_config(
+        dir,
+        &[
+            ("max_restarts = 5", "max_restarts = 100"),
+            ("backoff_initial = \"100ms\"", "backoff_initial = \"10ms\""),
+        ],
+    );
+    let mut config = Config::load(&config_path).unwrap();
+    config.workspace = tiny_crate(dir);
+    config.state_dir = dir.join("state");
+    (config, TreeSpec::load(&actors_path).unwrap())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_actor_survives_an_injected_panic_and_error_with_its_committed_state() {
+    let _turn = REGISTRY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, tree) = start_config(dir.path());
+    std::fs::create_dir_all(&config.state_dir).unwrap();
+    let store = Store::open(&config.state_dir).unwrap();
+    let workspace = Workspace::prepare(&config.workspace, &config.state_dir).unwrap();
+    let backend = ClaudeCli::new(fake_claude(), "acceptEdits".into(), None)
+        .with_env(vec![("FAKE_CLAUDE_MODE".into(), "edit".into())]);
+    let events = EventBus::default();
+    let shared = Arc::new(Shared {
+        config,
+        tree: tree.clone(),
+        store: store.clone(),
+        workspace,
+        backend: Arc::new(backend),
+        events: events.clone(),
+        prompt_template: "{goal}".into(),
+    });
+    let (supervisor, handle) = Actor::spawn(
+        Some(agent::supervisor::NAME.into()),
+        Supervisor,
+        SupervisorArgs {
+            tree,
+            factory: Arc::new(Factory { context: shared }),
+            events,
+        },
+    )
+    .await
+    .unwrap();
+
+    until("a first committed iteration", || async {
+        planner_status().await.filter(|s| s.iteration >= 1)
+    })
+    .await;
+
+    for kind in ActorKind::ALL {
+        for fault in [FaultKind::Panic, FaultKind::Error] {
+            set_paused(true).await;
+            let idle = until("the planner to be idle and paused", || async {
+                planner_status()
+                    .await
+                    .filter(|s| s.in_flight.is_none() && s.run_state == RunState::Paused)
+            })
+            .await;
+            let before = children(&supervisor).await;
+            messages::send_common(kind, Common::Fault(fault)).unwrap();
+            let after = until(
+                &format!("{kind} to be restarted after {fault:?}"),
+                || async {
+                    let now = children(&supervisor).await;
+                    let child = &now[&kind];
+                    (child.restarts == before[&kind].restarts + 1 && child.status == "running")
+                        .then_some(now)
+                },
+            )
+            .await;
+            let injected = after[&kind].last_error.clone().unwrap_or_default();
+            assert!(
+                injected.contains(&format!("injected {}", format!("{fault:?}").to_lowercase())),
+                "{injected}"
+            );
+            for other in ActorKind::ALL.into_iter().filter(|k| *k != kind) {
+                assert_eq!(
+                    after[&other].restarts, before[&other].restarts,
+                    "{other} was restarted with {kind}"
+                );
+                assert_eq!(after[&other].status, "running");
+            }
+            // The restarted actor holds exactly what was last committed.
+            let live = messages::call_common(kind, Duration::from_secs(5), Common::Snapshot)
+                .await
+                .unwrap()
+                .unwrap();
+            let stored = store.snapshot(kind.name()).unwrap().unwrap();
+            assert_eq!(
+                live.body, stored.body,
+                "{kind} state after restart differs from the committed one"
+            );
+            if kind != ActorKind::Governor {
+                // The governor also writes its ledger on its own, between commits.
+                assert_eq!(
+                    stored.iteration, idle.iteration,
+                    "{kind} snapshot is of the last committed iteration"
+                );
+            }
+
+            // And the run goes on.
+            set_paused(false).await;
+            until(
+                &format!("an iteration after the {kind} {fault:?}"),
+                || async {
+                    planner_status()
+                        .await
+                        .filter(|s| s.iteration > idle.iteration)
+                },
+            )
+            .await;
+        }
+    }
+
+    supervisor
+        .call(SupervisorMsg::Shutdown, Some(WAIT))
+        .await
+        .unwrap();
+    handle.await.unwrap();
+    // Every accepted change is one commit: one agent commit per iteration.
+    let log = crate::harness::worktree_log(&dir.path().join("state"));
+    let committed = store.last_iteration().unwrap().unwrap().number as usize;
+    assert!(committed >= 13);
+    let iteration_commits = log.iter().filter(|m| m.contains("\nIteration: ")).count();
+    let accepted = store
+        .iterations(1000)
+        .unwrap()
+        .iter()
+        .filter(|r| r.outcome == "accepted")
+        .count();
+    assert_eq!(iteration_commits, accepted);
+}
+
+// ------------------------------------------------------------ escalation --
+
+/// Stand-in children: the `failing` kind fails as soon as it starts.
+struct ToyFactory {
+    failing: ActorKind,
+    stopped: Arc<Mutex<Vec<ActorKind>>>,
+}
+
+struct Toy;
+
+enum ToyMsg {
+    Boom,
+}
+
+struct ToyArgs {
+    kind: ActorKind,
+    fails: bool,
+    stopped: Arc<Mutex<Vec<ActorKind>>>,
+}
+
+impl Actor for Toy {
+    type Msg = ToyMsg;
+    type State = ToyArgs;
+    type Arguments = ToyArgs;
+
+    async fn pre_start(
+        &self,
+        myself: ActorRef<ToyMsg>,
+        args: ToyArgs,
+    ) -> Result<ToyArgs, ActorProcessingErr> {
+        if args.fails {
+            myself.cast(ToyMsg::Boom)?;
+        }
+        Ok(args)
+    }
+
+    async fn handle(
+        &self,
+        _: ActorRef<ToyMsg>,
+        message: ToyMsg,
+        state: &mut ToyArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        match message {
+            ToyMsg::Boom => Err(format!("{} always fails", state.kind).into()),
+        }
+    }
+
+    async fn post_stop(
+        &self,
+        _: ActorRef<ToyMsg>,
+        state: &mut ToyArgs,
+    ) -> Result<(), ActorProcessingErr> {
+        state.stopped.lock().unwrap().push(state.kind);
+        Ok(())
+    }
+}
+
+impl ChildFactory for ToyFactory {
+    fn spawn(&self, kind: ActorKind, supervisor: ActorCell) -> SpawnFuture {
+        let args = ToyArgs {
+            kind,
+            fails: kind == self.failing,
+            stopped: self.stopped.clone(),
+        };
+        Box::pin(async move {
+            Ok(Actor::spawn_linked(None, Toy, args, supervisor)
+                .await?
+                .0
+                .get_cell())
+        })
+    }
+}
+
+#[tokio::test]
+async fn a_child_that_always_fails_is_restarted_up_to_the_intensity_then_the_tree_escalates() {
+    let _turn = REGISTRY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let tree = TreeSpec::load(&actors_config(
+        dir.path(),
+        &[
+            ("max_restarts = 5", "max_restarts = 3"),
+            ("within = \"30s\"", "within = \"1m\""),
+            ("backoff_initial = \"100ms\"", "backoff_initial = \"5ms\""),
+            ("backoff_max = \"5s\"", "backoff_max = \"20ms\""),
+        ],
+    ))
+    .unwrap();
+    let events = EventBus::default();
+    let mut received = events.subscribe();
+    let stopped = Arc::new(Mutex::new(Vec::new()));
+    let (_supervisor, handle) = Actor::spawn(
+        None,
+        Supervisor,
+        SupervisorArgs {
+            tree,
+            factory: Arc::new(ToyFactory {
+                failing: ActorKind::Researcher,
+                stopped: stopped.clone(),
+            }),
+            events,
+        },
+    )
+    .await
+    .unwrap();
+    tokio::time::timeout(WAIT, handle)
+        .await
+        .expect("the supervisor stopped")
+        .unwrap();
+
+    let mut restarts = 0;
+    let mut escalation = None;
+    while let Ok(event) = received.try_recv() {
+        match event {
+            Event::ActorRestarted { actor, .. } => {
+                assert_eq!(actor, ActorKind::Researcher);
+                restarts += 1;
+            }
+            Event::Escalated { reason } => escalation = Some(reason),
+            _ => {}
+        }
+    }
+    assert_eq!(restarts, 3, "restarts are bounded by max_restarts");
+    let reason = escalation.expect("an escalation event");
+    assert!(
+        reason.contains("researcher") && reason.contains("more than 3 restarts within 1m"),
+        "{reason}"
+    );
+    // Siblings were stopped in reverse start order (the failing child was
+    // already down when the tree escalated).
+    let order = stopped.lock().unwrap().clone();
+    let siblings: Vec<ActorKind> = order
+        .into_iter()
+        .filter(|k| *k != ActorKind::Researcher)
+        .collect();
+    assert_eq!(
+        siblings,
+        vec![
+            ActorKind::Planner,
+            ActorKind::Modifier,
+            ActorKind::Executor,
+            ActorKind::Learner,
+            ActorKind::Governor
+        ]
+    );
+}
