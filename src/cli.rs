@@ -275,6 +275,13 @@ fn config_check(files: &FileArgs) -> u8 {
 }
 
 fn history(args: &HistoryArgs) -> u8 {
+    if !args.state.join("store").is_dir() {
+        eprintln!(
+            "agent: no agent state in {} (expected a store written by `agent run`)",
+            args.state.display()
+        );
+        return exit::USAGE;
+    }
     let store = match Store::open(&args.state) {
         Ok(store) => store,
         Err(error) => {

@@ -113,7 +113,10 @@ pub async fn run(
     let workspace = tokio::task::spawn_blocking(move || Workspace::prepare(&source, &state_dir))
         .await
         .map_err(|e| RunError::Failed(e.to_string()))?
-        .map_err(|e| RunError::Failed(format!("cannot prepare the worktree: {e}")))?;
+        .map_err(|e| match e {
+            crate::workspace::WorkspaceError::Missing(_) => RunError::Usage(e.to_string()),
+            other => RunError::Failed(format!("cannot prepare the worktree: {other}")),
+        })?;
     let committed = store.last_iteration()?.map_or(0, |r| r.number);
     println!(
         "agent: goal \"{}\"\nagent: backend {} — {}\nagent: worktree {} (from {}), state {}, {} iteration(s) committed so far",

@@ -160,6 +160,7 @@ fn add_linked_worktree(source: &Path, path: &Path) -> Result<(), WorkspaceError>
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
+    prune_stale_worktrees(&repo)?;
     let reference = branch.into_reference();
     let mut options = git2::WorktreeAddOptions::new();
     options.reference(Some(&reference));
@@ -167,6 +168,25 @@ fn add_linked_worktree(source: &Path, path: &Path) -> Result<(), WorkspaceError>
     let name = format!("agent-{}", std::process::id());
     repo.worktree(&name, path, Some(&options))?;
     exclude_build_output(&Repository::open(path)?)?;
+    Ok(())
+}
+
+/// Forgets linked worktrees of earlier agents whose directories are gone (a
+/// deleted state directory), so the agent branch can be checked out again.
+fn prune_stale_worktrees(repo: &Repository) -> Result<(), WorkspaceError> {
+    for name in repo.worktrees()?.iter().flatten() {
+        if !name.starts_with("agent-") {
+            continue;
+        }
+        let worktree = repo.find_worktree(name)?;
+        if worktree.validate().is_err() {
+            worktree.prune(Some(
+                git2::WorktreePruneOptions::new()
+                    .valid(false)
+                    .working_tree(false),
+            ))?;
+        }
+    }
     Ok(())
 }
 
@@ -307,5 +327,11 @@ mod tests {
         );
         assert_eq!(repo.head().unwrap().shorthand().unwrap(), user_branch);
         assert!(repo.find_branch(AGENT_BRANCH, BranchType::Local).is_ok());
+
+        // A deleted state directory leaves a stale worktree behind in the
+        // source repository; the next agent prunes it and starts again.
+        std::fs::remove_dir_all(dir.path().join("state")).unwrap();
+        let again = Workspace::prepare(&source, &dir.path().join("state")).unwrap();
+        assert!(again.log().unwrap()[0].starts_with("agent: iteration 1"));
     }
 }

@@ -286,3 +286,147 @@ fn repeated_failures_escalate_and_the_daemon_stops_cleanly_with_a_checkpoint() {
     // The checkpoint: the store opens and nothing committed was lost.
     assert!(history(&state).len() as u64 >= committed_before);
 }
+
+/// Runs `agent run` to its end (one iteration) and returns its stdout.
+fn run_once(
+    dir: &Path,
+    config: &Path,
+    extra: &[&str],
+    env: &[(&str, &str)],
+) -> (String, std::path::PathBuf) {
+    let workspace = tiny_crate(dir);
+    let state = dir.join("state");
+    let output = Command::new(agent_bin())
+        .arg("run")
+        .arg("--state")
+        .arg(&state)
+        .args(fast_args(config, &workspace))
+        .args(["--max-iterations", "1"])
+        .args(extra)
+        .envs(env.iter().copied())
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    let stdout = text(&output.stdout);
+    assert!(
+        output.status.success(),
+        "{stdout}\n{}",
+        text(&output.stderr)
+    );
+    (stdout, state)
+}
+
+#[test]
+fn auto_uses_claude_code_when_logged_in_and_says_why_it_does_not_otherwise() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(
+        dir.path(),
+        &[("backend = \"claude-cli\"", "backend = \"auto\"")],
+    );
+
+    let (stdout, _) = run_once(
+        &dir.path().join("a"),
+        &config,
+        &[],
+        &[("FAKE_CLAUDE_MODE", "edit")],
+    );
+    assert!(
+        stdout.contains("backend claude-cli — Claude Code found at"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("and logged in"), "{stdout}");
+
+    let (stdout, _) = run_once(
+        &dir.path().join("b"),
+        &config,
+        &[],
+        &[("FAKE_CLAUDE_LOGGED_IN", "0")],
+    );
+    assert!(
+        stdout.contains("backend offline — Claude Code found at"),
+        "{stdout}"
+    );
+    assert!(
+        stdout.contains("but not logged in: using the offline backend"),
+        "{stdout}"
+    );
+
+    let (stdout, _) = run_once(
+        &dir.path().join("c"),
+        &config,
+        &["--claude-bin", "/nonexistent/claude"],
+        &[],
+    );
+    assert!(
+        stdout.contains("backend offline — Claude Code not found"),
+        "{stdout}"
+    );
+
+    let (stdout, _) = run_once(
+        &dir.path().join("d"),
+        &config,
+        &[],
+        &[
+            ("FAKE_CLAUDE_LOGGED_IN", "0"),
+            ("ANTHROPIC_API_KEY_FOR_TEST", "x"),
+        ],
+    );
+    assert!(stdout.contains("backend offline"), "{stdout}");
+}
+
+#[test]
+fn a_not_logged_in_result_is_a_failed_job_with_its_message() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), &[]);
+    let (stdout, state) = run_once(
+        dir.path(),
+        &config,
+        &[],
+        &[("FAKE_CLAUDE_MODE", "is-error")],
+    );
+    let records = history(&state);
+    assert_eq!(records.len(), 1);
+    assert_eq!(records[0]["outcome"], "job-failed");
+    let summary = records[0]["summary"].as_str().unwrap();
+    assert!(
+        summary.contains("failed: Not logged in · Please run /login"),
+        "{summary}\n{stdout}"
+    );
+    assert!(worktree_log(&state).len() == 1, "nothing committed");
+}
+
+#[test]
+fn a_change_that_fails_validation_is_rolled_back_to_the_base_commit_and_clean() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(
+        dir.path(),
+        &[(
+            "command = \"true\"",
+            "command = \"echo tests failed >&2; false\"",
+        )],
+    );
+    let (_, state) = run_once(dir.path(), &config, &[], &[("FAKE_CLAUDE_MODE", "edit")]);
+    let records = history(&state);
+    assert_eq!(records[0]["outcome"], "rejected");
+    assert!(
+        records[0]["summary"]
+            .as_str()
+            .unwrap()
+            .contains("tests failed")
+    );
+    let worktree = agent::workspace::Workspace {
+        path: state.join("worktree"),
+    };
+    assert!(
+        worktree.changed_files().unwrap().is_empty(),
+        "git status is clean"
+    );
+    let log = worktree.log().unwrap();
+    assert_eq!(
+        log.len(),
+        1,
+        "the branch is still at its base commit: {log:?}"
+    );
+    let lib = std::fs::read_to_string(state.join("worktree/src/lib.rs")).unwrap();
+    assert!(!lib.contains("edited by claude"));
+}
