@@ -3,6 +3,7 @@
 //! in committed iterations; see `docs/ARCHITECTURE.md` for the map.
 
 pub mod actors;
+pub mod claude;
 pub mod cli;
 pub mod cognition;
 pub mod config;

@@ -57,6 +57,8 @@ pub enum Ending {
     Exited(Option<i32>),
     /// The deadline passed and the group was killed.
     TimedOut,
+    /// It was cancelled (killed on request) and the group was killed.
+    Cancelled,
 }
 
 /// The result of running a command.
@@ -127,7 +129,13 @@ impl Running {
 
     /// Waits for the process, killing its group at the deadline. The group is
     /// killed after a normal exit too, so that grandchildren left behind die.
-    pub async fn wait(mut self) -> Finished {
+    pub async fn wait(self) -> Finished {
+        self.wait_or_cancel(std::future::pending()).await
+    }
+
+    /// Like [`Running::wait`], but `cancel` completing ends the process group
+    /// the same way a timeout does (SIGTERM, grace, SIGKILL).
+    pub async fn wait_or_cancel(mut self, cancel: impl std::future::Future<Output = ()>) -> Finished {
         // Readers run on their own so that a grandchild holding the pipes
         // open cannot keep us waiting once the child itself has exited.
         let stdout = self
@@ -140,13 +148,19 @@ impl Running {
             .stderr
             .take()
             .map(|pipe| tokio::spawn(read_all(pipe)));
-        let ending = match tokio::time::timeout(self.spec.timeout, self.child.wait()).await {
-            Ok(status) => Ending::Exited(status.ok().and_then(|s| s.code())),
-            Err(_) => {
+        let waited = tokio::select! {
+            waited = tokio::time::timeout(self.spec.timeout, self.child.wait()) => Some(waited),
+            () = cancel => None,
+        };
+        let ending = match waited {
+            Some(Ok(status)) => Ending::Exited(status.ok().and_then(|s| s.code())),
+            None | Some(Err(_)) => {
+                let ending = if waited.is_none() { Ending::Cancelled } else { Ending::TimedOut };
                 tracing::warn!(
                     command = %self.spec.display(),
                     timeout = %humantime::format_duration(self.spec.timeout),
-                    "command timed out; terminating its process group"
+                    ?ending,
+                    "terminating the command's process group"
                 );
                 self.guard.kill(Signal::SIGTERM);
                 if tokio::time::timeout(TERM_GRACE, self.child.wait())
@@ -155,7 +169,7 @@ impl Running {
                 {
                     tracing::warn!(command = %self.spec.display(), "process group ignored SIGTERM; killing it");
                 }
-                Ending::TimedOut
+                ending
             }
         };
         // Whatever the ending, nothing of the group may outlive the job.

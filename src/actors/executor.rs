@@ -12,7 +12,7 @@ use tokio::sync::{Semaphore, oneshot};
 use tokio::task::JoinSet;
 
 use super::{Context, load_snapshot, make_snapshot};
-use crate::cognition::Job;
+use crate::cognition::{Job, Started};
 use crate::messages::{ActorKind, Common, ExecutorMsg, JobOutcome, JobStatus, Usage, inject};
 use crate::process;
 use crate::store::{JobRecord, now_ms};
@@ -130,6 +130,7 @@ async fn execute(ctx: &Context, slots: Arc<Semaphore>, plan: crate::messages::Pl
         capability: plan.capability.clone(),
         status: "running".into(),
         process_group: None,
+        remote_id: None,
         started_at_ms: now_ms(),
         ended_at_ms: None,
         error: None,
@@ -144,16 +145,19 @@ async fn execute(ctx: &Context, slots: Arc<Semaphore>, plan: crate::messages::Pl
         cwd: ctx.workspace.path.clone(),
         timeout: ctx.config.job_timeout,
     };
-    let (started, group) = oneshot::channel();
+    let (started, place) = oneshot::channel();
     let run = ctx.backend.run(job, started);
-    let note_group = async {
-        if let Ok(group) = group.await {
+    let note_place = async {
+        if let Ok(place) = place.await {
             let mut running = record.clone();
-            running.process_group = Some(group);
+            match place {
+                Started::Process(group) => running.process_group = Some(group),
+                Started::Remote(id) => running.remote_id = Some(id),
+            }
             let _ = ctx.store.put_job(&running).await;
         }
     };
-    let (outcome, ()) = tokio::join!(run, note_group);
+    let (outcome, ()) = tokio::join!(run, note_place);
     record.status = outcome.status.as_str().to_string();
     record.ended_at_ms = Some(now_ms());
     record.error = outcome.error.clone();

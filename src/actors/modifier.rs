@@ -246,6 +246,7 @@ async fn check(ctx: &Context, fitness_before: Option<f64>) -> Result<f64, Verdic
     if !finished.success() {
         let why = match finished.ending {
             Ending::TimedOut => "timed out".to_string(),
+            Ending::Cancelled => "was cancelled".to_string(),
             Ending::Exited(code) => format!(
                 "failed ({})",
                 code.map_or("signal".into(), |c| format!("status {c}"))

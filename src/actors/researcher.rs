@@ -123,19 +123,22 @@ async fn fill(ctx: &Context, topic: &str) -> Research {
         .unwrap_or_default();
     let mut notes = local;
     let mut usage = Usage::default();
-    let question = format!(
-        "Read this repository (do not change anything) and list, in at most ten short bullet \
-         points, the facts someone needs to make progress on: {topic}"
-    );
-    if let Some(answer) = ctx
+    if let Some(answers) = ctx
         .backend
-        .research(&question, &ctx.workspace.path, ctx.config.job_timeout)
+        .research(&questions(topic), &ctx.workspace.path, ctx.config.job_timeout)
         .await
     {
-        usage = answer.usage;
-        if answer.error.is_none() && !answer.output.trim().is_empty() {
-            notes = format!("{}\n\n{}", answer.output.trim(), notes);
+        let mut found = Vec::new();
+        for answer in answers {
+            usage.input_tokens += answer.usage.input_tokens;
+            usage.output_tokens += answer.usage.output_tokens;
+            usage.cost_usd += answer.usage.cost_usd;
+            if answer.error.is_none() && !answer.output.trim().is_empty() {
+                found.push(answer.output.trim().to_string());
+            }
         }
+        found.push(notes);
+        notes = found.join("\n\n");
     }
     notes.truncate(floor_char_boundary(&notes, MAX_NOTES));
     Research {
@@ -144,6 +147,20 @@ async fn fill(ctx: &Context, topic: &str) -> Research {
         from_cache: false,
         usage,
     }
+}
+
+/// The read-only questions a model is asked about a topic (answered as one
+/// batch where the backend can).
+pub fn questions(topic: &str) -> Vec<String> {
+    vec![
+        format!(
+            "Read this repository (do not change anything) and list, in at most ten short bullet \
+             points, the facts someone needs to make progress on: {topic}"
+        ),
+        "Read this repository (do not change anything) and say in at most five bullet points how \
+         its changes are validated: build, tests, lints, and anything that must not break."
+            .to_string(),
+    ]
 }
 
 fn floor_char_boundary(text: &str, max: usize) -> usize {

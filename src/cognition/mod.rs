@@ -35,16 +35,33 @@ pub trait Cognition: Send + Sync {
     /// What the planner may choose from.
     fn capabilities(&self) -> Vec<Capability>;
 
-    /// Runs a job to its end. `started` receives the process group of the
-    /// job's process as soon as it runs, so it can be recorded.
-    async fn run(&self, job: Job, started: oneshot::Sender<i32>) -> JobOutcome;
+    /// Runs a job to its end. `started` learns where the job runs as soon
+    /// as it does, so the executor can record it before waiting.
+    async fn run(&self, job: Job, started: oneshot::Sender<Started>) -> JobOutcome;
 
-    /// Answers a research question without changing anything in `cwd`;
-    /// `None` for backends that have no model to ask.
-    async fn research(&self, question: &str, cwd: &Path, timeout: Duration) -> Option<JobOutcome> {
-        let _ = (question, cwd, timeout);
+    /// Waits for a job an earlier executor started (`remote_id` as reported
+    /// through `Started::Remote`) instead of starting it again; `None` when
+    /// this backend cannot re-attach.
+    async fn reattach(&self, job: Job, remote_id: String) -> Option<JobOutcome> {
+        let _ = (job, remote_id);
         None
     }
+
+    /// Answers research questions without changing anything in `cwd`, one
+    /// answer per question; `None` for backends that have no model to ask.
+    async fn research(&self, questions: &[String], cwd: &Path, timeout: Duration) -> Option<Vec<JobOutcome>> {
+        let _ = (questions, cwd, timeout);
+        None
+    }
+}
+
+/// Where a started job runs.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Started {
+    /// A local process group, killed if the job is abandoned.
+    Process(i32),
+    /// A job id on the MCP server, re-attached to after a restart.
+    Remote(String),
 }
 
 /// Why a backend could not be chosen.
@@ -110,7 +127,7 @@ pub async fn select(config: &Config) -> Result<Selection, SelectError> {
                     ),
                 });
             }
-            match claude_cli::logged_in(&path).await {
+            match crate::claude::logged_in(&path).await {
                 Ok(true) => Ok(Selection {
                     backend: claude(),
                     reason: format!(

@@ -76,7 +76,7 @@ impl Cognition for Offline {
             .collect()
     }
 
-    async fn run(&self, job: Job, started: oneshot::Sender<i32>) -> JobOutcome {
+    async fn run(&self, job: Job, started: oneshot::Sender<super::Started>) -> JobOutcome {
         let failed = |error: String| JobOutcome {
             job_id: job.id,
             status: JobStatus::Failed,
@@ -104,7 +104,7 @@ impl Cognition for Offline {
             Err(error) => return failed(error.to_string()),
         };
         if let Some(group) = running.process_group() {
-            let _ = started.send(group);
+            let _ = started.send(super::Started::Process(group));
         }
         let finished = running.wait().await;
         let (status, error) = match finished.ending {
@@ -118,7 +118,7 @@ impl Cognition for Offline {
                     finished.tail(3)
                 )),
             ),
-            Ending::TimedOut => (
+            Ending::TimedOut | Ending::Cancelled => (
                 JobStatus::Timeout,
                 Some(format!(
                     "`{}` did not finish within {}",

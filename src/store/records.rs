@@ -74,6 +74,8 @@ pub struct JobRecord {
     pub status: String,
     /// Process group of the job's process while it runs.
     pub process_group: Option<i32>,
+    /// The job's id on the MCP server, for re-attaching after a restart.
+    pub remote_id: Option<String>,
     pub started_at_ms: u64,
     pub ended_at_ms: Option<u64>,
     pub error: Option<String>,

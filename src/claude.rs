@@ -1,0 +1,324 @@
+//! The Claude Code CLI as a program the agent runs: the command line
+//! (`claude -p <task> --output-format json --permission-mode <mode>` plus the
+//! optional flags), running it under a deadline and a cancel signal with its
+//! whole process group, and reading its result JSON. Shared by the claude-cli
+//! backend and `agent mcp-serve`.
+//!
+//! Known field problems designed for: `claude -p` can hang with no output
+//! (deadline, group killed); SIGTERM gives exit 143 and no JSON (a failed run,
+//! not a crash); `is_error: true` is a failure even with subtype `success`;
+//! anything that is not the result JSON is a failed run that keeps the text.
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use serde::Deserialize;
+
+use crate::messages::{JobOutcome, JobStatus, Usage};
+use crate::process::{self, CommandSpec, Ending};
+
+/// One run of `claude -p`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Invocation {
+    pub task: String,
+    pub cwd: PathBuf,
+    /// Passed to `--permission-mode` as given.
+    pub permission_mode: String,
+    pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub append_system_prompt: Option<String>,
+    pub timeout: Duration,
+}
+
+/// The fields of Claude Code's result JSON that the agent uses.
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct ResultJson {
+    #[serde(default)]
+    pub result: Option<String>,
+    #[serde(default)]
+    pub is_error: bool,
+    #[serde(default)]
+    pub subtype: Option<String>,
+    #[serde(default)]
+    pub session_id: Option<String>,
+    #[serde(default)]
+    pub num_turns: Option<u64>,
+    #[serde(default)]
+    pub duration_ms: Option<u64>,
+    #[serde(default)]
+    pub total_cost_usd: Option<f64>,
+    #[serde(default)]
+    pub usage: UsageJson,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Deserialize)]
+pub struct UsageJson {
+    #[serde(default)]
+    pub input_tokens: u64,
+    #[serde(default)]
+    pub output_tokens: u64,
+    #[serde(default)]
+    pub cache_creation_input_tokens: u64,
+    #[serde(default)]
+    pub cache_read_input_tokens: u64,
+}
+
+/// How one run ended and what it printed.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Run {
+    pub status: JobStatus,
+    /// The parsed result, when the CLI printed one.
+    pub result: Option<ResultJson>,
+    /// Why the run counts as failed.
+    pub error: Option<String>,
+    /// Standard output as printed, kept when it was not understood.
+    pub raw_output: String,
+}
+
+impl Run {
+    pub fn usage(&self) -> Usage {
+        self.result.as_ref().map_or_else(Usage::default, |r| Usage {
+            input_tokens: r.usage.input_tokens,
+            output_tokens: r.usage.output_tokens,
+            cost_usd: r.total_cost_usd.unwrap_or(0.0),
+        })
+    }
+
+    pub fn into_outcome(self, job_id: u64) -> JobOutcome {
+        let usage = self.usage();
+        let (output, session_id) = match self.result {
+            Some(result) => (result.result.unwrap_or_default(), result.session_id),
+            None => (self.raw_output, None),
+        };
+        JobOutcome {
+            job_id,
+            status: self.status,
+            output,
+            error: self.error,
+            usage,
+            session_id,
+        }
+    }
+
+    fn failed(status: JobStatus, error: String) -> Run {
+        Run {
+            status,
+            result: None,
+            error: Some(error),
+            raw_output: String::new(),
+        }
+    }
+}
+
+/// The configured claude executable.
+#[derive(Debug, Clone)]
+pub struct Cli {
+    pub binary: PathBuf,
+    /// Extra environment for every claude process (e.g. `CLAUDE_CONFIG_DIR`).
+    pub env: Vec<(String, String)>,
+}
+
+impl Cli {
+    pub fn new(binary: PathBuf) -> Cli {
+        Cli {
+            binary,
+            env: Vec::new(),
+        }
+    }
+
+    pub fn command(&self, invocation: &Invocation) -> CommandSpec {
+        let mut args = vec![
+            "-p".to_string(),
+            invocation.task.clone(),
+            "--output-format".into(),
+            "json".into(),
+            "--permission-mode".into(),
+            invocation.permission_mode.clone(),
+        ];
+        if let Some(model) = &invocation.model {
+            args.extend(["--model".to_string(), model.clone()]);
+        }
+        if let Some(turns) = invocation.max_turns {
+            args.extend(["--max-turns".to_string(), turns.to_string()]);
+        }
+        if let Some(prompt) = &invocation.append_system_prompt {
+            args.extend(["--append-system-prompt".to_string(), prompt.clone()]);
+        }
+        CommandSpec {
+            program: self.binary.clone(),
+            args,
+            cwd: invocation.cwd.clone(),
+            env: self.env.clone(),
+            timeout: invocation.timeout,
+        }
+    }
+
+    /// Runs one invocation to its end. `started` receives the process group
+    /// as soon as the process runs; `cancel` completing kills the group.
+    pub async fn run(
+        &self,
+        invocation: &Invocation,
+        started: impl FnOnce(i32),
+        cancel: impl Future<Output = ()>,
+    ) -> Run {
+        let spec = self.command(invocation);
+        let running = match process::start(&spec) {
+            Ok(running) => running,
+            Err(error) => return Run::failed(JobStatus::Failed, error.to_string()),
+        };
+        if let Some(group) = running.process_group() {
+            started(group);
+        }
+        let finished = running.wait_or_cancel(cancel).await;
+        match finished.ending {
+            Ending::TimedOut => Run::failed(
+                JobStatus::Timeout,
+                format!(
+                    "claude did not finish within {}; its process group was killed",
+                    humantime::format_duration(invocation.timeout)
+                ),
+            ),
+            Ending::Cancelled => Run::failed(
+                JobStatus::Killed,
+                "the job was killed on request; its process group was killed".into(),
+            ),
+            Ending::Exited(_) => interpret(&finished.stdout, &finished.stderr, finished.ending),
+        }
+    }
+}
+
+/// Turns what `claude -p --output-format json` printed into a run.
+pub fn interpret(stdout: &str, stderr: &str, ending: Ending) -> Run {
+    let text = stdout.trim();
+    // The result is one JSON object; with --verbose more lines may precede it.
+    let parsed = serde_json::from_str::<ResultJson>(text).or_else(|error| {
+        text.lines()
+            .last()
+            .ok_or(error)
+            .and_then(|line| serde_json::from_str::<ResultJson>(line.trim()))
+    });
+    let Ok(result) = parsed else {
+        let code = match ending {
+            Ending::Exited(Some(code)) => format!("status {code}"),
+            _ => "a signal".to_string(),
+        };
+        let shown = if text.is_empty() { stderr.trim() } else { text };
+        let error = if shown.is_empty() {
+            format!("claude exited with {code} and printed no result")
+        } else {
+            format!(
+                "claude exited with {code} and printed no result JSON: {}",
+                shown.chars().take(300).collect::<String>()
+            )
+        };
+        return Run {
+            status: JobStatus::Failed,
+            result: None,
+            error: Some(error),
+            raw_output: text.to_string(),
+        };
+    };
+    let message = result.result.clone().unwrap_or_default();
+    let subtype = result.subtype.clone().unwrap_or_default();
+    let error = if result.is_error {
+        Some(if message.is_empty() {
+            format!("claude reported an error (subtype {subtype})")
+        } else {
+            message
+        })
+    } else if subtype != "success" {
+        Some(format!("claude ended with subtype {subtype}"))
+    } else if ending != Ending::Exited(Some(0)) {
+        Some(format!("claude exited with {ending:?} after printing a result"))
+    } else {
+        None
+    };
+    Run {
+        status: if error.is_some() {
+            JobStatus::Failed
+        } else {
+            JobStatus::Completed
+        },
+        result: Some(result),
+        error,
+        raw_output: text.to_string(),
+    }
+}
+
+/// Asks `claude auth status` whether Claude Code is logged in.
+pub async fn logged_in(binary: &Path) -> Result<bool, String> {
+    let spec = CommandSpec {
+        program: binary.to_path_buf(),
+        args: vec!["auth".into(), "status".into()],
+        cwd: std::env::temp_dir(),
+        env: Vec::new(),
+        timeout: Duration::from_secs(15),
+    };
+    let finished = process::run(&spec).await.map_err(|e| e.to_string())?;
+    if finished.ending == Ending::TimedOut {
+        return Err("it did not answer within 15s".into());
+    }
+    #[derive(Deserialize)]
+    struct AuthStatus {
+        #[serde(rename = "loggedIn")]
+        logged_in: bool,
+    }
+    serde_json::from_str::<AuthStatus>(finished.stdout.trim())
+        .map(|status| status.logged_in)
+        .map_err(|_| format!("it printed no JSON with `loggedIn`: {}", finished.tail(2)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn is_error_is_a_failure_even_with_subtype_success() {
+        let stdout = r#"{"type":"result","subtype":"success","is_error":true,"result":"Not logged in · Please run /login","session_id":"s","total_cost_usd":0,"usage":{"input_tokens":0,"output_tokens":0}}"#;
+        let run = interpret(stdout, "", Ending::Exited(Some(1)));
+        assert_eq!(run.status, JobStatus::Failed);
+        assert_eq!(run.error.as_deref(), Some("Not logged in · Please run /login"));
+    }
+
+    #[test]
+    fn usage_cost_and_turns_are_read_from_the_result() {
+        let stdout = r#"{"type":"result","subtype":"success","is_error":false,"result":"ok","session_id":"abc","num_turns":3,"duration_ms":900,"total_cost_usd":0.5,"usage":{"input_tokens":10,"output_tokens":20,"cache_read_input_tokens":7}}"#;
+        let run = interpret(stdout, "", Ending::Exited(Some(0)));
+        assert_eq!(run.status, JobStatus::Completed);
+        let result = run.result.clone().unwrap();
+        assert_eq!(result.num_turns, Some(3));
+        assert_eq!(result.usage.cache_read_input_tokens, 7);
+        let outcome = run.into_outcome(1);
+        assert_eq!(outcome.usage.input_tokens, 10);
+        assert_eq!(outcome.usage.output_tokens, 20);
+        assert_eq!(outcome.usage.cost_usd, 0.5);
+        assert_eq!(outcome.session_id.as_deref(), Some("abc"));
+    }
+
+    #[test]
+    fn garbage_is_a_failed_run_that_keeps_the_text() {
+        let run = interpret("this is not json {", "", Ending::Exited(Some(0)));
+        assert_eq!(run.status, JobStatus::Failed);
+        assert!(run.error.as_ref().unwrap().contains("no result JSON"));
+        assert_eq!(run.into_outcome(1).output, "this is not json {");
+    }
+
+    #[test]
+    fn optional_flags_are_passed_through() {
+        let cli = Cli::new("claude".into());
+        let spec = cli.command(&Invocation {
+            task: "t".into(),
+            cwd: ".".into(),
+            permission_mode: "plan".into(),
+            model: Some("sonnet".into()),
+            max_turns: Some(3),
+            append_system_prompt: Some("be brief".into()),
+            timeout: Duration::from_secs(1),
+        });
+        assert_eq!(
+            spec.args,
+            ["-p", "t", "--output-format", "json", "--permission-mode", "plan", "--model", "sonnet", "--max-turns", "3", "--append-system-prompt", "be brief"]
+        );
+    }
+}
