@@ -72,6 +72,10 @@ impl Actor for Executor {
             ExecutorMsg::Capabilities(reply) => {
                 let _ = reply.send(state.ctx.backend.capabilities());
             }
+            ExecutorMsg::PendingJob { iteration, reply } => {
+                let pending = pending_remote_job(&state.ctx, iteration);
+                let _ = reply.send(pending.and_then(|job| job.remote_id));
+            }
             ExecutorMsg::Execute { plan, reply } => {
                 let ctx = state.ctx.clone();
                 let slots = state.slots.clone();
@@ -119,6 +123,9 @@ async fn execute(ctx: &Context, slots: Arc<Semaphore>, plan: crate::messages::Pl
     let Ok(_slot) = slots.acquire_owned().await else {
         return failed(0, "the executor is shutting down".into());
     };
+    if let Some(outcome) = reattach(ctx, &plan).await {
+        return outcome;
+    }
     let id = match ctx.store.next_job_id() {
         Ok(id) => id,
         Err(error) => return failed(0, format!("cannot record the job: {error}")),
@@ -144,6 +151,7 @@ async fn execute(ctx: &Context, slots: Arc<Semaphore>, plan: crate::messages::Pl
         prompt: plan.prompt.clone(),
         cwd: ctx.workspace.path.clone(),
         timeout: ctx.config.job_timeout,
+        execution: plan.execution,
     };
     let (started, place) = oneshot::channel();
     let run = ctx.backend.run(job, started);
@@ -175,13 +183,58 @@ async fn execute(ctx: &Context, slots: Arc<Semaphore>, plan: crate::messages::Pl
     outcome
 }
 
+/// A job for `iteration` that an earlier executor started on the MCP server
+/// and never saw finish.
+fn pending_remote_job(ctx: &Context, iteration: u64) -> Option<JobRecord> {
+    ctx.store
+        .jobs()
+        .ok()?
+        .into_iter()
+        .rev()
+        .find(|j| j.iteration == iteration && j.status == "running" && j.remote_id.is_some())
+}
+
+/// Waits for a pending remote job of this iteration instead of paying for the
+/// same work twice.
+async fn reattach(ctx: &Context, plan: &crate::messages::Plan) -> Option<JobOutcome> {
+    let mut record = pending_remote_job(ctx, plan.iteration)?;
+    let remote_id = record.remote_id.clone()?;
+    tracing::info!(job = record.id, remote = %remote_id, iteration = plan.iteration, "re-attaching to a job started before a restart");
+    let job = Job {
+        id: record.id,
+        capability: record.capability.clone(),
+        prompt: plan.prompt.clone(),
+        cwd: ctx.workspace.path.clone(),
+        timeout: ctx.config.job_timeout,
+        execution: plan.execution,
+    };
+    let outcome = ctx.backend.reattach(job, remote_id.clone()).await;
+    record.ended_at_ms = Some(now_ms());
+    match &outcome {
+        Some(outcome) => {
+            record.status = outcome.status.as_str().to_string();
+            record.error = outcome.error.clone();
+        }
+        None => {
+            record.status = "failed".into();
+            record.error = Some(format!("cannot re-attach to remote job {remote_id}"));
+        }
+    }
+    let _ = ctx.store.put_job(&record).await;
+    outcome
+}
+
 /// Jobs still marked running belong to an executor that died: kill what is
-/// left of their processes and record them as failed.
+/// left of their processes and record them as failed. Jobs on the MCP server
+/// stay: the next `Execute` for their iteration re-attaches to them.
 async fn abandon_leftover_jobs(ctx: &Context) {
     let Ok(jobs) = ctx.store.jobs() else {
         return;
     };
-    for mut job in jobs.into_iter().filter(|j| j.status == "running") {
+    for mut job in jobs
+        .into_iter()
+        .filter(|j| j.status == "running" && j.remote_id.is_none())
+    {
         if let Some(group) = job.process_group {
             process::kill_stale_group(group);
         }

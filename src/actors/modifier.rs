@@ -79,12 +79,16 @@ impl Actor for Modifier {
     ) -> Result<(), ActorProcessingErr> {
         while state.work.try_join_next().is_some() {}
         match message {
-            ModifierMsg::Prepare { iteration, reply } => {
+            ModifierMsg::Prepare {
+                iteration,
+                keep_worktree,
+                reply,
+            } => {
                 let ctx = state.ctx.clone();
                 let head = state.snapshot.head.clone();
                 let known = state.snapshot.head_fitness;
                 state.work.spawn(async move {
-                    let result = prepare(&ctx, &head, known).await;
+                    let result = prepare(&ctx, &head, known, keep_worktree).await;
                     if let Ok(prepared) = &result {
                         let _ = myself.cast(ModifierMsg::Settled {
                             head: prepared.base_commit.clone(),
@@ -129,6 +133,10 @@ impl Actor for Modifier {
                     }
                     let _ = reply.send(result);
                 });
+            }
+            ModifierMsg::Reload(reply) => {
+                state.work.abort_all();
+                let _ = reply.send(state.restore());
             }
             ModifierMsg::Settled {
                 head,
@@ -176,15 +184,22 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| format!("worktree task failed: {e}"))?
 }
 
-async fn prepare(ctx: &Context, head: &str, known: Option<f64>) -> Result<Prepared, String> {
-    let workspace = ctx.workspace.clone();
-    let base = head.to_string();
-    blocking(move || {
-        workspace
-            .reset_to(&base)
-            .map_err(|e| format!("cannot reset the worktree: {e}"))
-    })
-    .await?;
+async fn prepare(
+    ctx: &Context,
+    head: &str,
+    known: Option<f64>,
+    keep_worktree: bool,
+) -> Result<Prepared, String> {
+    if !keep_worktree {
+        let workspace = ctx.workspace.clone();
+        let base = head.to_string();
+        blocking(move || {
+            workspace
+                .reset_to(&base)
+                .map_err(|e| format!("cannot reset the worktree: {e}"))
+        })
+        .await?;
+    }
     let fitness = match known {
         Some(fitness) => Some(fitness),
         None => Some(measure_fitness(ctx, &ctx.workspace.path).await?),

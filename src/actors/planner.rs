@@ -305,8 +305,19 @@ async fn run_steps(
 ) -> Result<IterationRecord, String> {
     let started = Instant::now();
     let slow = ctx.config.validation_timeout * 2 + MARGIN;
+    let pending = messages::call(ActorKind::Executor, QUICK, |reply| ExecutorMsg::PendingJob {
+        iteration,
+        reply,
+    })
+    .await
+    .map_err(|e| e.to_string())?;
+    if let Some(remote) = &pending {
+        tracing::info!(iteration, %remote, "a job of this iteration is still on the MCP server; keeping its worktree");
+    }
+    let keep_worktree = pending.is_some();
     let prepared = messages::call(ActorKind::Modifier, slow, |reply| ModifierMsg::Prepare {
         iteration,
+        keep_worktree,
         reply,
     })
     .await
@@ -344,6 +355,7 @@ async fn run_steps(
         &capabilities,
         research.as_ref(),
         &ctx.prompt_template,
+        ctx.config.execution,
     )?;
     tracing::debug!(iteration, capability = %plan.capability, rationale = %plan.rationale, "plan");
     let job_timeout = ctx.config.job_timeout + MARGIN;
@@ -483,6 +495,7 @@ pub fn make_plan(
     capabilities: &[Capability],
     research: Option<&Research>,
     template: &str,
+    execution: crate::config::Execution,
 ) -> Result<Plan, String> {
     let best = advice
         .ranked
@@ -544,6 +557,7 @@ pub fn make_plan(
         capability: best.id.clone(),
         prompt,
         rationale,
+        execution,
     })
 }
 
@@ -615,6 +629,7 @@ fn experience_record(e: &Experience) -> ExperienceRecord {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::Execution;
     use crate::messages::RankedCapability;
 
     fn advice(best: &str, attempts: u64) -> Advice {
@@ -635,7 +650,7 @@ mod tests {
             id: "fmt".into(),
             description: String::new(),
         }];
-        let plan = make_plan("g", 3, Some(4.0), &advice("fmt", 2), &caps, None, "{goal}").unwrap();
+        let plan = make_plan("g", 3, Some(4.0), &advice("fmt", 2), &caps, None, "{goal}", Execution::Async).unwrap();
         assert_eq!(plan.capability, "fmt");
         assert_eq!(plan.iteration, 3);
         assert!(plan.prompt.is_none());
@@ -662,6 +677,7 @@ mod tests {
             &caps,
             Some(&research),
             "G={goal} F={fitness} R={research}",
+            Execution::Async,
         )
         .unwrap();
         assert_eq!(
@@ -676,6 +692,6 @@ mod tests {
             ranked: vec![],
             recent: vec![],
         };
-        assert!(make_plan("g", 1, None, &empty, &[], None, "").is_err());
+        assert!(make_plan("g", 1, None, &empty, &[], None, "", Execution::Sync).is_err());
     }
 }

@@ -24,6 +24,7 @@ pub struct Job {
     pub prompt: Option<String>,
     pub cwd: PathBuf,
     pub timeout: Duration,
+    pub execution: crate::config::Execution,
 }
 
 /// A way of executing plans.

@@ -78,6 +78,21 @@ struct RawCognition {
     permission_mode: String,
     model: Option<String>,
     job_timeout: HumanDuration,
+    execution: Execution,
+    mcp_command: Option<Vec<String>>,
+    mcp_call_timeout: HumanDuration,
+    mcp_max_concurrent: Positive,
+}
+
+/// How a plan runs on the MCP backend.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Execution {
+    /// `claude_run`: one call that blocks until the job ends.
+    Sync,
+    /// `claude_run_async`, then `claude_status` polls and `claude_result`;
+    /// the job id is stored first, so a restarted agent re-attaches.
+    Async,
 }
 
 #[derive(Debug, Deserialize)]
@@ -137,6 +152,11 @@ pub struct Config {
     pub permission_mode: String,
     pub model: Option<String>,
     pub job_timeout: Duration,
+    pub execution: Execution,
+    /// The MCP server to start; `None` means this binary's `mcp-serve`.
+    pub mcp_command: Option<Vec<String>>,
+    pub mcp_call_timeout: Duration,
+    pub mcp_max_concurrent: usize,
     /// Shell command that must succeed for a change to be kept.
     pub validation_command: String,
     pub fitness: Fitness,
@@ -187,6 +207,12 @@ impl Config {
             }
             Some(command) => Fitness::Command(command.to_string()),
         };
+        if raw.cognition.mcp_command.as_ref().is_some_and(|c| c.is_empty() || c[0].trim().is_empty()) {
+            return Err(ConfigError::whole_file(
+                file,
+                "[cognition] mcp_command must name a program, e.g. [\"agent\", \"mcp-serve\"]",
+            ));
+        }
         Ok(Config {
             goal: raw.run.goal,
             workspace: raw.run.workspace,
@@ -199,6 +225,10 @@ impl Config {
             permission_mode: raw.cognition.permission_mode,
             model: raw.cognition.model.filter(|m| !m.is_empty()),
             job_timeout: raw.cognition.job_timeout.0,
+            execution: raw.cognition.execution,
+            mcp_command: raw.cognition.mcp_command,
+            mcp_call_timeout: raw.cognition.mcp_call_timeout.0,
+            mcp_max_concurrent: raw.cognition.mcp_max_concurrent.get() as usize,
             validation_command: raw
                 .validation
                 .command

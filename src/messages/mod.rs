@@ -135,6 +135,8 @@ pub struct Plan {
     pub prompt: Option<String>,
     /// Why this capability was chosen (learner's scores).
     pub rationale: String,
+    /// How a model backend runs it.
+    pub execution: crate::config::Execution,
 }
 
 /// How a cognition job ended.
@@ -370,6 +372,12 @@ pub enum ResearcherMsg {
 pub enum ExecutorMsg {
     Common(Common),
     Capabilities(RpcReplyPort<Vec<Capability>>),
+    /// The remote id of a job for `iteration` that an earlier executor left
+    /// running, which `Execute` will re-attach to.
+    PendingJob {
+        iteration: u64,
+        reply: RpcReplyPort<Option<String>>,
+    },
     Execute {
         plan: Plan,
         reply: RpcReplyPort<JobOutcome>,
@@ -383,11 +391,16 @@ pub enum ExecutorMsg {
 
 pub enum ModifierMsg {
     Common(Common),
-    /// Reset the worktree to the committed head and measure fitness.
+    /// Reset the worktree to the committed head and measure fitness; with
+    /// `keep_worktree`, leave the worktree as it is (a re-attached job's
+    /// edits are in it) and use the committed head's known fitness.
     Prepare {
         iteration: u64,
+        keep_worktree: bool,
         reply: RpcReplyPort<Result<Prepared, String>>,
     },
+    /// Reload the committed snapshot without touching the worktree.
+    Reload(RpcReplyPort<Result<(), String>>),
     /// Validate the worktree's change and commit or roll back.
     Validate {
         iteration: u64,

@@ -14,7 +14,8 @@ use sled::transaction::ConflictableTransactionError;
 
 pub use codec::CodecError;
 pub use records::{
-    ExperienceRecord, IterationRecord, JobRecord, ResearchRecord, RunRecord, SnapshotRecord,
+    ExperienceRecord, IterationRecord, JobRecord, McpJobRecord, ResearchRecord, RunRecord,
+    SnapshotRecord,
 };
 
 const RUN_KEY: &[u8] = b"run";
@@ -61,6 +62,7 @@ pub struct Store {
     experiences: sled::Tree,
     jobs: sled::Tree,
     research: sled::Tree,
+    mcp_jobs: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -90,6 +92,7 @@ impl Store {
             experiences: db.open_tree("experiences")?,
             jobs: db.open_tree("jobs")?,
             research: db.open_tree("research")?,
+            mcp_jobs: db.open_tree("mcp_jobs")?,
             db,
         })
     }
@@ -215,6 +218,28 @@ impl Store {
             .map(|entry| {
                 let (_, bytes) = entry?;
                 decode(&bytes, "job record")
+            })
+            .collect()
+    }
+
+    // --------------------------------------------------------- mcp jobs --
+
+    pub async fn put_mcp_job(&self, job: &McpJobRecord) -> Result<(), StoreError> {
+        self.mcp_jobs.insert(job.id.as_bytes(), codec::encode(job)?)?;
+        self.flush().await
+    }
+
+    pub fn mcp_job(&self, id: &str) -> Result<Option<McpJobRecord>, StoreError> {
+        self.get(&self.mcp_jobs, id.as_bytes(), "MCP job record")
+    }
+
+    /// Every MCP job, oldest first (ids are zero-padded sequence numbers).
+    pub fn mcp_jobs(&self) -> Result<Vec<McpJobRecord>, StoreError> {
+        self.mcp_jobs
+            .iter()
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                decode(&bytes, "MCP job record")
             })
             .collect()
     }

@@ -88,3 +88,22 @@ pub struct ResearchRecord {
     pub notes: String,
     pub fetched_at_ms: u64,
 }
+
+/// A job of `agent mcp-serve`, kept in its own store so a restarted server
+/// still answers for it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct McpJobRecord {
+    pub id: String,
+    pub task: String,
+    pub cwd: String,
+    pub permission_mode: String,
+    pub model: Option<String>,
+    /// running | completed | failed | timeout | killed
+    pub status: String,
+    pub started_at_ms: u64,
+    pub ended_at_ms: Option<u64>,
+    pub error: Option<String>,
+    /// The tool result (the `claude_run` output) as JSON, once finished.
+    pub output_json: Option<String>,
+    pub process_group: Option<i32>,
+}
