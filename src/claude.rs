@@ -230,7 +230,9 @@ pub fn interpret(stdout: &str, stderr: &str, ending: Ending) -> Run {
     } else if subtype != "success" {
         Some(format!("claude ended with subtype {subtype}"))
     } else if ending != Ending::Exited(Some(0)) {
-        Some(format!("claude exited with {ending:?} after printing a result"))
+        Some(format!(
+            "claude exited with {ending:?} after printing a result"
+        ))
     } else {
         None
     };
@@ -278,7 +280,10 @@ mod tests {
         let stdout = r#"{"type":"result","subtype":"success","is_error":true,"result":"Not logged in · Please run /login","session_id":"s","total_cost_usd":0,"usage":{"input_tokens":0,"output_tokens":0}}"#;
         let run = interpret(stdout, "", Ending::Exited(Some(1)));
         assert_eq!(run.status, JobStatus::Failed);
-        assert_eq!(run.error.as_deref(), Some("Not logged in · Please run /login"));
+        assert_eq!(
+            run.error.as_deref(),
+            Some("Not logged in · Please run /login")
+        );
     }
 
     #[test]
@@ -318,7 +323,20 @@ mod tests {
         });
         assert_eq!(
             spec.args,
-            ["-p", "t", "--output-format", "json", "--permission-mode", "plan", "--model", "sonnet", "--max-turns", "3", "--append-system-prompt", "be brief"]
+            [
+                "-p",
+                "t",
+                "--output-format",
+                "json",
+                "--permission-mode",
+                "plan",
+                "--model",
+                "sonnet",
+                "--max-turns",
+                "3",
+                "--append-system-prompt",
+                "be brief"
+            ]
         );
     }
 }

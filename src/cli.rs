@@ -46,6 +46,37 @@ pub enum TopCommand {
     },
     /// Show committed iterations from the store (the daemon must be stopped).
     History(HistoryArgs),
+    /// Serve Claude Code as MCP tools on stdin/stdout (started by the mcp backend).
+    McpServe(McpServeArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct McpServeArgs {
+    /// The agent configuration the defaults come from.
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Path or name of the Claude Code executable.
+    #[arg(long, value_name = "PATH")]
+    pub claude_bin: Option<PathBuf>,
+    /// The agent's state directory; the job table lives in `<state>/mcp`.
+    #[arg(long, value_name = "DIR")]
+    pub state: Option<PathBuf>,
+    /// Deadline of one job, e.g. "10m"; its process group is killed after it.
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub job_timeout: Option<std::time::Duration>,
+    /// Jobs that run at once.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_concurrent: Option<u64>,
+    /// Default `--permission-mode` for jobs that do not name one.
+    #[arg(long, value_name = "MODE")]
+    pub permission_mode: Option<String>,
+    /// Default `--model` for jobs that do not name one.
+    #[arg(long, value_name = "MODEL")]
+    pub model: Option<String>,
+}
+
+fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
+    config::values::parse_duration(text)
 }
 
 #[derive(Debug, Args)]
@@ -165,6 +196,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 command: ConfigCommand::Check(files),
             } => config_check(&files),
             TopCommand::History(args) => history(&args),
+            TopCommand::McpServe(args) => mcp_serve(args).await,
         }
     });
     // Jobs still running on the blocking pool must not hold the exit.
@@ -245,6 +277,33 @@ async fn ctl(args: CtlArgs) -> u8 {
                     .trim_matches('"'),
                 error.message
             );
+            exit::FAILED
+        }
+    }
+}
+
+async fn mcp_serve(args: McpServeArgs) -> u8 {
+    let config = match config::load_all(args.config.as_deref(), None) {
+        Ok((config, _)) => config,
+        Err(error) => {
+            eprintln!("agent mcp-serve: {error}");
+            return exit::USAGE;
+        }
+    };
+    let options = crate::mcp::server::ServeOptions {
+        state_dir: args.state.unwrap_or(config.state_dir),
+        claude_bin: args.claude_bin.unwrap_or(config.claude_bin),
+        job_timeout: args.job_timeout.unwrap_or(config.job_timeout),
+        max_concurrent: args
+            .max_concurrent
+            .map_or(config.mcp_max_concurrent, |n| n as usize),
+        permission_mode: args.permission_mode.unwrap_or(config.permission_mode),
+        model: args.model.or(config.model),
+    };
+    match crate::mcp::server::serve_stdio(options).await {
+        Ok(()) => exit::OK,
+        Err(error) => {
+            eprintln!("agent mcp-serve: {error}");
             exit::FAILED
         }
     }

@@ -133,6 +133,7 @@ pub async fn run(
     let mut listener = events.subscribe();
     let printer = tokio::spawn(print_iterations(events.subscribe()));
     let backend_name = selection.backend.name().to_string();
+    let backend = selection.backend.clone();
     let shared = Arc::new(Shared {
         prompt_template: load_prompt_template(),
         config: config.clone(),
@@ -203,6 +204,7 @@ pub async fn run(
     let _ = tokio::time::timeout(Duration::from_secs(60), supervisor_done).await;
     server_task.abort();
     drop(socket);
+    backend.shutdown().await;
 
     // The final checkpoint.
     let mut run = store.run()?.unwrap_or_else(|| new_run(&config.goal));

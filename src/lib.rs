@@ -11,6 +11,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod events;
 pub mod logging;
+pub mod mcp;
 pub mod messages;
 pub mod process;
 pub mod store;

@@ -135,7 +135,10 @@ impl Running {
 
     /// Like [`Running::wait`], but `cancel` completing ends the process group
     /// the same way a timeout does (SIGTERM, grace, SIGKILL).
-    pub async fn wait_or_cancel(mut self, cancel: impl std::future::Future<Output = ()>) -> Finished {
+    pub async fn wait_or_cancel(
+        mut self,
+        cancel: impl std::future::Future<Output = ()>,
+    ) -> Finished {
         // Readers run on their own so that a grandchild holding the pipes
         // open cannot keep us waiting once the child itself has exited.
         let stdout = self
@@ -155,7 +158,11 @@ impl Running {
         let ending = match waited {
             Some(Ok(status)) => Ending::Exited(status.ok().and_then(|s| s.code())),
             None | Some(Err(_)) => {
-                let ending = if waited.is_none() { Ending::Cancelled } else { Ending::TimedOut };
+                let ending = if waited.is_none() {
+                    Ending::Cancelled
+                } else {
+                    Ending::TimedOut
+                };
                 tracing::warn!(
                     command = %self.spec.display(),
                     timeout = %humantime::format_duration(self.spec.timeout),

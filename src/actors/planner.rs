@@ -305,9 +305,8 @@ async fn run_steps(
 ) -> Result<IterationRecord, String> {
     let started = Instant::now();
     let slow = ctx.config.validation_timeout * 2 + MARGIN;
-    let pending = messages::call(ActorKind::Executor, QUICK, |reply| ExecutorMsg::PendingJob {
-        iteration,
-        reply,
+    let pending = messages::call(ActorKind::Executor, QUICK, |reply| {
+        ExecutorMsg::PendingJob { iteration, reply }
     })
     .await
     .map_err(|e| e.to_string())?;
@@ -347,16 +346,14 @@ async fn run_steps(
         record_usage(research.usage).await?;
         Some(research)
     };
-    let plan = make_plan(
-        &snapshot.goal,
+    let situation = Situation {
+        goal: &snapshot.goal,
         iteration,
-        prepared.fitness,
-        &advice,
-        &capabilities,
-        research.as_ref(),
-        &ctx.prompt_template,
-        ctx.config.execution,
-    )?;
+        fitness: prepared.fitness,
+        template: &ctx.prompt_template,
+        execution: ctx.config.execution,
+    };
+    let plan = make_plan(&situation, &advice, &capabilities, research.as_ref())?;
     tracing::debug!(iteration, capability = %plan.capability, rationale = %plan.rationale, "plan");
     let job_timeout = ctx.config.job_timeout + MARGIN;
     let plan_for_executor = plan.clone();
@@ -487,16 +484,30 @@ async fn record_usage(usage: Usage) -> Result<(), String> {
 
 /// Turns the goal, the fitness, the learner's advice and any research into a
 /// plan: the best-ranked capability, with a prompt for model backends.
+/// What the planner knows when it plans an iteration.
+#[derive(Debug, Clone, Copy)]
+pub struct Situation<'a> {
+    pub goal: &'a str,
+    pub iteration: u64,
+    pub fitness: Option<f64>,
+    /// The prompt template for model backends.
+    pub template: &'a str,
+    pub execution: crate::config::Execution,
+}
+
 pub fn make_plan(
-    goal: &str,
-    iteration: u64,
-    fitness: Option<f64>,
+    situation: &Situation<'_>,
     advice: &Advice,
     capabilities: &[Capability],
     research: Option<&Research>,
-    template: &str,
-    execution: crate::config::Execution,
 ) -> Result<Plan, String> {
+    let Situation {
+        goal,
+        iteration,
+        fitness,
+        template,
+        execution,
+    } = *situation;
     let best = advice
         .ranked
         .first()
@@ -632,6 +643,21 @@ mod tests {
     use crate::config::Execution;
     use crate::messages::RankedCapability;
 
+    fn situation<'a>(
+        goal: &'a str,
+        iteration: u64,
+        fitness: Option<f64>,
+        template: &'a str,
+    ) -> Situation<'a> {
+        Situation {
+            goal,
+            iteration,
+            fitness,
+            template,
+            execution: Execution::Async,
+        }
+    }
+
     fn advice(best: &str, attempts: u64) -> Advice {
         Advice {
             ranked: vec![RankedCapability {
@@ -650,7 +676,13 @@ mod tests {
             id: "fmt".into(),
             description: String::new(),
         }];
-        let plan = make_plan("g", 3, Some(4.0), &advice("fmt", 2), &caps, None, "{goal}", Execution::Async).unwrap();
+        let plan = make_plan(
+            &situation("g", 3, Some(4.0), "{goal}"),
+            &advice("fmt", 2),
+            &caps,
+            None,
+        )
+        .unwrap();
         assert_eq!(plan.capability, "fmt");
         assert_eq!(plan.iteration, 3);
         assert!(plan.prompt.is_none());
@@ -670,14 +702,15 @@ mod tests {
             usage: Usage::default(),
         };
         let plan = make_plan(
-            "fewer warnings",
-            1,
-            Some(7.0),
+            &situation(
+                "fewer warnings",
+                1,
+                Some(7.0),
+                "G={goal} F={fitness} R={research}",
+            ),
             &advice(crate::cognition::claude_cli::CAPABILITY, 0),
             &caps,
             Some(&research),
-            "G={goal} F={fitness} R={research}",
-            Execution::Async,
         )
         .unwrap();
         assert_eq!(
@@ -692,6 +725,6 @@ mod tests {
             ranked: vec![],
             recent: vec![],
         };
-        assert!(make_plan("g", 1, None, &empty, &[], None, "", Execution::Sync).is_err());
+        assert!(make_plan(&situation("g", 1, None, ""), &empty, &[], None).is_err());
     }
 }

@@ -125,7 +125,11 @@ async fn fill(ctx: &Context, topic: &str) -> Research {
     let mut usage = Usage::default();
     if let Some(answers) = ctx
         .backend
-        .research(&questions(topic), &ctx.workspace.path, ctx.config.job_timeout)
+        .research(
+            &questions(topic),
+            &ctx.workspace.path,
+            ctx.config.job_timeout,
+        )
         .await
     {
         let mut found = Vec::new();

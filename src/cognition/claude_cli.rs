@@ -38,7 +38,13 @@ impl ClaudeCli {
         self
     }
 
-    fn invocation(&self, task: &str, cwd: &Path, permission_mode: &str, timeout: Duration) -> Invocation {
+    fn invocation(
+        &self,
+        task: &str,
+        cwd: &Path,
+        permission_mode: &str,
+        timeout: Duration,
+    ) -> Invocation {
         Invocation {
             task: task.to_string(),
             cwd: cwd.to_path_buf(),
@@ -80,12 +86,20 @@ impl Cognition for ClaudeCli {
         run.into_outcome(job.id)
     }
 
-    async fn research(&self, questions: &[String], cwd: &Path, timeout: Duration) -> Option<Vec<JobOutcome>> {
+    async fn research(
+        &self,
+        questions: &[String],
+        cwd: &Path,
+        timeout: Duration,
+    ) -> Option<Vec<JobOutcome>> {
         // Research must not edit the worktree: plan mode is read-only.
         let mut answers = Vec::with_capacity(questions.len());
         for question in questions {
             let invocation = self.invocation(question, cwd, "plan", timeout);
-            let run = self.cli.run(&invocation, |_| {}, std::future::pending()).await;
+            let run = self
+                .cli
+                .run(&invocation, |_| {}, std::future::pending())
+                .await;
             answers.push(run.into_outcome(0));
         }
         Some(answers)

@@ -1,9 +1,10 @@
 //! Cognition: what turns a plan into a change in the worktree. One trait,
 //! [`Cognition`], with a backend per way of thinking: `offline` (local cargo
-//! commands, no model) and `claude-cli` (`claude -p`). The MCP backend plugs
-//! into the same trait. [`select`] implements `backend = "auto"`.
+//! commands, no model), `claude-cli` (`claude -p` run directly) and `mcp`
+//! (Claude Code behind an MCP server). [`select`] implements `backend = "auto"`.
 
 pub mod claude_cli;
+pub mod mcp;
 pub mod offline;
 
 use std::path::{Path, PathBuf};
@@ -50,10 +51,18 @@ pub trait Cognition: Send + Sync {
 
     /// Answers research questions without changing anything in `cwd`, one
     /// answer per question; `None` for backends that have no model to ask.
-    async fn research(&self, questions: &[String], cwd: &Path, timeout: Duration) -> Option<Vec<JobOutcome>> {
+    async fn research(
+        &self,
+        questions: &[String],
+        cwd: &Path,
+        timeout: Duration,
+    ) -> Option<Vec<JobOutcome>> {
         let _ = (questions, cwd, timeout);
         None
     }
+
+    /// Releases what the backend holds (server processes) at shutdown.
+    async fn shutdown(&self) {}
 }
 
 /// Where a started job runs.
@@ -68,12 +77,10 @@ pub enum Started {
 /// Why a backend could not be chosen.
 #[derive(Debug, thiserror::Error)]
 pub enum SelectError {
-    #[error(
-        "the mcp backend is not available in this build yet; use --backend claude-cli (Claude Code's CLI) or --backend offline"
-    )]
-    McpNotAvailable,
     #[error("the claude binary {0} was not found; install Claude Code or choose --backend offline")]
     ClaudeNotFound(String),
+    #[error("cannot find this program's own path to start `agent mcp-serve`: {0}")]
+    NoOwnPath(String),
 }
 
 /// The chosen backend and why it was chosen.
@@ -82,22 +89,60 @@ pub struct Selection {
     pub reason: String,
 }
 
-/// Picks the backend `config.backend` asks for; `auto` uses Claude Code when
-/// it is installed and usable, else the offline backend.
+/// The command that starts the MCP server: the configured one, else this
+/// binary's own `mcp-serve` with the agent's settings.
+pub fn mcp_server_command(config: &Config) -> Result<Vec<String>, SelectError> {
+    if let Some(command) = &config.mcp_command {
+        return Ok(command.clone());
+    }
+    let own = std::env::current_exe().map_err(|e| SelectError::NoOwnPath(e.to_string()))?;
+    let state = std::path::absolute(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
+    let mut command = vec![
+        own.display().to_string(),
+        "mcp-serve".into(),
+        "--state".into(),
+        state.display().to_string(),
+        "--claude-bin".into(),
+        config.claude_bin.display().to_string(),
+        "--permission-mode".into(),
+        config.permission_mode.clone(),
+        "--job-timeout".into(),
+        humantime::format_duration(config.job_timeout).to_string(),
+        "--max-concurrent".into(),
+        config.mcp_max_concurrent.to_string(),
+    ];
+    if let Some(model) = &config.model {
+        command.extend(["--model".to_string(), model.clone()]);
+    }
+    Ok(command)
+}
+
+fn mcp(config: &Config) -> Result<Arc<dyn Cognition>, SelectError> {
+    Ok(Arc::new(mcp::Mcp::new(mcp::McpSettings {
+        command: mcp_server_command(config)?,
+        call_timeout: config.mcp_call_timeout,
+        job_timeout: config.job_timeout,
+        permission_mode: config.permission_mode.clone(),
+        model: config.model.clone(),
+    })))
+}
+
+/// Picks the backend `config.backend` asks for; `auto` uses Claude Code over
+/// MCP when it is installed and usable, else the offline backend.
 pub async fn select(config: &Config) -> Result<Selection, SelectError> {
-    let claude = || -> Arc<dyn Cognition> {
+    let claude_cli = || -> Arc<dyn Cognition> {
         Arc::new(claude_cli::ClaudeCli::new(
             config.claude_bin.clone(),
             config.permission_mode.clone(),
             config.model.clone(),
         ))
     };
+    let offline = |reason: String| Selection {
+        backend: Arc::new(offline::Offline),
+        reason,
+    };
     match config.backend {
-        BackendChoice::Mcp => Err(SelectError::McpNotAvailable),
-        BackendChoice::Offline => Ok(Selection {
-            backend: Arc::new(offline::Offline),
-            reason: "offline backend chosen in configuration".into(),
-        }),
+        BackendChoice::Offline => Ok(offline("offline backend chosen in configuration".into())),
         BackendChoice::ClaudeCli => {
             if find_executable(&config.claude_bin).is_none() {
                 return Err(SelectError::ClaudeNotFound(
@@ -105,51 +150,53 @@ pub async fn select(config: &Config) -> Result<Selection, SelectError> {
                 ));
             }
             Ok(Selection {
-                backend: claude(),
+                backend: claude_cli(),
                 reason: "claude-cli backend chosen in configuration".into(),
+            })
+        }
+        BackendChoice::Mcp => {
+            // Another MCP server may bring its own Claude Code.
+            if config.mcp_command.is_none() && find_executable(&config.claude_bin).is_none() {
+                return Err(SelectError::ClaudeNotFound(
+                    config.claude_bin.display().to_string(),
+                ));
+            }
+            Ok(Selection {
+                backend: mcp(config)?,
+                reason: format!(
+                    "mcp backend chosen in configuration (server: {})",
+                    mcp_server_command(config)?.join(" ")
+                ),
             })
         }
         BackendChoice::Auto => {
             let Some(path) = find_executable(&config.claude_bin) else {
-                return Ok(Selection {
-                    backend: Arc::new(offline::Offline),
-                    reason: format!(
-                        "Claude Code not found (no executable `{}`): using the offline backend",
-                        config.claude_bin.display()
-                    ),
-                });
+                return Ok(offline(format!(
+                    "Claude Code not found (no executable `{}`): using the offline backend",
+                    config.claude_bin.display()
+                )));
             };
-            if std::env::var_os("ANTHROPIC_API_KEY").is_some_and(|k| !k.is_empty()) {
-                return Ok(Selection {
-                    backend: claude(),
+            let usable = if std::env::var_os("ANTHROPIC_API_KEY").is_some_and(|k| !k.is_empty()) {
+                Ok("ANTHROPIC_API_KEY is set")
+            } else {
+                match crate::claude::logged_in(&path).await {
+                    Ok(true) => Ok("logged in"),
+                    Ok(false) => Err("not logged in".to_string()),
+                    Err(why) => Err(format!("`claude auth status` failed ({why})")),
+                }
+            };
+            match usable {
+                Ok(why) => Ok(Selection {
+                    backend: mcp(config)?,
                     reason: format!(
-                        "Claude Code found at {} and ANTHROPIC_API_KEY is set: using the claude-cli backend",
-                        path.display()
-                    ),
-                });
-            }
-            match crate::claude::logged_in(&path).await {
-                Ok(true) => Ok(Selection {
-                    backend: claude(),
-                    reason: format!(
-                        "Claude Code found at {} and logged in: using the claude-cli backend",
-                        path.display()
-                    ),
-                }),
-                Ok(false) => Ok(Selection {
-                    backend: Arc::new(offline::Offline),
-                    reason: format!(
-                        "Claude Code found at {} but not logged in: using the offline backend",
+                        "Claude Code found at {} and {why}: using the mcp backend",
                         path.display()
                     ),
                 }),
-                Err(why) => Ok(Selection {
-                    backend: Arc::new(offline::Offline),
-                    reason: format!(
-                        "Claude Code found at {} but `claude auth status` failed ({why}): using the offline backend",
-                        path.display()
-                    ),
-                }),
+                Err(why) => Ok(offline(format!(
+                    "Claude Code found at {} but {why}: using the offline backend",
+                    path.display()
+                ))),
             }
         }
     }

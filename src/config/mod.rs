@@ -207,7 +207,12 @@ impl Config {
             }
             Some(command) => Fitness::Command(command.to_string()),
         };
-        if raw.cognition.mcp_command.as_ref().is_some_and(|c| c.is_empty() || c[0].trim().is_empty()) {
+        if raw
+            .cognition
+            .mcp_command
+            .as_ref()
+            .is_some_and(|c| c.is_empty() || c[0].trim().is_empty())
+        {
             return Err(ConfigError::whole_file(
                 file,
                 "[cognition] mcp_command must name a program, e.g. [\"agent\", \"mcp-serve\"]",

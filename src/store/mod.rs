@@ -225,7 +225,8 @@ impl Store {
     // --------------------------------------------------------- mcp jobs --
 
     pub async fn put_mcp_job(&self, job: &McpJobRecord) -> Result<(), StoreError> {
-        self.mcp_jobs.insert(job.id.as_bytes(), codec::encode(job)?)?;
+        self.mcp_jobs
+            .insert(job.id.as_bytes(), codec::encode(job)?)?;
         self.flush().await
     }
 

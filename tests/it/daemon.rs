@@ -331,7 +331,7 @@ fn auto_uses_claude_code_when_logged_in_and_says_why_it_does_not_otherwise() {
         &[("FAKE_CLAUDE_MODE", "edit")],
     );
     assert!(
-        stdout.contains("backend claude-cli — Claude Code found at"),
+        stdout.contains("backend mcp — Claude Code found at"),
         "{stdout}"
     );
     assert!(stdout.contains("and logged in"), "{stdout}");

@@ -251,3 +251,33 @@ pub fn worktree_log(state: &Path) -> Vec<String> {
 pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
+
+/// Waits until process `pid` is gone (or a zombie about to be reaped).
+pub fn wait_gone(pid: i32) {
+    poll_until(
+        &format!("process {pid} to be gone"),
+        Duration::from_secs(10),
+        || {
+            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .map(|stat| !stat.contains(") Z "))
+                .unwrap_or(false);
+            (!alive).then_some(())
+        },
+    );
+}
+
+/// Pids of running processes whose command line contains every needle.
+pub fn processes_with(needles: &[&str]) -> Vec<i32> {
+    std::fs::read_dir("/proc")
+        .unwrap()
+        .flatten()
+        .filter_map(|entry| entry.file_name().to_str()?.parse::<i32>().ok())
+        .filter(|pid| {
+            let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
+            let cmdline = String::from_utf8_lossy(&cmdline).replace('\0', " ");
+            let zombie = std::fs::read_to_string(format!("/proc/{pid}/stat"))
+                .is_ok_and(|s| s.contains(") Z "));
+            !zombie && needles.iter().all(|n| cmdline.contains(n))
+        })
+        .collect()
+}

@@ -7,4 +7,5 @@ mod config_errors;
 mod daemon;
 mod harness;
 mod kill9;
+mod mcp;
 mod runtime;

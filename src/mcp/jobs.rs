@@ -1,0 +1,340 @@
+//! The job table of `agent mcp-serve`: every Claude Code job is written to the
+//! server's store before it starts and when it ends, so a restarted server
+//! still answers `claude_status` and `claude_result` for finished jobs and
+//! reports jobs that were running when it died as failed. Jobs run with a
+//! deadline under a global concurrency bound; a kill ends the whole process
+//! group (SIGTERM, then SIGKILL for a child that ignores it).
+
+use std::collections::HashMap;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, UNIX_EPOCH};
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+
+use super::tools::{RunOutput, RunParams, StatusOutput, UsageOutput};
+use crate::claude::{Cli, Invocation, Run};
+use crate::messages::JobStatus;
+use crate::process;
+use crate::store::{McpJobRecord, Store, now_ms};
+
+const PERMISSION_MODES: [&str; 5] = [
+    "default",
+    "acceptEdits",
+    "plan",
+    "bypassPermissions",
+    "dontAsk",
+];
+
+/// Server-wide defaults for jobs.
+#[derive(Debug, Clone)]
+pub struct Defaults {
+    pub permission_mode: String,
+    pub model: Option<String>,
+    pub timeout: Duration,
+}
+
+/// A request the table refuses, as a message for the tool error.
+pub type Refusal = String;
+
+pub struct JobTable {
+    store: Store,
+    cli: Cli,
+    defaults: Defaults,
+    slots: Arc<Semaphore>,
+    limit: usize,
+    /// Cancel handles of running jobs. std Mutex: never held across .await.
+    running: Mutex<HashMap<String, CancellationToken>>,
+    tracker: TaskTracker,
+}
+
+impl JobTable {
+    /// Opens the table; jobs left running by a server that died are marked
+    /// failed and whatever remains of their processes is killed.
+    pub async fn open(
+        store: Store,
+        cli: Cli,
+        defaults: Defaults,
+        max_concurrent: usize,
+    ) -> Result<JobTable, String> {
+        let jobs = store.mcp_jobs().map_err(|e| e.to_string())?;
+        for mut job in jobs.into_iter().filter(|j| j.status == "running") {
+            if let Some(group) = job.process_group {
+                process::kill_stale_group(group);
+            }
+            job.status = "failed".into();
+            job.ended_at_ms = Some(now_ms());
+            job.error = Some("the MCP server stopped while the job ran".into());
+            tracing::warn!(job = %job.id, "marked a job of an earlier server as failed");
+            store.put_mcp_job(&job).await.map_err(|e| e.to_string())?;
+        }
+        Ok(JobTable {
+            store,
+            cli,
+            defaults,
+            slots: Arc::new(Semaphore::new(max_concurrent)),
+            limit: max_concurrent,
+            running: Mutex::new(HashMap::new()),
+            tracker: TaskTracker::new(),
+        })
+    }
+
+    /// The global bound on jobs running at once.
+    pub fn max_concurrent(&self) -> usize {
+        self.limit
+    }
+
+    /// Records and starts a job. `batch` is an extra bound for one batch.
+    /// The returned handle yields the job's result when it ends.
+    pub async fn start(
+        self: &Arc<Self>,
+        params: RunParams,
+        batch: Option<Arc<Semaphore>>,
+    ) -> Result<(String, tokio::task::JoinHandle<RunOutput>), Refusal> {
+        let invocation = self.invocation(&params)?;
+        let id = format!(
+            "job-{:06}",
+            self.store.next_job_id().map_err(|e| e.to_string())?
+        );
+        let record = McpJobRecord {
+            id: id.clone(),
+            task: params.task.clone(),
+            cwd: invocation.cwd.display().to_string(),
+            permission_mode: invocation.permission_mode.clone(),
+            model: invocation.model.clone(),
+            status: "running".into(),
+            started_at_ms: now_ms(),
+            ended_at_ms: None,
+            error: None,
+            output_json: None,
+            process_group: None,
+        };
+        self.store
+            .put_mcp_job(&record)
+            .await
+            .map_err(|e| e.to_string())?;
+        let cancel = CancellationToken::new();
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(id.clone(), cancel.clone());
+        let table = self.clone();
+        let handle = self
+            .tracker
+            .spawn(async move { table.run(record, invocation, cancel, batch).await });
+        Ok((id, handle))
+    }
+
+    async fn run(
+        self: Arc<Self>,
+        mut record: McpJobRecord,
+        invocation: Invocation,
+        cancel: CancellationToken,
+        batch: Option<Arc<Semaphore>>,
+    ) -> RunOutput {
+        // Waiting for a slot counts as running; a kill while waiting ends it.
+        let _batch_slot = match &batch {
+            Some(batch) => tokio::select! {
+                slot = batch.clone().acquire_owned() => slot.ok(),
+                () = cancel.cancelled() => None,
+            },
+            None => None,
+        };
+        let _slot = tokio::select! {
+            slot = self.slots.clone().acquire_owned() => slot.ok(),
+            () = cancel.cancelled() => None,
+        };
+        let run = if cancel.is_cancelled() {
+            Run {
+                status: JobStatus::Killed,
+                result: None,
+                error: Some("the job was killed before it started".into()),
+                raw_output: String::new(),
+            }
+        } else {
+            let (group_tx, group_rx) = std::sync::mpsc::channel();
+            let run = self
+                .cli
+                .run(
+                    &invocation,
+                    move |group| {
+                        let _ = group_tx.send(group);
+                    },
+                    cancel.cancelled(),
+                )
+                .await;
+            record.process_group = group_rx.try_recv().ok();
+            run
+        };
+        let output = output_of(&record.id, &run);
+        record.status = output.status.clone();
+        record.ended_at_ms = Some(now_ms());
+        record.error = output.error.clone();
+        record.output_json = serde_json::to_string(&output).ok();
+        if let Err(error) = self.store.put_mcp_job(&record).await {
+            tracing::error!(job = %record.id, %error, "cannot record the end of a job");
+        }
+        self.running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(&record.id);
+        tracing::info!(job = %record.id, status = %record.status, "job finished");
+        output
+    }
+
+    fn invocation(&self, params: &RunParams) -> Result<Invocation, Refusal> {
+        if params.task.trim().is_empty() {
+            return Err("`task` must not be empty".into());
+        }
+        let permission_mode = params
+            .permission_mode
+            .clone()
+            .unwrap_or_else(|| self.defaults.permission_mode.clone());
+        if !PERMISSION_MODES.contains(&permission_mode.as_str()) {
+            return Err(format!(
+                "`permissionMode` \"{permission_mode}\" is not one of: {}",
+                PERMISSION_MODES.join(", ")
+            ));
+        }
+        let cwd = match &params.cwd {
+            Some(cwd) => PathBuf::from(cwd),
+            None => std::env::current_dir().map_err(|e| e.to_string())?,
+        };
+        if !cwd.is_dir() {
+            return Err(format!("`cwd` {} is not a directory", cwd.display()));
+        }
+        Ok(Invocation {
+            task: params.task.clone(),
+            cwd,
+            permission_mode,
+            model: params.model.clone().or_else(|| self.defaults.model.clone()),
+            max_turns: params.max_turns,
+            append_system_prompt: params.append_system_prompt.clone(),
+            timeout: self.defaults.timeout,
+        })
+    }
+
+    fn record(&self, id: &str) -> Result<McpJobRecord, Refusal> {
+        self.store
+            .mcp_job(id)
+            .map_err(|e| e.to_string())?
+            .ok_or_else(|| format!("unknown job id \"{id}\""))
+    }
+
+    pub fn status(&self, id: &str) -> Result<StatusOutput, Refusal> {
+        Ok(status_of(&self.record(id)?))
+    }
+
+    /// The result of a finished job; a refusal for unknown or running jobs.
+    pub fn result(&self, id: &str) -> Result<RunOutput, Refusal> {
+        let record = self.record(id)?;
+        if record.status == "running" {
+            return Err(format!("job \"{id}\" is still running; poll claude_status"));
+        }
+        match record
+            .output_json
+            .as_deref()
+            .map(serde_json::from_str::<RunOutput>)
+        {
+            Some(Ok(output)) => Ok(output),
+            _ => Ok(RunOutput {
+                job_id: record.id.clone(),
+                status: record.status.clone(),
+                result: None,
+                is_error: true,
+                subtype: None,
+                session_id: None,
+                num_turns: None,
+                duration_ms: None,
+                usage: UsageOutput::default(),
+                total_cost_usd: 0.0,
+                error: record.error.clone(),
+            }),
+        }
+    }
+
+    /// Kills a running job's process group and waits until it is recorded.
+    pub async fn kill(&self, id: &str) -> Result<StatusOutput, Refusal> {
+        let record = self.record(id)?;
+        let token = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .cloned();
+        let Some(token) = token else {
+            return Err(format!(
+                "job \"{id}\" is not running (status {})",
+                record.status
+            ));
+        };
+        token.cancel();
+        // The job task records the end; wait for it (bounded by the grace
+        // period between SIGTERM and SIGKILL).
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+        loop {
+            let record = self.record(id)?;
+            if record.status != "running" || tokio::time::Instant::now() > deadline {
+                return Ok(status_of(&record));
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    pub fn list(&self) -> Result<Vec<StatusOutput>, Refusal> {
+        Ok(self
+            .store
+            .mcp_jobs()
+            .map_err(|e| e.to_string())?
+            .iter()
+            .map(status_of)
+            .collect())
+    }
+
+    /// Waits for every job that is still running (they end by their deadline).
+    pub async fn finish_running(&self) {
+        self.tracker.close();
+        self.tracker.wait().await;
+    }
+}
+
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(ms)).to_string()
+}
+
+fn status_of(record: &McpJobRecord) -> StatusOutput {
+    StatusOutput {
+        job_id: record.id.clone(),
+        status: record.status.clone(),
+        started_at: rfc3339(record.started_at_ms),
+        ended_at: record.ended_at_ms.map(rfc3339),
+        error: record.error.clone(),
+    }
+}
+
+/// The tool output of a finished run.
+pub fn output_of(id: &str, run: &Run) -> RunOutput {
+    let result = run.result.clone().unwrap_or_default();
+    RunOutput {
+        job_id: id.to_string(),
+        status: run.status.as_str().to_string(),
+        result: result
+            .result
+            .or_else(|| (!run.raw_output.is_empty()).then(|| run.raw_output.clone())),
+        is_error: run.status != JobStatus::Completed,
+        subtype: result.subtype,
+        session_id: result.session_id,
+        num_turns: result.num_turns,
+        duration_ms: result.duration_ms,
+        usage: UsageOutput {
+            input_tokens: result.usage.input_tokens,
+            output_tokens: result.usage.output_tokens,
+            cache_creation_input_tokens: result.usage.cache_creation_input_tokens,
+            cache_read_input_tokens: result.usage.cache_read_input_tokens,
+        },
+        total_cost_usd: result.total_cost_usd.unwrap_or(0.0),
+        error: run.error.clone(),
+    }
+}

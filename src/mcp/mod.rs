@@ -1,0 +1,20 @@
+//! `agent mcp-serve`: an MCP server on stdio (rmcp) that exposes Claude Code
+//! as tools — synchronous, asynchronous and batch jobs that can be polled and
+//! killed. [`tools`] holds the wire types (shared with the MCP client backend
+//! in `cognition::mcp`), [`jobs`] the persisted job table, [`server`] the
+//! rmcp handler and the serve loop.
+
+pub mod jobs;
+pub mod server;
+pub mod tools;
+
+/// The tools the agent's MCP backend needs from a server.
+pub const REQUIRED_TOOLS: [&str; 7] = [
+    "claude_run",
+    "claude_run_async",
+    "claude_status",
+    "claude_result",
+    "claude_run_batch",
+    "claude_kill_job",
+    "claude_list_jobs",
+];

@@ -1,0 +1,124 @@
+//! The MCP tools' parameters and results: serde wire types with JSON Schemas
+//! generated from them (the input and output schemas the server advertises).
+//! The client backend parses results into the same types.
+
+use rmcp::schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// `claude_run` and `claude_run_async`: one Claude Code task.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct RunParams {
+    /// The prompt, passed to `claude -p`.
+    pub task: String,
+    /// Working directory of the run (default: the server's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cwd: Option<String>,
+    /// `--permission-mode`: default, acceptEdits, plan, bypassPermissions or dontAsk
+    /// (default: the server's configured mode).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permission_mode: Option<String>,
+    /// `--model`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub model: Option<String>,
+    /// `--max-turns`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_turns: Option<u32>,
+    /// `--append-system-prompt`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub append_system_prompt: Option<String>,
+}
+
+/// `claude_status`, `claude_result`, `claude_kill_job`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct JobIdParams {
+    pub job_id: String,
+}
+
+/// `claude_run_batch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct BatchParams {
+    pub tasks: Vec<RunParams>,
+    /// How many of these tasks run at once (default and ceiling: the server's limit).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_concurrent: Option<u32>,
+}
+
+/// Token counts as Claude Code reported them.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase")]
+pub struct UsageOutput {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cache_creation_input_tokens: u64,
+    pub cache_read_input_tokens: u64,
+}
+
+/// The result of one finished job (`claude_run`, `claude_result`, each item
+/// of `claude_run_batch`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase")]
+pub struct RunOutput {
+    pub job_id: String,
+    /// completed | failed | timeout | killed
+    pub status: String,
+    /// Claude's result text.
+    pub result: Option<String>,
+    /// True when the job failed, whatever the CLI's subtype said.
+    pub is_error: bool,
+    pub subtype: Option<String>,
+    pub session_id: Option<String>,
+    pub num_turns: Option<u64>,
+    pub duration_ms: Option<u64>,
+    pub usage: UsageOutput,
+    pub total_cost_usd: f64,
+    /// Why the job failed.
+    pub error: Option<String>,
+}
+
+/// `claude_run_async`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase")]
+pub struct StartedOutput {
+    pub job_id: String,
+}
+
+/// `claude_status`, `claude_kill_job`, and each entry of `claude_list_jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase")]
+pub struct StatusOutput {
+    pub job_id: String,
+    /// running | completed | failed | timeout | killed
+    pub status: String,
+    /// RFC 3339.
+    pub started_at: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ended_at: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// `claude_run_batch`: every result, in the order of the tasks.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase")]
+pub struct BatchOutput {
+    pub results: Vec<RunOutput>,
+}
+
+/// `claude_list_jobs`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase")]
+pub struct JobList {
+    pub jobs: Vec<StatusOutput>,
+}
