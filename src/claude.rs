@@ -13,6 +13,7 @@ use std::future::Future;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use futures::future::BoxFuture;
 use serde::Deserialize;
 
 use crate::messages::{JobOutcome, JobStatus, Usage};
@@ -154,12 +155,13 @@ impl Cli {
         }
     }
 
-    /// Runs one invocation to its end. `started` receives the process group
-    /// as soon as the process runs; `cancel` completing kills the group.
+    /// Runs one invocation to its end. `started` is awaited with the process
+    /// group as soon as the process runs (to record it before waiting);
+    /// `cancel` completing kills the group.
     pub async fn run(
         &self,
         invocation: &Invocation,
-        started: impl FnOnce(i32),
+        started: impl FnOnce(i32) -> BoxFuture<'static, ()>,
         cancel: impl Future<Output = ()>,
     ) -> Run {
         let spec = self.command(invocation);
@@ -168,7 +170,7 @@ impl Cli {
             Err(error) => return Run::failed(JobStatus::Failed, error.to_string()),
         };
         if let Some(group) = running.process_group() {
-            started(group);
+            started(group).await;
         }
         let finished = running.wait_or_cancel(cancel).await;
         match finished.ending {

@@ -8,11 +8,11 @@ use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 
 use super::{Context, load_snapshot, make_snapshot};
-use crate::cognition::{Job, Started};
+use crate::cognition::{Job, StartHook, Started};
 use crate::messages::{ActorKind, Common, ExecutorMsg, JobOutcome, JobStatus, Usage, inject};
 use crate::process;
 use crate::store::{JobRecord, now_ms};
@@ -153,16 +153,19 @@ async fn execute(ctx: &Context, slots: Arc<Semaphore>, plan: crate::messages::Pl
         timeout: ctx.config.job_timeout,
         execution: plan.execution,
     };
-    let (started, place) = oneshot::channel();
-    let run = ctx.backend.run(job, started);
+    let (hook, place) = StartHook::new();
+    let run = ctx.backend.run(job, hook);
     let note_place = async {
-        if let Ok(place) = place.await {
+        if let Ok((place, ack)) = place.await {
             let mut running = record.clone();
             match place {
                 Started::Process(group) => running.process_group = Some(group),
                 Started::Remote(id) => running.remote_id = Some(id),
             }
-            let _ = ctx.store.put_job(&running).await;
+            if let Err(error) = ctx.store.put_job(&running).await {
+                tracing::warn!(job = running.id, %error, "cannot record where a job runs");
+            }
+            let _ = ack.send(());
         }
     };
     let (outcome, ()) = tokio::join!(run, note_place);

@@ -6,7 +6,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use async_trait::async_trait;
-use tokio::sync::oneshot;
 
 use super::{Cognition, Job};
 use crate::claude::{Cli, Invocation};
@@ -70,16 +69,14 @@ impl Cognition for ClaudeCli {
         }]
     }
 
-    async fn run(&self, job: Job, started: oneshot::Sender<super::Started>) -> JobOutcome {
+    async fn run(&self, job: Job, started: super::StartHook) -> JobOutcome {
         let task = job.prompt.clone().unwrap_or_default();
         let invocation = self.invocation(&task, &job.cwd, &self.permission_mode, job.timeout);
         let run = self
             .cli
             .run(
                 &invocation,
-                |group| {
-                    let _ = started.send(super::Started::Process(group));
-                },
+                |group| Box::pin(started.started(super::Started::Process(group))),
                 std::future::pending(),
             )
             .await;
@@ -98,7 +95,7 @@ impl Cognition for ClaudeCli {
             let invocation = self.invocation(question, cwd, "plan", timeout);
             let run = self
                 .cli
-                .run(&invocation, |_| {}, std::future::pending())
+                .run(&invocation, |_| Box::pin(async {}), std::future::pending())
                 .await;
             answers.push(run.into_outcome(0));
         }

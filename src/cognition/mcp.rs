@@ -19,9 +19,9 @@ use rmcp::model::{CallToolRequestParams, CallToolResult};
 use rmcp::service::{Peer, RoleClient, RunningService};
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use serde::de::DeserializeOwned;
-use tokio::sync::{Mutex, oneshot};
+use tokio::sync::Mutex;
 
-use super::{Cognition, Job, Started};
+use super::{Cognition, Job, StartHook, Started};
 use crate::config::Execution;
 use crate::mcp::REQUIRED_TOOLS;
 use crate::mcp::tools::{
@@ -353,7 +353,7 @@ impl Cognition for Mcp {
         }]
     }
 
-    async fn run(&self, job: Job, started: oneshot::Sender<Started>) -> JobOutcome {
+    async fn run(&self, job: Job, started: StartHook) -> JobOutcome {
         let task = job.prompt.clone().unwrap_or_default();
         let params = self.run_params(&task, &job.cwd, &self.settings.permission_mode);
         match job.execution {
@@ -374,7 +374,10 @@ impl Cognition for Mcp {
                     Ok(started_job) => started_job,
                     Err(error) => return failed(job.id, error.to_string()),
                 };
-                let _ = started.send(Started::Remote(started_job.job_id.clone()));
+                // Recorded before polling starts: a restarted agent re-attaches.
+                started
+                    .started(Started::Remote(started_job.job_id.clone()))
+                    .await;
                 self.wait_for(&started_job.job_id, job.id).await
             }
         }

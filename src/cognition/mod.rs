@@ -37,9 +37,10 @@ pub trait Cognition: Send + Sync {
     /// What the planner may choose from.
     fn capabilities(&self) -> Vec<Capability>;
 
-    /// Runs a job to its end. `started` learns where the job runs as soon
-    /// as it does, so the executor can record it before waiting.
-    async fn run(&self, job: Job, started: oneshot::Sender<Started>) -> JobOutcome;
+    /// Runs a job to its end. As soon as the job runs, the backend tells
+    /// `started` where, and waits until that is recorded before waiting for
+    /// the job (a restart in between must find the record).
+    async fn run(&self, job: Job, started: StartHook) -> JobOutcome;
 
     /// Waits for a job an earlier executor started (`remote_id` as reported
     /// through `Started::Remote`) instead of starting it again; `None` when
@@ -63,6 +64,42 @@ pub trait Cognition: Send + Sync {
 
     /// Releases what the backend holds (server processes) at shutdown.
     async fn shutdown(&self) {}
+}
+
+/// Tells the executor where a job runs and waits until it has recorded it.
+#[derive(Debug)]
+pub struct StartHook {
+    sender: Option<oneshot::Sender<(Started, oneshot::Sender<()>)>>,
+}
+
+impl StartHook {
+    /// A hook and the executor's end of it: each report comes with an
+    /// acknowledgement to send once it is durable.
+    pub fn new() -> (StartHook, oneshot::Receiver<(Started, oneshot::Sender<()>)>) {
+        let (sender, receiver) = oneshot::channel();
+        (
+            StartHook {
+                sender: Some(sender),
+            },
+            receiver,
+        )
+    }
+
+    /// A hook nobody listens to.
+    pub fn ignored() -> StartHook {
+        StartHook { sender: None }
+    }
+
+    /// Reports where the job runs and waits for the acknowledgement.
+    pub async fn started(mut self, place: Started) {
+        let Some(sender) = self.sender.take() else {
+            return;
+        };
+        let (ack, acked) = oneshot::channel();
+        if sender.send((place, ack)).is_ok() {
+            let _ = acked.await;
+        }
+    }
 }
 
 /// Where a started job runs.

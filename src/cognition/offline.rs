@@ -3,7 +3,6 @@
 //! from the learner's statistics; this module only knows how to run them.
 
 use async_trait::async_trait;
-use tokio::sync::oneshot;
 
 use super::{Cognition, Job};
 use crate::messages::{Capability, JobOutcome, JobStatus, Usage};
@@ -76,7 +75,7 @@ impl Cognition for Offline {
             .collect()
     }
 
-    async fn run(&self, job: Job, started: oneshot::Sender<super::Started>) -> JobOutcome {
+    async fn run(&self, job: Job, started: super::StartHook) -> JobOutcome {
         let failed = |error: String| JobOutcome {
             job_id: job.id,
             status: JobStatus::Failed,
@@ -104,7 +103,7 @@ impl Cognition for Offline {
             Err(error) => return failed(error.to_string()),
         };
         if let Some(group) = running.process_group() {
-            let _ = started.send(super::Started::Process(group));
+            started.started(super::Started::Process(group)).await;
         }
         let finished = running.wait().await;
         let (status, error) = match finished.ending {

@@ -154,19 +154,21 @@ impl JobTable {
                 raw_output: String::new(),
             }
         } else {
-            let (group_tx, group_rx) = std::sync::mpsc::channel();
-            let run = self
-                .cli
+            let store = self.store.clone();
+            let mut running = record.clone();
+            self.cli
                 .run(
                     &invocation,
                     move |group| {
-                        let _ = group_tx.send(group);
+                        // Recorded so a restarted server can kill what is left.
+                        running.process_group = Some(group);
+                        Box::pin(async move {
+                            let _ = store.put_mcp_job(&running).await;
+                        })
                     },
                     cancel.cancelled(),
                 )
-                .await;
-            record.process_group = group_rx.try_recv().ok();
-            run
+                .await
         };
         let output = output_of(&record.id, &run);
         record.status = output.status.clone();

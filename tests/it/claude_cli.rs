@@ -6,9 +6,8 @@ use std::path::Path;
 use std::time::{Duration, Instant};
 
 use agent::cognition::claude_cli::ClaudeCli;
-use agent::cognition::{Cognition, Job};
+use agent::cognition::{Cognition, Job, StartHook, Started};
 use agent::messages::JobStatus;
-use tokio::sync::oneshot;
 
 use crate::harness::{fake_claude, poll_until};
 
@@ -84,7 +83,7 @@ async fn success_parses_result_usage_and_cost() {
         .backend()
         .run(
             job(f.cwd(), "tidy the code", Duration::from_secs(20)),
-            oneshot::channel().0,
+            StartHook::ignored(),
         )
         .await;
     assert_eq!(outcome.status, JobStatus::Completed, "{outcome:?}");
@@ -107,7 +106,7 @@ async fn is_error_with_subtype_success_is_a_failed_job_with_its_message() {
         .backend()
         .run(
             job(f.cwd(), "[fake:is-error] go", Duration::from_secs(20)),
-            oneshot::channel().0,
+            StartHook::ignored(),
         )
         .await;
     assert_eq!(outcome.status, JobStatus::Failed);
@@ -124,7 +123,7 @@ async fn garbage_on_stdout_is_a_failed_job_that_keeps_the_text() {
         .backend()
         .run(
             job(f.cwd(), "[fake:garbage] go", Duration::from_secs(20)),
-            oneshot::channel().0,
+            StartHook::ignored(),
         )
         .await;
     assert_eq!(outcome.status, JobStatus::Failed);
@@ -139,7 +138,7 @@ async fn exit_143_without_output_is_a_failed_job() {
         .backend()
         .run(
             job(f.cwd(), "[fake:exit143] go", Duration::from_secs(20)),
-            oneshot::channel().0,
+            StartHook::ignored(),
         )
         .await;
     assert_eq!(outcome.status, JobStatus::Failed);
@@ -151,7 +150,12 @@ async fn a_hang_past_the_timeout_is_killed_with_its_whole_group() {
     for mode in ["hang", "ignore-term", "fork"] {
         let f = Fixture::new();
         let started = Instant::now();
-        let (tx, rx) = oneshot::channel();
+        let (hook, report) = StartHook::new();
+        let reported = tokio::spawn(async move {
+            let (place, ack) = report.await.expect("the job reported where it runs");
+            ack.send(()).unwrap();
+            place
+        });
         let outcome = f
             .backend()
             .run(
@@ -160,7 +164,7 @@ async fn a_hang_past_the_timeout_is_killed_with_its_whole_group() {
                     &format!("[fake:{mode}] go"),
                     Duration::from_millis(500),
                 ),
-                tx,
+                hook,
             )
             .await;
         assert_eq!(outcome.status, JobStatus::Timeout, "{mode}: {outcome:?}");
@@ -170,7 +174,10 @@ async fn a_hang_past_the_timeout_is_killed_with_its_whole_group() {
             "{mode} took {:?}",
             started.elapsed()
         );
-        assert!(rx.await.is_ok(), "the process group was reported");
+        assert!(
+            matches!(reported.await.unwrap(), Started::Process(group) if group > 1),
+            "the process group was reported"
+        );
         assert_no_process_left(&f.pids());
     }
 }
