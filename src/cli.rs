@@ -48,6 +48,11 @@ pub enum TopCommand {
     History(HistoryArgs),
     /// Serve Claude Code as MCP tools on stdin/stdout (started by the mcp backend).
     McpServe(McpServeArgs),
+    /// Print a shell completion script.
+    Completions {
+        /// bash | zsh | fish | elvish | powershell
+        shell: clap_complete::Shell,
+    },
 }
 
 #[derive(Debug, Args)]
@@ -138,6 +143,25 @@ pub struct CtlArgs {
 pub enum CtlCommand {
     /// Goal, run state, committed iterations and every actor's health.
     Status,
+    /// The supervision tree: strategy, intensity, each child's restart type, status, restarts, uptime.
+    Tree,
+    /// Send a typed message to one actor and print its reply (`--list` shows what it takes).
+    Send {
+        /// governor | learner | researcher | executor | modifier | planner
+        actor: String,
+        /// The message's name (see --list).
+        #[arg(required_unless_present = "list")]
+        message: Option<String>,
+        /// An argument as name=value (repeatable); values that parse as JSON are taken as JSON.
+        #[arg(long = "arg", value_name = "NAME=VALUE")]
+        args: Vec<String>,
+        /// All arguments as one JSON object, e.g. '{"topic": "tests"}'.
+        #[arg(long = "args", value_name = "JSON", conflicts_with = "args")]
+        args_json: Option<String>,
+        /// List the actor's messages instead of sending one.
+        #[arg(long)]
+        list: bool,
+    },
     /// Start no new iteration until resumed.
     Pause,
     /// Resume after a pause.
@@ -148,12 +172,43 @@ pub enum CtlCommand {
         #[arg(long)]
         now: bool,
     },
+    /// Replace the goal; the next iteration pursues it.
+    Goal {
+        /// The new goal, one sentence.
+        #[arg(required = true, num_args = 1..)]
+        text: Vec<String>,
+    },
+    /// Changes waiting for approval (supervised mode) and recent decisions.
+    Approvals,
+    /// Approve a waiting change: it is committed.
+    Approve {
+        /// The approval's id (see `approvals`).
+        id: String,
+    },
+    /// Reject a waiting change: it is rolled back.
+    Reject {
+        /// The approval's id (see `approvals`).
+        id: String,
+        /// Why, recorded with the decision.
+        #[arg(long)]
+        reason: Option<String>,
+    },
+    /// Make everything the daemon holds durable; answers after the flush.
+    Checkpoint,
     /// Make an actor fail on purpose (debug mode or [debug] fault_injection only).
     Fault {
         /// governor | learner | researcher | executor | modifier | planner
         actor: String,
-        /// panic | error
+        /// panic | error | hang
         fault: String,
+    },
+    /// Stream events (iteration steps, supervision, budget) until the daemon stops.
+    Watch,
+    /// Committed iterations: outcome, capability, fitness, tokens, duration.
+    History {
+        /// How many of the latest iterations.
+        #[arg(long, value_name = "N", default_value_t = 20)]
+        last: usize,
     },
 }
 
@@ -197,6 +252,11 @@ pub fn main(cli: Cli) -> ExitCode {
             } => config_check(&files),
             TopCommand::History(args) => history(&args),
             TopCommand::McpServe(args) => mcp_serve(args).await,
+            TopCommand::Completions { shell } => {
+                let mut command = <Cli as clap::CommandFactory>::command();
+                clap_complete::generate(shell, &mut command, "agent", &mut std::io::stdout());
+                exit::OK
+            }
         }
     });
     // Jobs still running on the blocking pool must not hold the exit.
@@ -242,13 +302,16 @@ async fn ctl(args: CtlArgs) -> u8 {
             Err(_) => Path::new("state").join("agent.sock"),
         },
     };
-    let command = match args.command {
-        CtlCommand::Status => Command::Status,
-        CtlCommand::Pause => Command::Pause,
-        CtlCommand::Resume => Command::Resume,
-        CtlCommand::Stop { now } => Command::Stop { now },
-        CtlCommand::Fault { actor, fault } => Command::Fault { actor, fault },
+    let command = match ctl_command(args.command) {
+        Ok(command) => command,
+        Err(message) => {
+            eprintln!("agent ctl: {message}");
+            return exit::USAGE;
+        }
     };
+    if command == Command::Watch {
+        return watch(&socket, args.json).await;
+    }
     match client::request(&socket, command).await {
         Err(error) => {
             eprintln!("agent ctl: {error}");
@@ -256,28 +319,123 @@ async fn ctl(args: CtlArgs) -> u8 {
         }
         Ok(Outcome::Ok(reply)) => {
             if args.json {
-                let value = match &reply {
-                    crate::ctl::protocol::Reply::Status(status) => serde_json::to_string(status),
-                    other => serde_json::to_string(other),
-                };
-                println!("{}", value.unwrap_or_default());
+                println!("{}", client::json(&reply));
             } else {
                 println!("{}", client::render(&reply));
             }
             exit::OK
         }
-        Ok(Outcome::Error(error)) => {
-            if args.json {
-                println!("{}", serde_json::to_string(&error).unwrap_or_default());
+        Ok(Outcome::Error(error)) => refused(&error, args.json),
+    }
+}
+
+fn refused(error: &crate::ctl::protocol::WireError, json: bool) -> u8 {
+    if json {
+        println!("{}", serde_json::json!({ "error": error }));
+    }
+    let retry = error
+        .retry_after_ms
+        .map(|ms| format!(" (retry in {ms} ms)"))
+        .unwrap_or_default();
+    eprintln!(
+        "agent ctl: refused ({}): {}{retry}",
+        error.kind.name(),
+        error.message
+    );
+    exit::FAILED
+}
+
+/// Turns the command line into a request, checking what only the client can.
+fn ctl_command(command: CtlCommand) -> Result<Command, String> {
+    Ok(match command {
+        CtlCommand::Status => Command::Status,
+        CtlCommand::Tree => Command::Tree,
+        CtlCommand::Send {
+            actor,
+            message,
+            args,
+            args_json,
+            list,
+        } => {
+            if list {
+                return Ok(Command::Messages { actor });
             }
-            eprintln!(
-                "agent ctl: refused ({}): {}",
-                serde_json::to_string(&error.kind)
-                    .unwrap_or_default()
-                    .trim_matches('"'),
-                error.message
-            );
-            exit::FAILED
+            let mut map = serde_json::Map::new();
+            if let Some(json) = args_json {
+                match serde_json::from_str::<serde_json::Value>(&json) {
+                    Ok(serde_json::Value::Object(object)) => map = object,
+                    Ok(_) => {
+                        return Err(
+                            "--args must be a JSON object, e.g. '{\"topic\": \"tests\"}'".into(),
+                        );
+                    }
+                    Err(error) => return Err(format!("--args is not valid JSON: {error}")),
+                }
+            }
+            for pair in args {
+                let Some((name, value)) = pair.split_once('=') else {
+                    return Err(format!("--arg {pair}: expected NAME=VALUE"));
+                };
+                let value = serde_json::from_str(value)
+                    .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+                map.insert(name.to_string(), value);
+            }
+            Command::Send {
+                actor,
+                message: message.unwrap_or_default(),
+                args: map,
+            }
+        }
+        CtlCommand::Pause => Command::Pause,
+        CtlCommand::Resume => Command::Resume,
+        CtlCommand::Stop { now } => Command::Stop { now },
+        CtlCommand::Goal { text } => Command::Goal {
+            text: text.join(" "),
+        },
+        CtlCommand::Approvals => Command::Approvals,
+        CtlCommand::Approve { id } => Command::Approve { id },
+        CtlCommand::Reject { id, reason } => Command::Reject { id, reason },
+        CtlCommand::Checkpoint => Command::Checkpoint,
+        CtlCommand::Fault { actor, fault } => Command::Fault { actor, fault },
+        CtlCommand::Watch => Command::Watch,
+        CtlCommand::History { last } => Command::History { last: Some(last) },
+    })
+}
+
+/// `ctl watch`: prints events until the daemon stops (exit 0) or the
+/// connection breaks.
+async fn watch(socket: &Path, json: bool) -> u8 {
+    let mut connection = match client::Connection::open(socket).await {
+        Ok(connection) => connection,
+        Err(error) => {
+            eprintln!("agent ctl: {error}");
+            return exit::UNAVAILABLE;
+        }
+    };
+    if let Err(error) = connection.send(Command::Watch).await {
+        eprintln!("agent ctl: {error}");
+        return exit::UNAVAILABLE;
+    }
+    loop {
+        match connection.next(None).await {
+            Ok(None) => return exit::OK,
+            Ok(Some(Outcome::Ok(reply))) => {
+                if json {
+                    println!("{}", client::json(&reply));
+                } else {
+                    println!("{}", client::render(&reply));
+                }
+                if let crate::ctl::protocol::Reply::Event(event) = &reply
+                    && event.event == "daemon_stopping"
+                {
+                    return exit::OK;
+                }
+            }
+            Ok(Some(Outcome::Error(error))) => return refused(&error, json),
+            Err(error) => {
+                eprintln!("agent ctl: {error}");
+                return exit::UNAVAILABLE;
+            }
         }
     }
 }

@@ -87,13 +87,6 @@ pub async fn run(
     overrides: Overrides,
 ) -> Result<Ending, RunError> {
     apply(&mut config, &overrides);
-    if config.mode == Mode::Supervised {
-        return Err(RunError::Usage(
-            "supervised mode needs approvals (`agent ctl approve`), which this build does not have yet; \
-             use --mode autonomous or --mode debug"
-                .into(),
-        ));
-    }
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
         RunError::Failed(format!(
             "cannot create the state directory {}: {e}",
@@ -161,9 +154,13 @@ pub async fn run(
         backend: backend_name,
         mode: format!("{:?}", config.mode).to_lowercase(),
         stop: stop_tx.clone(),
+        store: store.clone(),
+        tree: tree.clone(),
+        events: events.clone(),
+        closing: tokio_util::sync::CancellationToken::new(),
     });
     let socket_path = config.socket_path();
-    let (socket, server_task) = server::start(&socket_path, server_context).map_err(|e| {
+    let socket = server::start(&socket_path, server_context).map_err(|e| {
         RunError::Failed(format!("cannot listen on {}: {e}", socket_path.display()))
     })?;
     tracing::info!(socket = %socket_path.display(), "control socket ready");
@@ -202,8 +199,7 @@ pub async fn run(
     }
     // Escalation stops the tree itself; either way wait for it to be down.
     let _ = tokio::time::timeout(Duration::from_secs(60), supervisor_done).await;
-    server_task.abort();
-    drop(socket);
+    socket.close().await;
     backend.shutdown().await;
 
     // The final checkpoint.

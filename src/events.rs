@@ -9,14 +9,45 @@ use crate::store::IterationRecord;
 
 #[derive(Debug, Clone)]
 pub enum Event {
-    IterationStarted { iteration: u64 },
+    IterationStarted {
+        iteration: u64,
+    },
+    /// One step of an iteration: permit, prepare, plan, execute, validate, learn, commit.
+    Step {
+        iteration: u64,
+        step: &'static str,
+        detail: String,
+    },
+    ApprovalRequested {
+        id: String,
+        iteration: u64,
+        summary: String,
+    },
+    GoalChanged {
+        goal: String,
+    },
     IterationCommitted(IterationRecord),
-    IterationAbandoned { iteration: u64, reason: String },
-    PermitWaiting { reason: String },
-    RunFinished { reason: String },
-    ActorFailed { actor: ActorKind, error: String },
-    ActorRestarted { actor: ActorKind, restarts: u32 },
-    Escalated { reason: String },
+    IterationAbandoned {
+        iteration: u64,
+        reason: String,
+    },
+    PermitWaiting {
+        reason: String,
+    },
+    RunFinished {
+        reason: String,
+    },
+    ActorFailed {
+        actor: ActorKind,
+        error: String,
+    },
+    ActorRestarted {
+        actor: ActorKind,
+        restarts: u32,
+    },
+    Escalated {
+        reason: String,
+    },
 }
 
 /// The sending side of the bus; cheap to clone.

@@ -4,12 +4,14 @@
 //! that after a crash or `kill -9` the next executor kills what was left
 //! running and records those jobs as failed instead of losing them.
 
+use std::collections::HashMap;
 use std::sync::Arc;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
 
 use super::{Context, load_snapshot, make_snapshot};
 use crate::cognition::{Job, StartHook, Started};
@@ -39,6 +41,8 @@ pub struct ExecutorState {
     /// Running jobs; dropping the set (the actor died) aborts them, and the
     /// process runner kills their process groups.
     jobs: JoinSet<()>,
+    /// Cancel handles of running jobs, by iteration.
+    cancels: HashMap<u64, CancellationToken>,
 }
 
 impl Actor for Executor {
@@ -58,6 +62,7 @@ impl Actor for Executor {
             ctx,
             snapshot,
             jobs: JoinSet::new(),
+            cancels: HashMap::new(),
         })
     }
 
@@ -79,12 +84,45 @@ impl Actor for Executor {
             ExecutorMsg::Execute { plan, reply } => {
                 let ctx = state.ctx.clone();
                 let slots = state.slots.clone();
+                let cancel = CancellationToken::new();
+                state.cancels.insert(plan.iteration, cancel.clone());
                 state.jobs.spawn(async move {
-                    let outcome = execute(&ctx, slots, plan).await;
+                    let outcome = execute(&ctx, slots, plan, cancel).await;
                     let _ = myself.cast(ExecutorMsg::JobDone { outcome, reply });
                 });
             }
+            ExecutorMsg::Jobs { last, reply } => {
+                let mut jobs = state.ctx.store.jobs().unwrap_or_default();
+                let skip = jobs.len().saturating_sub(last);
+                jobs.drain(..skip);
+                let _ = reply.send(jobs);
+            }
+            ExecutorMsg::KillJob { job, reply } => {
+                let record = state
+                    .ctx
+                    .store
+                    .jobs()
+                    .unwrap_or_default()
+                    .into_iter()
+                    .find(|j| j.id == job);
+                let result = match record {
+                    None => Err(format!("there is no job {job}")),
+                    Some(record) if record.status != "running" => Err(format!(
+                        "job {job} is not running (it is {})",
+                        record.status
+                    )),
+                    Some(record) => match state.cancels.get(&record.iteration) {
+                        Some(cancel) => {
+                            cancel.cancel();
+                            Ok(())
+                        }
+                        None => Err(format!("job {job} is not run by this executor")),
+                    },
+                };
+                let _ = reply.send(result);
+            }
             ExecutorMsg::JobDone { outcome, reply } => {
+                state.cancels.retain(|_, cancel| !cancel.is_cancelled());
                 let s = &mut state.snapshot;
                 match outcome.status {
                     JobStatus::Completed => s.jobs_completed += 1,
@@ -103,7 +141,7 @@ impl Actor for Executor {
                     let loaded = load_snapshot(&state.ctx.store, KIND, SCHEMA);
                     let _ = reply.send(loaded.map(|s| state.snapshot = s.unwrap_or_default()));
                 }
-                Common::Fault(fault) => inject(KIND, fault)?,
+                Common::Fault(fault) => inject(KIND, fault).await?,
             },
         }
         Ok(())
@@ -111,7 +149,12 @@ impl Actor for Executor {
 }
 
 /// Runs one plan: waits for a slot, records the job, runs it, records the end.
-async fn execute(ctx: &Context, slots: Arc<Semaphore>, plan: crate::messages::Plan) -> JobOutcome {
+async fn execute(
+    ctx: &Context,
+    slots: Arc<Semaphore>,
+    plan: crate::messages::Plan,
+    cancel: CancellationToken,
+) -> JobOutcome {
     let failed = |job_id: u64, error: String| JobOutcome {
         job_id,
         status: JobStatus::Failed,
@@ -123,7 +166,7 @@ async fn execute(ctx: &Context, slots: Arc<Semaphore>, plan: crate::messages::Pl
     let Ok(_slot) = slots.acquire_owned().await else {
         return failed(0, "the executor is shutting down".into());
     };
-    if let Some(outcome) = reattach(ctx, &plan).await {
+    if let Some(outcome) = reattach(ctx, &plan, &cancel).await {
         return outcome;
     }
     let id = match ctx.store.next_job_id() {
@@ -152,23 +195,27 @@ async fn execute(ctx: &Context, slots: Arc<Semaphore>, plan: crate::messages::Pl
         cwd: ctx.workspace.path.clone(),
         timeout: ctx.config.job_timeout,
         execution: plan.execution,
+        cancel,
     };
     let (hook, place) = StartHook::new();
     let run = ctx.backend.run(job, hook);
     let note_place = async {
-        if let Ok((place, ack)) = place.await {
-            let mut running = record.clone();
-            match place {
-                Started::Process(group) => running.process_group = Some(group),
-                Started::Remote(id) => running.remote_id = Some(id),
-            }
-            if let Err(error) = ctx.store.put_job(&running).await {
-                tracing::warn!(job = running.id, %error, "cannot record where a job runs");
-            }
-            let _ = ack.send(());
+        let (place, ack) = place.await.ok()?;
+        let mut running = record.clone();
+        match &place {
+            Started::Process(group) => running.process_group = Some(*group),
+            Started::Remote(id) => running.remote_id = Some(id.clone()),
         }
+        if let Err(error) = ctx.store.put_job(&running).await {
+            tracing::warn!(job = running.id, %error, "cannot record where a job runs");
+        }
+        let _ = ack.send(());
+        Some(running)
     };
-    let (outcome, ()) = tokio::join!(run, note_place);
+    let (outcome, running) = tokio::join!(run, note_place);
+    if let Some(running) = running {
+        record = running;
+    }
     record.status = outcome.status.as_str().to_string();
     record.ended_at_ms = Some(now_ms());
     record.error = outcome.error.clone();
@@ -199,7 +246,11 @@ fn pending_remote_job(ctx: &Context, iteration: u64) -> Option<JobRecord> {
 
 /// Waits for a pending remote job of this iteration instead of paying for the
 /// same work twice.
-async fn reattach(ctx: &Context, plan: &crate::messages::Plan) -> Option<JobOutcome> {
+async fn reattach(
+    ctx: &Context,
+    plan: &crate::messages::Plan,
+    cancel: &CancellationToken,
+) -> Option<JobOutcome> {
     let mut record = pending_remote_job(ctx, plan.iteration)?;
     let remote_id = record.remote_id.clone()?;
     tracing::info!(job = record.id, remote = %remote_id, iteration = plan.iteration, "re-attaching to a job started before a restart");
@@ -210,6 +261,7 @@ async fn reattach(ctx: &Context, plan: &crate::messages::Plan) -> Option<JobOutc
         cwd: ctx.workspace.path.clone(),
         timeout: ctx.config.job_timeout,
         execution: plan.execution,
+        cancel: cancel.clone(),
     };
     let outcome = ctx.backend.reattach(job, remote_id.clone()).await;
     record.ended_at_ms = Some(now_ms());

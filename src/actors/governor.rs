@@ -2,16 +2,23 @@
 //! (paused by an operator, iteration limit reached, token budget over the
 //! last 24 hours spent) and keeps the ledger of tokens and money the backends
 //! reported. Spent tokens are a fact whatever becomes of the iteration, so the
-//! ledger and the pause flag are written to the store at once.
+//! ledger and the pause flag are written to the store at once. In supervised
+//! mode it also holds validated changes until an operator approves or rejects
+//! them (`agent ctl approve|reject`); every approval is an audited record.
 
 use std::time::Duration;
 
-use ractor::{Actor, ActorProcessingErr, ActorRef};
+use std::collections::HashMap;
+
+use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
 use super::{Context, load_snapshot, make_snapshot};
-use crate::messages::{ActorKind, Common, GovernorMsg, GovernorStatus, Permit, Usage, inject};
-use crate::store::now_ms;
+use crate::events::Event;
+use crate::messages::{
+    ActorKind, ApprovalDecision, Common, GovernorMsg, GovernorStatus, Permit, Usage, inject,
+};
+use crate::store::{ApprovalRecord, now_ms};
 
 const KIND: ActorKind = ActorKind::Governor;
 const SCHEMA: u32 = 1;
@@ -91,6 +98,8 @@ pub struct Governor;
 pub struct GovernorState {
     ctx: Context,
     snapshot: GovernorSnapshot,
+    /// Changes waiting for an operator, with the modifier's reply port.
+    waiting: HashMap<String, (ApprovalRecord, RpcReplyPort<ApprovalDecision>)>,
 }
 
 impl GovernorState {
@@ -115,7 +124,24 @@ impl Actor for Governor {
         ctx: Context,
     ) -> Result<Self::State, ActorProcessingErr> {
         let snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or_default();
-        Ok(GovernorState { ctx, snapshot })
+        // Approvals that were waiting when a governor stopped lost their
+        // iteration with it; the iteration asks again when it re-runs.
+        for mut approval in ctx
+            .store
+            .approvals()?
+            .into_iter()
+            .filter(|a| a.state == "pending")
+        {
+            approval.state = "expired".into();
+            approval.decided_at_ms = Some(now_ms());
+            approval.reason = Some("the governor restarted; the iteration will ask again".into());
+            ctx.store.put_approval(&approval).await?;
+        }
+        Ok(GovernorState {
+            ctx,
+            snapshot,
+            waiting: HashMap::new(),
+        })
     }
 
     async fn handle(
@@ -151,6 +177,79 @@ impl Actor for Governor {
                 state.snapshot.paused = paused;
                 let _ = reply.send(state.persist().await);
             }
+            GovernorMsg::RequestApproval { request, reply } => {
+                let attempt = state
+                    .ctx
+                    .store
+                    .approvals()?
+                    .iter()
+                    .filter(|a| a.iteration == request.iteration)
+                    .count();
+                let approval = ApprovalRecord {
+                    id: format!("{:06}-{}", request.iteration, attempt + 1),
+                    iteration: request.iteration,
+                    summary: request.summary,
+                    files: request.files,
+                    fitness_before: request.fitness_before,
+                    fitness_after: request.fitness_after,
+                    state: "pending".into(),
+                    reason: None,
+                    requested_at_ms: now_ms(),
+                    decided_at_ms: None,
+                };
+                state.ctx.store.put_approval(&approval).await?;
+                tracing::info!(id = %approval.id, iteration = approval.iteration, "change waiting for approval: agent ctl approve {}", approval.id);
+                state.ctx.events.emit(Event::ApprovalRequested {
+                    id: approval.id.clone(),
+                    iteration: approval.iteration,
+                    summary: approval.summary.clone(),
+                });
+                state.waiting.insert(approval.id.clone(), (approval, reply));
+            }
+            GovernorMsg::Approvals(reply) => {
+                let mut all = state.ctx.store.approvals()?;
+                // Pending first, then the latest decisions.
+                all.sort_by_key(|a| (a.state != "pending", std::cmp::Reverse(a.requested_at_ms)));
+                all.truncate(50);
+                let _ = reply.send(all);
+            }
+            GovernorMsg::Decide {
+                id,
+                approve,
+                reason,
+                reply,
+            } => {
+                let Some((mut approval, waiting)) = state.waiting.remove(&id) else {
+                    let known = state
+                        .ctx
+                        .store
+                        .approvals()?
+                        .into_iter()
+                        .find(|a| a.id == id);
+                    let _ = reply.send(Err(match known {
+                        Some(a) => format!("approval {id} is not waiting (it is {})", a.state),
+                        None => format!("there is no approval {id}; see `agent ctl approvals`"),
+                    }));
+                    return Ok(());
+                };
+                approval.state = if approve { "approved" } else { "rejected" }.into();
+                approval.reason = reason.clone();
+                approval.decided_at_ms = Some(now_ms());
+                if let Err(error) = state.ctx.store.put_approval(&approval).await {
+                    state.waiting.insert(id, (approval, waiting));
+                    let _ = reply.send(Err(format!("cannot record the decision: {error}")));
+                    return Ok(());
+                }
+                let decision = if approve {
+                    ApprovalDecision::Approved
+                } else {
+                    ApprovalDecision::Rejected {
+                        reason: reason.unwrap_or_else(|| "rejected by an operator".into()),
+                    }
+                };
+                let _ = waiting.send(decision);
+                let _ = reply.send(Ok(approval));
+            }
             GovernorMsg::Status(reply) => {
                 let since = now_ms().saturating_sub(DAY_MS);
                 let _ = reply.send(GovernorStatus {
@@ -172,7 +271,7 @@ impl Actor for Governor {
                     let result = loaded.map(|s| state.snapshot = s.unwrap_or_default());
                     let _ = reply.send(result);
                 }
-                Common::Fault(fault) => inject(KIND, fault)?,
+                Common::Fault(fault) => inject(KIND, fault).await?,
             },
         }
         Ok(())

@@ -11,7 +11,8 @@ use serde::{Deserialize, Serialize};
 
 use super::{Context, load_snapshot, make_snapshot};
 use crate::messages::{
-    ActorKind, Advice, Common, Experience, LearnerMsg, Outcome, RankedCapability, Usage, inject,
+    ActorKind, Advice, Common, Experience, LearnerMsg, LearnerStats, Outcome, RankedCapability,
+    Usage, inject,
 };
 use std::time::Duration;
 
@@ -162,6 +163,35 @@ impl Actor for Learner {
                     recent,
                 });
             }
+            LearnerMsg::Stats(reply) => {
+                let capabilities = state
+                    .snapshot
+                    .stats
+                    .iter()
+                    .map(|(id, s)| {
+                        let mean = if s.attempts == 0 {
+                            0.0
+                        } else {
+                            s.total_reward / s.attempts as f64
+                        };
+                        (
+                            id.clone(),
+                            s.attempts,
+                            s.accepted,
+                            mean,
+                            s.fitness_gain,
+                            s.tokens,
+                        )
+                    })
+                    .collect();
+                let _ = reply.send(LearnerStats {
+                    experiences: state.snapshot.experiences,
+                    capabilities,
+                });
+            }
+            LearnerMsg::Forget { capability, reply } => {
+                let _ = reply.send(state.snapshot.stats.remove(&capability).is_some());
+            }
             LearnerMsg::Record { experience, reply } => {
                 learn(&mut state.snapshot.stats, &experience);
                 state.snapshot.experiences += 1;
@@ -175,7 +205,7 @@ impl Actor for Learner {
                     let loaded = load_snapshot(&state.ctx.store, KIND, SCHEMA);
                     let _ = reply.send(loaded.map(|s| state.snapshot = s.unwrap_or_default()));
                 }
-                Common::Fault(fault) => inject(KIND, fault)?,
+                Common::Fault(fault) => inject(KIND, fault).await?,
             },
         }
         Ok(())

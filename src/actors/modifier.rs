@@ -12,8 +12,11 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 
 use super::{Context, load_snapshot, make_snapshot};
-use crate::config::Fitness;
-use crate::messages::{ActorKind, Common, ModifierMsg, Prepared, Verdict, inject};
+use crate::config::{Fitness, Mode};
+use crate::messages::{
+    self, ActorKind, ApprovalDecision, ApprovalRequest, Common, GovernorMsg, ModifierMsg,
+    ModifierStatus, PeerError, Prepared, Verdict, inject,
+};
 use crate::process::{self, CommandSpec, Ending};
 use crate::workspace::Workspace;
 
@@ -138,6 +141,16 @@ impl Actor for Modifier {
                 state.work.abort_all();
                 let _ = reply.send(state.restore());
             }
+            ModifierMsg::Status(reply) => {
+                let s = &state.snapshot;
+                let _ = reply.send(ModifierStatus {
+                    head: s.head.clone(),
+                    head_fitness: s.head_fitness,
+                    accepted: s.accepted,
+                    rolled_back: s.rolled_back,
+                    changed: state.ctx.workspace.changed_files().unwrap_or_default(),
+                });
+            }
             ModifierMsg::Settled {
                 head,
                 fitness,
@@ -169,7 +182,7 @@ impl Actor for Modifier {
                     });
                     let _ = reply.send(result);
                 }
-                Common::Fault(fault) => inject(KIND, fault)?,
+                Common::Fault(fault) => inject(KIND, fault).await?,
             },
         }
         Ok(())
@@ -222,7 +235,21 @@ async fn validate(
     if changed.is_empty() {
         return Ok(Verdict::NoChange);
     }
-    let rejection = match check(ctx, fitness_before).await {
+    let checked = match check(ctx, fitness_before).await {
+        Ok(fitness_after) if ctx.config.mode == Mode::Supervised => {
+            approval(
+                ctx,
+                iteration,
+                summary,
+                &changed,
+                fitness_before,
+                fitness_after,
+            )
+            .await
+        }
+        other => other,
+    };
+    let rejection = match checked {
         Ok(fitness_after) => {
             let workspace = ctx.workspace.clone();
             let message = commit_message(
@@ -244,6 +271,47 @@ async fn validate(
     };
     rollback(&ctx.workspace, base).await?;
     Ok(rejection)
+}
+
+/// Supervised mode: the governor holds the change until an operator decides.
+async fn approval(
+    ctx: &Context,
+    iteration: u64,
+    summary: &str,
+    changed: &[String],
+    fitness_before: Option<f64>,
+    fitness_after: f64,
+) -> Result<f64, Verdict> {
+    let request = ApprovalRequest {
+        iteration,
+        summary: summary.to_string(),
+        files: changed.to_vec(),
+        fitness_before,
+        fitness_after,
+    };
+    let decision = messages::call(ActorKind::Governor, ctx.config.approval_timeout, |reply| {
+        GovernorMsg::RequestApproval { request, reply }
+    })
+    .await;
+    match decision {
+        Ok(ApprovalDecision::Approved) => Ok(fitness_after),
+        Ok(ApprovalDecision::Rejected { reason }) => Err(Verdict::Rejected {
+            reason: format!("rejected by an operator: {reason}"),
+            fitness_after: Some(fitness_after),
+        }),
+        Err(PeerError::Timeout(..)) => Err(Verdict::Rejected {
+            reason: format!(
+                "no decision within {}",
+                humantime::format_duration(ctx.config.approval_timeout)
+            ),
+            fitness_after: Some(fitness_after),
+        }),
+        // The governor restarted: the iteration is abandoned and asks again.
+        Err(error) => Err(Verdict::Rejected {
+            reason: format!("approval lost: {error}"),
+            fitness_after: Some(fitness_after),
+        }),
+    }
 }
 
 /// Validation then fitness; `Err` carries the rejection.

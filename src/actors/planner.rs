@@ -152,6 +152,35 @@ impl Actor for Planner {
                 }
                 let _ = myself.cast(PlannerMsg::Tick);
             }
+            PlannerMsg::SetGoal { goal, reply } => {
+                let goal = goal.trim().to_string();
+                if goal.is_empty() {
+                    let _ = reply.send(Err("the goal must be a non-empty sentence".into()));
+                    return Ok(());
+                }
+                // The run record changes now (durable); the planner's snapshot
+                // carries the goal from the next committed iteration on.
+                let result = match state.ctx.store.run() {
+                    Ok(Some(mut run)) => {
+                        run.goal = goal.clone();
+                        run.state = "running".into();
+                        state
+                            .ctx
+                            .store
+                            .put_run(&run)
+                            .await
+                            .map_err(|e| e.to_string())
+                    }
+                    Ok(None) => Err("no run is stored".to_string()),
+                    Err(error) => Err(error.to_string()),
+                };
+                if result.is_ok() {
+                    tracing::info!(%goal, "goal changed by an operator");
+                    state.snapshot.goal = goal.clone();
+                    state.ctx.events.emit(Event::GoalChanged { goal });
+                }
+                let _ = reply.send(result);
+            }
             PlannerMsg::Drain(reply) => {
                 if state.run_state != RunState::Finished {
                     state.run_state = RunState::Stopping;
@@ -185,7 +214,7 @@ impl Actor for Planner {
                         }
                     }));
                 }
-                Common::Fault(fault) => inject(KIND, fault)?,
+                Common::Fault(fault) => inject(KIND, fault).await?,
             },
         }
         Ok(())
@@ -292,6 +321,7 @@ async fn drive(ctx: &Context, snapshot: PlannerSnapshot, iteration: u64) -> Iter
         }
     }
     ctx.events.emit(Event::IterationStarted { iteration });
+    step(ctx, iteration, "permit", "granted".into());
     match run_steps(ctx, snapshot, iteration).await {
         Ok(record) => IterationEnd::Committed(record),
         Err(reason) => IterationEnd::Abandoned { reason },
@@ -321,6 +351,16 @@ async fn run_steps(
     })
     .await
     .map_err(|e| e.to_string())??;
+    step(
+        ctx,
+        iteration,
+        "prepare",
+        format!(
+            "base {}, fitness {}",
+            &prepared.base_commit[..prepared.base_commit.len().min(10)],
+            prepared.fitness.map_or("unknown".into(), |f| f.to_string())
+        ),
+    );
     let capabilities: Vec<Capability> =
         messages::call(ActorKind::Executor, QUICK, ExecutorMsg::Capabilities)
             .await
@@ -354,6 +394,12 @@ async fn run_steps(
         execution: ctx.config.execution,
     };
     let plan = make_plan(&situation, &advice, &capabilities, research.as_ref())?;
+    step(
+        ctx,
+        iteration,
+        "plan",
+        format!("{} ({})", plan.capability, plan.rationale),
+    );
     tracing::debug!(iteration, capability = %plan.capability, rationale = %plan.rationale, "plan");
     let job_timeout = ctx.config.job_timeout + MARGIN;
     let plan_for_executor = plan.clone();
@@ -367,15 +413,34 @@ async fn run_steps(
     .map_err(|e| e.to_string())?;
     let usage = job.usage;
     record_usage(usage).await?;
+    step(
+        ctx,
+        iteration,
+        "execute",
+        format!(
+            "job {} {} ({} input / {} output tokens)",
+            job.job_id,
+            job.status.as_str(),
+            usage.input_tokens,
+            usage.output_tokens
+        ),
+    );
 
+    let validate_deadline = if ctx.config.mode == crate::config::Mode::Supervised {
+        slow + ctx.config.approval_timeout
+    } else {
+        slow
+    };
     let (outcome, verdict) = if job.status == JobStatus::Completed {
         let summary = plan.capability.clone();
         let fitness_before = prepared.fitness;
-        let verdict = messages::call(ActorKind::Modifier, slow, |reply| ModifierMsg::Validate {
-            iteration,
-            summary,
-            fitness_before,
-            reply,
+        let verdict = messages::call(ActorKind::Modifier, validate_deadline, |reply| {
+            ModifierMsg::Validate {
+                iteration,
+                summary,
+                fitness_before,
+                reply,
+            }
         })
         .await
         .map_err(|e| e.to_string())??;
@@ -413,6 +478,7 @@ async fn run_steps(
         duration: started.elapsed(),
         error_signature,
     };
+    step(ctx, iteration, "validate", outcome.as_str().to_string());
     let recorded = experience.clone();
     messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Record {
         experience: recorded,
@@ -420,6 +486,12 @@ async fn run_steps(
     })
     .await
     .map_err(|e| e.to_string())?;
+    step(
+        ctx,
+        iteration,
+        "learn",
+        format!("{} → {}", experience.capability, outcome.as_str()),
+    );
 
     // The commit: every actor's snapshot, the log entry and the experience.
     let commit = match &verdict {
@@ -459,7 +531,18 @@ async fn run_steps(
         .commit_iteration(&record, Some(&experience_record(&experience)), &snapshots)
         .await
         .map_err(|e| format!("commit failed: {e}"))?;
+    step(ctx, iteration, "commit", record.summary.clone());
     Ok(record)
+}
+
+/// Announces one step of an iteration (for `agent ctl watch` and the log).
+fn step(ctx: &Context, iteration: u64, step: &'static str, detail: String) {
+    tracing::debug!(iteration, step, %detail, "iteration step");
+    ctx.events.emit(Event::Step {
+        iteration,
+        step,
+        detail,
+    });
 }
 
 /// The fitness of the agent branch's head after an iteration.

@@ -90,6 +90,13 @@ impl Actor for Researcher {
                     let _ = myself.cast(ResearcherMsg::Filled { research, reply });
                 });
             }
+            ResearcherMsg::Status(reply) => {
+                let _ = reply.send((state.snapshot.hits, state.snapshot.misses));
+            }
+            ResearcherMsg::Invalidate { topic, reply } => {
+                let removed = state.ctx.store.remove_research(&topic).await;
+                let _ = reply.send(removed.map_err(|e| e.to_string()));
+            }
             ResearcherMsg::Filled { research, reply } => {
                 state.snapshot.misses += 1;
                 let _ = reply.send(research);
@@ -102,7 +109,7 @@ impl Actor for Researcher {
                     let loaded = load_snapshot(&state.ctx.store, KIND, SCHEMA);
                     let _ = reply.send(loaded.map(|s| state.snapshot = s.unwrap_or_default()));
                 }
-                Common::Fault(fault) => inject(KIND, fault)?,
+                Common::Fault(fault) => inject(KIND, fault).await?,
             },
         }
         Ok(())

@@ -77,7 +77,7 @@ impl Cognition for ClaudeCli {
             .run(
                 &invocation,
                 |group| Box::pin(started.started(super::Started::Process(group))),
-                std::future::pending(),
+                job.cancel.cancelled(),
             )
             .await;
         run.into_outcome(job.id)

@@ -20,6 +20,7 @@ use rmcp::service::{Peer, RoleClient, RunningService};
 use rmcp::transport::{ConfigureCommandExt, TokioChildProcess};
 use serde::de::DeserializeOwned;
 use tokio::sync::Mutex;
+use tokio_util::sync::CancellationToken;
 
 use super::{Cognition, Job, StartHook, Started};
 use crate::config::Execution;
@@ -261,7 +262,12 @@ impl Mcp {
     }
 
     /// Polls a server job with backoff until it ends, then fetches its result.
-    async fn wait_for(&self, job_id: &str, local_id: u64) -> JobOutcome {
+    async fn wait_for(
+        &self,
+        job_id: &str,
+        local_id: u64,
+        cancel: &CancellationToken,
+    ) -> JobOutcome {
         let ids = serde_json::to_value(JobIdParams {
             job_id: job_id.to_string(),
         })
@@ -276,6 +282,17 @@ impl Mcp {
                 Ok(status) if status.status == "running" => {}
                 Ok(_) => break,
                 Err(error) => return failed(local_id, error.to_string()),
+            }
+            if cancel.is_cancelled() {
+                // Killed on request: the server kills the job's process group.
+                let _ = self
+                    .call::<StatusOutput>(
+                        "claude_kill_job",
+                        ids.clone(),
+                        self.settings.call_timeout,
+                    )
+                    .await;
+                break;
             }
             if tokio::time::Instant::now() > give_up {
                 let _ = self
@@ -293,7 +310,10 @@ impl Mcp {
                     )
                 };
             }
-            tokio::time::sleep(delay).await;
+            tokio::select! {
+                () = tokio::time::sleep(delay) => {}
+                () = cancel.cancelled() => {}
+            }
             delay = (delay * 2).min(POLL_MAX);
         }
         match self
@@ -358,12 +378,18 @@ impl Cognition for Mcp {
         let params = self.run_params(&task, &job.cwd, &self.settings.permission_mode);
         match job.execution {
             Execution::Sync => {
-                match self
-                    .call::<RunOutput>("claude_run", params, job.timeout + MARGIN)
-                    .await
-                {
-                    Ok(output) => outcome_of(job.id, output),
-                    Err(error) => failed(job.id, error.to_string()),
+                // Dropping the call on cancel sends `notifications/cancelled`;
+                // `agent mcp-serve` kills the job's process group for it.
+                let call = self.call::<RunOutput>("claude_run", params, job.timeout + MARGIN);
+                tokio::select! {
+                    result = call => match result {
+                        Ok(output) => outcome_of(job.id, output),
+                        Err(error) => failed(job.id, error.to_string()),
+                    },
+                    () = job.cancel.cancelled() => JobOutcome {
+                        status: JobStatus::Killed,
+                        ..failed(job.id, "the job was killed on request".into())
+                    },
                 }
             }
             Execution::Async => {
@@ -378,13 +404,14 @@ impl Cognition for Mcp {
                 started
                     .started(Started::Remote(started_job.job_id.clone()))
                     .await;
-                self.wait_for(&started_job.job_id, job.id).await
+                self.wait_for(&started_job.job_id, job.id, &job.cancel)
+                    .await
             }
         }
     }
 
     async fn reattach(&self, job: Job, remote_id: String) -> Option<JobOutcome> {
-        Some(self.wait_for(&remote_id, job.id).await)
+        Some(self.wait_for(&remote_id, job.id, &job.cancel).await)
     }
 
     async fn research(

@@ -26,6 +26,8 @@ pub struct Job {
     pub cwd: PathBuf,
     pub timeout: Duration,
     pub execution: crate::config::Execution,
+    /// Cancelled when an operator kills the job (`agent ctl send executor kill-job`).
+    pub cancel: tokio_util::sync::CancellationToken,
 }
 
 /// A way of executing plans.

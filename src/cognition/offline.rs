@@ -105,7 +105,7 @@ impl Cognition for Offline {
         if let Some(group) = running.process_group() {
             started.started(super::Started::Process(group)).await;
         }
-        let finished = running.wait().await;
+        let finished = running.wait_or_cancel(job.cancel.cancelled()).await;
         let (status, error) = match finished.ending {
             Ending::Exited(Some(0)) => (JobStatus::Completed, None),
             Ending::Exited(code) => (
@@ -117,7 +117,11 @@ impl Cognition for Offline {
                     finished.tail(3)
                 )),
             ),
-            Ending::TimedOut | Ending::Cancelled => (
+            Ending::Cancelled => (
+                JobStatus::Killed,
+                Some(format!("`{}` was killed on request", spec.display())),
+            ),
+            Ending::TimedOut => (
                 JobStatus::Timeout,
                 Some(format!(
                     "`{}` did not finish within {}",

@@ -108,6 +108,7 @@ struct RawValidation {
 struct RawGovernor {
     tokens_per_day: Positive,
     retry_after: HumanDuration,
+    approval_timeout: HumanDuration,
 }
 
 #[derive(Debug, Deserialize)]
@@ -163,6 +164,8 @@ pub struct Config {
     pub validation_timeout: Duration,
     pub tokens_per_day: u64,
     pub permit_retry_after: Duration,
+    /// How long a change waits for an operator in supervised mode.
+    pub approval_timeout: Duration,
     pub research_ttl: Duration,
     pub socket: Option<PathBuf>,
     pub fault_injection: bool,
@@ -242,6 +245,7 @@ impl Config {
             validation_timeout: raw.validation.timeout.0,
             tokens_per_day: raw.governor.tokens_per_day.get(),
             permit_retry_after: raw.governor.retry_after.0,
+            approval_timeout: raw.governor.approval_timeout.0,
             research_ttl: raw.researcher.cache_ttl.0,
             socket: raw.ctl.socket,
             fault_injection: raw.debug.fault_injection,

@@ -1,10 +1,12 @@
 //! The control protocol's wire types: length-delimited JSON frames, each a
 //! versioned request with an id, answered by a response with the same id that
-//! carries either a reply or a typed error. These are the only serde types of
-//! the control plane; the server converts them to actor messages at the edge.
-//! New commands are new variants; old clients keep working.
+//! carries either a reply or a typed error (`watch` answers with a stream of
+//! event responses). These are the only serde types of the control plane; the
+//! server converts them to actor messages at the edge. New commands are new
+//! variants; old clients keep working.
 
 use serde::{Deserialize, Serialize};
+use serde_json::{Map, Value};
 
 /// Bumped when a change would make an old client misread a reply.
 pub const PROTOCOL_VERSION: u32 = 1;
@@ -26,15 +28,46 @@ pub struct Request {
 #[serde(tag = "name", rename_all = "snake_case", deny_unknown_fields)]
 pub enum Command {
     Status,
+    Tree,
+    /// A typed message to one actor; `args` are its named arguments.
+    Send {
+        actor: String,
+        message: String,
+        #[serde(default)]
+        args: Map<String, Value>,
+    },
+    /// The messages `send` can deliver to one actor.
+    Messages {
+        actor: String,
+    },
     Pause,
     Resume,
     Stop {
         #[serde(default)]
         now: bool,
     },
+    Goal {
+        text: String,
+    },
+    Approvals,
+    Approve {
+        id: String,
+    },
+    Reject {
+        id: String,
+        #[serde(default)]
+        reason: Option<String>,
+    },
+    Checkpoint,
     Fault {
         actor: String,
         fault: String,
+    },
+    /// Stream events until the client or the daemon goes away.
+    Watch,
+    History {
+        #[serde(default)]
+        last: Option<usize>,
     },
 }
 
@@ -53,11 +86,35 @@ pub enum Outcome {
     Error(WireError),
 }
 
+/// Every reply is one JSON object; `--json` prints it as it is.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
     Status(StatusReply),
-    Done { message: String },
+    Tree(TreeReply),
+    Sent {
+        actor: String,
+        message: String,
+        reply: Value,
+    },
+    Messages {
+        actor: String,
+        messages: Vec<MessageInfo>,
+    },
+    Approvals {
+        approvals: Vec<ApprovalInfo>,
+    },
+    Checkpoint {
+        iterations: u64,
+        message: String,
+    },
+    History {
+        iterations: Vec<HistoryEntry>,
+    },
+    Event(WireEvent),
+    Done {
+        message: String,
+    },
 }
 
 /// `agent ctl status`: also the shape of `status --json`.
@@ -84,6 +141,89 @@ pub struct ActorStatus {
     pub last_error: Option<String>,
 }
 
+/// `agent ctl tree`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeReply {
+    pub strategy: String,
+    pub max_restarts: u32,
+    pub within: String,
+    pub children: Vec<TreeChild>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TreeChild {
+    pub name: String,
+    pub restart: String,
+    pub status: String,
+    pub restarts: u32,
+    pub uptime_ms: Option<u64>,
+    pub last_error: Option<String>,
+}
+
+/// One message `send` can deliver.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct MessageInfo {
+    pub name: String,
+    /// query (answers, changes nothing) | command (changes something)
+    pub kind: String,
+    pub args: Vec<ArgInfo>,
+    pub description: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ArgInfo {
+    pub name: String,
+    /// string | integer | number | string list
+    pub kind: String,
+    pub required: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalInfo {
+    pub id: String,
+    pub iteration: u64,
+    /// pending | approved | rejected | expired
+    pub state: String,
+    pub summary: String,
+    pub files: Vec<String>,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: f64,
+    pub reason: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct HistoryEntry {
+    pub iteration: u64,
+    pub capability: String,
+    pub outcome: String,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: Option<f64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+    pub commit: Option<String>,
+    pub summary: String,
+}
+
+/// One event of `agent ctl watch`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct WireEvent {
+    /// iteration_started | step | iteration_committed | iteration_abandoned |
+    /// permit_waiting | run_finished | actor_failed | actor_restarted |
+    /// escalated | approval_requested | goal_changed | daemon_stopping
+    pub event: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub iteration: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub actor: Option<String>,
+    /// The step of an iteration, for `step` events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub step: Option<String>,
+    pub detail: String,
+    pub at_ms: u64,
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireError {
     pub kind: ErrorKind,
@@ -96,12 +236,38 @@ pub struct WireError {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum ErrorKind {
+    /// The frame or request could not be read.
     BadRequest,
     VersionMismatch,
     UnknownActor,
+    UnknownMessage,
+    /// A message's arguments are missing or of the wrong kind.
+    BadArguments,
+    /// The actor is being restarted; retry after `retry_after_ms`.
+    ActorRestarting,
+    /// The actor did not answer in time.
+    Timeout,
     NotPermitted,
-    Unavailable,
+    /// The request was understood and refused (e.g. approving an unknown id).
+    Refused,
     Internal,
+}
+
+impl ErrorKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            ErrorKind::BadRequest => "bad_request",
+            ErrorKind::VersionMismatch => "version_mismatch",
+            ErrorKind::UnknownActor => "unknown_actor",
+            ErrorKind::UnknownMessage => "unknown_message",
+            ErrorKind::BadArguments => "bad_arguments",
+            ErrorKind::ActorRestarting => "actor_restarting",
+            ErrorKind::Timeout => "timeout",
+            ErrorKind::NotPermitted => "not_permitted",
+            ErrorKind::Refused => "refused",
+            ErrorKind::Internal => "internal",
+        }
+    }
 }
 
 impl WireError {
@@ -135,5 +301,16 @@ mod tests {
             r#"{"version":1,"id":7,"command":{"name":"fault","actor":"learner","fault":"panic"}}"#
         );
         assert_eq!(serde_json::from_str::<Request>(&text).unwrap(), request);
+    }
+
+    #[test]
+    fn error_kinds_serialize_as_their_names() {
+        for kind in [
+            ErrorKind::ActorRestarting,
+            ErrorKind::BadArguments,
+            ErrorKind::UnknownMessage,
+        ] {
+            assert_eq!(serde_json::to_value(kind).unwrap(), kind.name());
+        }
     }
 }

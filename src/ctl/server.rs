@@ -2,7 +2,8 @@
 //! mode 0600, that serves only peers with the daemon's uid. Each connection
 //! reads length-delimited JSON requests and answers every one, with a typed
 //! error when it cannot be served; a malformed or oversized frame is answered
-//! and never takes the daemon down.
+//! and never takes the daemon down. `watch` turns the connection into a
+//! stream of events that ends when the client or the daemon goes away.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,14 +12,21 @@ use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::watch;
+use tokio::sync::{broadcast, watch};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
+use super::catalog::{self, peer_error};
 use super::protocol::{
-    ActorStatus, Command, ErrorKind, MAX_FRAME_BYTES, Outcome, PROTOCOL_VERSION, Reply, Request,
-    Response, StatusReply, WireError,
+    ActorStatus, ApprovalInfo, Command, ErrorKind, HistoryEntry, MAX_FRAME_BYTES, Outcome,
+    PROTOCOL_VERSION, Reply, Request, Response, StatusReply, TreeChild, TreeReply, WireError,
+    WireEvent,
 };
+use crate::config::TreeSpec;
+use crate::events::{Event, EventBus};
 use crate::messages::{self, ActorKind, Common, FaultKind, GovernorMsg, PeerError, PlannerMsg};
+use crate::store::{IterationRecord, Store, now_ms};
 use crate::supervisor::{self, SupervisorMsg};
 
 /// A connection that sends nothing for this long is closed.
@@ -40,11 +48,30 @@ pub struct ServerContext {
     pub backend: String,
     pub mode: String,
     pub stop: watch::Sender<Option<StopRequest>>,
+    pub store: Store,
+    pub tree: TreeSpec,
+    pub events: EventBus,
+    /// Cancelled when the daemon stops: watchers get a last event and close.
+    pub closing: CancellationToken,
 }
 
 /// The listening socket; removed when dropped.
 pub struct ControlSocket {
     path: PathBuf,
+    task: tokio::task::JoinHandle<()>,
+    connections: TaskTracker,
+    closing: CancellationToken,
+}
+
+impl ControlSocket {
+    /// Stops accepting, tells watchers the daemon is stopping and waits
+    /// (briefly) for connections to finish their last frame.
+    pub async fn close(self) {
+        self.task.abort();
+        self.closing.cancel();
+        self.connections.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.connections.wait()).await;
+    }
 }
 
 impl Drop for ControlSocket {
@@ -53,11 +80,8 @@ impl Drop for ControlSocket {
     }
 }
 
-/// Binds the socket and serves it until the returned guard's task is dropped.
-pub fn start(
-    path: &Path,
-    context: Arc<ServerContext>,
-) -> std::io::Result<(ControlSocket, tokio::task::JoinHandle<()>)> {
+/// Binds the socket and serves it until closed.
+pub fn start(path: &Path, context: Arc<ServerContext>) -> std::io::Result<ControlSocket> {
     // The store lock proves no other daemon owns this state directory, so a
     // socket file here is left over from a killed daemon.
     if path.exists() {
@@ -65,11 +89,14 @@ pub fn start(
     }
     let listener = UnixListener::bind(path)?;
     std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))?;
+    let connections = TaskTracker::new();
+    let closing = context.closing.clone();
+    let tracker = connections.clone();
     let task = tokio::spawn(async move {
         loop {
             match listener.accept().await {
                 Ok((stream, _)) => {
-                    tokio::spawn(serve(stream, context.clone()));
+                    tracker.spawn(serve(stream, context.clone()));
                 }
                 Err(error) => {
                     tracing::warn!(%error, "control socket accept failed");
@@ -78,12 +105,12 @@ pub fn start(
             }
         }
     });
-    Ok((
-        ControlSocket {
-            path: path.to_path_buf(),
-        },
+    Ok(ControlSocket {
+        path: path.to_path_buf(),
         task,
-    ))
+        connections,
+        closing,
+    })
 }
 
 fn codec() -> LengthDelimitedCodec {
@@ -91,6 +118,8 @@ fn codec() -> LengthDelimitedCodec {
         .max_frame_length(MAX_FRAME_BYTES)
         .new_codec()
 }
+
+type Frames = Framed<UnixStream, LengthDelimitedCodec>;
 
 async fn serve(stream: UnixStream, context: Arc<ServerContext>) {
     let own_uid = nix::unistd::geteuid().as_raw();
@@ -106,11 +135,21 @@ async fn serve(stream: UnixStream, context: Arc<ServerContext>) {
             ErrorKind::NotPermitted,
             "this daemon accepts control requests only from its own user",
         );
-        let _ = send(&mut frames, 0, Outcome::Error(error)).await;
+        // Answer the first request (so the client reads a reason, not a
+        // broken pipe), then hang up; nothing of it is acted upon.
+        let id = match tokio::time::timeout(Duration::from_secs(5), frames.next()).await {
+            Ok(Some(Ok(frame))) => serde_json::from_slice::<Request>(&frame).map_or(0, |r| r.id),
+            _ => 0,
+        };
+        let _ = send(&mut frames, id, Outcome::Error(error)).await;
         return;
     }
     loop {
-        let frame = match tokio::time::timeout(IDLE, frames.next()).await {
+        let frame = tokio::select! {
+            frame = tokio::time::timeout(IDLE, frames.next()) => frame,
+            () = context.closing.cancelled() => return,
+        };
+        let frame = match frame {
             Err(_) | Ok(None) => return,
             Ok(Some(Err(error))) => {
                 // The stream cannot be resynchronised after a bad length.
@@ -121,37 +160,48 @@ async fn serve(stream: UnixStream, context: Arc<ServerContext>) {
             }
             Ok(Some(Ok(frame))) => frame,
         };
-        let (id, outcome) = match serde_json::from_slice::<Request>(&frame) {
-            Err(error) => (
-                0,
-                Outcome::Error(WireError::new(
-                    ErrorKind::BadRequest,
-                    format!("malformed request: {error}"),
-                )),
-            ),
-            Ok(request) if request.version != PROTOCOL_VERSION => (
-                request.id,
-                Outcome::Error(WireError::new(
-                    ErrorKind::VersionMismatch,
-                    format!(
-                        "protocol version {} is not spoken here; this daemon speaks version {PROTOCOL_VERSION}",
-                        request.version
-                    ),
-                )),
-            ),
-            Ok(request) => (request.id, dispatch(request.command, &context).await),
+        let request = match serde_json::from_slice::<Request>(&frame) {
+            Err(error) => {
+                let error =
+                    WireError::new(ErrorKind::BadRequest, format!("malformed request: {error}"));
+                if send(&mut frames, 0, Outcome::Error(error)).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+            Ok(request) => request,
         };
-        if send(&mut frames, id, outcome).await.is_err() {
+        if request.version != PROTOCOL_VERSION {
+            let error = WireError::new(
+                ErrorKind::VersionMismatch,
+                format!(
+                    "protocol version {} is not spoken here; this daemon speaks version {PROTOCOL_VERSION}",
+                    request.version
+                ),
+            );
+            if send(&mut frames, request.id, Outcome::Error(error))
+                .await
+                .is_err()
+            {
+                return;
+            }
+            continue;
+        }
+        if request.command == Command::Watch {
+            stream_events(&mut frames, request.id, &context).await;
+            return;
+        }
+        let outcome = match dispatch(request.command, &context).await {
+            Ok(reply) => Outcome::Ok(reply),
+            Err(error) => Outcome::Error(error),
+        };
+        if send(&mut frames, request.id, outcome).await.is_err() {
             return;
         }
     }
 }
 
-async fn send(
-    frames: &mut Framed<UnixStream, LengthDelimitedCodec>,
-    id: u64,
-    result: Outcome,
-) -> std::io::Result<()> {
+async fn send(frames: &mut Frames, id: u64, result: Outcome) -> std::io::Result<()> {
     let response = Response {
         version: PROTOCOL_VERSION,
         id,
@@ -161,17 +211,162 @@ async fn send(
     frames.send(tokio_util::bytes::Bytes::from(bytes)).await
 }
 
-fn peer_error(error: PeerError) -> WireError {
-    let mut wire = WireError::new(ErrorKind::Unavailable, error.to_string());
-    if matches!(error, PeerError::NotRunning(_) | PeerError::Gone(_)) {
-        wire.retry_after_ms = Some(500);
+/// `watch`: every event as it happens, until the client leaves or the daemon
+/// stops (then one last `daemon_stopping` event).
+async fn stream_events(frames: &mut Frames, id: u64, context: &ServerContext) {
+    let mut events = context.events.subscribe();
+    let hello = WireEvent {
+        event: "watching".into(),
+        iteration: None,
+        actor: None,
+        step: None,
+        detail: "streaming events; Ctrl-C to stop".into(),
+        at_ms: now_ms(),
+    };
+    if send(frames, id, Outcome::Ok(Reply::Event(hello)))
+        .await
+        .is_err()
+    {
+        return;
+    }
+    loop {
+        let event = tokio::select! {
+            event = events.recv() => event,
+            () = context.closing.cancelled() => {
+                let last = WireEvent { event: "daemon_stopping".into(), iteration: None, actor: None, step: None, detail: "the daemon is stopping".into(), at_ms: now_ms() };
+                let _ = send(frames, id, Outcome::Ok(Reply::Event(last))).await;
+                return;
+            }
+            // A client that hangs up ends the stream.
+            next = frames.next() => match next {
+                None | Some(Err(_)) => return,
+                Some(Ok(_)) => continue,
+            },
+        };
+        let event = match event {
+            Ok(event) => wire_event(&event),
+            Err(broadcast::error::RecvError::Lagged(missed)) => WireEvent {
+                event: "lagged".into(),
+                iteration: None,
+                actor: None,
+                step: None,
+                detail: format!("{missed} events were dropped because this client read too slowly"),
+                at_ms: now_ms(),
+            },
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        if send(frames, id, Outcome::Ok(Reply::Event(event)))
+            .await
+            .is_err()
+        {
+            return;
+        }
+    }
+}
+
+fn wire_event(event: &Event) -> WireEvent {
+    let mut wire = WireEvent {
+        event: String::new(),
+        iteration: None,
+        actor: None,
+        step: None,
+        detail: String::new(),
+        at_ms: now_ms(),
+    };
+    match event {
+        Event::IterationStarted { iteration } => {
+            wire.event = "iteration_started".into();
+            wire.iteration = Some(*iteration);
+        }
+        Event::Step {
+            iteration,
+            step,
+            detail,
+        } => {
+            wire.event = "step".into();
+            wire.iteration = Some(*iteration);
+            wire.step = Some((*step).to_string());
+            wire.detail = detail.clone();
+        }
+        Event::IterationCommitted(record) => {
+            wire.event = "iteration_committed".into();
+            wire.iteration = Some(record.number);
+            wire.detail = record.summary.clone();
+        }
+        Event::IterationAbandoned { iteration, reason } => {
+            wire.event = "iteration_abandoned".into();
+            wire.iteration = Some(*iteration);
+            wire.detail = reason.clone();
+        }
+        Event::PermitWaiting { reason } => {
+            wire.event = "permit_waiting".into();
+            wire.detail = reason.clone();
+        }
+        Event::RunFinished { reason } => {
+            wire.event = "run_finished".into();
+            wire.detail = reason.clone();
+        }
+        Event::ActorFailed { actor, error } => {
+            wire.event = "actor_failed".into();
+            wire.actor = Some(actor.name().into());
+            wire.detail = error.clone();
+        }
+        Event::ActorRestarted { actor, restarts } => {
+            wire.event = "actor_restarted".into();
+            wire.actor = Some(actor.name().into());
+            wire.detail = format!("restart {restarts}");
+        }
+        Event::Escalated { reason } => {
+            wire.event = "escalated".into();
+            wire.detail = reason.clone();
+        }
+        Event::ApprovalRequested {
+            id,
+            iteration,
+            summary,
+        } => {
+            wire.event = "approval_requested".into();
+            wire.iteration = Some(*iteration);
+            wire.detail = format!("{id}: {summary}");
+        }
+        Event::GoalChanged { goal } => {
+            wire.event = "goal_changed".into();
+            wire.detail = goal.clone();
+        }
     }
     wire
 }
 
-async fn dispatch(command: Command, context: &ServerContext) -> Outcome {
-    let result = match command {
+fn done(message: impl Into<String>) -> Reply {
+    Reply::Done {
+        message: message.into(),
+    }
+}
+
+async fn dispatch(command: Command, context: &ServerContext) -> Result<Reply, WireError> {
+    match command {
         Command::Status => status(context).await.map(Reply::Status),
+        Command::Tree => tree(context).await.map(Reply::Tree),
+        Command::Send {
+            actor,
+            message,
+            args,
+        } => {
+            let kind = catalog::actor(&actor)?;
+            let reply = catalog::send(kind, &message, &args).await?;
+            Ok(Reply::Sent {
+                actor: kind.name().into(),
+                message,
+                reply,
+            })
+        }
+        Command::Messages { actor } => {
+            let kind = catalog::actor(&actor)?;
+            Ok(Reply::Messages {
+                actor: kind.name().into(),
+                messages: catalog::messages_of(kind),
+            })
+        }
         Command::Pause => set_paused(true).await,
         Command::Resume => set_paused(false).await,
         Command::Stop { now } => {
@@ -181,34 +376,114 @@ async fn dispatch(command: Command, context: &ServerContext) -> Outcome {
                 StopRequest::Graceful
             };
             context.stop.send_replace(Some(request));
-            Ok(Reply::Done {
-                message: if now {
-                    "stopping now: the in-flight iteration is abandoned".into()
-                } else {
-                    "stopping: the in-flight iteration finishes first".into()
-                },
+            Ok(done(if now {
+                "stopping now: the in-flight iteration is abandoned"
+            } else {
+                "stopping: the in-flight iteration finishes first"
+            }))
+        }
+        Command::Goal { text } => {
+            catalog::set_goal(text.clone()).await?;
+            Ok(done(format!(
+                "goal set to \"{}\"; the next iteration pursues it",
+                text.trim()
+            )))
+        }
+        Command::Approvals => {
+            let approvals = messages::call(ActorKind::Governor, QUICK, GovernorMsg::Approvals)
+                .await
+                .map_err(peer_error)?;
+            Ok(Reply::Approvals {
+                approvals: approvals
+                    .into_iter()
+                    .map(|a| ApprovalInfo {
+                        id: a.id,
+                        iteration: a.iteration,
+                        state: a.state,
+                        summary: a.summary,
+                        files: a.files,
+                        fitness_before: a.fitness_before,
+                        fitness_after: a.fitness_after,
+                        reason: a.reason,
+                    })
+                    .collect(),
+            })
+        }
+        Command::Approve { id } => decide(id, true, None).await,
+        Command::Reject { id, reason } => decide(id, false, reason).await,
+        Command::Checkpoint => {
+            // Everything the daemon holds durably (iterations, ledger, goal,
+            // approvals, jobs) is written as it happens; the flush makes the
+            // last of it reach the disk before this reply.
+            context
+                .store
+                .flush()
+                .await
+                .map_err(|e| WireError::new(ErrorKind::Internal, format!("flush failed: {e}")))?;
+            let iterations = context
+                .store
+                .last_iteration()
+                .map_err(|e| WireError::new(ErrorKind::Internal, e.to_string()))?
+                .map_or(0, |r| r.number);
+            Ok(Reply::Checkpoint {
+                iterations,
+                message: format!(
+                    "checkpoint written: {iterations} iteration(s) committed, store flushed"
+                ),
             })
         }
         Command::Fault { actor, fault } => inject_fault(&actor, &fault, context),
-    };
-    match result {
-        Ok(reply) => Outcome::Ok(reply),
-        Err(error) => Outcome::Error(error),
+        Command::Watch => Err(WireError::new(
+            ErrorKind::Internal,
+            "watch is served as a stream",
+        )),
+        Command::History { last } => {
+            let records = context
+                .store
+                .iterations(last.unwrap_or(20))
+                .map_err(|e| WireError::new(ErrorKind::Internal, e.to_string()))?;
+            Ok(Reply::History {
+                iterations: records.iter().map(history_entry).collect(),
+            })
+        }
     }
+}
+
+pub fn history_entry(r: &IterationRecord) -> HistoryEntry {
+    HistoryEntry {
+        iteration: r.number,
+        capability: r.capability.clone(),
+        outcome: r.outcome.clone(),
+        fitness_before: r.fitness_before,
+        fitness_after: r.fitness_after,
+        input_tokens: r.input_tokens,
+        output_tokens: r.output_tokens,
+        cost_usd: r.cost_usd,
+        duration_ms: r.duration_ms,
+        commit: r.commit.clone(),
+        summary: r.summary.clone(),
+    }
+}
+
+async fn children(context: &ServerContext) -> Result<Vec<supervisor::ChildStatus>, WireError> {
+    let _ = context;
+    let supervisor =
+        ractor::ActorRef::<SupervisorMsg>::where_is(supervisor::NAME).ok_or_else(|| {
+            WireError::new(ErrorKind::ActorRestarting, "the supervisor is not running")
+        })?;
+    supervisor
+        .call(SupervisorMsg::Children, Some(QUICK))
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .ok_or_else(|| WireError::new(ErrorKind::Timeout, "the supervisor did not answer"))
 }
 
 async fn status(context: &ServerContext) -> Result<StatusReply, WireError> {
     let planner = messages::call(ActorKind::Planner, QUICK, PlannerMsg::Status)
         .await
         .map_err(peer_error)?;
-    let supervisor = ractor::ActorRef::<SupervisorMsg>::where_is(supervisor::NAME)
-        .ok_or_else(|| WireError::new(ErrorKind::Unavailable, "the supervisor is not running"))?;
-    let children = supervisor
-        .call(SupervisorMsg::Children, Some(QUICK))
-        .await
-        .ok()
-        .and_then(|r| r.success_or(()).ok())
-        .ok_or_else(|| WireError::new(ErrorKind::Unavailable, "the supervisor did not answer"))?;
+    let children = children(context).await?;
     Ok(StatusReply {
         goal: planner.goal,
         run_state: planner.run_state.as_str().to_string(),
@@ -223,6 +498,31 @@ async fn status(context: &ServerContext) -> Result<StatusReply, WireError> {
                 name: child.kind.name().to_string(),
                 status: child.status.to_string(),
                 restarts: child.restarts,
+                last_error: child.last_error,
+            })
+            .collect(),
+    })
+}
+
+async fn tree(context: &ServerContext) -> Result<TreeReply, WireError> {
+    let children = children(context).await?;
+    let spec = &context.tree;
+    Ok(TreeReply {
+        strategy: format!("{:?}", spec.strategy),
+        max_restarts: spec.intensity.max_restarts,
+        within: humantime::format_duration(spec.intensity.within).to_string(),
+        children: children
+            .into_iter()
+            .map(|child| TreeChild {
+                name: child.kind.name().to_string(),
+                restart: spec
+                    .children
+                    .iter()
+                    .find(|c| c.kind == child.kind)
+                    .map_or("?".into(), |c| format!("{:?}", c.restart).to_lowercase()),
+                status: child.status.to_string(),
+                restarts: child.restarts,
+                uptime_ms: child.uptime.map(|u| u.as_millis() as u64),
                 last_error: child.last_error,
             })
             .collect(),
@@ -244,13 +544,27 @@ async fn set_paused(paused: bool) -> Result<Reply, WireError> {
                 .map_err(|_| PeerError::Gone(ActorKind::Planner))
         })
         .map_err(peer_error)?;
-    Ok(Reply::Done {
-        message: if paused {
-            "paused: no new iteration starts until `agent ctl resume`".into()
-        } else {
-            "resumed".into()
-        },
+    Ok(done(if paused {
+        "paused: no new iteration starts until `agent ctl resume`"
+    } else {
+        "resumed"
+    }))
+}
+
+async fn decide(id: String, approve: bool, reason: Option<String>) -> Result<Reply, WireError> {
+    let approval = messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::Decide {
+        id,
+        approve,
+        reason,
+        reply,
     })
+    .await
+    .map_err(peer_error)?
+    .map_err(|e| WireError::new(ErrorKind::Refused, e))?;
+    Ok(done(format!(
+        "{} {} (iteration {})",
+        approval.state, approval.id, approval.iteration
+    )))
 }
 
 fn inject_fault(actor: &str, fault: &str, context: &ServerContext) -> Result<Reply, WireError> {
@@ -260,23 +574,13 @@ fn inject_fault(actor: &str, fault: &str, context: &ServerContext) -> Result<Rep
             "fault injection is allowed only in debug mode (--mode debug) or with [debug] fault_injection = true",
         ));
     }
-    let kind: ActorKind = actor.parse().map_err(|_| {
-        WireError::new(
-            ErrorKind::UnknownActor,
-            format!(
-                "unknown actor \"{actor}\"; expected one of: {}",
-                ActorKind::ALL.map(|k| k.name()).join(", ")
-            ),
-        )
-    })?;
+    let kind = catalog::actor(actor)?;
     let fault: FaultKind = fault.parse().map_err(|_| {
         WireError::new(
-            ErrorKind::BadRequest,
-            format!("unknown fault \"{fault}\"; expected panic or error"),
+            ErrorKind::BadArguments,
+            format!("unknown fault \"{fault}\"; expected panic, error or hang"),
         )
     })?;
     messages::send_common(kind, Common::Fault(fault)).map_err(peer_error)?;
-    Ok(Reply::Done {
-        message: format!("injected {fault:?} into {kind}").to_lowercase(),
-    })
+    Ok(done(format!("injected {} into {kind}", fault.name())))
 }

@@ -14,6 +14,7 @@ use rmcp::model::{CallToolResult, ContentBlock, Implementation, ServerCapabiliti
 use rmcp::{ErrorData, ServerHandler, ServiceExt, tool, tool_handler, tool_router};
 use serde::Serialize;
 use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
 
 use super::jobs::{Defaults, JobTable};
 use super::tools::{
@@ -108,16 +109,27 @@ impl ClaudeServer {
     async fn claude_run(
         &self,
         Parameters(params): Parameters<RunParams>,
+        cancelled: CancellationToken,
     ) -> Result<CallToolResult, ErrorData> {
-        match self.jobs.start(params, None).await {
-            Err(refusal) => Ok(refused(refusal)),
-            Ok((_, handle)) => match handle.await {
-                Ok(output) => run_result(&output),
-                Err(error) => Err(ErrorData::internal_error(
-                    format!("job task failed: {error}"),
-                    None,
-                )),
-            },
+        let (job_id, mut handle) = match self.jobs.start(params, None).await {
+            Err(refusal) => return Ok(refused(refusal)),
+            Ok(started) => started,
+        };
+        // A client that gives up on the call (timeout, cancel) takes the job
+        // down with it rather than leaving it running unobserved.
+        let joined = tokio::select! {
+            joined = &mut handle => joined,
+            () = cancelled.cancelled() => {
+                let _ = self.jobs.kill(&job_id).await;
+                handle.await
+            }
+        };
+        match joined {
+            Ok(output) => run_result(&output),
+            Err(error) => Err(ErrorData::internal_error(
+                format!("job task failed: {error}"),
+                None,
+            )),
         }
     }
 

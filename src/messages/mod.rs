@@ -71,24 +71,40 @@ pub enum FaultKind {
     Panic,
     /// The actor's handler returns an error.
     Error,
+    /// The actor's handler never returns: its mailbox stops being served.
+    Hang,
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        match self {
+            FaultKind::Panic => "panic",
+            FaultKind::Error => "error",
+            FaultKind::Hang => "hang",
+        }
+    }
 }
 
 impl FromStr for FaultKind {
     type Err = ();
     fn from_str(text: &str) -> Result<Self, ()> {
-        match text {
-            "panic" => Ok(FaultKind::Panic),
-            "error" => Ok(FaultKind::Error),
-            _ => Err(()),
-        }
+        [FaultKind::Panic, FaultKind::Error, FaultKind::Hang]
+            .into_iter()
+            .find(|f| f.name() == text)
+            .ok_or(())
     }
 }
 
 /// Applies an injected fault inside an actor's handler.
-pub fn inject(actor: ActorKind, fault: FaultKind) -> Result<(), ractor::ActorProcessingErr> {
+pub async fn inject(actor: ActorKind, fault: FaultKind) -> Result<(), ractor::ActorProcessingErr> {
     match fault {
         FaultKind::Panic => panic!("injected panic in {actor}"),
         FaultKind::Error => Err(format!("injected error in {actor}").into()),
+        FaultKind::Hang => {
+            tracing::warn!(%actor, "injected hang: this actor no longer serves its mailbox");
+            std::future::pending::<()>().await;
+            Ok(())
+        }
     }
 }
 
@@ -326,8 +342,39 @@ pub struct PlannerStatus {
 
 // --------------------------------------------------------------- messages --
 
+/// A change waiting for an operator (supervised mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalRequest {
+    pub iteration: u64,
+    pub summary: String,
+    pub files: Vec<String>,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: f64,
+}
+
+/// An operator's decision on a change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApprovalDecision {
+    Approved,
+    Rejected { reason: String },
+}
+
 pub enum GovernorMsg {
     Common(Common),
+    /// Hold a validated change until an operator decides (supervised mode).
+    RequestApproval {
+        request: ApprovalRequest,
+        reply: RpcReplyPort<ApprovalDecision>,
+    },
+    /// Pending approvals first, then recent decisions.
+    Approvals(RpcReplyPort<Vec<crate::store::ApprovalRecord>>),
+    /// Approve or reject a pending change; answers after the decision is durable.
+    Decide {
+        id: String,
+        approve: bool,
+        reason: Option<String>,
+        reply: RpcReplyPort<Result<crate::store::ApprovalRecord, String>>,
+    },
     RequestPermit {
         iteration: u64,
         reply: RpcReplyPort<Permit>,
@@ -344,8 +391,22 @@ pub enum GovernorMsg {
     Status(RpcReplyPort<GovernorStatus>),
 }
 
+/// The learner's statistics and the ranking they give.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnerStats {
+    pub experiences: u64,
+    /// (capability, attempts, accepted, mean reward, fitness gain, tokens)
+    pub capabilities: Vec<(String, u64, u64, f64, f64, u64)>,
+}
+
 pub enum LearnerMsg {
     Common(Common),
+    Stats(RpcReplyPort<LearnerStats>),
+    /// Forget what was learned about a capability (durable with the next commit).
+    Forget {
+        capability: String,
+        reply: RpcReplyPort<bool>,
+    },
     Advise {
         candidates: Vec<String>,
         reply: RpcReplyPort<Advice>,
@@ -358,6 +419,13 @@ pub enum LearnerMsg {
 
 pub enum ResearcherMsg {
     Common(Common),
+    /// (cache hits, misses filled)
+    Status(RpcReplyPort<(u64, u64)>),
+    /// Drop a cached answer so the next request fills it again.
+    Invalidate {
+        topic: String,
+        reply: RpcReplyPort<Result<bool, String>>,
+    },
     Research {
         topic: String,
         reply: RpcReplyPort<Research>,
@@ -371,6 +439,16 @@ pub enum ResearcherMsg {
 
 pub enum ExecutorMsg {
     Common(Common),
+    /// The latest job records, newest last.
+    Jobs {
+        last: usize,
+        reply: RpcReplyPort<Vec<crate::store::JobRecord>>,
+    },
+    /// Kill a running job (its process group, or the job on the MCP server).
+    KillJob {
+        job: u64,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
     Capabilities(RpcReplyPort<Vec<Capability>>),
     /// The remote id of a job for `iteration` that an earlier executor left
     /// running, which `Execute` will re-attach to.
@@ -389,6 +467,17 @@ pub enum ExecutorMsg {
     },
 }
 
+/// The modifier's view, for `send modifier status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModifierStatus {
+    pub head: String,
+    pub head_fitness: Option<f64>,
+    pub accepted: u64,
+    pub rolled_back: u64,
+    /// Files changed in the worktree now.
+    pub changed: Vec<String>,
+}
+
 pub enum ModifierMsg {
     Common(Common),
     /// Reset the worktree to the committed head and measure fitness; with
@@ -401,6 +490,7 @@ pub enum ModifierMsg {
     },
     /// Reload the committed snapshot without touching the worktree.
     Reload(RpcReplyPort<Result<(), String>>),
+    Status(RpcReplyPort<ModifierStatus>),
     /// Validate the worktree's change and commit or roll back.
     Validate {
         iteration: u64,
@@ -423,6 +513,11 @@ pub enum PlannerMsg {
     Status(RpcReplyPort<PlannerStatus>),
     /// An operator paused (`true`) or resumed (`false`) the run.
     Paused(bool),
+    /// Replace the goal; the next iteration pursues it.
+    SetGoal {
+        goal: String,
+        reply: RpcReplyPort<Result<(), String>>,
+    },
     /// Start no new iteration; answer once none is in flight.
     Drain(RpcReplyPort<()>),
     /// Give up the in-flight iteration now (shutdown deadline passed).

@@ -14,8 +14,8 @@ use sled::transaction::ConflictableTransactionError;
 
 pub use codec::CodecError;
 pub use records::{
-    ExperienceRecord, IterationRecord, JobRecord, McpJobRecord, ResearchRecord, RunRecord,
-    SnapshotRecord,
+    ApprovalRecord, ExperienceRecord, IterationRecord, JobRecord, McpJobRecord, ResearchRecord,
+    RunRecord, SnapshotRecord,
 };
 
 const RUN_KEY: &[u8] = b"run";
@@ -63,6 +63,7 @@ pub struct Store {
     jobs: sled::Tree,
     research: sled::Tree,
     mcp_jobs: sled::Tree,
+    approvals: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -93,6 +94,7 @@ impl Store {
             jobs: db.open_tree("jobs")?,
             research: db.open_tree("research")?,
             mcp_jobs: db.open_tree("mcp_jobs")?,
+            approvals: db.open_tree("approvals")?,
             db,
         })
     }
@@ -245,7 +247,35 @@ impl Store {
             .collect()
     }
 
+    // -------------------------------------------------------- approvals --
+
+    /// Writes an approval and flushes: a decision is acknowledged only once
+    /// it is durable.
+    pub async fn put_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError> {
+        self.approvals
+            .insert(approval.id.as_bytes(), codec::encode(approval)?)?;
+        self.flush().await
+    }
+
+    /// Every approval, oldest first (ids sort by iteration and attempt).
+    pub fn approvals(&self) -> Result<Vec<ApprovalRecord>, StoreError> {
+        self.approvals
+            .iter()
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                decode(&bytes, "approval")
+            })
+            .collect()
+    }
+
     // --------------------------------------------------------- research --
+
+    /// Drops a cached research answer; whether there was one.
+    pub async fn remove_research(&self, topic: &str) -> Result<bool, StoreError> {
+        let removed = self.research.remove(topic.as_bytes())?.is_some();
+        self.flush().await?;
+        Ok(removed)
+    }
 
     pub fn research(&self, topic: &str) -> Result<Option<ResearchRecord>, StoreError> {
         self.get(&self.research, topic.as_bytes(), "research entry")

@@ -107,3 +107,19 @@ pub struct McpJobRecord {
     pub output_json: Option<String>,
     pub process_group: Option<i32>,
 }
+
+/// A change held for an operator's decision (supervised mode).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ApprovalRecord {
+    pub id: String,
+    pub iteration: u64,
+    pub summary: String,
+    pub files: Vec<String>,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: f64,
+    /// pending | approved | rejected | expired
+    pub state: String,
+    pub reason: Option<String>,
+    pub requested_at_ms: u64,
+    pub decided_at_ms: Option<u64>,
+}

@@ -26,6 +26,7 @@ fn job(cwd: &Path, prompt: &str, timeout: Duration) -> Job {
         cwd: cwd.to_path_buf(),
         timeout,
         execution: agent::config::Execution::Sync,
+        cancel: Default::default(),
     }
 }
 

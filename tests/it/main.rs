@@ -4,6 +4,7 @@
 
 mod claude_cli;
 mod config_errors;
+mod ctl;
 mod daemon;
 mod harness;
 mod kill9;

@@ -1,0 +1,578 @@
+//! What `agent ctl send <actor> <message>` can deliver: every actor's public
+//! messages, with their arguments, turned from JSON into the actor's typed
+//! message at this edge and the typed reply back into JSON. `send <actor>
+//! --list` prints this catalogue.
+
+use std::time::Duration;
+
+use serde_json::{Map, Value, json};
+
+use super::protocol::{ArgInfo, ErrorKind, MessageInfo, WireError};
+use crate::messages::{
+    self, ActorKind, Common, ExecutorMsg, GovernorMsg, LearnerMsg, ModifierMsg, PeerError,
+    PlannerMsg, ResearcherMsg,
+};
+
+const QUICK: Duration = Duration::from_secs(10);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    Query,
+    Command,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ArgKind {
+    Text,
+    Integer,
+    TextList,
+}
+
+struct Arg {
+    name: &'static str,
+    kind: ArgKind,
+    required: bool,
+}
+
+struct Spec {
+    actor: ActorKind,
+    name: &'static str,
+    kind: Kind,
+    args: &'static [Arg],
+    description: &'static str,
+}
+
+const fn arg(name: &'static str, kind: ArgKind, required: bool) -> Arg {
+    Arg {
+        name,
+        kind,
+        required,
+    }
+}
+
+const CATALOG: &[Spec] = &[
+    Spec {
+        actor: ActorKind::Governor,
+        name: "status",
+        kind: Kind::Query,
+        args: &[],
+        description: "pause flag, tokens spent in the last 24h against the budget, cost so far, permits granted",
+    },
+    Spec {
+        actor: ActorKind::Governor,
+        name: "pause",
+        kind: Kind::Command,
+        args: &[],
+        description: "deny permits until resumed (the in-flight iteration finishes)",
+    },
+    Spec {
+        actor: ActorKind::Governor,
+        name: "resume",
+        kind: Kind::Command,
+        args: &[],
+        description: "grant permits again",
+    },
+    Spec {
+        actor: ActorKind::Learner,
+        name: "stats",
+        kind: Kind::Query,
+        args: &[],
+        description: "per-capability attempts, acceptances, mean reward, fitness gain and tokens",
+    },
+    Spec {
+        actor: ActorKind::Learner,
+        name: "advise",
+        kind: Kind::Query,
+        args: &[arg("candidates", ArgKind::TextList, true)],
+        description: "rank capabilities as the next plan would",
+    },
+    Spec {
+        actor: ActorKind::Learner,
+        name: "forget",
+        kind: Kind::Command,
+        args: &[arg("capability", ArgKind::Text, true)],
+        description: "drop what was learned about a capability (durable with the next commit)",
+    },
+    Spec {
+        actor: ActorKind::Researcher,
+        name: "status",
+        kind: Kind::Query,
+        args: &[],
+        description: "cache hits and misses filled",
+    },
+    Spec {
+        actor: ActorKind::Researcher,
+        name: "research",
+        kind: Kind::Query,
+        args: &[arg("topic", ArgKind::Text, true)],
+        description: "notes on a topic, from the cache or filled now",
+    },
+    Spec {
+        actor: ActorKind::Researcher,
+        name: "invalidate",
+        kind: Kind::Command,
+        args: &[arg("topic", ArgKind::Text, true)],
+        description: "drop a cached answer so the next request fills it again",
+    },
+    Spec {
+        actor: ActorKind::Executor,
+        name: "capabilities",
+        kind: Kind::Query,
+        args: &[],
+        description: "what the cognition backend can do",
+    },
+    Spec {
+        actor: ActorKind::Executor,
+        name: "jobs",
+        kind: Kind::Query,
+        args: &[arg("last", ArgKind::Integer, false)],
+        description: "the latest cognition jobs (default 10)",
+    },
+    Spec {
+        actor: ActorKind::Executor,
+        name: "kill-job",
+        kind: Kind::Command,
+        args: &[arg("job", ArgKind::Integer, true)],
+        description: "kill a running job's process group (or its job on the MCP server)",
+    },
+    Spec {
+        actor: ActorKind::Modifier,
+        name: "status",
+        kind: Kind::Query,
+        args: &[],
+        description: "committed head, its fitness, changes accepted and rolled back, files changed now",
+    },
+    Spec {
+        actor: ActorKind::Modifier,
+        name: "rollback",
+        kind: Kind::Command,
+        args: &[],
+        description: "put the worktree back at the committed head (pause first)",
+    },
+    Spec {
+        actor: ActorKind::Planner,
+        name: "status",
+        kind: Kind::Query,
+        args: &[],
+        description: "goal, run state, committed iterations, the iteration in flight",
+    },
+    Spec {
+        actor: ActorKind::Planner,
+        name: "tick",
+        kind: Kind::Command,
+        args: &[],
+        description: "start the next iteration now if one is allowed",
+    },
+    Spec {
+        actor: ActorKind::Planner,
+        name: "goal",
+        kind: Kind::Command,
+        args: &[arg("text", ArgKind::Text, true)],
+        description: "replace the goal from the next iteration on",
+    },
+];
+
+/// The catalogue of one actor.
+pub fn messages_of(actor: ActorKind) -> Vec<MessageInfo> {
+    CATALOG
+        .iter()
+        .filter(|spec| spec.actor == actor)
+        .map(|spec| MessageInfo {
+            name: spec.name.to_string(),
+            kind: match spec.kind {
+                Kind::Query => "query",
+                Kind::Command => "command",
+            }
+            .to_string(),
+            args: spec
+                .args
+                .iter()
+                .map(|a| ArgInfo {
+                    name: a.name.to_string(),
+                    kind: match a.kind {
+                        ArgKind::Text => "string",
+                        ArgKind::Integer => "integer",
+                        ArgKind::TextList => "string list",
+                    }
+                    .to_string(),
+                    required: a.required,
+                })
+                .collect(),
+            description: spec.description.to_string(),
+        })
+        .collect()
+}
+
+/// Parses an actor name into a typed error the client can show.
+pub fn actor(name: &str) -> Result<ActorKind, WireError> {
+    name.parse().map_err(|_| {
+        WireError::new(
+            ErrorKind::UnknownActor,
+            format!(
+                "unknown actor \"{name}\"; expected one of: {}",
+                ActorKind::ALL.map(|k| k.name()).join(", ")
+            ),
+        )
+    })
+}
+
+/// A peer failure as a wire error (restarting actors get a retry hint).
+pub fn peer_error(error: PeerError) -> WireError {
+    match error {
+        PeerError::NotRunning(_) | PeerError::Gone(_) => WireError {
+            kind: ErrorKind::ActorRestarting,
+            message: format!("{error}; retry shortly"),
+            retry_after_ms: Some(500),
+        },
+        PeerError::Timeout(..) => WireError::new(ErrorKind::Timeout, error.to_string()),
+    }
+}
+
+/// The validated arguments of one message.
+struct Args<'a> {
+    spec: &'a Spec,
+    values: &'a Map<String, Value>,
+}
+
+impl Args<'_> {
+    fn bad(&self, problem: String) -> WireError {
+        let takes = if self.spec.args.is_empty() {
+            "no arguments".to_string()
+        } else {
+            self.spec
+                .args
+                .iter()
+                .map(|a| a.name)
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        WireError::new(
+            ErrorKind::BadArguments,
+            format!(
+                "{} {}: {problem} (it takes: {takes})",
+                self.spec.actor, self.spec.name
+            ),
+        )
+    }
+
+    fn check(&self) -> Result<(), WireError> {
+        for name in self.values.keys() {
+            if !self.spec.args.iter().any(|a| a.name == name) {
+                return Err(self.bad(format!("unknown argument `{name}`")));
+            }
+        }
+        for arg in self.spec.args {
+            match self.values.get(arg.name) {
+                None if arg.required => {
+                    return Err(self.bad(format!("missing argument `{}`", arg.name)));
+                }
+                None => {}
+                Some(value) => {
+                    let fits = match arg.kind {
+                        ArgKind::Text => value.is_string(),
+                        ArgKind::Integer => {
+                            value.as_u64().is_some()
+                                || value.as_str().is_some_and(|s| s.parse::<u64>().is_ok())
+                        }
+                        ArgKind::TextList => {
+                            value
+                                .as_array()
+                                .is_some_and(|a| a.iter().all(Value::is_string))
+                                || value.is_string()
+                        }
+                    };
+                    if !fits {
+                        let expected = match arg.kind {
+                            ArgKind::Text => "a string",
+                            ArgKind::Integer => "a whole number",
+                            ArgKind::TextList => {
+                                "a list of strings (or one comma-separated string)"
+                            }
+                        };
+                        return Err(
+                            self.bad(format!("`{}` must be {expected}, got {value}", arg.name))
+                        );
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    fn text(&self, name: &str) -> String {
+        self.values
+            .get(name)
+            .and_then(Value::as_str)
+            .unwrap_or_default()
+            .to_string()
+    }
+
+    fn integer(&self, name: &str) -> Option<u64> {
+        let value = self.values.get(name)?;
+        value.as_u64().or_else(|| value.as_str()?.parse().ok())
+    }
+
+    fn list(&self, name: &str) -> Vec<String> {
+        match self.values.get(name) {
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(String::from))
+                .collect(),
+            Some(Value::String(text)) => text
+                .split(',')
+                .map(|s| s.trim().to_string())
+                .filter(|s| !s.is_empty())
+                .collect(),
+            _ => Vec::new(),
+        }
+    }
+}
+
+/// Delivers a message and returns its reply as JSON.
+pub async fn send(
+    actor: ActorKind,
+    message: &str,
+    values: &Map<String, Value>,
+) -> Result<Value, WireError> {
+    let Some(spec) = CATALOG
+        .iter()
+        .find(|s| s.actor == actor && s.name == message)
+    else {
+        let known: Vec<&str> = CATALOG
+            .iter()
+            .filter(|s| s.actor == actor)
+            .map(|s| s.name)
+            .collect();
+        return Err(WireError::new(
+            ErrorKind::UnknownMessage,
+            format!(
+                "{actor} has no message \"{message}\"; it takes: {} (see `agent ctl send {actor} --list`)",
+                known.join(", ")
+            ),
+        ));
+    };
+    let args = Args { spec, values };
+    args.check()?;
+    let refused = |message: String| WireError::new(ErrorKind::Refused, message);
+    let value = match (actor, message) {
+        (ActorKind::Governor, "status") => {
+            let s = messages::call(actor, QUICK, GovernorMsg::Status)
+                .await
+                .map_err(peer_error)?;
+            json!({"paused": s.paused, "tokens_last_day": s.tokens_last_day, "tokens_per_day": s.tokens_per_day,
+                   "cost_usd_total": s.cost_usd_total, "permits_granted": s.permits_granted})
+        }
+        (ActorKind::Governor, "pause" | "resume") => {
+            let paused = message == "pause";
+            messages::call(actor, QUICK, |reply| GovernorMsg::SetPaused {
+                paused,
+                reply,
+            })
+            .await
+            .map_err(peer_error)?
+            .map_err(refused)?;
+            json!({"paused": paused})
+        }
+        (ActorKind::Learner, "stats") => {
+            let stats = messages::call(actor, QUICK, LearnerMsg::Stats)
+                .await
+                .map_err(peer_error)?;
+            let capabilities: Vec<Value> = stats
+                .capabilities
+                .iter()
+                .map(|(id, attempts, accepted, mean, gain, tokens)| {
+                    json!({"capability": id, "attempts": attempts, "accepted": accepted, "mean_reward": mean, "fitness_gain": gain, "tokens": tokens})
+                })
+                .collect();
+            json!({"experiences": stats.experiences, "capabilities": capabilities})
+        }
+        (ActorKind::Learner, "advise") => {
+            let candidates = args.list("candidates");
+            let advice = messages::call(actor, QUICK, |reply| LearnerMsg::Advise {
+                candidates,
+                reply,
+            })
+            .await
+            .map_err(peer_error)?;
+            let ranked: Vec<Value> = advice
+                .ranked
+                .iter()
+                .map(|r| json!({"capability": r.id, "score": if r.score.is_finite() { json!(r.score) } else { json!("untried") }, "attempts": r.attempts, "mean_reward": r.mean_reward}))
+                .collect();
+            json!({"ranked": ranked})
+        }
+        (ActorKind::Learner, "forget") => {
+            let capability = args.text("capability");
+            let known = messages::call(actor, QUICK, |reply| LearnerMsg::Forget {
+                capability: capability.clone(),
+                reply,
+            })
+            .await
+            .map_err(peer_error)?;
+            if !known {
+                return Err(refused(format!(
+                    "the learner knows nothing about \"{capability}\""
+                )));
+            }
+            json!({"forgotten": capability})
+        }
+        (ActorKind::Researcher, "status") => {
+            let (hits, misses) = messages::call(actor, QUICK, ResearcherMsg::Status)
+                .await
+                .map_err(peer_error)?;
+            json!({"hits": hits, "misses": misses})
+        }
+        (ActorKind::Researcher, "research") => {
+            let topic = args.text("topic");
+            let research = messages::call(actor, Duration::from_secs(600), |reply| {
+                ResearcherMsg::Research { topic, reply }
+            })
+            .await
+            .map_err(peer_error)?;
+            json!({"topic": research.topic, "from_cache": research.from_cache, "notes": research.notes,
+                   "input_tokens": research.usage.input_tokens, "output_tokens": research.usage.output_tokens})
+        }
+        (ActorKind::Researcher, "invalidate") => {
+            let topic = args.text("topic");
+            let removed = messages::call(actor, QUICK, |reply| ResearcherMsg::Invalidate {
+                topic: topic.clone(),
+                reply,
+            })
+            .await
+            .map_err(peer_error)?
+            .map_err(|e| WireError::new(ErrorKind::Internal, e))?;
+            json!({"topic": topic, "removed": removed})
+        }
+        (ActorKind::Executor, "capabilities") => {
+            let capabilities = messages::call(actor, QUICK, ExecutorMsg::Capabilities)
+                .await
+                .map_err(peer_error)?;
+            let list: Vec<Value> = capabilities
+                .iter()
+                .map(|c| json!({"id": c.id, "description": c.description}))
+                .collect();
+            json!({"capabilities": list})
+        }
+        (ActorKind::Executor, "jobs") => {
+            let last = args.integer("last").unwrap_or(10) as usize;
+            let jobs = messages::call(actor, QUICK, |reply| ExecutorMsg::Jobs { last, reply })
+                .await
+                .map_err(peer_error)?;
+            let list: Vec<Value> = jobs
+                .iter()
+                .map(|j| json!({"job": j.id, "iteration": j.iteration, "backend": j.backend, "capability": j.capability,
+                                "status": j.status, "remote_id": j.remote_id, "error": j.error}))
+                .collect();
+            json!({"jobs": list})
+        }
+        (ActorKind::Executor, "kill-job") => {
+            let job = args.integer("job").unwrap_or_default();
+            messages::call(actor, QUICK, |reply| ExecutorMsg::KillJob { job, reply })
+                .await
+                .map_err(peer_error)?
+                .map_err(refused)?;
+            json!({"killed": job})
+        }
+        (ActorKind::Modifier, "status") => {
+            let s = messages::call(actor, QUICK, ModifierMsg::Status)
+                .await
+                .map_err(peer_error)?;
+            json!({"head": s.head, "head_fitness": s.head_fitness, "accepted": s.accepted, "rolled_back": s.rolled_back, "changed_files": s.changed})
+        }
+        (ActorKind::Modifier, "rollback") => {
+            messages::call_common(actor, Duration::from_secs(60), Common::Revert)
+                .await
+                .map_err(peer_error)?
+                .map_err(|e| WireError::new(ErrorKind::Internal, e))?;
+            json!({"rolled_back": true})
+        }
+        (ActorKind::Planner, "status") => {
+            let s = messages::call(actor, QUICK, PlannerMsg::Status)
+                .await
+                .map_err(peer_error)?;
+            json!({"goal": s.goal, "run_state": s.run_state.as_str(), "iteration": s.iteration, "in_flight": s.in_flight, "fitness": s.last_fitness})
+        }
+        (ActorKind::Planner, "tick") => {
+            messages::lookup::<PlannerMsg>(actor)
+                .and_then(|p| p.cast(PlannerMsg::Tick).map_err(|_| PeerError::Gone(actor)))
+                .map_err(peer_error)?;
+            json!({"ticked": true})
+        }
+        (ActorKind::Planner, "goal") => {
+            let goal = args.text("text");
+            set_goal(goal.clone()).await?;
+            json!({"goal": goal})
+        }
+        _ => {
+            return Err(WireError::new(
+                ErrorKind::Internal,
+                format!("{actor} {message} is listed but not wired"),
+            ));
+        }
+    };
+    Ok(value)
+}
+
+/// Replaces the goal through the planner (shared by `goal` and `send planner goal`).
+pub async fn set_goal(goal: String) -> Result<(), WireError> {
+    messages::call(ActorKind::Planner, QUICK, |reply| PlannerMsg::SetGoal {
+        goal,
+        reply,
+    })
+    .await
+    .map_err(peer_error)?
+    .map_err(|e| WireError::new(ErrorKind::BadArguments, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_actor_has_a_query_and_a_command() {
+        for actor in ActorKind::ALL {
+            let messages = messages_of(actor);
+            assert!(
+                messages.iter().any(|m| m.kind == "query"),
+                "{actor} has a query"
+            );
+            assert!(
+                messages.iter().any(|m| m.kind == "command"),
+                "{actor} has a command"
+            );
+        }
+    }
+
+    #[tokio::test]
+    async fn unknown_messages_and_bad_arguments_are_typed_errors() {
+        let unknown = send(ActorKind::Learner, "dance", &Map::new())
+            .await
+            .unwrap_err();
+        assert_eq!(unknown.kind, ErrorKind::UnknownMessage);
+        assert!(
+            unknown.message.contains("stats, advise, forget"),
+            "{}",
+            unknown.message
+        );
+        let missing = send(ActorKind::Researcher, "research", &Map::new())
+            .await
+            .unwrap_err();
+        assert_eq!(missing.kind, ErrorKind::BadArguments);
+        assert!(
+            missing.message.contains("missing argument `topic`"),
+            "{}",
+            missing.message
+        );
+        let mut wrong = Map::new();
+        wrong.insert("job".into(), json!("seven"));
+        let wrong = send(ActorKind::Executor, "kill-job", &wrong)
+            .await
+            .unwrap_err();
+        assert_eq!(wrong.kind, ErrorKind::BadArguments);
+        assert!(
+            wrong.message.contains("`job` must be a whole number"),
+            "{}",
+            wrong.message
+        );
+    }
+}
