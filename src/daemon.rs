@@ -24,6 +24,7 @@ use crate::events::{Event, EventBus};
 use crate::messages::{self, ActorKind, PlannerMsg};
 use crate::store::{RunRecord, Store, StoreError, now_ms};
 use crate::supervisor::{self, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::telemetry::{self, http::Readiness};
 use crate::workspace::Workspace;
 
 /// Exit statuses of `agent` (documented in the README).
@@ -126,6 +127,27 @@ pub async fn run(
     let mut listener = events.subscribe();
     let printer = tokio::spawn(print_iterations(events.subscribe()));
     let backend_name = selection.backend.name().to_string();
+
+    // Metrics follow the events; the HTTP listener serves them with health.
+    let metrics = telemetry::metrics::install();
+    telemetry::metrics::committed(committed);
+    let recorder = tokio::spawn(record_metrics(events.subscribe(), backend_name.clone()));
+    let readiness = Readiness::default();
+    let http = match config.http_listen {
+        Some(address) => {
+            let listener = telemetry::http::start(address, metrics.clone(), readiness.clone())
+                .await
+                .map_err(|e| RunError::Failed(format!("cannot listen for HTTP on {address}: {e}")))?;
+            tracing::info!(address = %listener.address, "serving /metrics, /healthz and /readyz");
+            Some(listener)
+        }
+        None => None,
+    };
+    let alerts = tokio::spawn(telemetry::alerts::run(
+        config.alerts.clone(),
+        events.clone(),
+        config.service_name.clone(),
+    ));
     let backend = selection.backend.clone();
     let shared = Arc::new(Shared {
         prompt_template: load_prompt_template(),
@@ -164,6 +186,7 @@ pub async fn run(
         RunError::Failed(format!("cannot listen on {}: {e}", socket_path.display()))
     })?;
     tracing::info!(socket = %socket_path.display(), "control socket ready");
+    readiness.ready();
 
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| RunError::Failed(e.to_string()))?;
@@ -181,7 +204,10 @@ pub async fn run(
             }
             event = listener.recv() => match event {
                 Ok(Event::RunFinished { reason }) => break (Ending::Finished(reason), StopRequest::Graceful),
-                Ok(Event::Escalated { reason }) => break (Ending::Escalated(reason), StopRequest::Now),
+                Ok(Event::Escalated { reason }) => {
+                    readiness.escalating();
+                    break (Ending::Escalated(reason), StopRequest::Now);
+                }
                 _ => {}
             },
             _ = &mut supervisor_done => {
@@ -199,8 +225,16 @@ pub async fn run(
     }
     // Escalation stops the tree itself; either way wait for it to be down.
     let _ = tokio::time::timeout(Duration::from_secs(60), supervisor_done).await;
+    if !matches!(ending, Ending::Escalated(_)) {
+        readiness.stopping();
+    }
     socket.close().await;
     backend.shutdown().await;
+    alerts.abort();
+    recorder.abort();
+    if let Some(http) = http {
+        http.stop();
+    }
 
     // The final checkpoint.
     let mut run = store.run()?.unwrap_or_else(|| new_run(&config.goal));
@@ -328,6 +362,17 @@ async fn drain(config: &Config, stop: StopRequest) {
             PlannerMsg::Abandon,
         )
         .await;
+    }
+}
+
+/// Keeps the metrics in step with the run's events.
+async fn record_metrics(mut events: tokio::sync::broadcast::Receiver<Event>, backend: String) {
+    loop {
+        match events.recv().await {
+            Ok(event) => telemetry::metrics::record_event(&event, &backend),
+            Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => {}
+            Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
+        }
     }
 }
 

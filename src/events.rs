@@ -26,6 +26,11 @@ pub enum Event {
     GoalChanged {
         goal: String,
     },
+    /// An alert rule fired (see `[alerts]`).
+    Alert {
+        rule: &'static str,
+        message: String,
+    },
     IterationCommitted(IterationRecord),
     IterationAbandoned {
         iteration: u64,

@@ -16,4 +16,5 @@ pub mod messages;
 pub mod process;
 pub mod store;
 pub mod supervisor;
+pub mod telemetry;
 pub mod workspace;

@@ -198,6 +198,7 @@ async fn execute(
         cancel,
     };
     let (hook, place) = StartHook::new();
+    crate::telemetry::metrics::job_in_flight(1.0);
     let run = ctx.backend.run(job, hook);
     let note_place = async {
         let (place, ack) = place.await.ok()?;
@@ -213,6 +214,7 @@ async fn execute(
         Some(running)
     };
     let (outcome, running) = tokio::join!(run, note_place);
+    crate::telemetry::metrics::job_in_flight(-1.0);
     if let Some(running) = running {
         record = running;
     }

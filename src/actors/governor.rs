@@ -168,6 +168,8 @@ impl Actor for Governor {
             }
             GovernorMsg::RecordUsage { usage, reply } => {
                 record_usage(&mut state.snapshot, usage, now_ms());
+                let spent = state.snapshot.tokens_since(now_ms().saturating_sub(DAY_MS));
+                crate::telemetry::metrics::budget_remaining(state.ctx.config.tokens_per_day.saturating_sub(spent));
                 if let Err(error) = state.persist().await {
                     tracing::error!(%error, "cannot persist the token ledger");
                 }
@@ -205,6 +207,7 @@ impl Actor for Governor {
                     summary: approval.summary.clone(),
                 });
                 state.waiting.insert(approval.id.clone(), (approval, reply));
+                crate::telemetry::metrics::approvals_pending(state.waiting.len());
             }
             GovernorMsg::Approvals(reply) => {
                 let mut all = state.ctx.store.approvals()?;
@@ -248,6 +251,7 @@ impl Actor for Governor {
                     }
                 };
                 let _ = waiting.send(decision);
+                crate::telemetry::metrics::approvals_pending(state.waiting.len());
                 let _ = reply.send(Ok(approval));
             }
             GovernorMsg::Status(reply) => {

@@ -56,6 +56,12 @@ struct RawConfig {
     #[serde(default)]
     ctl: RawCtl,
     #[serde(default)]
+    telemetry: RawTelemetry,
+    #[serde(default)]
+    http: RawHttp,
+    #[serde(default)]
+    alerts: RawAlerts,
+    #[serde(default)]
     debug: RawDebug,
 }
 
@@ -125,6 +131,58 @@ struct RawCtl {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawTelemetry {
+    otlp_endpoint: Option<String>,
+    otlp_protocol: Option<OtlpProtocol>,
+    service_name: Option<String>,
+}
+
+/// How traces reach the collector.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum OtlpProtocol {
+    /// OTLP over gRPC (port 4317 by convention).
+    Grpc,
+    /// OTLP over HTTP with protobuf bodies (port 4318, path /v1/traces).
+    HttpProtobuf,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawHttp {
+    listen: Option<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawAlerts {
+    webhook: Option<String>,
+    webhook_timeout: Option<HumanDuration>,
+    budget_warn_fraction: Option<f64>,
+    restart_limit: Option<Positive>,
+    restart_window: Option<HumanDuration>,
+    no_progress_iterations: Option<Positive>,
+    max_rss_mb: Option<Positive>,
+}
+
+/// Alert rules (`[alerts]`); each fires once when its condition starts to hold.
+#[derive(Debug, Clone, PartialEq)]
+pub struct AlertRules {
+    pub webhook: Option<String>,
+    pub webhook_timeout: Duration,
+    /// Share of the daily token budget spent that raises `budget`.
+    pub budget_warn_fraction: f64,
+    /// More restarts than this within `restart_window` raise `restarts`.
+    pub restart_limit: u64,
+    pub restart_window: Duration,
+    /// This many committed iterations in a row without an accepted change raise `no_progress`.
+    pub no_progress_iterations: u64,
+    /// Resident memory above this raises `memory`.
+    pub max_rss_bytes: u64,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawDebug {
     #[serde(default)]
     fault_injection: bool,
@@ -169,6 +227,13 @@ pub struct Config {
     pub research_ttl: Duration,
     pub socket: Option<PathBuf>,
     pub fault_injection: bool,
+    /// OTLP trace export; `None` keeps traces in the logs only.
+    pub otlp_endpoint: Option<String>,
+    pub otlp_protocol: OtlpProtocol,
+    pub service_name: String,
+    /// Address of the HTTP listener (metrics, health); `None` is off.
+    pub http_listen: Option<std::net::SocketAddr>,
+    pub alerts: AlertRules,
 }
 
 const PERMISSION_MODES: [&str; 5] = [
@@ -221,6 +286,39 @@ impl Config {
                 "[cognition] mcp_command must name a program, e.g. [\"agent\", \"mcp-serve\"]",
             ));
         }
+        let http_listen = match raw.http.listen.as_deref() {
+            None => None,
+            Some(text) => Some(text.parse().map_err(|_| {
+                ConfigError::whole_file(
+                    file,
+                    format!("[http] listen \"{text}\" is not an address like \"127.0.0.1:9464\""),
+                )
+            })?),
+        };
+        let fraction = raw.alerts.budget_warn_fraction.unwrap_or(0.8);
+        if !(fraction > 0.0 && fraction <= 1.0) {
+            return Err(ConfigError::whole_file(
+                file,
+                format!("[alerts] budget_warn_fraction must be above 0 and at most 1, found {fraction}"),
+            ));
+        }
+        if let Some(url) = &raw.alerts.webhook
+            && !url.starts_with("http://")
+        {
+            return Err(ConfigError::whole_file(
+                file,
+                format!("[alerts] webhook \"{url}\" must be an http:// URL"),
+            ));
+        }
+        let alerts = AlertRules {
+            webhook: raw.alerts.webhook,
+            webhook_timeout: raw.alerts.webhook_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            budget_warn_fraction: fraction,
+            restart_limit: raw.alerts.restart_limit.map_or(3, Positive::get),
+            restart_window: raw.alerts.restart_window.map_or(Duration::from_secs(300), |d| d.0),
+            no_progress_iterations: raw.alerts.no_progress_iterations.map_or(5, Positive::get),
+            max_rss_bytes: raw.alerts.max_rss_mb.map_or(4096, Positive::get) * 1024 * 1024,
+        };
         Ok(Config {
             goal: raw.run.goal,
             workspace: raw.run.workspace,
@@ -249,6 +347,11 @@ impl Config {
             research_ttl: raw.researcher.cache_ttl.0,
             socket: raw.ctl.socket,
             fault_injection: raw.debug.fault_injection,
+            otlp_endpoint: raw.telemetry.otlp_endpoint.filter(|e| !e.trim().is_empty()),
+            otlp_protocol: raw.telemetry.otlp_protocol.unwrap_or(OtlpProtocol::Grpc),
+            service_name: raw.telemetry.service_name.unwrap_or_else(|| "agent".into()),
+            http_listen,
+            alerts,
         })
     }
 

@@ -329,6 +329,11 @@ fn wire_event(event: &Event) -> WireEvent {
             wire.iteration = Some(*iteration);
             wire.detail = format!("{id}: {summary}");
         }
+        Event::Alert { rule, message } => {
+            wire.event = "alert".into();
+            wire.step = Some((*rule).to_string());
+            wire.detail = message.clone();
+        }
         Event::GoalChanged { goal } => {
             wire.event = "goal_changed".into();
             wire.detail = goal.clone();
