@@ -27,11 +27,7 @@ pub struct Cli {
     pub command: TopCommand,
 }
 
-#[derive(Debug, Clone, Copy, clap::ValueEnum)]
-pub enum LogFormat {
-    Human,
-    Json,
-}
+pub use crate::telemetry::LogFormat;
 
 #[derive(Debug, Subcommand)]
 pub enum TopCommand {
@@ -243,9 +239,13 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
+    let format = cli.log_format;
     let code = runtime.block_on(async move {
+        if !matches!(cli.command, TopCommand::Run(_)) {
+            crate::telemetry::traces::init_logs(format);
+        }
         match cli.command {
-            TopCommand::Run(args) => run(args).await,
+            TopCommand::Run(args) => run(args, format).await,
             TopCommand::Ctl(args) => ctl(args).await,
             TopCommand::Config {
                 command: ConfigCommand::Check(files),
@@ -264,7 +264,7 @@ pub fn main(cli: Cli) -> ExitCode {
     ExitCode::from(code)
 }
 
-async fn run(args: RunArgs) -> u8 {
+async fn run(args: RunArgs, format: LogFormat) -> u8 {
     let (config, tree) =
         match config::load_all(args.files.config.as_deref(), args.files.actors.as_deref()) {
             Ok(loaded) => loaded,
@@ -273,6 +273,18 @@ async fn run(args: RunArgs) -> u8 {
                 return exit::USAGE;
             }
         };
+    let export = crate::telemetry::traces::Export::resolve(
+        config.otlp_endpoint.as_deref(),
+        config.otlp_protocol,
+        &config.service_name,
+    );
+    let telemetry = match crate::telemetry::traces::init(format, export.as_ref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("agent: {error}");
+            return exit::USAGE;
+        }
+    };
     let overrides = Overrides {
         goal: args.goal,
         replace_goal: args.replace_goal,
@@ -283,14 +295,17 @@ async fn run(args: RunArgs) -> u8 {
         mode: args.mode,
         max_iterations: args.max_iterations,
     };
-    match daemon::run(config, tree, overrides).await {
+    let code = match daemon::run(config, tree, overrides).await {
         Ok(Ending::Finished(_) | Ending::Stopped) => exit::OK,
         Ok(Ending::Escalated(_)) => exit::FAILED,
         Err(error) => {
             eprintln!("agent: {error}");
             error.exit_code()
         }
-    }
+    };
+    // Every exit path flushes the last traces.
+    telemetry.shutdown().await;
+    code
 }
 
 async fn ctl(args: CtlArgs) -> u8 {

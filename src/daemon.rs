@@ -137,7 +137,9 @@ pub async fn run(
         Some(address) => {
             let listener = telemetry::http::start(address, metrics.clone(), readiness.clone())
                 .await
-                .map_err(|e| RunError::Failed(format!("cannot listen for HTTP on {address}: {e}")))?;
+                .map_err(|e| {
+                    RunError::Failed(format!("cannot listen for HTTP on {address}: {e}"))
+                })?;
             tracing::info!(address = %listener.address, "serving /metrics, /healthz and /readyz");
             Some(listener)
         }

@@ -10,7 +10,6 @@ pub mod config;
 pub mod ctl;
 pub mod daemon;
 pub mod events;
-pub mod logging;
 pub mod mcp;
 pub mod messages;
 pub mod process;

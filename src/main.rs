@@ -3,7 +3,5 @@
 use clap::Parser;
 
 fn main() -> std::process::ExitCode {
-    let cli = agent::cli::Cli::parse();
-    agent::logging::init(cli.log_format);
-    agent::cli::main(cli)
+    agent::cli::main(agent::cli::Cli::parse())
 }

@@ -12,6 +12,7 @@ use serde::{Deserialize, Serialize};
 use tokio::sync::Semaphore;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Context, load_snapshot, make_snapshot};
 use crate::cognition::{Job, StartHook, Started};
@@ -86,10 +87,25 @@ impl Actor for Executor {
                 let slots = state.slots.clone();
                 let cancel = CancellationToken::new();
                 state.cancels.insert(plan.iteration, cancel.clone());
-                state.jobs.spawn(async move {
-                    let outcome = execute(&ctx, slots, plan, cancel).await;
-                    let _ = myself.cast(ExecutorMsg::JobDone { outcome, reply });
-                });
+                // Off the mailbox, in a span of its own under the caller's.
+                let span = tracing::info_span!(
+                    "executor.job",
+                    actor = KIND.name(),
+                    iteration = plan.iteration as i64,
+                    capability = %plan.capability,
+                    job.id = tracing::field::Empty,
+                    job.status = tracing::field::Empty,
+                );
+                state.jobs.spawn(
+                    async move {
+                        let outcome = execute(&ctx, slots, plan, cancel).await;
+                        let span = tracing::Span::current();
+                        span.record("job.id", outcome.job_id as i64);
+                        span.record("job.status", outcome.status.as_str());
+                        let _ = myself.cast(ExecutorMsg::JobDone { outcome, reply });
+                    }
+                    .instrument(span),
+                );
             }
             ExecutorMsg::Jobs { last, reply } => {
                 let mut jobs = state.ctx.store.jobs().unwrap_or_default();
@@ -135,6 +151,8 @@ impl Actor for Executor {
             }
             ExecutorMsg::Common(common) => match common {
                 Common::Snapshot(reply) => {
+                    let _span =
+                        tracing::info_span!("actor.snapshot", actor = KIND.name()).entered();
                     let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
                 }
                 Common::Revert(reply) => {
@@ -199,7 +217,23 @@ async fn execute(
     };
     let (hook, place) = StartHook::new();
     crate::telemetry::metrics::job_in_flight(1.0);
-    let run = ctx.backend.run(job, hook);
+    // The model call, with the GenAI semantic-convention attributes.
+    let cognition = tracing::info_span!(
+        "cognition.run",
+        backend = ctx.backend.name(),
+        gen_ai.system = if ctx.backend.name() == "offline" {
+            "local"
+        } else {
+            "anthropic"
+        },
+        gen_ai.operation.name = "execute",
+        gen_ai.request.model = ctx.config.model.as_deref().unwrap_or("default"),
+        gen_ai.usage.input_tokens = tracing::field::Empty,
+        gen_ai.usage.output_tokens = tracing::field::Empty,
+        gen_ai.usage.cost_usd = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    let run = ctx.backend.run(job, hook).instrument(cognition.clone());
     let note_place = async {
         let (place, ack) = place.await.ok()?;
         let mut running = record.clone();
@@ -215,6 +249,26 @@ async fn execute(
     };
     let (outcome, running) = tokio::join!(run, note_place);
     crate::telemetry::metrics::job_in_flight(-1.0);
+    // Signed on purpose: the OTLP layer exports u64 values as strings.
+    cognition.record(
+        "gen_ai.usage.input_tokens",
+        outcome.usage.input_tokens as i64,
+    );
+    cognition.record(
+        "gen_ai.usage.output_tokens",
+        outcome.usage.output_tokens as i64,
+    );
+    cognition.record("gen_ai.usage.cost_usd", outcome.usage.cost_usd);
+    if outcome.status != JobStatus::Completed {
+        cognition.record("otel.status_code", "ERROR");
+        cognition.in_scope(|| {
+            tracing::warn!(
+                status = outcome.status.as_str(),
+                error = outcome.error.as_deref().unwrap_or(""),
+                "cognition job failed"
+            );
+        });
+    }
     if let Some(running) = running {
         record = running;
     }

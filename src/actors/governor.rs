@@ -152,6 +152,10 @@ impl Actor for Governor {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             GovernorMsg::RequestPermit { iteration, reply } => {
+                // Debug level: permits are asked for outside any iteration's
+                // trace (a paused run asks every few seconds).
+                let _span = tracing::debug_span!("governor.permit", actor = KIND.name(), iteration)
+                    .entered();
                 let config = &state.ctx.config;
                 let permit = decide(
                     &state.snapshot,
@@ -167,9 +171,18 @@ impl Actor for Governor {
                 let _ = reply.send(permit);
             }
             GovernorMsg::RecordUsage { usage, reply } => {
-                record_usage(&mut state.snapshot, usage, now_ms());
+                tracing::info_span!(
+                    "governor.usage",
+                    actor = KIND.name(),
+                    gen_ai.usage.input_tokens = usage.input_tokens as i64,
+                    gen_ai.usage.output_tokens = usage.output_tokens as i64,
+                    gen_ai.usage.cost_usd = usage.cost_usd,
+                )
+                .in_scope(|| record_usage(&mut state.snapshot, usage, now_ms()));
                 let spent = state.snapshot.tokens_since(now_ms().saturating_sub(DAY_MS));
-                crate::telemetry::metrics::budget_remaining(state.ctx.config.tokens_per_day.saturating_sub(spent));
+                crate::telemetry::metrics::budget_remaining(
+                    state.ctx.config.tokens_per_day.saturating_sub(spent),
+                );
                 if let Err(error) = state.persist().await {
                     tracing::error!(%error, "cannot persist the token ledger");
                 }
@@ -266,6 +279,8 @@ impl Actor for Governor {
             }
             GovernorMsg::Common(common) => match common {
                 Common::Snapshot(reply) => {
+                    let _span =
+                        tracing::info_span!("actor.snapshot", actor = KIND.name()).entered();
                     let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
                 }
                 Common::Revert(reply) => {

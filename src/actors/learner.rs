@@ -136,6 +136,7 @@ impl Actor for Learner {
     ) -> Result<(), ActorProcessingErr> {
         match message {
             LearnerMsg::Advise { candidates, reply } => {
+                let _span = tracing::info_span!("learner.advise", actor = KIND.name()).entered();
                 let recent = state
                     .ctx
                     .store
@@ -193,12 +194,22 @@ impl Actor for Learner {
                 let _ = reply.send(state.snapshot.stats.remove(&capability).is_some());
             }
             LearnerMsg::Record { experience, reply } => {
+                let _span = tracing::info_span!(
+                    "learner.record",
+                    actor = KIND.name(),
+                    iteration = experience.iteration as i64,
+                    capability = %experience.capability,
+                    outcome = experience.outcome.as_str(),
+                )
+                .entered();
                 learn(&mut state.snapshot.stats, &experience);
                 state.snapshot.experiences += 1;
                 let _ = reply.send(());
             }
             LearnerMsg::Common(common) => match common {
                 Common::Snapshot(reply) => {
+                    let _span =
+                        tracing::info_span!("actor.snapshot", actor = KIND.name()).entered();
                     let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
                 }
                 Common::Revert(reply) => {

@@ -10,6 +10,7 @@ use std::path::Path;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::{Context, load_snapshot, make_snapshot};
 use crate::config::{Fitness, Mode};
@@ -90,8 +91,16 @@ impl Actor for Modifier {
                 let ctx = state.ctx.clone();
                 let head = state.snapshot.head.clone();
                 let known = state.snapshot.head_fitness;
+                let span = tracing::info_span!(
+                    "modifier.prepare",
+                    actor = KIND.name(),
+                    iteration = iteration as i64,
+                    keep_worktree
+                );
                 state.work.spawn(async move {
-                    let result = prepare(&ctx, &head, known, keep_worktree).await;
+                    let result = prepare(&ctx, &head, known, keep_worktree)
+                        .instrument(span)
+                        .await;
                     if let Ok(prepared) = &result {
                         let _ = myself.cast(ModifierMsg::Settled {
                             head: prepared.base_commit.clone(),
@@ -111,8 +120,52 @@ impl Actor for Modifier {
             } => {
                 let ctx = state.ctx.clone();
                 let base = state.snapshot.head.clone();
+                let span = tracing::info_span!(
+                    "modifier.validate",
+                    actor = KIND.name(),
+                    iteration = iteration as i64,
+                    files_changed = tracing::field::Empty,
+                    validation = tracing::field::Empty,
+                    fitness.before = tracing::field::Empty,
+                    fitness.after = tracing::field::Empty,
+                    verdict = tracing::field::Empty,
+                );
+                if let Some(before) = fitness_before {
+                    span.record("fitness.before", before);
+                }
                 state.work.spawn(async move {
-                    let result = validate(&ctx, &base, iteration, &summary, fitness_before).await;
+                    let result = validate(&ctx, &base, iteration, &summary, fitness_before)
+                        .instrument(span.clone())
+                        .await;
+                    match &result {
+                        Ok(Verdict::Accepted {
+                            fitness_after,
+                            files_changed,
+                            ..
+                        }) => {
+                            span.record("verdict", "accepted");
+                            span.record("validation", "passed");
+                            span.record("fitness.after", *fitness_after);
+                            span.record("files_changed", *files_changed as i64);
+                        }
+                        Ok(Verdict::Rejected {
+                            reason,
+                            fitness_after,
+                        }) => {
+                            span.record("verdict", "rejected");
+                            span.record("validation", reason.as_str());
+                            if let Some(after) = fitness_after {
+                                span.record("fitness.after", *after);
+                            }
+                        }
+                        Ok(Verdict::NoChange) => {
+                            span.record("verdict", "no-change");
+                            span.record("files_changed", 0i64);
+                        }
+                        Err(error) => {
+                            span.record("verdict", error.as_str());
+                        }
+                    }
                     match &result {
                         Ok(Verdict::Accepted {
                             commit,
@@ -167,6 +220,8 @@ impl Actor for Modifier {
             }
             ModifierMsg::Common(common) => match common {
                 Common::Snapshot(reply) => {
+                    let _span =
+                        tracing::info_span!("actor.snapshot", actor = KIND.name()).entered();
                     let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
                 }
                 Common::Revert(reply) => {

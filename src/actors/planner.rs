@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
+use tracing::Instrument;
 
 use super::{Context, load_snapshot, make_snapshot};
 use crate::events::Event;
@@ -63,6 +64,8 @@ pub struct PlannerState {
     snapshot: PlannerSnapshot,
     run_state: RunState,
     in_flight: Option<InFlight>,
+    /// Operators' requests (ctl spans) the next iteration's trace links to.
+    links: Vec<crate::telemetry::SpanLink>,
     drain_waiters: Vec<RpcReplyPort<()>>,
 }
 
@@ -96,6 +99,7 @@ impl Actor for Planner {
             snapshot,
             run_state: RunState::Running,
             drain_waiters: Vec::new(),
+            links: Vec::new(),
         })
     }
 
@@ -114,8 +118,9 @@ impl Actor for Planner {
                 let ctx = state.ctx.clone();
                 let snapshot = state.snapshot.clone();
                 let me = myself.clone();
+                let links = std::mem::take(&mut state.links);
                 let task = tokio::spawn(async move {
-                    let end = drive(&ctx, snapshot, iteration).await;
+                    let end = drive(&ctx, snapshot, iteration, links).await;
                     let _ = me.cast(PlannerMsg::IterationEnded { iteration, end });
                 });
                 state.in_flight = Some(InFlight {
@@ -145,6 +150,7 @@ impl Actor for Planner {
                 });
             }
             PlannerMsg::Paused(paused) => {
+                state.links.extend(crate::telemetry::current_link());
                 match (paused, state.run_state) {
                     (true, RunState::Running) => state.run_state = RunState::Paused,
                     (false, RunState::Paused) => state.run_state = RunState::Running,
@@ -153,6 +159,7 @@ impl Actor for Planner {
                 let _ = myself.cast(PlannerMsg::Tick);
             }
             PlannerMsg::SetGoal { goal, reply } => {
+                state.links.extend(crate::telemetry::current_link());
                 let goal = goal.trim().to_string();
                 if goal.is_empty() {
                     let _ = reply.send(Err("the goal must be a non-empty sentence".into()));
@@ -296,7 +303,12 @@ async fn revert_peers() {
 }
 
 /// One attempt at iteration `iteration`.
-async fn drive(ctx: &Context, snapshot: PlannerSnapshot, iteration: u64) -> IterationEnd {
+async fn drive(
+    ctx: &Context,
+    snapshot: PlannerSnapshot,
+    iteration: u64,
+    links: Vec<crate::telemetry::SpanLink>,
+) -> IterationEnd {
     let permit = messages::call(ActorKind::Governor, QUICK, |reply| {
         GovernorMsg::RequestPermit { iteration, reply }
     })
@@ -320,11 +332,43 @@ async fn drive(ctx: &Context, snapshot: PlannerSnapshot, iteration: u64) -> Iter
             };
         }
     }
+    // One trace per iteration: a root span, whatever span was current.
+    let root = tracing::info_span!(
+        parent: None,
+        "iteration",
+        actor = KIND.name(),
+        iteration = iteration as i64,
+        goal = %snapshot.goal,
+        outcome = tracing::field::Empty,
+        capability = tracing::field::Empty,
+        fitness.before = tracing::field::Empty,
+        fitness.after = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::link_pending(&root, links);
     ctx.events.emit(Event::IterationStarted { iteration });
-    step(ctx, iteration, "permit", "granted".into());
-    match run_steps(ctx, snapshot, iteration).await {
-        Ok(record) => IterationEnd::Committed(record),
-        Err(reason) => IterationEnd::Abandoned { reason },
+    root.in_scope(|| step(ctx, iteration, "permit", "granted".into()));
+    match run_steps(ctx, snapshot, iteration)
+        .instrument(root.clone())
+        .await
+    {
+        Ok(record) => {
+            root.record("outcome", record.outcome.as_str());
+            root.record("capability", record.capability.as_str());
+            if let Some(before) = record.fitness_before {
+                root.record("fitness.before", before);
+            }
+            if let Some(after) = record.fitness_after {
+                root.record("fitness.after", after);
+            }
+            IterationEnd::Committed(record)
+        }
+        Err(reason) => {
+            root.record("outcome", "abandoned");
+            root.record("otel.status_code", "ERROR");
+            root.in_scope(|| tracing::error!(%reason, "iteration abandoned before its commit"));
+            IterationEnd::Abandoned { reason }
+        }
     }
 }
 
@@ -393,7 +437,12 @@ async fn run_steps(
         template: &ctx.prompt_template,
         execution: ctx.config.execution,
     };
-    let plan = make_plan(&situation, &advice, &capabilities, research.as_ref())?;
+    let plan = tracing::info_span!(
+        "planner.plan",
+        actor = KIND.name(),
+        iteration = iteration as i64
+    )
+    .in_scope(|| make_plan(&situation, &advice, &capabilities, research.as_ref()))?;
     step(
         ctx,
         iteration,

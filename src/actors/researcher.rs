@@ -10,6 +10,7 @@ use std::time::Duration;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
+use tracing::Instrument;
 
 use super::{Context, load_snapshot, make_snapshot};
 use crate::messages::{ActorKind, Common, Research, ResearcherMsg, Usage, inject};
@@ -64,9 +65,15 @@ impl Actor for Researcher {
         while state.tasks.try_join_next().is_some() {}
         match message {
             ResearcherMsg::Research { topic, reply } => {
+                let span = tracing::info_span!(
+                    "researcher.research",
+                    actor = KIND.name(),
+                    cache = tracing::field::Empty
+                );
                 let ttl = state.ctx.config.research_ttl;
                 let cached = state.ctx.store.research(&topic).ok().flatten();
                 if let Some(entry) = cached.filter(|e| is_fresh(e, ttl, now_ms())) {
+                    span.record("cache", "hit");
                     state.snapshot.hits += 1;
                     let _ = reply.send(Research {
                         topic,
@@ -76,9 +83,10 @@ impl Actor for Researcher {
                     });
                     return Ok(());
                 }
+                span.record("cache", "miss");
                 let ctx = state.ctx.clone();
                 state.tasks.spawn(async move {
-                    let research = fill(&ctx, &topic).await;
+                    let research = fill(&ctx, &topic).instrument(span).await;
                     let entry = ResearchRecord {
                         topic: topic.clone(),
                         notes: research.notes.clone(),
@@ -103,6 +111,8 @@ impl Actor for Researcher {
             }
             ResearcherMsg::Common(common) => match common {
                 Common::Snapshot(reply) => {
+                    let _span =
+                        tracing::info_span!("actor.snapshot", actor = KIND.name()).entered();
                     let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
                 }
                 Common::Revert(reply) => {

@@ -299,7 +299,9 @@ impl Config {
         if !(fraction > 0.0 && fraction <= 1.0) {
             return Err(ConfigError::whole_file(
                 file,
-                format!("[alerts] budget_warn_fraction must be above 0 and at most 1, found {fraction}"),
+                format!(
+                    "[alerts] budget_warn_fraction must be above 0 and at most 1, found {fraction}"
+                ),
             ));
         }
         if let Some(url) = &raw.alerts.webhook
@@ -312,10 +314,16 @@ impl Config {
         }
         let alerts = AlertRules {
             webhook: raw.alerts.webhook,
-            webhook_timeout: raw.alerts.webhook_timeout.map_or(Duration::from_secs(5), |d| d.0),
+            webhook_timeout: raw
+                .alerts
+                .webhook_timeout
+                .map_or(Duration::from_secs(5), |d| d.0),
             budget_warn_fraction: fraction,
             restart_limit: raw.alerts.restart_limit.map_or(3, Positive::get),
-            restart_window: raw.alerts.restart_window.map_or(Duration::from_secs(300), |d| d.0),
+            restart_window: raw
+                .alerts
+                .restart_window
+                .map_or(Duration::from_secs(300), |d| d.0),
             no_progress_iterations: raw.alerts.no_progress_iterations.map_or(5, Positive::get),
             max_rss_bytes: raw.alerts.max_rss_mb.map_or(4096, Positive::get) * 1024 * 1024,
         };

@@ -63,7 +63,8 @@ impl Connection {
             version: PROTOCOL_VERSION,
             id: u64::from(std::process::id()),
             command,
-            traceparent: None,
+            // Scripts that trace themselves pass their context on.
+            traceparent: std::env::var("TRACEPARENT").ok().filter(|t| !t.is_empty()),
         };
         let bytes = serde_json::to_vec(&request).map_err(|e| self.no_answer(e.to_string()))?;
         self.frames

@@ -16,6 +16,7 @@ use tokio::sync::{broadcast, watch};
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
+use tracing::Instrument;
 
 use super::catalog::{self, peer_error};
 use super::protocol::{
@@ -191,7 +192,26 @@ async fn serve(stream: UnixStream, context: Arc<ServerContext>) {
             stream_events(&mut frames, request.id, &context).await;
             return;
         }
-        let outcome = match dispatch(request.command, &context).await {
+        // Each request is a span of its own, a child of the caller's trace
+        // when it sent one; what it causes in the actors nests under it.
+        let span = tracing::info_span!(
+            "ctl.request",
+            command = command_name(&request.command),
+            request.id = request.id as i64,
+            otel.kind = "server",
+            otel.status_code = tracing::field::Empty,
+        );
+        if let Some(traceparent) = &request.traceparent {
+            crate::telemetry::set_remote_parent(&span, traceparent);
+        }
+        let result = dispatch(request.command, &context)
+            .instrument(span.clone())
+            .await;
+        if let Err(error) = &result {
+            span.record("otel.status_code", "ERROR");
+            span.in_scope(|| tracing::warn!(kind = error.kind.name(), message = %error.message, "ctl request refused"));
+        }
+        let outcome = match result {
             Ok(reply) => Outcome::Ok(reply),
             Err(error) => Outcome::Error(error),
         };
@@ -340,6 +360,26 @@ fn wire_event(event: &Event) -> WireEvent {
         }
     }
     wire
+}
+
+fn command_name(command: &Command) -> &'static str {
+    match command {
+        Command::Status => "status",
+        Command::Tree => "tree",
+        Command::Send { .. } => "send",
+        Command::Messages { .. } => "messages",
+        Command::Pause => "pause",
+        Command::Resume => "resume",
+        Command::Stop { .. } => "stop",
+        Command::Goal { .. } => "goal",
+        Command::Approvals => "approvals",
+        Command::Approve { .. } => "approve",
+        Command::Reject { .. } => "reject",
+        Command::Checkpoint => "checkpoint",
+        Command::Fault { .. } => "fault",
+        Command::Watch => "watch",
+        Command::History { .. } => "history",
+    }
 }
 
 fn done(message: impl Into<String>) -> Reply {

@@ -179,7 +179,8 @@ impl Actor for Supervisor {
                             slot.state = SlotState::Running;
                             slot.started_at = Some(Instant::now());
                             slot.restarts += 1;
-                            tracing::info!(actor = %kind, restarts = slot.restarts, "actor restarted");
+                            tracing::info_span!("supervisor.restart", actor = %kind, restarts = slot.restarts as i64)
+                                .in_scope(|| tracing::info!(actor = %kind, restarts = slot.restarts, "actor restarted"));
                             state.events.emit(Event::ActorRestarted {
                                 actor: kind,
                                 restarts: slot.restarts,
@@ -272,7 +273,8 @@ async fn on_exit(
     match exit {
         Exit::Failed => {
             let error = error.unwrap_or_else(|| "unknown failure".into());
-            tracing::error!(actor = %kind, %error, "actor failed");
+            tracing::error_span!("supervisor.failure", actor = %kind, otel.status_code = "ERROR")
+                .in_scope(|| tracing::error!(actor = %kind, %error, "actor failed"));
             state.events.emit(Event::ActorFailed { actor: kind, error });
         }
         Exit::Normal => tracing::info!(actor = %kind, "actor stopped"),
@@ -298,7 +300,8 @@ async fn on_exit(
         }
         Decision::Escalate { reason } => {
             let reason = format!("{kind} failed and the supervisor gave up: {reason}");
-            tracing::error!(%reason, "escalating: stopping the tree");
+            tracing::error_span!("supervisor.escalation", otel.status_code = "ERROR")
+                .in_scope(|| tracing::error!(%reason, "escalating: stopping the tree"));
             state.events.emit(Event::Escalated {
                 reason: reason.clone(),
             });

@@ -40,7 +40,12 @@ impl Rules {
     }
 
     /// Fires `rule` if it is not firing already; clears it when `holds` is false.
-    fn edge(&mut self, rule: &'static str, holds: bool, message: impl FnOnce() -> String) -> Option<(&'static str, String)> {
+    fn edge(
+        &mut self,
+        rule: &'static str,
+        holds: bool,
+        message: impl FnOnce() -> String,
+    ) -> Option<(&'static str, String)> {
         if holds {
             self.firing.insert(rule).then(|| (rule, message()))
         } else {
@@ -100,7 +105,11 @@ impl Rules {
     pub fn memory(&mut self, rss: u64) -> Option<(&'static str, String)> {
         let max = self.rules.max_rss_bytes;
         self.edge("memory", rss > max, || {
-            format!("resident memory {} MiB is above {} MiB", rss / (1024 * 1024), max / (1024 * 1024))
+            format!(
+                "resident memory {} MiB is above {} MiB",
+                rss / (1024 * 1024),
+                max / (1024 * 1024)
+            )
         })
     }
 }
@@ -167,9 +176,13 @@ async fn post(url: String, body: serde_json::Value, timeout: Duration) {
     };
     match tokio::time::timeout(timeout, client.request(request)).await {
         Ok(Ok(response)) if response.status().is_success() => {}
-        Ok(Ok(response)) => tracing::warn!(%url, status = %response.status(), "alert webhook refused the alert"),
+        Ok(Ok(response)) => {
+            tracing::warn!(%url, status = %response.status(), "alert webhook refused the alert")
+        }
         Ok(Err(error)) => tracing::warn!(%url, %error, "alert webhook failed"),
-        Err(_) => tracing::warn!(%url, timeout = %humantime::format_duration(timeout), "alert webhook timed out"),
+        Err(_) => {
+            tracing::warn!(%url, timeout = %humantime::format_duration(timeout), "alert webhook timed out")
+        }
     }
 }
 
@@ -199,7 +212,10 @@ mod tests {
         assert!(r.iteration("accepted").is_none());
         r.iteration("rejected");
         r.iteration("rejected");
-        assert!(r.iteration("rejected").is_some(), "fires again after clearing");
+        assert!(
+            r.iteration("rejected").is_some(),
+            "fires again after clearing"
+        );
     }
 
     #[test]

@@ -76,7 +76,11 @@ async fn healthz() -> &'static str {
 
 async fn readyz(State(shared): State<Shared>) -> impl IntoResponse {
     let (ready, why) = shared.readiness.describe();
-    let status = if ready { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
+    let status = if ready {
+        StatusCode::OK
+    } else {
+        StatusCode::SERVICE_UNAVAILABLE
+    };
     (status, format!("{why}\n"))
 }
 

@@ -51,17 +51,49 @@ pub fn install() -> Option<PrometheusHandle> {
         .ok()?
         .install_recorder()
         .ok()?;
-    describe_counter!(ITERATIONS_TOTAL, "Committed iterations by outcome (this process).");
-    describe_gauge!(ITERATIONS_COMMITTED, "Iterations committed in the run (as `agent ctl status`).");
-    describe_histogram!(ITERATION_DURATION, metrics::Unit::Seconds, "Duration of committed iterations.");
-    describe_counter!(TOKENS_TOTAL, "Tokens reported by the cognition backend, by backend and direction.");
-    describe_gauge!(COST_USD, "Cost in USD reported by the cognition backend since start, by backend.");
-    describe_counter!(ACTOR_RESTARTS_TOTAL, "Actor restarts by actor (this process).");
-    describe_counter!(ACTOR_FAILURES_TOTAL, "Actor failures (panics, errors, failed starts) by actor.");
+    describe_counter!(
+        ITERATIONS_TOTAL,
+        "Committed iterations by outcome (this process)."
+    );
+    describe_gauge!(
+        ITERATIONS_COMMITTED,
+        "Iterations committed in the run (as `agent ctl status`)."
+    );
+    describe_histogram!(
+        ITERATION_DURATION,
+        metrics::Unit::Seconds,
+        "Duration of committed iterations."
+    );
+    describe_counter!(
+        TOKENS_TOTAL,
+        "Tokens reported by the cognition backend, by backend and direction."
+    );
+    describe_gauge!(
+        COST_USD,
+        "Cost in USD reported by the cognition backend since start, by backend."
+    );
+    describe_counter!(
+        ACTOR_RESTARTS_TOTAL,
+        "Actor restarts by actor (this process)."
+    );
+    describe_counter!(
+        ACTOR_FAILURES_TOTAL,
+        "Actor failures (panics, errors, failed starts) by actor."
+    );
     describe_gauge!(JOBS_IN_FLIGHT, "Cognition jobs running now.");
-    describe_gauge!(APPROVALS_PENDING, "Changes waiting for an operator's decision.");
-    describe_gauge!(BUDGET_TOKENS_REMAINING, "Tokens left in the rolling 24-hour budget.");
-    describe_gauge!(RESIDENT_MEMORY, metrics::Unit::Bytes, "Resident set size of the agent process.");
+    describe_gauge!(
+        APPROVALS_PENDING,
+        "Changes waiting for an operator's decision."
+    );
+    describe_gauge!(
+        BUDGET_TOKENS_REMAINING,
+        "Tokens left in the rolling 24-hour budget."
+    );
+    describe_gauge!(
+        RESIDENT_MEMORY,
+        metrics::Unit::Bytes,
+        "Resident set size of the agent process."
+    );
     describe_counter!(ALERTS_TOTAL, "Alerts raised, by rule.");
     Some(handle)
 }
@@ -72,10 +104,13 @@ pub fn record_event(event: &Event, backend: &str) {
         Event::IterationCommitted(record) => {
             counter!(ITERATIONS_TOTAL, "outcome" => record.outcome.clone()).increment(1);
             gauge!(ITERATIONS_COMMITTED).set(record.number as f64);
-            histogram!(ITERATION_DURATION).record(Duration::from_millis(record.duration_ms).as_secs_f64());
+            histogram!(ITERATION_DURATION)
+                .record(Duration::from_millis(record.duration_ms).as_secs_f64());
             let backend = backend.to_string();
-            counter!(TOKENS_TOTAL, "backend" => backend.clone(), "direction" => "input").increment(record.input_tokens);
-            counter!(TOKENS_TOTAL, "backend" => backend.clone(), "direction" => "output").increment(record.output_tokens);
+            counter!(TOKENS_TOTAL, "backend" => backend.clone(), "direction" => "input")
+                .increment(record.input_tokens);
+            counter!(TOKENS_TOTAL, "backend" => backend.clone(), "direction" => "output")
+                .increment(record.output_tokens);
             // `metrics` counters are integers; a dollar amount is a float,
             // so its running total is a gauge that only goes up.
             gauge!(COST_USD, "backend" => backend).increment(record.cost_usd);

@@ -10,3 +10,4 @@ mod harness;
 mod kill9;
 mod mcp;
 mod runtime;
+mod telemetry;
