@@ -536,3 +536,84 @@ fn metrics_match_ctl_status_and_readyz_flips_during_an_escalation() {
     assert!(body.starts_with("escalating"), "{body}");
     assert_eq!(daemon.wait_exit(WAIT).code(), Some(1), "{}", daemon.logs());
 }
+
+#[test]
+fn an_alert_reaches_the_log_and_the_webhook_and_a_dead_webhook_blocks_nothing() {
+    // A webhook receiver that keeps what it is sent.
+    let bodies = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
+    let store = bodies.clone();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let runtime = tokio::runtime::Runtime::new().unwrap();
+        runtime.block_on(async move {
+            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+            tx.send(listener.local_addr().unwrap()).unwrap();
+            let app = axum::Router::new().route(
+                "/alerts",
+                axum::routing::post(move |body: axum::body::Bytes| {
+                    let store = store.clone();
+                    async move {
+                        store
+                            .lock()
+                            .unwrap()
+                            .push(serde_json::from_slice(&body).unwrap());
+                        axum::http::StatusCode::OK
+                    }
+                }),
+            );
+            axum::serve(listener, app).await.unwrap();
+        });
+    });
+    let address = rx.recv().unwrap();
+    for (webhook, live) in [
+        (format!("http://{address}/alerts"), true),
+        ("http://127.0.0.1:9/alerts".to_string(), false),
+    ] {
+        let dir = tempfile::tempdir().unwrap();
+        let hook = format!("webhook = \"{webhook}\"");
+        // Every change is rejected, so there is never progress.
+        let config = fast_config(
+            dir.path(),
+            &[
+                ("# webhook = \"http://127.0.0.1:9000/alerts\"", &hook),
+                ("no_progress_iterations = 5", "no_progress_iterations = 2"),
+                ("command = \"true\"", "command = \"false\""),
+            ],
+        );
+        let workspace = tiny_crate(dir.path());
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--workspace",
+            workspace.to_str().unwrap(),
+            "--max-iterations",
+            "3",
+        ];
+        let mut daemon = Daemon::start(
+            &dir.path().join("state"),
+            &args,
+            &[("FAKE_CLAUDE_MODE", "edit")],
+        );
+        assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
+        let logs = daemon.logs();
+        assert!(
+            logs.contains("alert")
+                && logs.contains("2 iterations in a row without an accepted change"),
+            "{logs}"
+        );
+        if live {
+            let body = poll_until("the webhook to be called", WAIT, || {
+                bodies.lock().unwrap().first().cloned()
+            });
+            assert_eq!(body["rule"], "no_progress");
+            assert_eq!(body["service"], "agent");
+        } else {
+            assert!(logs.contains("alert webhook failed"), "{logs}");
+        }
+        assert_eq!(
+            crate::harness::history(&dir.path().join("state")).len(),
+            3,
+            "the run went on"
+        );
+    }
+}
