@@ -533,10 +533,9 @@ fn history(args: &HistoryArgs) -> u8 {
     };
     for record in records {
         if args.json {
-            println!(
-                "{}",
-                serde_json::to_string(&HistoryLine::from(&record)).unwrap_or_default()
-            );
+            // The same object as each entry of `agent ctl history --json`.
+            let entry = crate::ctl::server::history_entry(&record);
+            println!("{}", serde_json::to_string(&entry).unwrap_or_default());
         } else {
             println!(
                 "{:>4}  {:<24} {:<10} {}",
@@ -545,38 +544,4 @@ fn history(args: &HistoryArgs) -> u8 {
         }
     }
     exit::OK
-}
-
-/// `history --json`: one object per committed iteration.
-#[derive(serde::Serialize)]
-struct HistoryLine<'a> {
-    iteration: u64,
-    capability: &'a str,
-    outcome: &'a str,
-    fitness_before: Option<f64>,
-    fitness_after: Option<f64>,
-    input_tokens: u64,
-    output_tokens: u64,
-    cost_usd: f64,
-    duration_ms: u64,
-    commit: Option<&'a str>,
-    summary: &'a str,
-}
-
-impl<'a> From<&'a crate::store::IterationRecord> for HistoryLine<'a> {
-    fn from(r: &'a crate::store::IterationRecord) -> Self {
-        HistoryLine {
-            iteration: r.number,
-            capability: &r.capability,
-            outcome: &r.outcome,
-            fitness_before: r.fitness_before,
-            fitness_after: r.fitness_after,
-            input_tokens: r.input_tokens,
-            output_tokens: r.output_tokens,
-            cost_usd: r.cost_usd,
-            duration_ms: r.duration_ms,
-            commit: r.commit.as_deref(),
-            summary: &r.summary,
-        }
-    }
 }

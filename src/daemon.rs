@@ -195,6 +195,8 @@ pub async fn run(
     let mut sigint =
         signal(SignalKind::interrupt()).map_err(|e| RunError::Failed(e.to_string()))?;
     let mut supervisor_done = supervisor_done;
+    // A JoinHandle must not be polled again once it has completed.
+    let mut supervisor_running = true;
     let (ending, stop) = loop {
         tokio::select! {
             _ = sigterm.recv() => break (Ending::Stopped, StopRequest::Graceful),
@@ -213,7 +215,16 @@ pub async fn run(
                 _ => {}
             },
             _ = &mut supervisor_done => {
-                break (Ending::Escalated("the supervisor stopped".into()), StopRequest::Now);
+                supervisor_running = false;
+                readiness.escalating();
+                // The escalation event may still be queued behind the stop.
+                let mut reason = "the supervisor stopped".to_string();
+                while let Ok(event) = listener.try_recv() {
+                    if let Event::Escalated { reason: why } = event {
+                        reason = why;
+                    }
+                }
+                break (Ending::Escalated(reason), StopRequest::Now);
             }
         }
     };
@@ -226,7 +237,9 @@ pub async fn run(
             .await;
     }
     // Escalation stops the tree itself; either way wait for it to be down.
-    let _ = tokio::time::timeout(Duration::from_secs(60), supervisor_done).await;
+    if supervisor_running {
+        let _ = tokio::time::timeout(Duration::from_secs(60), supervisor_done).await;
+    }
     if !matches!(ending, Ending::Escalated(_)) {
         readiness.stopping();
     }

@@ -14,9 +14,9 @@ use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
-use super::{Context, load_snapshot, make_snapshot};
+use super::{Context, handle_common, load_snapshot};
 use crate::cognition::{Job, StartHook, Started};
-use crate::messages::{ActorKind, Common, ExecutorMsg, JobOutcome, JobStatus, Usage, inject};
+use crate::messages::{ActorKind, ExecutorMsg, JobOutcome, JobStatus, Usage};
 use crate::process;
 use crate::store::{JobRecord, now_ms};
 
@@ -149,18 +149,9 @@ impl Actor for Executor {
                 s.cost_usd += outcome.usage.cost_usd;
                 let _ = reply.send(outcome);
             }
-            ExecutorMsg::Common(common) => match common {
-                Common::Snapshot(reply) => {
-                    let _span =
-                        tracing::info_span!("actor.snapshot", actor = KIND.name()).entered();
-                    let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
-                }
-                Common::Revert(reply) => {
-                    let loaded = load_snapshot(&state.ctx.store, KIND, SCHEMA);
-                    let _ = reply.send(loaded.map(|s| state.snapshot = s.unwrap_or_default()));
-                }
-                Common::Fault(fault) => inject(KIND, fault).await?,
-            },
+            ExecutorMsg::Common(common) => {
+                handle_common(KIND, SCHEMA, &state.ctx.store, &mut state.snapshot, common).await?
+            }
         }
         Ok(())
     }

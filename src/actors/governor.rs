@@ -13,11 +13,9 @@ use std::collections::HashMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, load_snapshot, make_snapshot};
+use super::{Context, handle_common, load_snapshot, make_snapshot};
 use crate::events::Event;
-use crate::messages::{
-    ActorKind, ApprovalDecision, Common, GovernorMsg, GovernorStatus, Permit, Usage, inject,
-};
+use crate::messages::{ActorKind, ApprovalDecision, GovernorMsg, GovernorStatus, Permit, Usage};
 use crate::store::{ApprovalRecord, now_ms};
 
 const KIND: ActorKind = ActorKind::Governor;
@@ -277,21 +275,11 @@ impl Actor for Governor {
                     permits_granted: state.snapshot.permits_granted,
                 });
             }
-            GovernorMsg::Common(common) => match common {
-                Common::Snapshot(reply) => {
-                    let _span =
-                        tracing::info_span!("actor.snapshot", actor = KIND.name()).entered();
-                    let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
-                }
-                Common::Revert(reply) => {
-                    // Usage and pause are durable as they happen, so the
-                    // stored snapshot is already the whole truth.
-                    let loaded = load_snapshot(&state.ctx.store, KIND, SCHEMA);
-                    let result = loaded.map(|s| state.snapshot = s.unwrap_or_default());
-                    let _ = reply.send(result);
-                }
-                Common::Fault(fault) => inject(KIND, fault).await?,
-            },
+            // Usage and pause are durable as they happen, so reverting to
+            // the stored snapshot loses nothing that was spent.
+            GovernorMsg::Common(common) => {
+                handle_common(KIND, SCHEMA, &state.ctx.store, &mut state.snapshot, common).await?
+            }
         }
         Ok(())
     }

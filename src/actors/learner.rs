@@ -9,10 +9,9 @@ use std::collections::BTreeMap;
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 
-use super::{Context, load_snapshot, make_snapshot};
+use super::{Context, handle_common, load_snapshot};
 use crate::messages::{
-    ActorKind, Advice, Common, Experience, LearnerMsg, LearnerStats, Outcome, RankedCapability,
-    Usage, inject,
+    ActorKind, Advice, Experience, LearnerMsg, LearnerStats, Outcome, RankedCapability, Usage,
 };
 use std::time::Duration;
 
@@ -206,18 +205,9 @@ impl Actor for Learner {
                 state.snapshot.experiences += 1;
                 let _ = reply.send(());
             }
-            LearnerMsg::Common(common) => match common {
-                Common::Snapshot(reply) => {
-                    let _span =
-                        tracing::info_span!("actor.snapshot", actor = KIND.name()).entered();
-                    let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
-                }
-                Common::Revert(reply) => {
-                    let loaded = load_snapshot(&state.ctx.store, KIND, SCHEMA);
-                    let _ = reply.send(loaded.map(|s| state.snapshot = s.unwrap_or_default()));
-                }
-                Common::Fault(fault) => inject(KIND, fault).await?,
-            },
+            LearnerMsg::Common(common) => {
+                handle_common(KIND, SCHEMA, &state.ctx.store, &mut state.snapshot, common).await?
+            }
         }
         Ok(())
     }

@@ -22,7 +22,7 @@ use serde::de::DeserializeOwned;
 use crate::cognition::Cognition;
 use crate::config::{Config, TreeSpec};
 use crate::events::EventBus;
-use crate::messages::ActorKind;
+use crate::messages::{ActorKind, Common, inject};
 use crate::store::{SnapshotRecord, Store, codec};
 use crate::supervisor::{ChildFactory, SpawnFuture};
 use crate::workspace::Workspace;
@@ -79,6 +79,33 @@ pub fn make_snapshot<S: Serialize>(
         iteration: 0,
         body: codec::encode(body).map_err(|e| e.to_string())?,
     })
+}
+
+/// The `Common` messages of an actor whose committed state is one snapshot
+/// struct: answer snapshots, revert by reloading the stored one, fail on
+/// purpose.
+pub async fn handle_common<S>(
+    kind: ActorKind,
+    schema: u32,
+    store: &Store,
+    snapshot: &mut S,
+    message: Common,
+) -> Result<(), ractor::ActorProcessingErr>
+where
+    S: Serialize + DeserializeOwned + Default,
+{
+    match message {
+        Common::Snapshot(reply) => {
+            let _span = tracing::info_span!("actor.snapshot", actor = kind.name()).entered();
+            let _ = reply.send(make_snapshot(kind, schema, snapshot));
+        }
+        Common::Revert(reply) => {
+            let loaded = load_snapshot(store, kind, schema);
+            let _ = reply.send(loaded.map(|stored| *snapshot = stored.unwrap_or_default()));
+        }
+        Common::Fault(fault) => inject(kind, fault).await?,
+    }
+    Ok(())
 }
 
 /// Starts the real actors for the supervisor.

@@ -12,8 +12,8 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::{Context, load_snapshot, make_snapshot};
-use crate::messages::{ActorKind, Common, Research, ResearcherMsg, Usage, inject};
+use super::{Context, handle_common, load_snapshot};
+use crate::messages::{ActorKind, Research, ResearcherMsg, Usage};
 use crate::store::{ResearchRecord, now_ms};
 
 const KIND: ActorKind = ActorKind::Researcher;
@@ -109,18 +109,9 @@ impl Actor for Researcher {
                 state.snapshot.misses += 1;
                 let _ = reply.send(research);
             }
-            ResearcherMsg::Common(common) => match common {
-                Common::Snapshot(reply) => {
-                    let _span =
-                        tracing::info_span!("actor.snapshot", actor = KIND.name()).entered();
-                    let _ = reply.send(make_snapshot(KIND, SCHEMA, &state.snapshot));
-                }
-                Common::Revert(reply) => {
-                    let loaded = load_snapshot(&state.ctx.store, KIND, SCHEMA);
-                    let _ = reply.send(loaded.map(|s| state.snapshot = s.unwrap_or_default()));
-                }
-                Common::Fault(fault) => inject(KIND, fault).await?,
-            },
+            ResearcherMsg::Common(common) => {
+                handle_common(KIND, SCHEMA, &state.ctx.store, &mut state.snapshot, common).await?
+            }
         }
         Ok(())
     }

@@ -236,7 +236,8 @@ pub struct Config {
     pub alerts: AlertRules,
 }
 
-const PERMISSION_MODES: [&str; 5] = [
+/// The permission modes Claude Code's `--permission-mode` accepts.
+pub const PERMISSION_MODES: [&str; 5] = [
     "default",
     "acceptEdits",
     "plan",

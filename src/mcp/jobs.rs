@@ -16,17 +16,10 @@ use tokio_util::task::TaskTracker;
 
 use super::tools::{RunOutput, RunParams, StatusOutput, UsageOutput};
 use crate::claude::{Cli, Invocation, Run};
+use crate::config::PERMISSION_MODES;
 use crate::messages::JobStatus;
 use crate::process;
 use crate::store::{McpJobRecord, Store, now_ms};
-
-const PERMISSION_MODES: [&str; 5] = [
-    "default",
-    "acceptEdits",
-    "plan",
-    "bypassPermissions",
-    "dontAsk",
-];
 
 /// Server-wide defaults for jobs.
 #[derive(Debug, Clone)]

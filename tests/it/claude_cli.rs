@@ -9,7 +9,7 @@ use agent::cognition::claude_cli::ClaudeCli;
 use agent::cognition::{Cognition, Job, StartHook, Started};
 use agent::messages::JobStatus;
 
-use crate::harness::{fake_claude, poll_until};
+use crate::harness::fake_claude;
 
 fn backend(pid_dir: &Path, log: &Path) -> ClaudeCli {
     ClaudeCli::new(fake_claude(), "acceptEdits".into(), None).with_env(vec![
@@ -40,16 +40,7 @@ fn assert_no_process_left(pid_dir: &Path) {
         .collect();
     assert!(!pids.is_empty(), "the stand-in wrote no pid");
     for pid in pids {
-        poll_until(
-            &format!("process {pid} to be gone"),
-            Duration::from_secs(5),
-            || {
-                let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .map(|stat| !stat.contains(") Z "))
-                    .unwrap_or(false);
-                (!alive).then_some(())
-            },
-        );
+        crate::harness::wait_gone(pid);
     }
 }
 

@@ -6,7 +6,7 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Daemon, fast_config, history, poll_until, tiny_crate, worktree_log};
+use crate::harness::{Daemon, fast_config, history, tiny_crate, wait_gone, worktree_log};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -104,15 +104,6 @@ fn kill_dash_nine_mid_iteration_loses_and_repeats_nothing() {
             .trim()
             .parse()
             .unwrap();
-        poll_until(
-            &format!("stand-in {pid} to be gone"),
-            Duration::from_secs(10),
-            || {
-                let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                    .map(|stat| !stat.contains(") Z "))
-                    .unwrap_or(false);
-                (!alive).then_some(())
-            },
-        );
+        wait_gone(pid);
     }
 }
