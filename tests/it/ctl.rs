@@ -126,7 +126,9 @@ fn send_reaches_every_actor_with_queries_and_commands() {
 
     // From here on nothing runs beside the commands: pause and wait until idle.
     assert!(daemon.ctl(&["pause"]).status.success());
-    daemon.wait_status("idle", WAIT, |s| s["in_flight"].is_null() && s["run_state"] == "paused");
+    daemon.wait_status("idle", WAIT, |s| {
+        s["in_flight"].is_null() && s["run_state"] == "paused"
+    });
 
     // researcher: research is answered from the cache filled by the first
     // iteration; invalidate drops it, and the next research fills it again.
