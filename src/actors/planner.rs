@@ -202,7 +202,7 @@ impl Actor for Planner {
                 if let Some(in_flight) = state.in_flight.take() {
                     drop(in_flight);
                     tracing::warn!("shutdown deadline passed: abandoning the in-flight iteration");
-                    revert_peers().await;
+                    revert_peers(false).await;
                 }
                 for waiter in state.drain_waiters.drain(..) {
                     let _ = waiter.send(());
@@ -286,17 +286,32 @@ fn on_iteration_end(
 
 /// Asks every peer to drop uncommitted state, then reports `Reverted`.
 async fn revert_all(planner: ActorRef<PlannerMsg>, iteration: u64) {
-    revert_peers().await;
+    // A job of this iteration still on the MCP server (the agent was killed
+    // while it ran) has edited, or will edit, the worktree: keep it.
+    let pending = messages::call(ActorKind::Executor, QUICK, |reply| {
+        ExecutorMsg::PendingJob { iteration, reply }
+    })
+    .await
+    .ok()
+    .flatten();
+    revert_peers(pending.is_some()).await;
     let _ = planner.cast(PlannerMsg::IterationEnded {
         iteration,
         end: IterationEnd::Reverted,
     });
 }
 
-async fn revert_peers() {
+/// Every peer drops uncommitted state; the modifier also resets the worktree
+/// unless `keep_worktree`.
+async fn revert_peers(keep_worktree: bool) {
     for kind in ActorKind::ALL.into_iter().filter(|k| *k != KIND) {
         // An actor that is restarting reloads its snapshot in pre_start anyway.
-        if let Ok(Err(error)) = messages::call_common(kind, QUICK, Common::Revert).await {
+        let reverted = if kind == ActorKind::Modifier && keep_worktree {
+            messages::call(kind, QUICK, ModifierMsg::Reload).await
+        } else {
+            messages::call_common(kind, QUICK, Common::Revert).await
+        };
+        if let Ok(Err(error)) = reverted {
             tracing::warn!(actor = %kind, %error, "revert failed");
         }
     }

@@ -514,8 +514,10 @@ mod backend {
         }
     }
 
-    #[test]
-    fn a_restarted_agent_reattaches_to_its_async_job_instead_of_starting_it_again() {
+    /// Kills `agent run` while its async job runs (before or after the job
+    /// edited the worktree), restarts it, and checks the job ran once and its
+    /// edit was kept.
+    fn reattach_after_kill(edit_first: bool) {
         let dir = tempfile::tempdir().unwrap();
         let config = fast_config(
             dir.path(),
@@ -527,6 +529,7 @@ mod backend {
         let env = [
             ("FAKE_CLAUDE_MODE", "edit"),
             ("FAKE_CLAUDE_DELAY", "2"),
+            ("FAKE_CLAUDE_EDIT_FIRST", if edit_first { "1" } else { "0" }),
             ("FAKE_CLAUDE_LOG", log.to_str().unwrap()),
         ];
         let args = [
@@ -541,6 +544,15 @@ mod backend {
         poll_until("the edit job to start", WAIT, || {
             (edits(&log) == 1).then_some(())
         });
+        if edit_first {
+            let lib = state.join("worktree/src/lib.rs");
+            poll_until("the job's edit", WAIT, || {
+                std::fs::read_to_string(&lib)
+                    .ok()
+                    .filter(|t| t.contains("edited by claude"))
+                    .map(|_| ())
+            });
+        }
         first.kill9();
 
         let mut second = Daemon::start(&state, &args, &env);
@@ -559,6 +571,16 @@ mod backend {
         );
         assert_eq!(records[0]["input_tokens"], 120);
         assert!(second.logs().contains("re-attaching"), "{}", second.logs());
+    }
+
+    #[test]
+    fn a_restarted_agent_reattaches_to_its_async_job_instead_of_starting_it_again() {
+        reattach_after_kill(false);
+    }
+
+    #[test]
+    fn a_job_that_edited_before_the_kill_keeps_its_edit_after_the_restart() {
+        reattach_after_kill(true);
     }
 
     #[test]
