@@ -475,8 +475,18 @@ fn metrics_match_ctl_status_and_readyz_flips_during_an_escalation() {
     let status = daemon.wait_status("idle", WAIT, |s| {
         s["in_flight"].is_null() && s["run_state"] == "paused"
     });
-    let (code, text) = get(port, "/metrics").unwrap();
-    assert_eq!(code, 200);
+    // Metrics follow the event bus, a moment behind `status`: scrape until
+    // they have caught up with the last commit and the restart.
+    let committed = status["iteration"].as_f64().unwrap();
+    let text = poll_until("the metrics to catch up", WAIT, || {
+        let (code, text) = get(port, "/metrics")?;
+        assert_eq!(code, 200);
+        let caught_up = text
+            .lines()
+            .any(|l| l == format!("agent_iterations_committed {committed}"))
+            && text.contains("agent_actor_restarts_total{actor=\"learner\"} 1");
+        caught_up.then_some(text)
+    });
     let metrics = samples(&text);
     let value = |name: &str, labels: &[(&str, &str)]| {
         let mut labels: Vec<(String, String)> = labels
@@ -486,7 +496,6 @@ fn metrics_match_ctl_status_and_readyz_flips_during_an_escalation() {
         labels.sort();
         metrics.get(&(name.to_string(), labels)).copied()
     };
-    let committed = status["iteration"].as_f64().unwrap();
     assert_eq!(
         value("agent_iterations_committed", &[]),
         Some(committed),
