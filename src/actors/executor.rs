@@ -80,7 +80,9 @@ impl Actor for Executor {
             }
             ExecutorMsg::PendingJob { iteration, reply } => {
                 let pending = pending_remote_job(&state.ctx, iteration);
-                let _ = reply.send(pending.and_then(|job| job.remote_id));
+                let _ = reply.send(
+                    pending.map(|job| job.remote_id.unwrap_or_else(|| format!("job {}", job.id))),
+                );
             }
             ExecutorMsg::Execute { plan, reply } => {
                 let ctx = state.ctx.clone();
@@ -178,9 +180,15 @@ async fn execute(
     if let Some(outcome) = reattach(ctx, &plan, &cancel).await {
         return outcome;
     }
-    let id = match ctx.store.next_job_id() {
-        Ok(id) => id,
-        Err(error) => return failed(0, format!("cannot record the job: {error}")),
+    // A remote job recorded before the agent died but never seen started
+    // keeps its id: the backend asks the server for it under the same key.
+    let unseen = pending_remote_job(ctx, plan.iteration).filter(|j| j.remote_id.is_none());
+    let id = match unseen.as_ref().map(|j| j.id) {
+        Some(id) => id,
+        None => match ctx.store.next_job_id() {
+            Ok(id) => id,
+            Err(error) => return failed(0, format!("cannot record the job: {error}")),
+        },
     };
     let mut record = JobRecord {
         id,
@@ -288,7 +296,13 @@ fn pending_remote_job(ctx: &Context, iteration: u64) -> Option<JobRecord> {
         .ok()?
         .into_iter()
         .rev()
-        .find(|j| j.iteration == iteration && j.status == "running" && j.remote_id.is_some())
+        .find(|j| j.iteration == iteration && j.status == "running" && is_remote(j))
+}
+
+/// A job on the MCP server: it outlives the agent and can be found again,
+/// by its id or, if the agent died before it saw the id, by its request key.
+fn is_remote(job: &JobRecord) -> bool {
+    job.remote_id.is_some() || job.backend == "mcp"
 }
 
 /// Waits for a pending remote job of this iteration instead of paying for the
@@ -299,6 +313,8 @@ async fn reattach(
     cancel: &CancellationToken,
 ) -> Option<JobOutcome> {
     let mut record = pending_remote_job(ctx, plan.iteration)?;
+    // Without the server's id, `execute` starts the job under its old id;
+    // the server recognises the request and returns the running job.
     let remote_id = record.remote_id.clone()?;
     tracing::info!(job = record.id, remote = %remote_id, iteration = plan.iteration, "re-attaching to a job started before a restart");
     let job = Job {
@@ -335,7 +351,7 @@ async fn abandon_leftover_jobs(ctx: &Context) {
     };
     for mut job in jobs
         .into_iter()
-        .filter(|j| j.status == "running" && j.remote_id.is_none())
+        .filter(|j| j.status == "running" && !is_remote(j))
     {
         if let Some(group) = job.process_group {
             process::kill_stale_group(group);

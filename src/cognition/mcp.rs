@@ -249,7 +249,13 @@ impl Mcp {
         }
     }
 
-    fn run_params(&self, task: &str, cwd: &Path, permission_mode: &str) -> serde_json::Value {
+    fn run_params(
+        &self,
+        task: &str,
+        cwd: &Path,
+        permission_mode: &str,
+        request_id: Option<String>,
+    ) -> serde_json::Value {
         serde_json::to_value(RunParams {
             task: task.to_string(),
             cwd: Some(cwd.display().to_string()),
@@ -257,6 +263,7 @@ impl Mcp {
             model: self.settings.model.clone(),
             max_turns: None,
             append_system_prompt: None,
+            request_id,
         })
         .unwrap_or_default()
     }
@@ -375,7 +382,16 @@ impl Cognition for Mcp {
 
     async fn run(&self, job: Job, started: StartHook) -> JobOutcome {
         let task = job.prompt.clone().unwrap_or_default();
-        let params = self.run_params(&task, &job.cwd, &self.settings.permission_mode);
+        // Stable for this job of this agent: a restarted agent that never saw
+        // the server's job id starts "again" with the same key and gets the
+        // job that is already running.
+        let request_id = format!("{}#{}", job.cwd.display(), job.id);
+        let params = self.run_params(
+            &task,
+            &job.cwd,
+            &self.settings.permission_mode,
+            Some(request_id),
+        );
         match job.execution {
             Execution::Sync => {
                 // Dropping the call on cancel sends `notifications/cancelled`;
@@ -424,7 +440,7 @@ impl Cognition for Mcp {
         let tasks = questions
             .iter()
             .filter_map(|q| {
-                serde_json::from_value::<RunParams>(self.run_params(q, cwd, "plan")).ok()
+                serde_json::from_value::<RunParams>(self.run_params(q, cwd, "plan", None)).ok()
             })
             .collect();
         let params = serde_json::to_value(BatchParams {

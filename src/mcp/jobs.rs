@@ -103,6 +103,7 @@ impl JobTable {
             error: None,
             output_json: None,
             process_group: None,
+            request_id: params.request_id.clone(),
         };
         self.store
             .put_mcp_job(&record)
@@ -209,6 +210,17 @@ impl JobTable {
             append_system_prompt: params.append_system_prompt.clone(),
             timeout: self.defaults.timeout,
         })
+    }
+
+    /// The job started earlier under the caller's key `request_id`.
+    pub fn find_request(&self, request_id: &str) -> Result<Option<String>, Refusal> {
+        Ok(self
+            .store
+            .mcp_jobs()
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .find(|job| job.request_id.as_deref() == Some(request_id))
+            .map(|job| job.id))
     }
 
     fn record(&self, id: &str) -> Result<McpJobRecord, Refusal> {

@@ -141,6 +141,16 @@ impl ClaudeServer {
         &self,
         Parameters(params): Parameters<RunParams>,
     ) -> Result<CallToolResult, ErrorData> {
+        if let Some(key) = &params.request_id {
+            match self.jobs.find_request(key) {
+                Err(refusal) => return Ok(refused(refusal)),
+                Ok(Some(job_id)) => {
+                    let text = format!("{job_id} was started earlier for request {key}");
+                    return structured(&StartedOutput { job_id }, text, false);
+                }
+                Ok(None) => {}
+            }
+        }
         match self.jobs.start(params, None).await {
             Err(refusal) => Ok(refused(refusal)),
             Ok((job_id, _)) => {

@@ -28,6 +28,12 @@ pub struct RunParams {
     /// `--append-system-prompt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub append_system_prompt: Option<String>,
+    /// The caller's key for this job (`claude_run_async`): a second start
+    /// with the same key returns the job already started instead of paying
+    /// for it again, so a caller that died before it saw the job id can
+    /// find it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request_id: Option<String>,
 }
 
 /// `claude_status`, `claude_result`, `claude_kill_job`.

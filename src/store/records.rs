@@ -106,6 +106,8 @@ pub struct McpJobRecord {
     /// The tool result (the `claude_run` output) as JSON, once finished.
     pub output_json: Option<String>,
     pub process_group: Option<i32>,
+    /// The caller's idempotency key, if it gave one.
+    pub request_id: Option<String>,
 }
 
 /// A change held for an operator's decision (supervised mode).

@@ -386,6 +386,29 @@ async fn a_restarted_server_answers_for_finished_jobs_and_fails_the_ones_it_lost
     again.stop().await;
 }
 
+#[tokio::test]
+async fn starting_again_with_the_same_request_id_returns_the_job_already_started() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(
+        dir.path(),
+        &fake_claude(),
+        &[],
+        &[("FAKE_CLAUDE_DELAY", "0.5")],
+    )
+    .await;
+    let args = json!({"task": "[fake:slow] once", "cwd": dir.path().display().to_string(), "requestId": "agent#7"});
+    let first: StartedOutput = server.typed("claude_run_async", args.clone()).await;
+    let again: StartedOutput = server.typed("claude_run_async", args).await;
+    assert_eq!(first.job_id, again.job_id);
+    assert_eq!(server.wait_done(&first.job_id).await.status, "completed");
+    let after: StartedOutput = server
+        .typed("claude_run_async", json!({"task": "[fake:slow] once", "cwd": dir.path().display().to_string(), "requestId": "agent#7"}))
+        .await;
+    assert_eq!(after.job_id, first.job_id, "a finished job is found too");
+    assert_eq!(server.invocations().len(), 1, "claude ran once");
+    server.stop().await;
+}
+
 /// The real Claude Code CLI (npm package `@anthropic-ai/claude-code`), which
 /// `.ci/run` installs under `target/claude-code`, not logged in.
 #[tokio::test]
