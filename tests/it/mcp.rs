@@ -99,6 +99,18 @@ impl Server {
         }
     }
 
+    /// Starts an async job and waits until the stand-in is running it.
+    async fn start_async(&self, task: &str, cwd: &Path, marker: &str) -> StartedOutput {
+        let started: StartedOutput = self.typed("claude_run_async", run_args(task, cwd)).await;
+        poll_until("the job to start", Duration::from_secs(10), || {
+            self.invocations()
+                .iter()
+                .any(|l| l.contains(marker))
+                .then_some(())
+        });
+        started
+    }
+
     fn invocations(&self) -> Vec<String> {
         std::fs::read_to_string(&self.log)
             .unwrap_or_default()
@@ -219,19 +231,9 @@ async fn every_tool_over_the_real_protocol() {
     assert!(unknown.contains("unknown job id"), "{unknown}");
 
     // claude_kill_job on a job that ignores SIGTERM.
-    let hanging: StartedOutput = server
-        .typed(
-            "claude_run_async",
-            run_args("[fake:ignore-term] stuck", dir.path()),
-        )
+    let hanging = server
+        .start_async("[fake:ignore-term] stuck", dir.path(), "stuck")
         .await;
-    poll_until("the hanging job to start", Duration::from_secs(10), || {
-        server
-            .invocations()
-            .iter()
-            .any(|l| l.contains("stuck"))
-            .then_some(())
-    });
     let killed: StatusOutput = server
         .typed("claude_kill_job", json!({"jobId": hanging.job_id}))
         .await;
@@ -351,19 +353,9 @@ async fn a_restarted_server_answers_for_finished_jobs_and_fails_the_ones_it_lost
     let finished: RunOutput = server
         .typed("claude_run", run_args("first", dir.path()))
         .await;
-    let lost: StartedOutput = server
-        .typed(
-            "claude_run_async",
-            run_args("[fake:hang] second", dir.path()),
-        )
+    let lost = server
+        .start_async("[fake:hang] second", dir.path(), "second")
         .await;
-    poll_until("the hanging job to start", Duration::from_secs(10), || {
-        server
-            .invocations()
-            .iter()
-            .any(|l| l.contains("second"))
-            .then_some(())
-    });
     // The server dies with a job running; its claude dies with it.
     nix::sys::signal::killpg(
         nix::unistd::Pid::from_raw(server.pid),

@@ -42,27 +42,39 @@ impl TraceService for Collector {
     }
 }
 
-/// A gRPC OTLP collector on a free loopback port, served from its own thread
-/// (the tests around it are synchronous).
-fn grpc_collector() -> (SocketAddr, Received) {
-    let received = Received::default();
-    let collector = Collector {
-        received: received.clone(),
-    };
+/// Serves `app` on a free loopback port from a thread of its own (the tests
+/// around it are synchronous) and returns the address.
+fn serve_in_thread<F, Fut>(app: F) -> SocketAddr
+where
+    F: FnOnce(tokio::net::TcpListener) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()>,
+{
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let runtime = tokio::runtime::Runtime::new().unwrap();
         runtime.block_on(async move {
             let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
             tx.send(listener.local_addr().unwrap()).unwrap();
-            tonic::transport::Server::builder()
-                .add_service(TraceServiceServer::new(collector))
-                .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
-                .await
-                .unwrap();
+            app(listener).await;
         });
     });
-    (rx.recv().unwrap(), received)
+    rx.recv().unwrap()
+}
+
+/// A gRPC OTLP collector on a free loopback port.
+fn grpc_collector() -> (SocketAddr, Received) {
+    let received = Received::default();
+    let collector = Collector {
+        received: received.clone(),
+    };
+    let address = serve_in_thread(move |listener| async move {
+        tonic::transport::Server::builder()
+            .add_service(TraceServiceServer::new(collector))
+            .serve_with_incoming(tonic::transport::server::TcpIncoming::from(listener))
+            .await
+            .unwrap();
+    });
+    (address, received)
 }
 
 /// An OTLP/HTTP receiver (protobuf bodies at /v1/traces).
@@ -70,31 +82,25 @@ fn http_collector() -> (SocketAddr, Received) {
     use prost::Message;
     let received = Received::default();
     let store = received.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().route(
-                "/v1/traces",
-                axum::routing::post(move |body: axum::body::Bytes| {
-                    let store = store.clone();
-                    async move {
-                        match ExportTraceServiceRequest::decode(body) {
-                            Ok(request) => {
-                                store.lock().unwrap().push(request);
-                                axum::http::StatusCode::OK
-                            }
-                            Err(_) => axum::http::StatusCode::BAD_REQUEST,
+    let address = serve_in_thread(move |listener| async move {
+        let app = axum::Router::new().route(
+            "/v1/traces",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let store = store.clone();
+                async move {
+                    match ExportTraceServiceRequest::decode(body) {
+                        Ok(request) => {
+                            store.lock().unwrap().push(request);
+                            axum::http::StatusCode::OK
                         }
+                        Err(_) => axum::http::StatusCode::BAD_REQUEST,
                     }
-                }),
-            );
-            axum::serve(listener, app).await.unwrap();
-        });
+                }
+            }),
+        );
+        axum::serve(listener, app).await.unwrap();
     });
-    (rx.recv().unwrap(), received)
+    (address, received)
 }
 
 fn spans(received: &Received) -> Vec<Span> {
@@ -551,29 +557,22 @@ fn an_alert_reaches_the_log_and_the_webhook_and_a_dead_webhook_blocks_nothing() 
     // A webhook receiver that keeps what it is sent.
     let bodies = Arc::new(Mutex::new(Vec::<serde_json::Value>::new()));
     let store = bodies.clone();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let runtime = tokio::runtime::Runtime::new().unwrap();
-        runtime.block_on(async move {
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-            tx.send(listener.local_addr().unwrap()).unwrap();
-            let app = axum::Router::new().route(
-                "/alerts",
-                axum::routing::post(move |body: axum::body::Bytes| {
-                    let store = store.clone();
-                    async move {
-                        store
-                            .lock()
-                            .unwrap()
-                            .push(serde_json::from_slice(&body).unwrap());
-                        axum::http::StatusCode::OK
-                    }
-                }),
-            );
-            axum::serve(listener, app).await.unwrap();
-        });
+    let address = serve_in_thread(move |listener| async move {
+        let app = axum::Router::new().route(
+            "/alerts",
+            axum::routing::post(move |body: axum::body::Bytes| {
+                let store = store.clone();
+                async move {
+                    store
+                        .lock()
+                        .unwrap()
+                        .push(serde_json::from_slice(&body).unwrap());
+                    axum::http::StatusCode::OK
+                }
+            }),
+        );
+        axum::serve(listener, app).await.unwrap();
     });
-    let address = rx.recv().unwrap();
     for (webhook, live) in [
         (format!("http://{address}/alerts"), true),
         ("http://127.0.0.1:9/alerts".to_string(), false),
