@@ -64,10 +64,7 @@ pub fn decide(
         };
     }
     if snapshot.paused {
-        return Permit::Wait {
-            reason: "paused by an operator".into(),
-            retry_after,
-        };
+        return Permit::Paused { retry_after };
     }
     let since = now_ms.saturating_sub(DAY_MS);
     let spent = snapshot.tokens_since(since);
@@ -317,7 +314,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            matches!(decide(&s, 1, None, 100, RETRY, 0), Permit::Wait { retry_after, .. } if retry_after == RETRY)
+            matches!(decide(&s, 1, None, 100, RETRY, 0), Permit::Paused { retry_after } if retry_after == RETRY)
         );
     }
 

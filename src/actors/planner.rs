@@ -252,8 +252,10 @@ fn on_iteration_end(
         IterationEnd::Wait {
             reason,
             retry_after,
+            paused,
         } => {
-            if reason.contains("paused") && state.run_state == RunState::Running {
+            // The pause may predate this planner (a restart): show it.
+            if paused && state.run_state == RunState::Running {
                 state.run_state = RunState::Paused;
             }
             tracing::debug!(%reason, retry_after = %humantime::format_duration(retry_after), "permit denied; waiting");
@@ -330,6 +332,13 @@ async fn drive(
     .await;
     match permit {
         Ok(Permit::Granted) => {}
+        Ok(Permit::Paused { retry_after }) => {
+            return IterationEnd::Wait {
+                reason: "paused by an operator".into(),
+                retry_after,
+                paused: true,
+            };
+        }
         Ok(Permit::Wait {
             reason,
             retry_after,
@@ -337,6 +346,7 @@ async fn drive(
             return IterationEnd::Wait {
                 reason,
                 retry_after,
+                paused: false,
             };
         }
         Ok(Permit::Finished { reason }) => return IterationEnd::Finished { reason },
@@ -344,6 +354,7 @@ async fn drive(
             return IterationEnd::Wait {
                 reason: error.to_string(),
                 retry_after: ctx.config.permit_retry_after,
+                paused: false,
             };
         }
     }

@@ -288,7 +288,11 @@ pub struct Research {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Permit {
     Granted,
-    /// Not now: ask again after `retry_after`.
+    /// An operator paused the run: ask again after `retry_after`.
+    Paused {
+        retry_after: Duration,
+    },
+    /// Not now (budget): ask again after `retry_after`.
     Wait {
         reason: String,
         retry_after: Duration,
@@ -534,10 +538,11 @@ pub enum PlannerMsg {
 pub enum IterationEnd {
     /// Committed: log entry and every snapshot are durable.
     Committed(crate::store::IterationRecord),
-    /// The governor said not now.
+    /// The governor said not now; `paused` when an operator paused the run.
     Wait {
         reason: String,
         retry_after: Duration,
+        paused: bool,
     },
     /// The governor said the run is over.
     Finished { reason: String },
