@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::messages::{JobOutcome, JobStatus, Usage};
+use crate::domain::{JobOutcome, JobStatus, Usage};
 use crate::process::{self, CommandSpec, Ending};
 
 /// One run of `claude -p`.

@@ -7,11 +7,32 @@ use std::process::ExitCode;
 
 use clap::{Args, Parser, Subcommand};
 
-use crate::config::{self, BackendChoice, Mode};
+use crate::config::{self, BackendChoice, Mode, Overrides};
 use crate::ctl::client;
 use crate::ctl::protocol::{Command, Outcome};
-use crate::daemon::{self, Ending, Overrides, exit};
-use crate::store::Store;
+use crate::daemon::{self, Ending, RunError};
+use crate::store::{Store, StoreError};
+
+/// Exit statuses of `agent` (documented in the README).
+pub mod exit {
+    /// Done: the run finished or was stopped cleanly.
+    pub const OK: u8 = 0;
+    /// The run failed: the tree escalated, or the daemon refused the request.
+    pub const FAILED: u8 = 1;
+    /// Bad usage or configuration; nothing was changed.
+    pub const USAGE: u8 = 2;
+    /// The state directory is in use, or the daemon cannot be reached.
+    pub const UNAVAILABLE: u8 = 3;
+}
+
+/// The exit status of a run that could not run.
+fn run_exit_code(error: &RunError) -> u8 {
+    match error {
+        RunError::Usage(_) => exit::USAGE,
+        RunError::Store(StoreError::InUse(_)) => exit::UNAVAILABLE,
+        RunError::Store(_) | RunError::Failed(_) => exit::FAILED,
+    }
+}
 
 #[derive(Debug, Parser)]
 #[command(
@@ -300,7 +321,7 @@ async fn run(args: RunArgs, format: LogFormat) -> u8 {
         Ok(Ending::Escalated(_)) => exit::FAILED,
         Err(error) => {
             eprintln!("agent: {error}");
-            error.exit_code()
+            run_exit_code(&error)
         }
     };
     // Every exit path flushes the last traces.
@@ -519,7 +540,7 @@ fn history(args: &HistoryArgs) -> u8 {
         Err(error) => {
             eprintln!("agent: {error}");
             return match error {
-                crate::store::StoreError::InUse(_) => exit::UNAVAILABLE,
+                StoreError::InUse(_) => exit::UNAVAILABLE,
                 _ => exit::FAILED,
             };
         }
@@ -539,7 +560,10 @@ fn history(args: &HistoryArgs) -> u8 {
         } else {
             println!(
                 "{:>4}  {:<24} {:<10} {}",
-                record.number, record.capability, record.outcome, record.summary
+                record.number,
+                record.capability,
+                record.outcome.as_str(),
+                record.summary
             );
         }
     }

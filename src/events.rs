@@ -4,8 +4,7 @@
 
 use tokio::sync::broadcast;
 
-use crate::messages::ActorKind;
-use crate::store::IterationRecord;
+use crate::domain::{ActorKind, Iteration};
 
 #[derive(Debug, Clone)]
 pub enum Event {
@@ -31,7 +30,7 @@ pub enum Event {
         rule: &'static str,
         message: String,
     },
-    IterationCommitted(IterationRecord),
+    IterationCommitted(Iteration),
     IterationAbandoned {
         iteration: u64,
         reason: String,

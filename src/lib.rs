@@ -9,6 +9,7 @@ pub mod cognition;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod domain;
 pub mod events;
 pub mod mcp;
 pub mod messages;

@@ -16,7 +16,8 @@ use tracing::Instrument;
 
 use super::{Context, handle_common, load_snapshot};
 use crate::cognition::{Job, StartHook, Started};
-use crate::messages::{ActorKind, ExecutorMsg, JobOutcome, JobStatus, Usage};
+use crate::domain::{ActorKind, JobOutcome, JobStatus, Plan, Usage};
+use crate::messages::{ActorError, ExecutorMsg};
 use crate::process;
 use crate::store::{JobRecord, now_ms};
 
@@ -124,17 +125,18 @@ impl Actor for Executor {
                     .into_iter()
                     .find(|j| j.id == job);
                 let result = match record {
-                    None => Err(format!("there is no job {job}")),
-                    Some(record) if record.status != "running" => Err(format!(
-                        "job {job} is not running (it is {})",
-                        record.status
+                    None => Err(ActorError::Refused(format!("there is no job {job}"))),
+                    Some(record) if !record.status.is_running() => Err(ActorError::Refused(
+                        format!("job {job} is not running (it is {})", record.status),
                     )),
                     Some(record) => match state.cancels.get(&record.iteration) {
                         Some(cancel) => {
                             cancel.cancel();
                             Ok(())
                         }
-                        None => Err(format!("job {job} is not run by this executor")),
+                        None => Err(ActorError::Refused(format!(
+                            "job {job} is not run by this executor"
+                        ))),
                     },
                 };
                 let _ = reply.send(result);
@@ -163,7 +165,7 @@ impl Actor for Executor {
 async fn execute(
     ctx: &Context,
     slots: Arc<Semaphore>,
-    plan: crate::messages::Plan,
+    plan: Plan,
     cancel: CancellationToken,
 ) -> JobOutcome {
     let failed = |job_id: u64, error: String| JobOutcome {
@@ -195,7 +197,7 @@ async fn execute(
         iteration: plan.iteration,
         backend: ctx.backend.name().to_string(),
         capability: plan.capability.clone(),
-        status: "running".into(),
+        status: JobStatus::Running,
         process_group: None,
         remote_id: None,
         started_at_ms: now_ms(),
@@ -271,7 +273,7 @@ async fn execute(
     if let Some(running) = running {
         record = running;
     }
-    record.status = outcome.status.as_str().to_string();
+    record.status = outcome.status;
     record.ended_at_ms = Some(now_ms());
     record.error = outcome.error.clone();
     if let Err(error) = ctx.store.put_job(&record).await {
@@ -296,7 +298,7 @@ fn pending_remote_job(ctx: &Context, iteration: u64) -> Option<JobRecord> {
         .ok()?
         .into_iter()
         .rev()
-        .find(|j| j.iteration == iteration && j.status == "running" && is_remote(j))
+        .find(|j| j.iteration == iteration && j.status.is_running() && is_remote(j))
 }
 
 /// A job on the MCP server: it outlives the agent and can be found again,
@@ -307,11 +309,7 @@ fn is_remote(job: &JobRecord) -> bool {
 
 /// Waits for a pending remote job of this iteration instead of paying for the
 /// same work twice.
-async fn reattach(
-    ctx: &Context,
-    plan: &crate::messages::Plan,
-    cancel: &CancellationToken,
-) -> Option<JobOutcome> {
+async fn reattach(ctx: &Context, plan: &Plan, cancel: &CancellationToken) -> Option<JobOutcome> {
     let mut record = pending_remote_job(ctx, plan.iteration)?;
     // Without the server's id, `execute` starts the job under its old id;
     // the server recognises the request and returns the running job.
@@ -330,11 +328,11 @@ async fn reattach(
     record.ended_at_ms = Some(now_ms());
     match &outcome {
         Some(outcome) => {
-            record.status = outcome.status.as_str().to_string();
+            record.status = outcome.status;
             record.error = outcome.error.clone();
         }
         None => {
-            record.status = "failed".into();
+            record.status = JobStatus::Failed;
             record.error = Some(format!("cannot re-attach to remote job {remote_id}"));
         }
     }
@@ -351,12 +349,12 @@ async fn abandon_leftover_jobs(ctx: &Context) {
     };
     for mut job in jobs
         .into_iter()
-        .filter(|j| j.status == "running" && !is_remote(j))
+        .filter(|j| j.status.is_running() && !is_remote(j))
     {
         if let Some(group) = job.process_group {
             process::kill_stale_group(group);
         }
-        job.status = "failed".into();
+        job.status = JobStatus::Failed;
         job.ended_at_ms = Some(now_ms());
         job.error = Some("abandoned: the executor stopped while the job ran".into());
         tracing::warn!(

@@ -14,8 +14,9 @@ use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 
 use super::{Context, handle_common, load_snapshot, make_snapshot};
+use crate::domain::{ActorKind, ApprovalDecision, ApprovalState, GovernorStatus, Permit, Usage};
 use crate::events::Event;
-use crate::messages::{ActorKind, ApprovalDecision, GovernorMsg, GovernorStatus, Permit, Usage};
+use crate::messages::{ActorError, GovernorMsg};
 use crate::store::{ApprovalRecord, now_ms};
 
 const KIND: ActorKind = ActorKind::Governor;
@@ -98,13 +99,13 @@ pub struct GovernorState {
 }
 
 impl GovernorState {
-    async fn persist(&self) -> Result<(), String> {
+    async fn persist(&self) -> Result<(), ActorError> {
         let record = make_snapshot(KIND, SCHEMA, &self.snapshot)?;
         self.ctx
             .store
             .put_snapshot(&record)
             .await
-            .map_err(|e| e.to_string())
+            .map_err(|e| ActorError::Store(e.to_string()))
     }
 }
 
@@ -125,9 +126,9 @@ impl Actor for Governor {
             .store
             .approvals()?
             .into_iter()
-            .filter(|a| a.state == "pending")
+            .filter(|a| a.state == ApprovalState::Pending)
         {
-            approval.state = "expired".into();
+            approval.state = ApprovalState::Expired;
             approval.decided_at_ms = Some(now_ms());
             approval.reason = Some("the governor restarted; the iteration will ask again".into());
             ctx.store.put_approval(&approval).await?;
@@ -202,7 +203,7 @@ impl Actor for Governor {
                     files: request.files,
                     fitness_before: request.fitness_before,
                     fitness_after: request.fitness_after,
-                    state: "pending".into(),
+                    state: ApprovalState::Pending,
                     reason: None,
                     requested_at_ms: now_ms(),
                     decided_at_ms: None,
@@ -220,7 +221,12 @@ impl Actor for Governor {
             GovernorMsg::Approvals(reply) => {
                 let mut all = state.ctx.store.approvals()?;
                 // Pending first, then the latest decisions.
-                all.sort_by_key(|a| (a.state != "pending", std::cmp::Reverse(a.requested_at_ms)));
+                all.sort_by_key(|a| {
+                    (
+                        a.state != ApprovalState::Pending,
+                        std::cmp::Reverse(a.requested_at_ms),
+                    )
+                });
                 all.truncate(50);
                 let _ = reply.send(all);
             }
@@ -237,18 +243,24 @@ impl Actor for Governor {
                         .approvals()?
                         .into_iter()
                         .find(|a| a.id == id);
-                    let _ = reply.send(Err(match known {
+                    let _ = reply.send(Err(ActorError::Refused(match known {
                         Some(a) => format!("approval {id} is not waiting (it is {})", a.state),
                         None => format!("there is no approval {id}; see `agent ctl approvals`"),
-                    }));
+                    })));
                     return Ok(());
                 };
-                approval.state = if approve { "approved" } else { "rejected" }.into();
+                approval.state = if approve {
+                    ApprovalState::Approved
+                } else {
+                    ApprovalState::Rejected
+                };
                 approval.reason = reason.clone();
                 approval.decided_at_ms = Some(now_ms());
                 if let Err(error) = state.ctx.store.put_approval(&approval).await {
                     state.waiting.insert(id, (approval, waiting));
-                    let _ = reply.send(Err(format!("cannot record the decision: {error}")));
+                    let _ = reply.send(Err(ActorError::Store(format!(
+                        "cannot record the decision: {error}"
+                    ))));
                     return Ok(());
                 }
                 let decision = if approve {

@@ -10,10 +10,10 @@ use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 
 use super::{Context, handle_common, load_snapshot};
-use crate::messages::{
-    ActorKind, Advice, Experience, LearnerMsg, LearnerStats, Outcome, RankedCapability, Usage,
+use crate::domain::{
+    ActorKind, Advice, CapabilitySummary, Experience, LearnerStats, Outcome, RankedCapability,
 };
-use std::time::Duration;
+use crate::messages::LearnerMsg;
 
 const KIND: ActorKind = ActorKind::Learner;
 const SCHEMA: u32 = 1;
@@ -143,20 +143,6 @@ impl Actor for Learner {
                     .unwrap_or_default()
                     .into_iter()
                     .rev()
-                    .map(|e| Experience {
-                        iteration: e.iteration,
-                        capability: e.capability,
-                        outcome: Outcome::parse(&e.outcome).unwrap_or(Outcome::JobFailed),
-                        fitness_before: e.fitness_before,
-                        fitness_after: e.fitness_after,
-                        usage: Usage {
-                            input_tokens: e.input_tokens,
-                            output_tokens: e.output_tokens,
-                            cost_usd: e.cost_usd,
-                        },
-                        duration: Duration::from_millis(e.duration_ms),
-                        error_signature: e.error_signature,
-                    })
                     .collect();
                 let _ = reply.send(Advice {
                     ranked: rank(&state.snapshot.stats, &candidates),
@@ -174,14 +160,14 @@ impl Actor for Learner {
                         } else {
                             s.total_reward / s.attempts as f64
                         };
-                        (
-                            id.clone(),
-                            s.attempts,
-                            s.accepted,
-                            mean,
-                            s.fitness_gain,
-                            s.tokens,
-                        )
+                        CapabilitySummary {
+                            capability: id.clone(),
+                            attempts: s.attempts,
+                            accepted: s.accepted,
+                            mean_reward: mean,
+                            fitness_gain: s.fitness_gain,
+                            tokens: s.tokens,
+                        }
                     })
                     .collect();
                 let _ = reply.send(LearnerStats {
@@ -216,6 +202,8 @@ impl Actor for Learner {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::domain::Usage;
+    use std::time::Duration;
 
     fn experience(capability: &str, outcome: Outcome, before: f64, after: f64) -> Experience {
         Experience {

@@ -21,8 +21,9 @@ use serde::de::DeserializeOwned;
 
 use crate::cognition::Cognition;
 use crate::config::{Config, TreeSpec};
+use crate::domain::{ActorKind, FaultKind};
 use crate::events::EventBus;
-use crate::messages::{ActorKind, Common, inject};
+use crate::messages::{ActorError, Common};
 use crate::store::{SnapshotRecord, Store, codec};
 use crate::supervisor::{ChildFactory, SpawnFuture};
 use crate::workspace::Workspace;
@@ -47,23 +48,23 @@ pub fn load_snapshot<S: DeserializeOwned>(
     store: &Store,
     kind: ActorKind,
     schema: u32,
-) -> Result<Option<S>, String> {
+) -> Result<Option<S>, ActorError> {
     let Some(record) = store
         .snapshot(kind.name())
-        .map_err(|e| format!("cannot read the {kind} snapshot: {e}"))?
+        .map_err(|e| ActorError::Store(format!("cannot read the {kind} snapshot: {e}")))?
     else {
         return Ok(None);
     };
     if record.schema != schema {
-        return Err(format!(
+        return Err(ActorError::Store(format!(
             "the stored {kind} snapshot has schema version {}, this build reads version {schema}; \
              use the build that wrote it or start with a new --state directory",
             record.schema
-        ));
+        )));
     }
     codec::decode(&record.body)
         .map(Some)
-        .map_err(|e| format!("the stored {kind} snapshot is unreadable: {e}"))
+        .map_err(|e| ActorError::Store(format!("the stored {kind} snapshot is unreadable: {e}")))
 }
 
 /// Encodes an actor's state as the record it commits. The planner's iteration
@@ -72,13 +73,26 @@ pub fn make_snapshot<S: Serialize>(
     kind: ActorKind,
     schema: u32,
     body: &S,
-) -> Result<SnapshotRecord, String> {
+) -> Result<SnapshotRecord, ActorError> {
     Ok(SnapshotRecord {
         actor: kind.name().to_string(),
         schema,
         iteration: 0,
-        body: codec::encode(body).map_err(|e| e.to_string())?,
+        body: codec::encode(body).map_err(|e| ActorError::Store(e.to_string()))?,
     })
+}
+
+/// Applies an injected fault inside an actor's handler.
+pub async fn inject(actor: ActorKind, fault: FaultKind) -> Result<(), ractor::ActorProcessingErr> {
+    match fault {
+        FaultKind::Panic => panic!("injected panic in {actor}"),
+        FaultKind::Error => Err(format!("injected error in {actor}").into()),
+        FaultKind::Hang => {
+            tracing::warn!(%actor, "injected hang: this actor no longer serves its mailbox");
+            std::future::pending::<()>().await;
+            Ok(())
+        }
+    }
 }
 
 /// The `Common` messages of an actor whose committed state is one snapshot

@@ -12,12 +12,12 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
-use super::{Context, load_snapshot, make_snapshot};
+use super::{Context, inject, load_snapshot, make_snapshot};
 use crate::config::{Fitness, Mode};
-use crate::messages::{
-    self, ActorKind, ApprovalDecision, ApprovalRequest, Common, GovernorMsg, ModifierMsg,
-    ModifierStatus, PeerError, Prepared, Verdict, inject,
+use crate::domain::{
+    ActorKind, ApprovalDecision, ApprovalRequest, ModifierStatus, Prepared, Verdict,
 };
+use crate::messages::{self, ActorError, Common, GovernorMsg, ModifierMsg, PeerError};
 use crate::process::{self, CommandSpec, Ending};
 use crate::workspace::Workspace;
 
@@ -44,11 +44,15 @@ pub struct ModifierState {
 }
 
 impl ModifierState {
-    fn restore(&mut self) -> Result<(), String> {
+    fn restore(&mut self) -> Result<(), ActorError> {
         self.snapshot = match load_snapshot(&self.ctx.store, KIND, SCHEMA)? {
             Some(snapshot) => snapshot,
             None => ModifierSnapshot {
-                head: self.ctx.workspace.head().map_err(|e| e.to_string())?,
+                head: self
+                    .ctx
+                    .workspace
+                    .head()
+                    .map_err(|e| ActorError::Workspace(e.to_string()))?,
                 ..Default::default()
             },
         };
@@ -100,7 +104,8 @@ impl Actor for Modifier {
                 state.work.spawn(async move {
                     let result = prepare(&ctx, &head, known, keep_worktree)
                         .instrument(span)
-                        .await;
+                        .await
+                        .map_err(ActorError::Workspace);
                     if let Ok(prepared) = &result {
                         let _ = myself.cast(ModifierMsg::Settled {
                             head: prepared.base_commit.clone(),
@@ -136,7 +141,8 @@ impl Actor for Modifier {
                 state.work.spawn(async move {
                     let result = validate(&ctx, &base, iteration, &summary, fitness_before)
                         .instrument(span.clone())
-                        .await;
+                        .await
+                        .map_err(ActorError::Workspace);
                     match &result {
                         Ok(Verdict::Accepted {
                             fitness_after,
@@ -163,7 +169,7 @@ impl Actor for Modifier {
                             span.record("files_changed", 0i64);
                         }
                         Err(error) => {
-                            span.record("verdict", error.as_str());
+                            span.record("verdict", error.to_string().as_str());
                         }
                     }
                     match &result {
@@ -233,7 +239,7 @@ impl Actor for Modifier {
                             .ctx
                             .workspace
                             .reset_to(&state.snapshot.head)
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| ActorError::Workspace(e.to_string()))
                     });
                     let _ = reply.send(result);
                 }

@@ -13,7 +13,8 @@ use tokio::task::JoinSet;
 use tracing::Instrument;
 
 use super::{Context, handle_common, load_snapshot};
-use crate::messages::{ActorKind, Research, ResearcherMsg, Usage};
+use crate::domain::{ActorKind, Research, ResearcherStatus, Usage};
+use crate::messages::{ActorError, ResearcherMsg};
 use crate::store::{ResearchRecord, now_ms};
 
 const KIND: ActorKind = ActorKind::Researcher;
@@ -99,11 +100,14 @@ impl Actor for Researcher {
                 });
             }
             ResearcherMsg::Status(reply) => {
-                let _ = reply.send((state.snapshot.hits, state.snapshot.misses));
+                let _ = reply.send(ResearcherStatus {
+                    hits: state.snapshot.hits,
+                    misses: state.snapshot.misses,
+                });
             }
             ResearcherMsg::Invalidate { topic, reply } => {
                 let removed = state.ctx.store.remove_research(&topic).await;
-                let _ = reply.send(removed.map_err(|e| e.to_string()));
+                let _ = reply.send(removed.map_err(|e| ActorError::Store(e.to_string())));
             }
             ResearcherMsg::Filled { research, reply } => {
                 state.snapshot.misses += 1;

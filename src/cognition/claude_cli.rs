@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{Cognition, Job};
 use crate::claude::{Cli, Invocation};
-use crate::messages::{Capability, JobOutcome};
+use crate::domain::{Capability, JobOutcome};
 
 /// The single capability of a model backend: one focused change.
 pub const CAPABILITY: &str = "claude-edit";

@@ -23,12 +23,11 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cognition, Job, StartHook, Started};
-use crate::config::Execution;
+use crate::domain::{Capability, Execution, JobOutcome, JobStatus, Usage};
 use crate::mcp::REQUIRED_TOOLS;
 use crate::mcp::tools::{
     BatchOutput, BatchParams, JobIdParams, RunOutput, RunParams, StartedOutput, StatusOutput,
 };
-use crate::messages::{Capability, JobOutcome, JobStatus, Usage};
 
 /// Extra time a blocking or polling call gets beyond the job's own deadline.
 const MARGIN: Duration = Duration::from_secs(60);
@@ -286,7 +285,7 @@ impl Mcp {
                 .call::<StatusOutput>("claude_status", ids.clone(), self.settings.call_timeout)
                 .await
             {
-                Ok(status) if status.status == "running" => {}
+                Ok(status) if status.status.parse() == Ok(JobStatus::Running) => {}
                 Ok(_) => break,
                 Err(error) => return failed(local_id, error.to_string()),
             }
@@ -348,10 +347,9 @@ fn failed(job_id: u64, error: String) -> JobOutcome {
 pub fn outcome_of(job_id: u64, output: RunOutput) -> JobOutcome {
     JobOutcome {
         job_id,
-        status: match output.status.as_str() {
-            "completed" if !output.is_error => JobStatus::Completed,
-            "timeout" => JobStatus::Timeout,
-            "killed" => JobStatus::Killed,
+        status: match output.status.parse::<JobStatus>() {
+            Ok(JobStatus::Completed) if !output.is_error => JobStatus::Completed,
+            Ok(status @ (JobStatus::Timeout | JobStatus::Killed)) => status,
             _ => JobStatus::Failed,
         },
         output: output.result.unwrap_or_default(),

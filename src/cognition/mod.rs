@@ -15,7 +15,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::config::{BackendChoice, Config};
-use crate::messages::{Capability, JobOutcome};
+use crate::domain::{Capability, Execution, JobOutcome};
 
 /// One job for a backend.
 #[derive(Debug, Clone)]
@@ -25,7 +25,7 @@ pub struct Job {
     pub prompt: Option<String>,
     pub cwd: PathBuf,
     pub timeout: Duration,
-    pub execution: crate::config::Execution,
+    pub execution: Execution,
     /// Cancelled when an operator kills the job (`agent ctl send executor kill-job`).
     pub cancel: tokio_util::sync::CancellationToken,
 }

@@ -5,7 +5,7 @@
 use async_trait::async_trait;
 
 use super::{Cognition, Job};
-use crate::messages::{Capability, JobOutcome, JobStatus, Usage};
+use crate::domain::{Capability, JobOutcome, JobStatus, Usage};
 use crate::process::{self, CommandSpec, Ending};
 
 /// (id, description, command line)

@@ -9,7 +9,7 @@ use toml::Spanned;
 
 use super::error::ConfigError;
 use super::values::{HumanDuration, Positive};
-use crate::messages::ActorKind;
+use crate::domain::ActorKind;
 use crate::supervisor::policy::{Backoff, Intensity, RestartType, Strategy};
 
 /// The embedded default, identical to the repository's `actors.toml`.

@@ -12,6 +12,8 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
+use crate::domain::Execution;
+
 pub use actors::{ChildSpec, DEFAULT_ACTORS_TOML, TreeSpec};
 pub use error::ConfigError;
 use values::{HumanDuration, Positive};
@@ -84,21 +86,27 @@ struct RawCognition {
     permission_mode: String,
     model: Option<String>,
     job_timeout: HumanDuration,
-    execution: Execution,
+    execution: RawExecution,
     mcp_command: Option<Vec<String>>,
     mcp_call_timeout: HumanDuration,
     mcp_max_concurrent: Positive,
 }
 
-/// How a plan runs on the MCP backend.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+/// `[cognition] execution` as written; checked into [`Execution`].
+#[derive(Debug, Clone, Copy, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Execution {
-    /// `claude_run`: one call that blocks until the job ends.
+enum RawExecution {
     Sync,
-    /// `claude_run_async`, then `claude_status` polls and `claude_result`;
-    /// the job id is stored first, so a restarted agent re-attaches.
     Async,
+}
+
+impl From<RawExecution> for Execution {
+    fn from(raw: RawExecution) -> Execution {
+        match raw {
+            RawExecution::Sync => Execution::Sync,
+            RawExecution::Async => Execution::Async,
+        }
+    }
 }
 
 #[derive(Debug, Deserialize)]
@@ -340,7 +348,7 @@ impl Config {
             permission_mode: raw.cognition.permission_mode,
             model: raw.cognition.model.filter(|m| !m.is_empty()),
             job_timeout: raw.cognition.job_timeout.0,
-            execution: raw.cognition.execution,
+            execution: raw.cognition.execution.into(),
             mcp_command: raw.cognition.mcp_command,
             mcp_call_timeout: raw.cognition.mcp_call_timeout.0,
             mcp_max_concurrent: raw.cognition.mcp_max_concurrent.get() as usize,
@@ -380,6 +388,45 @@ impl Config {
         self.socket
             .clone()
             .unwrap_or_else(|| self.state_dir.join("agent.sock"))
+    }
+}
+
+/// Flags of `agent run` that override the configuration.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub goal: Option<String>,
+    pub replace_goal: bool,
+    pub workspace: Option<PathBuf>,
+    pub state: Option<PathBuf>,
+    pub backend: Option<BackendChoice>,
+    pub claude_bin: Option<PathBuf>,
+    pub mode: Option<Mode>,
+    pub max_iterations: Option<u64>,
+}
+
+impl Config {
+    /// Applies the command line's flags on top of the checked file. The goal
+    /// is not applied here: whether `--goal` may replace a stored run's goal
+    /// is decided against the store (`daemon`).
+    pub fn apply(&mut self, overrides: &Overrides) {
+        if let Some(workspace) = &overrides.workspace {
+            self.workspace = workspace.clone();
+        }
+        if let Some(state) = &overrides.state {
+            self.state_dir = state.clone();
+        }
+        if let Some(backend) = overrides.backend {
+            self.backend = backend;
+        }
+        if let Some(bin) = &overrides.claude_bin {
+            self.claude_bin = bin.clone();
+        }
+        if let Some(mode) = overrides.mode {
+            self.mode = mode;
+        }
+        if let Some(max) = overrides.max_iterations {
+            self.max_iterations = Some(max);
+        }
     }
 }
 

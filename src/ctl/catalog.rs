@@ -1,16 +1,23 @@
 //! What `agent ctl send <actor> <message>` can deliver: every actor's public
-//! messages, with their arguments, turned from JSON into the actor's typed
-//! message at this edge and the typed reply back into JSON. `send <actor>
-//! --list` prints this catalogue.
+//! messages, each entry with its arguments, its description and its own
+//! handler — so an entry cannot be listed without being wired. Arguments are
+//! checked here, the typed message is built at this edge and the typed reply
+//! turned back into JSON. `send <actor> --list` prints this catalogue.
+//! Messages that are also ctl commands (pause, resume, goal) call the same
+//! function in `operations` as the command does.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::time::Duration;
 
 use serde_json::{Map, Value, json};
 
+use super::operations::{self, actor_error, peer_error};
 use super::protocol::{ArgInfo, ErrorKind, MessageInfo, WireError};
+use crate::domain::ActorKind;
 use crate::messages::{
-    self, ActorKind, Common, ExecutorMsg, GovernorMsg, LearnerMsg, ModifierMsg, PeerError,
-    PlannerMsg, ResearcherMsg,
+    self, Common, ExecutorMsg, GovernorMsg, LearnerMsg, ModifierMsg, PeerError, PlannerMsg,
+    ResearcherMsg,
 };
 
 const QUICK: Duration = Duration::from_secs(10);
@@ -34,12 +41,17 @@ struct Arg {
     required: bool,
 }
 
+type Reply = Result<Value, WireError>;
+/// Delivers one message with checked arguments and returns the reply as JSON.
+type Handler = fn(Args) -> Pin<Box<dyn Future<Output = Reply> + Send>>;
+
 struct Spec {
     actor: ActorKind,
     name: &'static str,
     kind: Kind,
     args: &'static [Arg],
     description: &'static str,
+    handler: Handler,
 }
 
 const fn arg(name: &'static str, kind: ArgKind, required: bool) -> Arg {
@@ -50,13 +62,14 @@ const fn arg(name: &'static str, kind: ArgKind, required: bool) -> Arg {
     }
 }
 
-const CATALOG: &[Spec] = &[
+static CATALOG: &[Spec] = &[
     Spec {
         actor: ActorKind::Governor,
         name: "status",
         kind: Kind::Query,
         args: &[],
         description: "pause flag, tokens spent in the last 24h against the budget, cost so far, permits granted",
+        handler: |args| Box::pin(governor_status(args)),
     },
     Spec {
         actor: ActorKind::Governor,
@@ -64,6 +77,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Command,
         args: &[],
         description: "deny permits until resumed (the in-flight iteration finishes)",
+        handler: |args| Box::pin(governor_pause(args)),
     },
     Spec {
         actor: ActorKind::Governor,
@@ -71,6 +85,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Command,
         args: &[],
         description: "grant permits again",
+        handler: |args| Box::pin(governor_resume(args)),
     },
     Spec {
         actor: ActorKind::Learner,
@@ -78,6 +93,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Query,
         args: &[],
         description: "per-capability attempts, acceptances, mean reward, fitness gain and tokens",
+        handler: |args| Box::pin(learner_stats(args)),
     },
     Spec {
         actor: ActorKind::Learner,
@@ -85,6 +101,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Query,
         args: &[arg("candidates", ArgKind::TextList, true)],
         description: "rank capabilities as the next plan would",
+        handler: |args| Box::pin(learner_advise(args)),
     },
     Spec {
         actor: ActorKind::Learner,
@@ -92,6 +109,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Command,
         args: &[arg("capability", ArgKind::Text, true)],
         description: "drop what was learned about a capability (durable with the next commit)",
+        handler: |args| Box::pin(learner_forget(args)),
     },
     Spec {
         actor: ActorKind::Researcher,
@@ -99,6 +117,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Query,
         args: &[],
         description: "cache hits and misses filled",
+        handler: |args| Box::pin(researcher_status(args)),
     },
     Spec {
         actor: ActorKind::Researcher,
@@ -106,6 +125,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Query,
         args: &[arg("topic", ArgKind::Text, true)],
         description: "notes on a topic, from the cache or filled now",
+        handler: |args| Box::pin(researcher_research(args)),
     },
     Spec {
         actor: ActorKind::Researcher,
@@ -113,6 +133,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Command,
         args: &[arg("topic", ArgKind::Text, true)],
         description: "drop a cached answer so the next request fills it again",
+        handler: |args| Box::pin(researcher_invalidate(args)),
     },
     Spec {
         actor: ActorKind::Executor,
@@ -120,6 +141,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Query,
         args: &[],
         description: "what the cognition backend can do",
+        handler: |args| Box::pin(executor_capabilities(args)),
     },
     Spec {
         actor: ActorKind::Executor,
@@ -127,6 +149,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Query,
         args: &[arg("last", ArgKind::Integer, false)],
         description: "the latest cognition jobs (default 10)",
+        handler: |args| Box::pin(executor_jobs(args)),
     },
     Spec {
         actor: ActorKind::Executor,
@@ -134,6 +157,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Command,
         args: &[arg("job", ArgKind::Integer, true)],
         description: "kill a running job's process group (or its job on the MCP server)",
+        handler: |args| Box::pin(executor_kill_job(args)),
     },
     Spec {
         actor: ActorKind::Modifier,
@@ -141,6 +165,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Query,
         args: &[],
         description: "committed head, its fitness, changes accepted and rolled back, files changed now",
+        handler: |args| Box::pin(modifier_status(args)),
     },
     Spec {
         actor: ActorKind::Modifier,
@@ -148,6 +173,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Command,
         args: &[],
         description: "put the worktree back at the committed head (pause first)",
+        handler: |args| Box::pin(modifier_rollback(args)),
     },
     Spec {
         actor: ActorKind::Planner,
@@ -155,6 +181,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Query,
         args: &[],
         description: "goal, run state, committed iterations, the iteration in flight",
+        handler: |args| Box::pin(planner_status(args)),
     },
     Spec {
         actor: ActorKind::Planner,
@@ -162,6 +189,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Command,
         args: &[],
         description: "start the next iteration now if one is allowed",
+        handler: |args| Box::pin(planner_tick(args)),
     },
     Spec {
         actor: ActorKind::Planner,
@@ -169,6 +197,7 @@ const CATALOG: &[Spec] = &[
         kind: Kind::Command,
         args: &[arg("text", ArgKind::Text, true)],
         description: "replace the goal from the next iteration on",
+        handler: |args| Box::pin(planner_goal(args)),
     },
 ];
 
@@ -216,25 +245,13 @@ pub fn actor(name: &str) -> Result<ActorKind, WireError> {
     })
 }
 
-/// A peer failure as a wire error (restarting actors get a retry hint).
-pub fn peer_error(error: PeerError) -> WireError {
-    match error {
-        PeerError::NotRunning(_) | PeerError::Gone(_) => WireError {
-            kind: ErrorKind::ActorRestarting,
-            message: format!("{error}; retry shortly"),
-            retry_after_ms: Some(500),
-        },
-        PeerError::Timeout(..) => WireError::new(ErrorKind::Timeout, error.to_string()),
-    }
+/// The arguments of one message, checked against its entry.
+struct Args {
+    spec: &'static Spec,
+    values: Map<String, Value>,
 }
 
-/// The validated arguments of one message.
-struct Args<'a> {
-    spec: &'a Spec,
-    values: &'a Map<String, Value>,
-}
-
-impl Args<'_> {
+impl Args {
     fn bad(&self, problem: String) -> WireError {
         let takes = if self.spec.args.is_empty() {
             "no arguments".to_string()
@@ -329,11 +346,7 @@ impl Args<'_> {
 }
 
 /// Delivers a message and returns its reply as JSON.
-pub async fn send(
-    actor: ActorKind,
-    message: &str,
-    values: &Map<String, Value>,
-) -> Result<Value, WireError> {
+pub async fn send(actor: ActorKind, message: &str, values: &Map<String, Value>) -> Reply {
     let Some(spec) = CATALOG
         .iter()
         .find(|s| s.actor == actor && s.name == message)
@@ -351,177 +364,210 @@ pub async fn send(
             ),
         ));
     };
-    let args = Args { spec, values };
-    args.check()?;
-    let refused = |message: String| WireError::new(ErrorKind::Refused, message);
-    let value = match (actor, message) {
-        (ActorKind::Governor, "status") => {
-            let s = messages::call(actor, QUICK, GovernorMsg::Status)
-                .await
-                .map_err(peer_error)?;
-            json!({"paused": s.paused, "tokens_last_day": s.tokens_last_day, "tokens_per_day": s.tokens_per_day,
-                   "cost_usd_total": s.cost_usd_total, "permits_granted": s.permits_granted})
-        }
-        (ActorKind::Governor, "pause" | "resume") => {
-            let paused = message == "pause";
-            messages::call(actor, QUICK, |reply| GovernorMsg::SetPaused {
-                paused,
-                reply,
-            })
-            .await
-            .map_err(peer_error)?
-            .map_err(refused)?;
-            json!({"paused": paused})
-        }
-        (ActorKind::Learner, "stats") => {
-            let stats = messages::call(actor, QUICK, LearnerMsg::Stats)
-                .await
-                .map_err(peer_error)?;
-            let capabilities: Vec<Value> = stats
-                .capabilities
-                .iter()
-                .map(|(id, attempts, accepted, mean, gain, tokens)| {
-                    json!({"capability": id, "attempts": attempts, "accepted": accepted, "mean_reward": mean, "fitness_gain": gain, "tokens": tokens})
-                })
-                .collect();
-            json!({"experiences": stats.experiences, "capabilities": capabilities})
-        }
-        (ActorKind::Learner, "advise") => {
-            let candidates = args.list("candidates");
-            let advice = messages::call(actor, QUICK, |reply| LearnerMsg::Advise {
-                candidates,
-                reply,
-            })
-            .await
-            .map_err(peer_error)?;
-            let ranked: Vec<Value> = advice
-                .ranked
-                .iter()
-                .map(|r| json!({"capability": r.id, "score": if r.score.is_finite() { json!(r.score) } else { json!("untried") }, "attempts": r.attempts, "mean_reward": r.mean_reward}))
-                .collect();
-            json!({"ranked": ranked})
-        }
-        (ActorKind::Learner, "forget") => {
-            let capability = args.text("capability");
-            let known = messages::call(actor, QUICK, |reply| LearnerMsg::Forget {
-                capability: capability.clone(),
-                reply,
-            })
-            .await
-            .map_err(peer_error)?;
-            if !known {
-                return Err(refused(format!(
-                    "the learner knows nothing about \"{capability}\""
-                )));
-            }
-            json!({"forgotten": capability})
-        }
-        (ActorKind::Researcher, "status") => {
-            let (hits, misses) = messages::call(actor, QUICK, ResearcherMsg::Status)
-                .await
-                .map_err(peer_error)?;
-            json!({"hits": hits, "misses": misses})
-        }
-        (ActorKind::Researcher, "research") => {
-            let topic = args.text("topic");
-            let research = messages::call(actor, Duration::from_secs(600), |reply| {
-                ResearcherMsg::Research { topic, reply }
-            })
-            .await
-            .map_err(peer_error)?;
-            json!({"topic": research.topic, "from_cache": research.from_cache, "notes": research.notes,
-                   "input_tokens": research.usage.input_tokens, "output_tokens": research.usage.output_tokens})
-        }
-        (ActorKind::Researcher, "invalidate") => {
-            let topic = args.text("topic");
-            let removed = messages::call(actor, QUICK, |reply| ResearcherMsg::Invalidate {
-                topic: topic.clone(),
-                reply,
-            })
-            .await
-            .map_err(peer_error)?
-            .map_err(|e| WireError::new(ErrorKind::Internal, e))?;
-            json!({"topic": topic, "removed": removed})
-        }
-        (ActorKind::Executor, "capabilities") => {
-            let capabilities = messages::call(actor, QUICK, ExecutorMsg::Capabilities)
-                .await
-                .map_err(peer_error)?;
-            let list: Vec<Value> = capabilities
-                .iter()
-                .map(|c| json!({"id": c.id, "description": c.description}))
-                .collect();
-            json!({"capabilities": list})
-        }
-        (ActorKind::Executor, "jobs") => {
-            let last = args.integer("last").unwrap_or(10) as usize;
-            let jobs = messages::call(actor, QUICK, |reply| ExecutorMsg::Jobs { last, reply })
-                .await
-                .map_err(peer_error)?;
-            let list: Vec<Value> = jobs
-                .iter()
-                .map(|j| json!({"job": j.id, "iteration": j.iteration, "backend": j.backend, "capability": j.capability,
-                                "status": j.status, "remote_id": j.remote_id, "error": j.error}))
-                .collect();
-            json!({"jobs": list})
-        }
-        (ActorKind::Executor, "kill-job") => {
-            let job = args.integer("job").unwrap_or_default();
-            messages::call(actor, QUICK, |reply| ExecutorMsg::KillJob { job, reply })
-                .await
-                .map_err(peer_error)?
-                .map_err(refused)?;
-            json!({"killed": job})
-        }
-        (ActorKind::Modifier, "status") => {
-            let s = messages::call(actor, QUICK, ModifierMsg::Status)
-                .await
-                .map_err(peer_error)?;
-            json!({"head": s.head, "head_fitness": s.head_fitness, "accepted": s.accepted, "rolled_back": s.rolled_back, "changed_files": s.changed})
-        }
-        (ActorKind::Modifier, "rollback") => {
-            messages::call_common(actor, Duration::from_secs(60), Common::Revert)
-                .await
-                .map_err(peer_error)?
-                .map_err(|e| WireError::new(ErrorKind::Internal, e))?;
-            json!({"rolled_back": true})
-        }
-        (ActorKind::Planner, "status") => {
-            let s = messages::call(actor, QUICK, PlannerMsg::Status)
-                .await
-                .map_err(peer_error)?;
-            json!({"goal": s.goal, "run_state": s.run_state.as_str(), "iteration": s.iteration, "in_flight": s.in_flight, "fitness": s.last_fitness})
-        }
-        (ActorKind::Planner, "tick") => {
-            messages::lookup::<PlannerMsg>(actor)
-                .and_then(|p| p.cast(PlannerMsg::Tick).map_err(|_| PeerError::Gone(actor)))
-                .map_err(peer_error)?;
-            json!({"ticked": true})
-        }
-        (ActorKind::Planner, "goal") => {
-            let goal = args.text("text");
-            set_goal(goal.clone()).await?;
-            json!({"goal": goal})
-        }
-        _ => {
-            return Err(WireError::new(
-                ErrorKind::Internal,
-                format!("{actor} {message} is listed but not wired"),
-            ));
-        }
+    let args = Args {
+        spec,
+        values: values.clone(),
     };
-    Ok(value)
+    args.check()?;
+    (spec.handler)(args).await
 }
 
-/// Replaces the goal through the planner (shared by `goal` and `send planner goal`).
-pub async fn set_goal(goal: String) -> Result<(), WireError> {
-    messages::call(ActorKind::Planner, QUICK, |reply| PlannerMsg::SetGoal {
-        goal,
+fn refused(message: String) -> WireError {
+    WireError::new(ErrorKind::Refused, message)
+}
+
+// -------------------------------------------------------------- governor --
+
+async fn governor_status(_: Args) -> Reply {
+    let s = messages::call(ActorKind::Governor, QUICK, GovernorMsg::Status)
+        .await
+        .map_err(peer_error)?;
+    Ok(
+        json!({"paused": s.paused, "tokens_last_day": s.tokens_last_day, "tokens_per_day": s.tokens_per_day,
+              "cost_usd_total": s.cost_usd_total, "permits_granted": s.permits_granted}),
+    )
+}
+
+async fn governor_pause(_: Args) -> Reply {
+    operations::set_paused(true).await?;
+    Ok(json!({"paused": true}))
+}
+
+async fn governor_resume(_: Args) -> Reply {
+    operations::set_paused(false).await?;
+    Ok(json!({"paused": false}))
+}
+
+// --------------------------------------------------------------- learner --
+
+async fn learner_stats(_: Args) -> Reply {
+    let stats = messages::call(ActorKind::Learner, QUICK, LearnerMsg::Stats)
+        .await
+        .map_err(peer_error)?;
+    let capabilities: Vec<Value> = stats
+        .capabilities
+        .iter()
+        .map(|c| {
+            json!({"capability": c.capability, "attempts": c.attempts, "accepted": c.accepted,
+                   "mean_reward": c.mean_reward, "fitness_gain": c.fitness_gain, "tokens": c.tokens})
+        })
+        .collect();
+    Ok(json!({"experiences": stats.experiences, "capabilities": capabilities}))
+}
+
+async fn learner_advise(args: Args) -> Reply {
+    let candidates = args.list("candidates");
+    let advice = messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Advise {
+        candidates,
+        reply,
+    })
+    .await
+    .map_err(peer_error)?;
+    let ranked: Vec<Value> = advice
+        .ranked
+        .iter()
+        .map(|r| json!({"capability": r.id, "score": if r.score.is_finite() { json!(r.score) } else { json!("untried") }, "attempts": r.attempts, "mean_reward": r.mean_reward}))
+        .collect();
+    Ok(json!({"ranked": ranked}))
+}
+
+async fn learner_forget(args: Args) -> Reply {
+    let capability = args.text("capability");
+    let known = messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Forget {
+        capability: capability.clone(),
+        reply,
+    })
+    .await
+    .map_err(peer_error)?;
+    if !known {
+        return Err(refused(format!(
+            "the learner knows nothing about \"{capability}\""
+        )));
+    }
+    Ok(json!({"forgotten": capability}))
+}
+
+// ------------------------------------------------------------ researcher --
+
+async fn researcher_status(_: Args) -> Reply {
+    let status = messages::call(ActorKind::Researcher, QUICK, ResearcherMsg::Status)
+        .await
+        .map_err(peer_error)?;
+    Ok(json!({"hits": status.hits, "misses": status.misses}))
+}
+
+async fn researcher_research(args: Args) -> Reply {
+    let topic = args.text("topic");
+    let research = messages::call(ActorKind::Researcher, Duration::from_secs(600), |reply| {
+        ResearcherMsg::Research { topic, reply }
+    })
+    .await
+    .map_err(peer_error)?;
+    Ok(
+        json!({"topic": research.topic, "from_cache": research.from_cache, "notes": research.notes,
+              "input_tokens": research.usage.input_tokens, "output_tokens": research.usage.output_tokens}),
+    )
+}
+
+async fn researcher_invalidate(args: Args) -> Reply {
+    let topic = args.text("topic");
+    let removed = messages::call(ActorKind::Researcher, QUICK, |reply| {
+        ResearcherMsg::Invalidate {
+            topic: topic.clone(),
+            reply,
+        }
+    })
+    .await
+    .map_err(peer_error)?
+    .map_err(actor_error)?;
+    Ok(json!({"topic": topic, "removed": removed}))
+}
+
+// -------------------------------------------------------------- executor --
+
+async fn executor_capabilities(_: Args) -> Reply {
+    let capabilities = messages::call(ActorKind::Executor, QUICK, ExecutorMsg::Capabilities)
+        .await
+        .map_err(peer_error)?;
+    let list: Vec<Value> = capabilities
+        .iter()
+        .map(|c| json!({"id": c.id, "description": c.description}))
+        .collect();
+    Ok(json!({"capabilities": list}))
+}
+
+async fn executor_jobs(args: Args) -> Reply {
+    let last = args.integer("last").unwrap_or(10) as usize;
+    let jobs = messages::call(ActorKind::Executor, QUICK, |reply| ExecutorMsg::Jobs {
+        last,
+        reply,
+    })
+    .await
+    .map_err(peer_error)?;
+    let list: Vec<Value> = jobs
+        .iter()
+        .map(|j| json!({"job": j.id, "iteration": j.iteration, "backend": j.backend, "capability": j.capability,
+                        "status": j.status.as_str(), "remote_id": j.remote_id, "error": j.error}))
+        .collect();
+    Ok(json!({"jobs": list}))
+}
+
+async fn executor_kill_job(args: Args) -> Reply {
+    let job = args.integer("job").unwrap_or_default();
+    messages::call(ActorKind::Executor, QUICK, |reply| ExecutorMsg::KillJob {
+        job,
         reply,
     })
     .await
     .map_err(peer_error)?
-    .map_err(|e| WireError::new(ErrorKind::BadArguments, e))
+    .map_err(actor_error)?;
+    Ok(json!({"killed": job}))
+}
+
+// -------------------------------------------------------------- modifier --
+
+async fn modifier_status(_: Args) -> Reply {
+    let s = messages::call(ActorKind::Modifier, QUICK, ModifierMsg::Status)
+        .await
+        .map_err(peer_error)?;
+    Ok(
+        json!({"head": s.head, "head_fitness": s.head_fitness, "accepted": s.accepted, "rolled_back": s.rolled_back, "changed_files": s.changed}),
+    )
+}
+
+async fn modifier_rollback(_: Args) -> Reply {
+    messages::call_common(ActorKind::Modifier, Duration::from_secs(60), Common::Revert)
+        .await
+        .map_err(peer_error)?
+        .map_err(actor_error)?;
+    Ok(json!({"rolled_back": true}))
+}
+
+// --------------------------------------------------------------- planner --
+
+async fn planner_status(_: Args) -> Reply {
+    let s = messages::call(ActorKind::Planner, QUICK, PlannerMsg::Status)
+        .await
+        .map_err(peer_error)?;
+    Ok(
+        json!({"goal": s.goal, "run_state": s.run_state.as_str(), "iteration": s.iteration, "in_flight": s.in_flight, "fitness": s.last_fitness}),
+    )
+}
+
+async fn planner_tick(_: Args) -> Reply {
+    messages::lookup::<PlannerMsg>(ActorKind::Planner)
+        .and_then(|p| {
+            p.cast(PlannerMsg::Tick)
+                .map_err(|_| PeerError::Gone(ActorKind::Planner))
+        })
+        .map_err(peer_error)?;
+    Ok(json!({"ticked": true}))
+}
+
+async fn planner_goal(args: Args) -> Reply {
+    let goal = args.text("text");
+    operations::set_goal(goal.clone()).await?;
+    Ok(json!({"goal": goal}))
 }
 
 #[cfg(test)]

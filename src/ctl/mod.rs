@@ -1,8 +1,10 @@
 //! `agent ctl`: the control plane. [`protocol`] holds the wire types,
-//! [`server`] answers them inside the daemon, [`client`] is the command-line
-//! side.
+//! [`server`] answers them inside the daemon, [`catalog`] is what `send` can
+//! deliver, [`operations`] the one path of each operator action, [`client`]
+//! is the command-line side.
 
 pub mod catalog;
 pub mod client;
+pub mod operations;
 pub mod protocol;
 pub mod server;

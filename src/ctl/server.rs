@@ -18,16 +18,18 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
-use super::catalog::{self, peer_error};
+use super::catalog;
+use super::operations::{self, peer_error};
 use super::protocol::{
     ActorStatus, ApprovalInfo, Command, ErrorKind, HistoryEntry, MAX_FRAME_BYTES, Outcome,
     PROTOCOL_VERSION, Reply, Request, Response, StatusReply, TreeChild, TreeReply, WireError,
     WireEvent,
 };
 use crate::config::TreeSpec;
+use crate::domain::{ActorKind, FaultKind, Iteration};
 use crate::events::{Event, EventBus};
-use crate::messages::{self, ActorKind, Common, FaultKind, GovernorMsg, PeerError, PlannerMsg};
-use crate::store::{IterationRecord, Store, now_ms};
+use crate::messages::{self, Common, GovernorMsg, PlannerMsg};
+use crate::store::{Store, now_ms};
 use crate::supervisor::{self, SupervisorMsg};
 
 /// A connection that sends nothing for this long is closed.
@@ -308,10 +310,10 @@ fn wire_event(event: &Event) -> WireEvent {
             wire.step = Some((*step).to_string());
             wire.detail = detail.clone();
         }
-        Event::IterationCommitted(record) => {
+        Event::IterationCommitted(committed) => {
             wire.event = "iteration_committed".into();
-            wire.iteration = Some(record.number);
-            wire.detail = record.summary.clone();
+            wire.iteration = Some(committed.number);
+            wire.detail = committed.summary.clone();
         }
         Event::IterationAbandoned { iteration, reason } => {
             wire.event = "iteration_abandoned".into();
@@ -428,7 +430,7 @@ async fn dispatch(command: Command, context: &ServerContext) -> Result<Reply, Wi
             }))
         }
         Command::Goal { text } => {
-            catalog::set_goal(text.clone()).await?;
+            operations::set_goal(text.clone()).await?;
             Ok(done(format!(
                 "goal set to \"{}\"; the next iteration pursues it",
                 text.trim()
@@ -444,7 +446,7 @@ async fn dispatch(command: Command, context: &ServerContext) -> Result<Reply, Wi
                     .map(|a| ApprovalInfo {
                         id: a.id,
                         iteration: a.iteration,
-                        state: a.state,
+                        state: a.state.as_str().to_string(),
                         summary: a.summary,
                         files: a.files,
                         fitness_before: a.fitness_before,
@@ -494,19 +496,19 @@ async fn dispatch(command: Command, context: &ServerContext) -> Result<Reply, Wi
     }
 }
 
-pub fn history_entry(r: &IterationRecord) -> HistoryEntry {
+pub fn history_entry(i: &Iteration) -> HistoryEntry {
     HistoryEntry {
-        iteration: r.number,
-        capability: r.capability.clone(),
-        outcome: r.outcome.clone(),
-        fitness_before: r.fitness_before,
-        fitness_after: r.fitness_after,
-        input_tokens: r.input_tokens,
-        output_tokens: r.output_tokens,
-        cost_usd: r.cost_usd,
-        duration_ms: r.duration_ms,
-        commit: r.commit.clone(),
-        summary: r.summary.clone(),
+        iteration: i.number,
+        capability: i.capability.clone(),
+        outcome: i.outcome.as_str().to_string(),
+        fitness_before: i.fitness_before,
+        fitness_after: i.fitness_after,
+        input_tokens: i.usage.input_tokens,
+        output_tokens: i.usage.output_tokens,
+        cost_usd: i.usage.cost_usd,
+        duration_ms: i.duration.as_millis() as u64,
+        commit: i.commit.clone(),
+        summary: i.summary.clone(),
     }
 }
 
@@ -575,20 +577,7 @@ async fn tree(context: &ServerContext) -> Result<TreeReply, WireError> {
 }
 
 async fn set_paused(paused: bool) -> Result<Reply, WireError> {
-    messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::SetPaused {
-        paused,
-        reply,
-    })
-    .await
-    .map_err(peer_error)?
-    .map_err(|e| WireError::new(ErrorKind::Internal, e))?;
-    messages::lookup::<PlannerMsg>(ActorKind::Planner)
-        .and_then(|planner| {
-            planner
-                .cast(PlannerMsg::Paused(paused))
-                .map_err(|_| PeerError::Gone(ActorKind::Planner))
-        })
-        .map_err(peer_error)?;
+    operations::set_paused(paused).await?;
     Ok(done(if paused {
         "paused: no new iteration starts until `agent ctl resume`"
     } else {
@@ -597,15 +586,7 @@ async fn set_paused(paused: bool) -> Result<Reply, WireError> {
 }
 
 async fn decide(id: String, approve: bool, reason: Option<String>) -> Result<Reply, WireError> {
-    let approval = messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::Decide {
-        id,
-        approve,
-        reason,
-        reply,
-    })
-    .await
-    .map_err(peer_error)?
-    .map_err(|e| WireError::new(ErrorKind::Refused, e))?;
+    let approval = operations::decide(id, approve, reason).await?;
     Ok(done(format!(
         "{} {} (iteration {})",
         approval.state, approval.id, approval.iteration

@@ -17,7 +17,7 @@ use tokio_util::task::TaskTracker;
 use super::tools::{RunOutput, RunParams, StatusOutput, UsageOutput};
 use crate::claude::{Cli, Invocation, Run};
 use crate::config::PERMISSION_MODES;
-use crate::messages::JobStatus;
+use crate::domain::JobStatus;
 use crate::process;
 use crate::store::{McpJobRecord, Store, now_ms};
 
@@ -53,11 +53,11 @@ impl JobTable {
         max_concurrent: usize,
     ) -> Result<JobTable, String> {
         let jobs = store.mcp_jobs().map_err(|e| e.to_string())?;
-        for mut job in jobs.into_iter().filter(|j| j.status == "running") {
+        for mut job in jobs.into_iter().filter(|j| j.status.is_running()) {
             if let Some(group) = job.process_group {
                 process::kill_stale_group(group);
             }
-            job.status = "failed".into();
+            job.status = JobStatus::Failed;
             job.ended_at_ms = Some(now_ms());
             job.error = Some("the MCP server stopped while the job ran".into());
             tracing::warn!(job = %job.id, "marked a job of an earlier server as failed");
@@ -97,7 +97,7 @@ impl JobTable {
             cwd: invocation.cwd.display().to_string(),
             permission_mode: invocation.permission_mode.clone(),
             model: invocation.model.clone(),
-            status: "running".into(),
+            status: JobStatus::Running,
             started_at_ms: now_ms(),
             ended_at_ms: None,
             error: None,
@@ -165,7 +165,7 @@ impl JobTable {
                 .await
         };
         let output = output_of(&record.id, &run);
-        record.status = output.status.clone();
+        record.status = run.status;
         record.ended_at_ms = Some(now_ms());
         record.error = output.error.clone();
         record.output_json = serde_json::to_string(&output).ok();
@@ -237,7 +237,7 @@ impl JobTable {
     /// The result of a finished job; a refusal for unknown or running jobs.
     pub fn result(&self, id: &str) -> Result<RunOutput, Refusal> {
         let record = self.record(id)?;
-        if record.status == "running" {
+        if record.status.is_running() {
             return Err(format!("job \"{id}\" is still running; poll claude_status"));
         }
         match record
@@ -248,7 +248,7 @@ impl JobTable {
             Some(Ok(output)) => Ok(output),
             _ => Ok(RunOutput {
                 job_id: record.id.clone(),
-                status: record.status.clone(),
+                status: record.status.as_str().to_string(),
                 result: None,
                 is_error: true,
                 subtype: None,
@@ -283,7 +283,7 @@ impl JobTable {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
         loop {
             let record = self.record(id)?;
-            if record.status != "running" || tokio::time::Instant::now() > deadline {
+            if !record.status.is_running() || tokio::time::Instant::now() > deadline {
                 return Ok(status_of(&record));
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
@@ -314,7 +314,7 @@ fn rfc3339(ms: u64) -> String {
 fn status_of(record: &McpJobRecord) -> StatusOutput {
     StatusOutput {
         job_id: record.id.clone(),
-        status: record.status.clone(),
+        status: record.status.as_str().to_string(),
         started_at: rfc3339(record.started_at_ms),
         ended_at: record.ended_at_ms.map(rfc3339),
         error: record.error.clone(),

@@ -4,6 +4,7 @@
 //! `flush_async` has returned, because sled on its own syncs only every 500 ms.
 
 pub mod codec;
+mod convert;
 pub mod records;
 
 use std::path::{Path, PathBuf};
@@ -14,9 +15,11 @@ use sled::transaction::ConflictableTransactionError;
 
 pub use codec::CodecError;
 pub use records::{
-    ApprovalRecord, ExperienceRecord, IterationRecord, JobRecord, McpJobRecord, ResearchRecord,
-    RunRecord, SnapshotRecord,
+    ApprovalRecord, JobRecord, McpJobRecord, ResearchRecord, RunRecord, SnapshotRecord,
 };
+
+use crate::domain::{Experience, Iteration};
+use records::{ExperienceRecord, IterationRecord};
 
 const RUN_KEY: &[u8] = b"run";
 
@@ -136,13 +139,15 @@ impl Store {
     /// from it and every actor's snapshot, in one transaction, then flushed.
     pub async fn commit_iteration(
         &self,
-        record: &IterationRecord,
-        experience: Option<&ExperienceRecord>,
+        iteration: &Iteration,
+        experience: Option<&Experience>,
         snapshots: &[SnapshotRecord],
     ) -> Result<(), StoreError> {
-        let key = record.number.to_be_bytes();
-        let record_bytes = codec::encode(record)?;
-        let experience_bytes = experience.map(codec::encode).transpose()?;
+        let key = iteration.number.to_be_bytes();
+        let record_bytes = codec::encode(&IterationRecord::from(iteration))?;
+        let experience_bytes = experience
+            .map(|e| codec::encode(&ExperienceRecord::from(e)))
+            .transpose()?;
         let snapshot_bytes: Vec<(Vec<u8>, Vec<u8>)> = snapshots
             .iter()
             .map(|s| Ok((s.actor.as_bytes().to_vec(), codec::encode(s)?)))
@@ -162,23 +167,25 @@ impl Store {
         self.flush().await
     }
 
-    pub fn last_iteration(&self) -> Result<Option<IterationRecord>, StoreError> {
+    pub fn last_iteration(&self) -> Result<Option<Iteration>, StoreError> {
         match self.iterations.last()? {
-            Some((_, bytes)) => Ok(Some(decode(&bytes, "iteration record")?)),
+            Some((_, bytes)) => Ok(Some(
+                decode::<IterationRecord>(&bytes, "iteration record")?.into(),
+            )),
             None => Ok(None),
         }
     }
 
     /// The last `count` committed iterations, oldest first.
-    pub fn iterations(&self, count: usize) -> Result<Vec<IterationRecord>, StoreError> {
-        let mut records: Vec<IterationRecord> = self
+    pub fn iterations(&self, count: usize) -> Result<Vec<Iteration>, StoreError> {
+        let mut records: Vec<Iteration> = self
             .iterations
             .iter()
             .rev()
             .take(count)
             .map(|entry| {
                 let (_, bytes) = entry?;
-                decode(&bytes, "iteration record")
+                decode::<IterationRecord>(&bytes, "iteration record").map(Iteration::from)
             })
             .collect::<Result<_, StoreError>>()?;
         records.reverse();
@@ -186,15 +193,15 @@ impl Store {
     }
 
     /// The last `count` experiences, oldest first.
-    pub fn experiences(&self, count: usize) -> Result<Vec<ExperienceRecord>, StoreError> {
-        let mut records: Vec<ExperienceRecord> = self
+    pub fn experiences(&self, count: usize) -> Result<Vec<Experience>, StoreError> {
+        let mut records: Vec<Experience> = self
             .experiences
             .iter()
             .rev()
             .take(count)
             .map(|entry| {
                 let (_, bytes) = entry?;
-                decode(&bytes, "experience")
+                decode::<ExperienceRecord>(&bytes, "experience").map(Experience::from)
             })
             .collect::<Result<_, StoreError>>()?;
         records.reverse();
@@ -321,18 +328,22 @@ fn is_lock_error(error: &sled::Error) -> bool {
 mod tests {
     use super::*;
 
-    fn record(number: u64) -> IterationRecord {
-        IterationRecord {
+    use crate::domain::{Outcome, Usage};
+
+    fn record(number: u64) -> Iteration {
+        Iteration {
             number,
             goal: "g".into(),
             capability: "fmt".into(),
-            outcome: "accepted".into(),
+            outcome: Outcome::Accepted,
             fitness_before: Some(3.0),
             fitness_after: Some(2.0),
-            input_tokens: 1,
-            output_tokens: 2,
-            cost_usd: 0.0,
-            duration_ms: 5,
+            usage: Usage {
+                input_tokens: 1,
+                output_tokens: 2,
+                cost_usd: 0.0,
+            },
+            duration: std::time::Duration::from_millis(5),
             commit: None,
             summary: String::new(),
             finished_at_ms: 0,
@@ -362,6 +373,41 @@ mod tests {
         assert_eq!(
             store.snapshot("learner").unwrap().unwrap().body,
             vec![1, 2, 3]
+        );
+    }
+
+    #[test]
+    fn statuses_are_stored_as_their_names() {
+        // Records written before statuses were typed held these strings; the
+        // typed records must read them back (and write them) unchanged.
+        #[derive(serde::Serialize)]
+        struct OldRun {
+            goal: String,
+            created_at_ms: u64,
+            state: String,
+            last_escalation: Option<String>,
+        }
+        let old = codec::encode(&OldRun {
+            goal: "g".into(),
+            created_at_ms: 7,
+            state: "finished".into(),
+            last_escalation: None,
+        })
+        .unwrap();
+        let run: RunRecord = codec::decode(&old).unwrap();
+        assert_eq!(run.state, crate::domain::RunPhase::Finished);
+        assert_eq!(codec::encode(&run).unwrap(), old);
+        let unknown = codec::encode(&OldRun {
+            goal: "g".into(),
+            created_at_ms: 7,
+            state: "dancing".into(),
+            last_escalation: None,
+        })
+        .unwrap();
+        let error = codec::decode::<RunRecord>(&unknown).unwrap_err();
+        assert!(
+            error.to_string().contains("unknown run phase \"dancing\""),
+            "{error}"
         );
     }
 

@@ -1,17 +1,24 @@
 //! The records kept in the store. These are storage types, separate from the
-//! actors' messages, so the in-memory types can change without breaking what
-//! is on disk. A new field goes at the end with `#[serde(default)]` only if
-//! the codec tolerates it; otherwise bump the snapshot schema.
+//! domain values and the actors' messages, so the in-memory types can change
+//! without breaking what is on disk. A new field goes at the end with
+//! `#[serde(default)]` only if the codec tolerates it; otherwise bump the
+//! snapshot schema.
+//!
+//! Statuses are the domain's enums in memory and their names on disk (see
+//! [`as_name`]), so records written by earlier builds read back unchanged and
+//! no caller compares status strings.
 
 use serde::{Deserialize, Serialize};
+
+use crate::domain::{ApprovalState, JobStatus, Outcome, RunPhase};
 
 /// The run this state directory belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct RunRecord {
     pub goal: String,
     pub created_at_ms: u64,
-    /// "running" or "finished".
-    pub state: String,
+    #[serde(with = "as_name")]
+    pub state: RunPhase,
     /// Set when the tree escalated: why the last `agent run` gave up.
     pub last_escalation: Option<String>,
 }
@@ -33,8 +40,8 @@ pub struct IterationRecord {
     pub number: u64,
     pub goal: String,
     pub capability: String,
-    /// accepted | rejected | no-change | job-failed
-    pub outcome: String,
+    #[serde(with = "as_name")]
+    pub outcome: Outcome,
     pub fitness_before: Option<f64>,
     pub fitness_after: Option<f64>,
     pub input_tokens: u64,
@@ -53,7 +60,8 @@ pub struct IterationRecord {
 pub struct ExperienceRecord {
     pub iteration: u64,
     pub capability: String,
-    pub outcome: String,
+    #[serde(with = "as_name")]
+    pub outcome: Outcome,
     pub fitness_before: Option<f64>,
     pub fitness_after: Option<f64>,
     pub input_tokens: u64,
@@ -70,8 +78,8 @@ pub struct JobRecord {
     pub iteration: u64,
     pub backend: String,
     pub capability: String,
-    /// running | completed | failed | timeout | killed
-    pub status: String,
+    #[serde(with = "as_name")]
+    pub status: JobStatus,
     /// Process group of the job's process while it runs.
     pub process_group: Option<i32>,
     /// The job's id on the MCP server, for re-attaching after a restart.
@@ -98,8 +106,8 @@ pub struct McpJobRecord {
     pub cwd: String,
     pub permission_mode: String,
     pub model: Option<String>,
-    /// running | completed | failed | timeout | killed
-    pub status: String,
+    #[serde(with = "as_name")]
+    pub status: JobStatus,
     pub started_at_ms: u64,
     pub ended_at_ms: Option<u64>,
     pub error: Option<String>,
@@ -119,9 +127,45 @@ pub struct ApprovalRecord {
     pub files: Vec<String>,
     pub fitness_before: Option<f64>,
     pub fitness_after: f64,
-    /// pending | approved | rejected | expired
-    pub state: String,
+    #[serde(with = "as_name")]
+    pub state: ApprovalState,
     pub reason: Option<String>,
     pub requested_at_ms: u64,
     pub decided_at_ms: Option<u64>,
+}
+
+/// A domain value that is stored as its name.
+pub trait Named: Copy + std::str::FromStr<Err = crate::domain::UnknownName> {
+    fn name(self) -> &'static str;
+}
+
+macro_rules! named {
+    ($($t:ty),+) => {$(
+        impl Named for $t {
+            fn name(self) -> &'static str {
+                self.as_str()
+            }
+        }
+    )+};
+}
+named!(ApprovalState, JobStatus, Outcome, RunPhase);
+
+/// Serde through the value's name: the one place statuses become text on
+/// disk and text becomes statuses again (an unknown name is a decode error).
+pub mod as_name {
+    use serde::de::Error as _;
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    use super::Named;
+
+    pub fn serialize<T: Named, S: Serializer>(value: &T, serializer: S) -> Result<S::Ok, S::Error> {
+        serializer.serialize_str(value.name())
+    }
+
+    pub fn deserialize<'de, T: Named, D: Deserializer<'de>>(
+        deserializer: D,
+    ) -> Result<T, D::Error> {
+        let name = String::deserialize(deserializer)?;
+        name.parse().map_err(D::Error::custom)
+    }
 }

@@ -20,8 +20,8 @@ use ractor::{
 };
 
 use crate::config::TreeSpec;
+use crate::domain::ActorKind;
 use crate::events::{Event, EventBus};
-use crate::messages::ActorKind;
 use policy::{Decision, Exit, Policy, RestartWindow};
 
 /// The supervisor's registered name.

@@ -14,8 +14,9 @@ use hyper_util::rt::TokioExecutor;
 use tokio_util::bytes::Bytes;
 
 use crate::config::AlertRules;
+use crate::domain::{ActorKind, Outcome};
 use crate::events::{Event, EventBus};
-use crate::messages::{self, ActorKind, GovernorMsg};
+use crate::messages::{self, GovernorMsg};
 
 /// How often memory is sampled.
 const MEMORY_SAMPLE: Duration = Duration::from_secs(10);
@@ -55,8 +56,8 @@ impl Rules {
     }
 
     /// A committed iteration: progress is an accepted change.
-    pub fn iteration(&mut self, outcome: &str) -> Option<(&'static str, String)> {
-        if outcome == "accepted" {
+    pub fn iteration(&mut self, outcome: Outcome) -> Option<(&'static str, String)> {
+        if outcome == Outcome::Accepted {
             self.without_progress = 0;
         } else {
             self.without_progress += 1;
@@ -125,7 +126,7 @@ pub async fn run(rules: AlertRules, events: EventBus, service: String) {
         let fired = tokio::select! {
             event = received.recv() => match event {
                 Ok(Event::IterationCommitted(record)) => {
-                    let progress = state.iteration(&record.outcome);
+                    let progress = state.iteration(record.outcome);
                     let budget = match messages::call(ActorKind::Governor, Duration::from_secs(5), GovernorMsg::Status).await {
                         Ok(status) => state.budget(status.tokens_last_day, status.tokens_per_day),
                         Err(_) => None,
@@ -205,15 +206,15 @@ mod tests {
     #[test]
     fn no_progress_fires_once_and_clears_on_an_accepted_change() {
         let mut r = rules();
-        assert!(r.iteration("rejected").is_none());
-        assert!(r.iteration("no-change").is_none());
-        assert_eq!(r.iteration("job-failed").unwrap().0, "no_progress");
-        assert!(r.iteration("rejected").is_none(), "fires once");
-        assert!(r.iteration("accepted").is_none());
-        r.iteration("rejected");
-        r.iteration("rejected");
+        assert!(r.iteration(Outcome::Rejected).is_none());
+        assert!(r.iteration(Outcome::NoChange).is_none());
+        assert_eq!(r.iteration(Outcome::JobFailed).unwrap().0, "no_progress");
+        assert!(r.iteration(Outcome::Rejected).is_none(), "fires once");
+        assert!(r.iteration(Outcome::Accepted).is_none());
+        r.iteration(Outcome::Rejected);
+        r.iteration(Outcome::Rejected);
         assert!(
-            r.iteration("rejected").is_some(),
+            r.iteration(Outcome::Rejected).is_some(),
             "fires again after clearing"
         );
     }

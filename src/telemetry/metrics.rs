@@ -4,8 +4,6 @@
 //! are recorded in one place ([`record_event`]); the few gauges that belong
 //! to one actor are set by it.
 
-use std::time::Duration;
-
 use metrics::{counter, describe_counter, describe_gauge, describe_histogram, gauge, histogram};
 use metrics_exporter_prometheus::{PrometheusBuilder, PrometheusHandle};
 
@@ -101,19 +99,18 @@ pub fn install() -> Option<PrometheusHandle> {
 /// Records what an event means for the metrics.
 pub fn record_event(event: &Event, backend: &str) {
     match event {
-        Event::IterationCommitted(record) => {
-            counter!(ITERATIONS_TOTAL, "outcome" => record.outcome.clone()).increment(1);
-            gauge!(ITERATIONS_COMMITTED).set(record.number as f64);
-            histogram!(ITERATION_DURATION)
-                .record(Duration::from_millis(record.duration_ms).as_secs_f64());
+        Event::IterationCommitted(committed) => {
+            counter!(ITERATIONS_TOTAL, "outcome" => committed.outcome.as_str()).increment(1);
+            gauge!(ITERATIONS_COMMITTED).set(committed.number as f64);
+            histogram!(ITERATION_DURATION).record(committed.duration.as_secs_f64());
             let backend = backend.to_string();
             counter!(TOKENS_TOTAL, "backend" => backend.clone(), "direction" => "input")
-                .increment(record.input_tokens);
+                .increment(committed.usage.input_tokens);
             counter!(TOKENS_TOTAL, "backend" => backend.clone(), "direction" => "output")
-                .increment(record.output_tokens);
+                .increment(committed.usage.output_tokens);
             // `metrics` counters are integers; a dollar amount is a float,
             // so its running total is a gauge that only goes up.
-            gauge!(COST_USD, "backend" => backend).increment(record.cost_usd);
+            gauge!(COST_USD, "backend" => backend).increment(committed.usage.cost_usd);
         }
         Event::ActorRestarted { actor, .. } => {
             counter!(ACTOR_RESTARTS_TOTAL, "actor" => actor.name()).increment(1);

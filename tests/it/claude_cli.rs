@@ -7,7 +7,7 @@ use std::time::{Duration, Instant};
 
 use agent::cognition::claude_cli::ClaudeCli;
 use agent::cognition::{Cognition, Job, StartHook, Started};
-use agent::messages::JobStatus;
+use agent::domain::JobStatus;
 
 use crate::harness::fake_claude;
 
@@ -25,7 +25,7 @@ fn job(cwd: &Path, prompt: &str, timeout: Duration) -> Job {
         prompt: Some(prompt.into()),
         cwd: cwd.to_path_buf(),
         timeout,
-        execution: agent::config::Execution::Sync,
+        execution: agent::domain::Execution::Sync,
         cancel: Default::default(),
     }
 }

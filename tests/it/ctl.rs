@@ -68,6 +68,39 @@ fn send(daemon: &Daemon, actor: &str, message: &str, args: &[&str]) -> Value {
     reply["reply"].clone()
 }
 
+/// `send governor pause|resume` and `ctl pause|resume` are one action each:
+/// either way the run stops starting iterations, and starts again.
+#[test]
+fn pause_and_resume_by_send_or_by_command_start_iterations_again() {
+    let setup = setup(&[]);
+    let mut daemon = setup.start(&[]);
+    daemon.wait_status("a first iteration", WAIT, |s| Daemon::committed(s) >= 1);
+    let ways: [(&[&str], &[&str]); 2] = [
+        (
+            &["send", "governor", "pause"],
+            &["send", "governor", "resume"],
+        ),
+        (&["pause"], &["resume"]),
+    ];
+    for (pause, resume) in ways {
+        let paused = daemon.ctl(pause);
+        assert!(paused.status.success(), "{}", text(&paused.stderr));
+        let idle = daemon.wait_status("paused with nothing in flight", WAIT, |s| {
+            s["in_flight"].is_null() && s["run_state"] == "paused"
+        });
+        let at = Daemon::committed(&idle);
+        let resumed = daemon.ctl(resume);
+        assert!(resumed.status.success(), "{}", text(&resumed.stderr));
+        daemon.wait_status(
+            &format!("an iteration after `{}`", resume.join(" ")),
+            WAIT,
+            |s| s["run_state"] == "running" && Daemon::committed(s) > at,
+        );
+    }
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success());
+}
+
 #[test]
 fn send_reaches_every_actor_with_queries_and_commands() {
     let setup = setup(&["--mode", "debug"]);

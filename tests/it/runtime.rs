@@ -10,10 +10,9 @@ use std::time::Duration;
 use agent::actors::{Factory, Shared};
 use agent::cognition::claude_cli::ClaudeCli;
 use agent::config::{Config, TreeSpec};
+use agent::domain::{ActorKind, FaultKind, Outcome, PlannerStatus, RunState};
 use agent::events::{Event, EventBus};
-use agent::messages::{
-    self, ActorKind, Common, FaultKind, GovernorMsg, PlannerMsg, PlannerStatus, RunState,
-};
+use agent::messages::{self, Common, GovernorMsg, PlannerMsg};
 use agent::store::Store;
 use agent::supervisor::{
     ChildFactory, ChildStatus, SpawnFuture, Supervisor, SupervisorArgs, SupervisorMsg,
@@ -210,7 +209,7 @@ async fn each_actor_survives_an_injected_panic_and_error_with_its_committed_stat
         .iterations(1000)
         .unwrap()
         .iter()
-        .filter(|r| r.outcome == "accepted")
+        .filter(|r| r.outcome == Outcome::Accepted)
         .count();
     assert_eq!(iteration_commits, accepted);
 }

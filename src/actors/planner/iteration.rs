@@ -1,0 +1,418 @@
+//! One attempt at an iteration, as the driver task runs it off the planner's
+//! mailbox: the steps by name — permit, prepare, advise, research, plan,
+//! execute, validate, learn, commit — each a short function that asks one
+//! peer. The first step that fails ends the attempt with a typed
+//! [`StepError`]; the planner then reverts every actor and runs the same
+//! iteration again.
+
+use std::time::{Duration, Instant};
+
+use tracing::Instrument;
+
+use super::logic::{self, PlanError, Situation};
+use super::{KIND, PlannerSnapshot, SCHEMA};
+use crate::actors::{Context, make_snapshot};
+use crate::config::Mode;
+use crate::domain::{
+    ActorKind, Advice, Capability, Experience, Iteration, JobOutcome, JobStatus, Outcome, Permit,
+    Plan, Prepared, Research, Usage, Verdict,
+};
+use crate::events::Event;
+use crate::messages::{
+    self, ActorError, Common, ExecutorMsg, GovernorMsg, IterationEnd, LearnerMsg, ModifierMsg,
+    PeerError, ResearcherMsg,
+};
+use crate::store::{StoreError, now_ms};
+use crate::telemetry::SpanLink;
+
+/// Timeout of quick questions to peers.
+pub(super) const QUICK: Duration = Duration::from_secs(15);
+/// Added to the configured timeouts of slow steps.
+const MARGIN: Duration = Duration::from_secs(30);
+
+/// Why a step of an iteration failed; its text is the abandoned iteration's
+/// reason.
+#[derive(Debug, thiserror::Error)]
+pub enum StepError {
+    /// A peer could not be reached or did not answer in time.
+    #[error(transparent)]
+    Peer(#[from] PeerError),
+    /// A peer answered with a refusal or a failure.
+    #[error(transparent)]
+    Actor(#[from] ActorError),
+    #[error(transparent)]
+    Plan(#[from] PlanError),
+    #[error("commit failed: {0}")]
+    Commit(#[from] StoreError),
+}
+
+/// One attempt at iteration `iteration`, from the permit to the commit.
+pub(super) async fn drive(
+    ctx: &Context,
+    snapshot: PlannerSnapshot,
+    iteration: u64,
+    links: Vec<SpanLink>,
+) -> IterationEnd {
+    if let Err(end) = permit(ctx, iteration).await {
+        return end;
+    }
+    // One trace per iteration: a root span, whatever span was current.
+    let root = tracing::info_span!(
+        parent: None,
+        "iteration",
+        actor = KIND.name(),
+        iteration = iteration as i64,
+        goal = %snapshot.goal,
+        outcome = tracing::field::Empty,
+        capability = tracing::field::Empty,
+        fitness.before = tracing::field::Empty,
+        fitness.after = tracing::field::Empty,
+        otel.status_code = tracing::field::Empty,
+    );
+    crate::telemetry::link_pending(&root, links);
+    ctx.events.emit(Event::IterationStarted { iteration });
+    root.in_scope(|| step(ctx, iteration, "permit", "granted".into()));
+    match run_steps(ctx, snapshot, iteration)
+        .instrument(root.clone())
+        .await
+    {
+        Ok(committed) => {
+            root.record("outcome", committed.outcome.as_str());
+            root.record("capability", committed.capability.as_str());
+            if let Some(before) = committed.fitness_before {
+                root.record("fitness.before", before);
+            }
+            if let Some(after) = committed.fitness_after {
+                root.record("fitness.after", after);
+            }
+            IterationEnd::Committed(committed)
+        }
+        Err(error) => {
+            let reason = error.to_string();
+            root.record("outcome", "abandoned");
+            root.record("otel.status_code", "ERROR");
+            root.in_scope(|| tracing::error!(%reason, "iteration abandoned before its commit"));
+            IterationEnd::Abandoned { reason }
+        }
+    }
+}
+
+/// The steps after the permit, in order.
+async fn run_steps(
+    ctx: &Context,
+    snapshot: PlannerSnapshot,
+    iteration: u64,
+) -> Result<Iteration, StepError> {
+    let started = Instant::now();
+    let prepared = prepare(ctx, iteration).await?;
+    let (capabilities, advice) = advise().await?;
+    let research = research(ctx, &snapshot.goal).await?;
+    let plan = plan(
+        ctx,
+        &snapshot.goal,
+        iteration,
+        &prepared,
+        &advice,
+        &capabilities,
+        research.as_ref(),
+    )?;
+    let job = execute(ctx, &plan).await?;
+    let verdict = validate(ctx, &plan, &prepared, &job).await?;
+    let experience = Experience {
+        iteration,
+        capability: plan.capability.clone(),
+        outcome: verdict
+            .as_ref()
+            .map_or(Outcome::JobFailed, Verdict::outcome),
+        fitness_before: prepared.fitness,
+        fitness_after: logic::fitness_after(&prepared, verdict.as_ref()),
+        usage: job.usage,
+        duration: started.elapsed(),
+        error_signature: logic::error_signature(verdict.as_ref(), &job),
+    };
+    step(
+        ctx,
+        iteration,
+        "validate",
+        experience.outcome.as_str().into(),
+    );
+    learn(ctx, &experience).await?;
+    let committed = Iteration {
+        number: iteration,
+        goal: snapshot.goal.clone(),
+        capability: plan.capability.clone(),
+        outcome: experience.outcome,
+        fitness_before: experience.fitness_before,
+        fitness_after: experience.fitness_after,
+        usage: experience.usage,
+        duration: experience.duration,
+        commit: match &verdict {
+            Some(Verdict::Accepted { commit, .. }) => Some(commit.clone()),
+            _ => None,
+        },
+        summary: logic::summarize(&experience, verdict.as_ref(), &job),
+        finished_at_ms: now_ms(),
+    };
+    commit(ctx, snapshot, &committed, &experience).await?;
+    Ok(committed)
+}
+
+/// Asks the governor whether an iteration may start; a denial is the end of
+/// this attempt (wait, or the run is finished).
+async fn permit(ctx: &Context, iteration: u64) -> Result<(), IterationEnd> {
+    let permit = messages::call(ActorKind::Governor, QUICK, |reply| {
+        GovernorMsg::RequestPermit { iteration, reply }
+    })
+    .await;
+    match permit {
+        Ok(Permit::Granted) => Ok(()),
+        Ok(Permit::Paused { retry_after }) => Err(IterationEnd::Wait {
+            reason: "paused by an operator".into(),
+            retry_after,
+            paused: true,
+        }),
+        Ok(Permit::Wait {
+            reason,
+            retry_after,
+        }) => Err(IterationEnd::Wait {
+            reason,
+            retry_after,
+            paused: false,
+        }),
+        Ok(Permit::Finished { reason }) => Err(IterationEnd::Finished { reason }),
+        Err(error) => Err(IterationEnd::Wait {
+            reason: error.to_string(),
+            retry_after: ctx.config.permit_retry_after,
+            paused: false,
+        }),
+    }
+}
+
+/// The modifier resets the worktree to the committed head (unless a job of
+/// this iteration is still on the MCP server: its edits are kept) and
+/// measures fitness.
+async fn prepare(ctx: &Context, iteration: u64) -> Result<Prepared, StepError> {
+    let pending = messages::call(ActorKind::Executor, QUICK, |reply| {
+        ExecutorMsg::PendingJob { iteration, reply }
+    })
+    .await?;
+    if let Some(remote) = &pending {
+        tracing::info!(iteration, %remote, "a job of this iteration is still on the MCP server; keeping its worktree");
+    }
+    let keep_worktree = pending.is_some();
+    let prepared = messages::call(ActorKind::Modifier, slow(ctx), |reply| {
+        ModifierMsg::Prepare {
+            iteration,
+            keep_worktree,
+            reply,
+        }
+    })
+    .await??;
+    step(
+        ctx,
+        iteration,
+        "prepare",
+        format!(
+            "base {}, fitness {}",
+            &prepared.base_commit[..prepared.base_commit.len().min(10)],
+            prepared.fitness.map_or("unknown".into(), |f| f.to_string())
+        ),
+    );
+    Ok(prepared)
+}
+
+/// The backend's capabilities, ranked by the learner.
+async fn advise() -> Result<(Vec<Capability>, Advice), StepError> {
+    let capabilities: Vec<Capability> =
+        messages::call(ActorKind::Executor, QUICK, ExecutorMsg::Capabilities).await?;
+    let candidates: Vec<String> = capabilities.iter().map(|c| c.id.clone()).collect();
+    let advice = messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Advise {
+        candidates,
+        reply,
+    })
+    .await?;
+    Ok((capabilities, advice))
+}
+
+/// Notes on the goal from the researcher, for model backends only: the
+/// offline backend's capabilities do not read them.
+async fn research(ctx: &Context, goal: &str) -> Result<Option<Research>, StepError> {
+    if ctx.backend.name() == "offline" {
+        return Ok(None);
+    }
+    let topic = goal.to_string();
+    let research = messages::call(
+        ActorKind::Researcher,
+        ctx.config.job_timeout + MARGIN,
+        |reply| ResearcherMsg::Research { topic, reply },
+    )
+    .await?;
+    record_usage(research.usage).await?;
+    Ok(Some(research))
+}
+
+/// The typed plan of this iteration (pure: see `logic`).
+fn plan(
+    ctx: &Context,
+    goal: &str,
+    iteration: u64,
+    prepared: &Prepared,
+    advice: &Advice,
+    capabilities: &[Capability],
+    research: Option<&Research>,
+) -> Result<Plan, StepError> {
+    let situation = Situation {
+        goal,
+        iteration,
+        fitness: prepared.fitness,
+        template: &ctx.prompt_template,
+        execution: ctx.config.execution,
+    };
+    let plan = tracing::info_span!(
+        "planner.plan",
+        actor = KIND.name(),
+        iteration = iteration as i64
+    )
+    .in_scope(|| logic::make_plan(&situation, advice, capabilities, research))?;
+    step(
+        ctx,
+        iteration,
+        "plan",
+        format!("{} ({})", plan.capability, plan.rationale),
+    );
+    tracing::debug!(iteration, capability = %plan.capability, rationale = %plan.rationale, "plan");
+    Ok(plan)
+}
+
+/// The executor runs the plan; what it spent is recorded at once.
+async fn execute(ctx: &Context, plan: &Plan) -> Result<JobOutcome, StepError> {
+    let for_executor = plan.clone();
+    let job: JobOutcome = messages::call(
+        ActorKind::Executor,
+        ctx.config.job_timeout + MARGIN,
+        |reply| ExecutorMsg::Execute {
+            plan: for_executor,
+            reply,
+        },
+    )
+    .await?;
+    record_usage(job.usage).await?;
+    step(
+        ctx,
+        plan.iteration,
+        "execute",
+        format!(
+            "job {} {} ({} input / {} output tokens)",
+            job.job_id,
+            job.status.as_str(),
+            job.usage.input_tokens,
+            job.usage.output_tokens
+        ),
+    );
+    Ok(job)
+}
+
+/// The modifier validates a completed job's change and commits or rolls it
+/// back; after a failed job it only puts the worktree back. `None` is the
+/// failed job's missing verdict.
+async fn validate(
+    ctx: &Context,
+    plan: &Plan,
+    prepared: &Prepared,
+    job: &JobOutcome,
+) -> Result<Option<Verdict>, StepError> {
+    if job.status != JobStatus::Completed {
+        // A failed job may have edited half a change: put the worktree back.
+        messages::call_common(ActorKind::Modifier, slow(ctx), Common::Revert).await??;
+        return Ok(None);
+    }
+    let deadline = if ctx.config.mode == Mode::Supervised {
+        slow(ctx) + ctx.config.approval_timeout
+    } else {
+        slow(ctx)
+    };
+    let iteration = plan.iteration;
+    let summary = plan.capability.clone();
+    let fitness_before = prepared.fitness;
+    let verdict = messages::call(ActorKind::Modifier, deadline, |reply| {
+        ModifierMsg::Validate {
+            iteration,
+            summary,
+            fitness_before,
+            reply,
+        }
+    })
+    .await??;
+    Ok(Some(verdict))
+}
+
+/// The learner records the experience.
+async fn learn(ctx: &Context, experience: &Experience) -> Result<(), StepError> {
+    let recorded = experience.clone();
+    messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Record {
+        experience: recorded,
+        reply,
+    })
+    .await?;
+    step(
+        ctx,
+        experience.iteration,
+        "learn",
+        format!(
+            "{} → {}",
+            experience.capability,
+            experience.outcome.as_str()
+        ),
+    );
+    Ok(())
+}
+
+/// The commit: the log entry, the experience and every actor's snapshot in
+/// one store transaction, flushed. Only then is the iteration done.
+async fn commit(
+    ctx: &Context,
+    mut snapshot: PlannerSnapshot,
+    committed: &Iteration,
+    experience: &Experience,
+) -> Result<(), StepError> {
+    snapshot.committed = committed.number;
+    snapshot.last_fitness = committed.head_fitness();
+    let mut snapshots = vec![make_snapshot(KIND, SCHEMA, &snapshot)?];
+    for kind in ActorKind::ALL.into_iter().filter(|k| *k != KIND) {
+        snapshots.push(messages::call_common(kind, QUICK, Common::Snapshot).await??);
+    }
+    for snapshot in &mut snapshots {
+        snapshot.iteration = committed.number;
+    }
+    ctx.store
+        .commit_iteration(committed, Some(experience), &snapshots)
+        .await?;
+    step(ctx, committed.number, "commit", committed.summary.clone());
+    Ok(())
+}
+
+/// Announces one step of an iteration (for `agent ctl watch` and the log).
+fn step(ctx: &Context, iteration: u64, step: &'static str, detail: String) {
+    tracing::debug!(iteration, step, %detail, "iteration step");
+    ctx.events.emit(Event::Step {
+        iteration,
+        step,
+        detail,
+    });
+}
+
+/// The deadline of the modifier's slow steps (validation and fitness).
+fn slow(ctx: &Context) -> Duration {
+    ctx.config.validation_timeout * 2 + MARGIN
+}
+
+/// Tells the governor what a job spent; durable at once.
+async fn record_usage(usage: Usage) -> Result<(), PeerError> {
+    if usage == Usage::default() {
+        return Ok(());
+    }
+    messages::call(ActorKind::Governor, QUICK, |reply| {
+        GovernorMsg::RecordUsage { usage, reply }
+    })
+    .await
+}

@@ -1,0 +1,304 @@
+//! The planner's pure decisions, apart from any actor or store: which plan an
+//! iteration makes from the goal, the fitness, the learner's advice and any
+//! research; how a verdict is assessed (fitness after, error signature); and
+//! the one-line summary an iteration is remembered by.
+
+use crate::cognition::claude_cli::CAPABILITY as MODEL_CAPABILITY;
+use crate::domain::{
+    Advice, Capability, Execution, Experience, JobOutcome, Plan, Prepared, Research, Verdict,
+};
+
+/// What the planner knows when it plans an iteration.
+#[derive(Debug, Clone, Copy)]
+pub struct Situation<'a> {
+    pub goal: &'a str,
+    pub iteration: u64,
+    pub fitness: Option<f64>,
+    /// The prompt template for model backends.
+    pub template: &'a str,
+    pub execution: Execution,
+}
+
+/// Why no plan could be made.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum PlanError {
+    #[error("the backend offers no capability to plan with")]
+    NoCapability,
+}
+
+/// Turns the goal, the fitness, the learner's advice and any research into a
+/// plan: the best-ranked capability, with a prompt for model backends.
+pub fn make_plan(
+    situation: &Situation<'_>,
+    advice: &Advice,
+    capabilities: &[Capability],
+    research: Option<&Research>,
+) -> Result<Plan, PlanError> {
+    let best = advice.ranked.first().ok_or(PlanError::NoCapability)?;
+    let rationale = if best.attempts == 0 {
+        "not tried yet".to_string()
+    } else {
+        format!(
+            "score {:.2}: mean reward {:.2} over {} attempt(s)",
+            best.score, best.mean_reward, best.attempts
+        )
+    };
+    let is_model = capabilities
+        .iter()
+        .any(|c| c.id == best.id && c.id == MODEL_CAPABILITY);
+    let prompt = is_model.then(|| render_prompt(situation, advice, research));
+    Ok(Plan {
+        iteration: situation.iteration,
+        capability: best.id.clone(),
+        prompt,
+        rationale,
+        execution: situation.execution,
+    })
+}
+
+/// The prompt template with the goal, fitness, research notes and recent
+/// experiences filled in.
+fn render_prompt(
+    situation: &Situation<'_>,
+    advice: &Advice,
+    research: Option<&Research>,
+) -> String {
+    let recent = if advice.recent.is_empty() {
+        "(none yet)".to_string()
+    } else {
+        advice
+            .recent
+            .iter()
+            .map(|e| {
+                format!(
+                    "- iteration {}: {} → {}{}",
+                    e.iteration,
+                    e.capability,
+                    e.outcome.as_str(),
+                    e.error_signature
+                        .as_ref()
+                        .map(|s| format!(" ({s})"))
+                        .unwrap_or_default()
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n")
+    };
+    let notes = research
+        .map(|r| r.notes.as_str())
+        .filter(|notes| !notes.is_empty())
+        .unwrap_or("(no notes)");
+    situation
+        .template
+        .replace("{goal}", situation.goal)
+        .replace(
+            "{fitness}",
+            &situation
+                .fitness
+                .map_or("unknown".into(), |f| f.to_string()),
+        )
+        .replace("{research}", notes)
+        .replace("{recent}", &recent)
+}
+
+/// The fitness of the worktree after an iteration: what the modifier
+/// measured, else the fitness it started from.
+pub fn fitness_after(prepared: &Prepared, verdict: Option<&Verdict>) -> Option<f64> {
+    match verdict {
+        Some(Verdict::Accepted { fitness_after, .. }) => Some(*fitness_after),
+        Some(Verdict::Rejected { fitness_after, .. }) => *fitness_after,
+        _ => prepared.fitness,
+    }
+}
+
+/// The signature of what went wrong: the rejection, else the job's error.
+pub fn error_signature(verdict: Option<&Verdict>, job: &JobOutcome) -> Option<String> {
+    match (verdict, &job.error) {
+        (Some(Verdict::Rejected { reason, .. }), _) => Some(signature(reason)),
+        (None, Some(error)) => Some(signature(error)),
+        _ => None,
+    }
+}
+
+/// A short, stable form of an error: its first line, numbers removed.
+pub fn signature(error: &str) -> String {
+    first_line(error)
+        .chars()
+        .map(|c| if c.is_ascii_digit() { '#' } else { c })
+        .take(120)
+        .collect()
+}
+
+/// The one line an iteration is remembered by.
+pub fn summarize(experience: &Experience, verdict: Option<&Verdict>, job: &JobOutcome) -> String {
+    let fitness = |f: Option<f64>| f.map_or("?".to_string(), |f| f.to_string());
+    let before = fitness(experience.fitness_before);
+    match verdict {
+        Some(Verdict::Accepted {
+            commit,
+            fitness_after,
+            files_changed,
+        }) => format!(
+            "{} accepted: {} file(s), fitness {} → {}, commit {}",
+            experience.capability,
+            files_changed,
+            before,
+            fitness_after,
+            &commit[..commit.len().min(10)]
+        ),
+        Some(Verdict::Rejected { reason, .. }) => {
+            format!(
+                "{} rejected and rolled back: {}",
+                experience.capability,
+                first_line(reason)
+            )
+        }
+        Some(Verdict::NoChange) => format!(
+            "{} changed nothing (fitness {before})",
+            experience.capability
+        ),
+        None => format!(
+            "{} job {}: {}",
+            experience.capability,
+            job.status.as_str(),
+            first_line(job.error.as_deref().unwrap_or("no error text"))
+        ),
+    }
+}
+
+fn first_line(text: &str) -> &str {
+    text.lines().next().unwrap_or_default()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{JobStatus, RankedCapability, Usage};
+
+    fn situation<'a>(
+        goal: &'a str,
+        iteration: u64,
+        fitness: Option<f64>,
+        template: &'a str,
+    ) -> Situation<'a> {
+        Situation {
+            goal,
+            iteration,
+            fitness,
+            template,
+            execution: Execution::Async,
+        }
+    }
+
+    fn advice(best: &str, attempts: u64) -> Advice {
+        Advice {
+            ranked: vec![RankedCapability {
+                id: best.into(),
+                score: 0.9,
+                attempts,
+                mean_reward: 0.7,
+            }],
+            recent: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn a_local_capability_has_no_prompt() {
+        let caps = vec![Capability {
+            id: "fmt".into(),
+            description: String::new(),
+        }];
+        let plan = make_plan(
+            &situation("g", 3, Some(4.0), "{goal}"),
+            &advice("fmt", 2),
+            &caps,
+            None,
+        )
+        .unwrap();
+        assert_eq!(plan.capability, "fmt");
+        assert_eq!(plan.iteration, 3);
+        assert!(plan.prompt.is_none());
+        assert!(plan.rationale.contains("2 attempt"));
+    }
+
+    #[test]
+    fn a_model_capability_gets_the_rendered_prompt() {
+        let caps = vec![Capability {
+            id: MODEL_CAPABILITY.into(),
+            description: String::new(),
+        }];
+        let research = Research {
+            topic: "g".into(),
+            notes: "uses median".into(),
+            from_cache: true,
+            usage: Usage::default(),
+        };
+        let plan = make_plan(
+            &situation(
+                "fewer warnings",
+                1,
+                Some(7.0),
+                "G={goal} F={fitness} R={research}",
+            ),
+            &advice(MODEL_CAPABILITY, 0),
+            &caps,
+            Some(&research),
+        )
+        .unwrap();
+        assert_eq!(
+            plan.prompt.as_deref(),
+            Some("G=fewer warnings F=7 R=uses median")
+        );
+    }
+
+    #[test]
+    fn no_capability_is_an_error() {
+        let empty = Advice {
+            ranked: vec![],
+            recent: vec![],
+        };
+        assert_eq!(
+            make_plan(&situation("g", 1, None, ""), &empty, &[], None),
+            Err(PlanError::NoCapability)
+        );
+    }
+
+    #[test]
+    fn a_signature_keeps_the_first_line_without_numbers() {
+        assert_eq!(
+            signature("validation `cargo test` failed (status 101): 3 tests\nbacktrace"),
+            "validation `cargo test` failed (status ###): # tests"
+        );
+    }
+
+    #[test]
+    fn the_assessment_follows_the_verdict() {
+        let prepared = Prepared {
+            base_commit: "abc".into(),
+            fitness: Some(5.0),
+        };
+        let job = JobOutcome {
+            job_id: 1,
+            status: JobStatus::Failed,
+            output: String::new(),
+            error: Some("exit 143 after 12s".into()),
+            usage: Usage::default(),
+            session_id: None,
+        };
+        let rejected = Verdict::Rejected {
+            reason: "fitness got worse: 5 → 6".into(),
+            fitness_after: Some(6.0),
+        };
+        assert_eq!(fitness_after(&prepared, Some(&rejected)), Some(6.0));
+        assert_eq!(fitness_after(&prepared, None), Some(5.0));
+        assert_eq!(
+            error_signature(Some(&rejected), &job).as_deref(),
+            Some("fitness got worse: # → #")
+        );
+        assert_eq!(
+            error_signature(None, &job).as_deref(),
+            Some("exit ### after ##s")
+        );
+        assert_eq!(error_signature(Some(&Verdict::NoChange), &job), None);
+    }
+}

@@ -1,0 +1,199 @@
+//! `agent run`: the daemon's life as five phases — prepare the run (store,
+//! run record, backend, worktree), start the services (event consumers,
+//! HTTP, the supervision tree, the control socket), wait for the end (the run
+//! finishing, a stop request from SIGINT, SIGTERM or `agent ctl stop`, or an
+//! escalation), shut down, and write the final checkpoint.
+//!
+//! Shutdown is designed: no new iteration starts, the in-flight one gets the
+//! shutdown deadline to commit and is abandoned after it, the tree stops in
+//! reverse order, the store is flushed (the final checkpoint), and the socket
+//! is removed. `cli` maps the ending to an exit status.
+
+mod console;
+mod resume;
+mod services;
+
+use std::sync::Arc;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::broadcast;
+
+use crate::cognition::{self, Cognition};
+use crate::config::{Config, Overrides, TreeSpec};
+use crate::ctl::server::StopRequest;
+use crate::domain::RunPhase;
+use crate::events::Event;
+use crate::store::{Store, StoreError};
+use crate::workspace::{Workspace, WorkspaceError};
+use services::Services;
+
+/// Why `agent run` could not run.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// Bad usage or configuration; nothing was changed.
+    #[error("{0}")]
+    Usage(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("{0}")]
+    Failed(String),
+}
+
+/// How the run ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Ending {
+    Finished(String),
+    Stopped,
+    Escalated(String),
+}
+
+/// Runs the daemon to its end.
+pub async fn run(
+    mut config: Config,
+    tree: TreeSpec,
+    overrides: Overrides,
+) -> Result<Ending, RunError> {
+    config.apply(&overrides);
+    let prepared = prepare(config, &overrides).await?;
+    let mut services = Services::start(&prepared, tree).await?;
+    let (ending, stop) = wait_for_end(&mut services).await?;
+    let store = prepared.store.clone();
+    let console = services.shut_down(&ending, stop).await;
+    checkpoint(&store, &prepared.config, &ending).await?;
+    console.abort();
+    Ok(ending)
+}
+
+/// What the prepare phase hands to the services.
+pub(crate) struct Prepared {
+    pub config: Config,
+    pub store: Store,
+    pub backend: Arc<dyn Cognition>,
+    pub workspace: Workspace,
+    /// Iterations committed before this start.
+    pub committed: u64,
+}
+
+/// Opens the store, resolves the run (new, resumed, refused), picks the
+/// backend and prepares the worktree; prints the banner.
+async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, RunError> {
+    std::fs::create_dir_all(&config.state_dir).map_err(|e| {
+        RunError::Failed(format!(
+            "cannot create the state directory {}: {e}",
+            config.state_dir.display()
+        ))
+    })?;
+    let store = Store::open(&config.state_dir)?;
+    config.goal = resume::resolve_run(&store, &config, overrides).await?;
+
+    let selection = cognition::select(&config)
+        .await
+        .map_err(|e| RunError::Usage(e.to_string()))?;
+    tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
+
+    let source = config.workspace.clone();
+    let state_dir = config.state_dir.clone();
+    let workspace = tokio::task::spawn_blocking(move || Workspace::prepare(&source, &state_dir))
+        .await
+        .map_err(|e| RunError::Failed(e.to_string()))?
+        .map_err(|e| match e {
+            WorkspaceError::Missing(_) => RunError::Usage(e.to_string()),
+            other => RunError::Failed(format!("cannot prepare the worktree: {other}")),
+        })?;
+    let committed = store.last_iteration()?.map_or(0, |r| r.number);
+    println!(
+        "agent: goal \"{}\"\nagent: backend {} — {}\nagent: worktree {} (from {}), state {}, {} iteration(s) committed so far",
+        config.goal,
+        selection.backend.name(),
+        selection.reason,
+        workspace.path.display(),
+        config.workspace.display(),
+        config.state_dir.display(),
+        committed
+    );
+    Ok(Prepared {
+        config,
+        store,
+        backend: selection.backend,
+        workspace,
+        committed,
+    })
+}
+
+/// Waits for whichever comes first: a signal, `agent ctl stop`, the run
+/// finishing, or an escalation of the tree.
+async fn wait_for_end(services: &mut Services) -> Result<(Ending, StopRequest), RunError> {
+    let mut sigterm =
+        signal(SignalKind::terminate()).map_err(|e| RunError::Failed(e.to_string()))?;
+    let mut sigint =
+        signal(SignalKind::interrupt()).map_err(|e| RunError::Failed(e.to_string()))?;
+    let mut stop_rx = services.stop_requests();
+    let mut listener = services.events.subscribe();
+    let ending = loop {
+        tokio::select! {
+            _ = sigterm.recv() => break (Ending::Stopped, StopRequest::Graceful),
+            _ = sigint.recv() => break (Ending::Stopped, StopRequest::Graceful),
+            changed = stop_rx.changed() => {
+                if changed.is_ok() && let Some(request) = *stop_rx.borrow() {
+                    break (Ending::Stopped, request);
+                }
+            }
+            event = listener.recv() => match event {
+                Ok(Event::RunFinished { reason }) => break (Ending::Finished(reason), StopRequest::Graceful),
+                Ok(Event::Escalated { reason }) => {
+                    services.readiness.escalating();
+                    break (Ending::Escalated(reason), StopRequest::Now);
+                }
+                _ => {}
+            },
+            () = services.supervisor_stopped() => {
+                services.readiness.escalating();
+                break (Ending::Escalated(escalation_reason(&mut listener)), StopRequest::Now);
+            }
+        }
+    };
+    Ok(ending)
+}
+
+/// The supervisor stopped on its own: the escalation event may still be
+/// queued behind the stop.
+fn escalation_reason(listener: &mut broadcast::Receiver<Event>) -> String {
+    let mut reason = "the supervisor stopped".to_string();
+    while let Ok(event) = listener.try_recv() {
+        if let Event::Escalated { reason: why } = event {
+            reason = why;
+        }
+    }
+    reason
+}
+
+/// The final checkpoint: the run record says how the run ended, the store is
+/// flushed, and the person watching reads one line.
+async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(), RunError> {
+    let mut run = store
+        .run()?
+        .unwrap_or_else(|| resume::new_run(&config.goal));
+    match ending {
+        Ending::Finished(_) => run.state = RunPhase::Finished,
+        Ending::Escalated(reason) => run.last_escalation = Some(reason.clone()),
+        Ending::Stopped => {}
+    }
+    store.put_run(&run).await?;
+    store.flush().await?;
+    let committed = store.last_iteration()?.map_or(0, |r| r.number);
+    match ending {
+        Ending::Finished(reason) => {
+            println!("agent: run finished ({reason}); {committed} iteration(s) committed")
+        }
+        Ending::Stopped => {
+            println!("agent: stopped; {committed} iteration(s) committed, state checkpointed")
+        }
+        Ending::Escalated(reason) => {
+            tracing::error!(%reason, "the supervision tree escalated; state checkpointed");
+            eprintln!(
+                "agent: escalated: {reason}; {committed} iteration(s) committed, state checkpointed"
+            );
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! The services of a running daemon, started in order and shut down in
+//! reverse: the event consumers (console lines, metrics, alerts), the HTTP
+//! listener, the supervision tree with its six actors, and the control
+//! socket. Shutting down drains the planner within the deadline first, so no
+//! iteration is cut short that could still commit.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use ractor::{Actor, ActorRef};
+use tokio::sync::watch;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use super::{Ending, Prepared, RunError, console};
+use crate::actors::{Factory, Shared};
+use crate::cognition::Cognition;
+use crate::config::{Config, TreeSpec};
+use crate::ctl::server::{self, ControlSocket, ServerContext, StopRequest};
+use crate::domain::ActorKind;
+use crate::events::EventBus;
+use crate::messages::{self, PlannerMsg};
+use crate::supervisor::{self, Supervisor, SupervisorArgs, SupervisorMsg};
+use crate::telemetry::{self, http::HttpListener, http::Readiness};
+
+pub(crate) struct Services {
+    pub events: EventBus,
+    pub readiness: Readiness,
+    config: Config,
+    backend: Arc<dyn Cognition>,
+    stop: watch::Sender<Option<StopRequest>>,
+    supervisor: ActorRef<SupervisorMsg>,
+    /// `None` once it has completed: a JoinHandle must not be polled again.
+    supervisor_done: Option<JoinHandle<()>>,
+    socket: ControlSocket,
+    http: Option<HttpListener>,
+    /// Metrics and alerts, stopped with the services.
+    tasks: Vec<JoinHandle<()>>,
+    /// The console lines, stopped after the final checkpoint.
+    console: JoinHandle<()>,
+}
+
+impl Services {
+    pub async fn start(prepared: &Prepared, tree: TreeSpec) -> Result<Services, RunError> {
+        let config = &prepared.config;
+        let events = EventBus::default();
+        let backend_name = prepared.backend.name().to_string();
+        let console = tokio::spawn(console::print_iterations(events.subscribe()));
+        let mut tasks = Vec::new();
+
+        // Metrics follow the events; the HTTP listener serves them with health.
+        let metrics = telemetry::metrics::install();
+        telemetry::metrics::committed(prepared.committed);
+        tasks.push(tokio::spawn(console::record_metrics(
+            events.subscribe(),
+            backend_name.clone(),
+        )));
+        let readiness = Readiness::default();
+        let http = match config.http_listen {
+            Some(address) => {
+                let listener = telemetry::http::start(address, metrics.clone(), readiness.clone())
+                    .await
+                    .map_err(|e| {
+                        RunError::Failed(format!("cannot listen for HTTP on {address}: {e}"))
+                    })?;
+                tracing::info!(address = %listener.address, "serving /metrics, /healthz and /readyz");
+                Some(listener)
+            }
+            None => None,
+        };
+        tasks.push(tokio::spawn(telemetry::alerts::run(
+            config.alerts.clone(),
+            events.clone(),
+            config.service_name.clone(),
+        )));
+
+        let shared = Arc::new(Shared {
+            prompt_template: load_prompt_template(),
+            config: config.clone(),
+            tree: tree.clone(),
+            store: prepared.store.clone(),
+            workspace: prepared.workspace.clone(),
+            backend: prepared.backend.clone(),
+            events: events.clone(),
+        });
+        let (supervisor, supervisor_done) = Actor::spawn(
+            Some(supervisor::NAME.to_string()),
+            Supervisor,
+            SupervisorArgs {
+                tree: tree.clone(),
+                factory: Arc::new(Factory { context: shared }),
+                events: events.clone(),
+            },
+        )
+        .await
+        .map_err(|e| RunError::Failed(format!("the supervision tree did not start: {e}")))?;
+
+        let (stop, _) = watch::channel(None);
+        let server_context = Arc::new(ServerContext {
+            faults_allowed: config.faults_allowed(),
+            backend: backend_name,
+            mode: format!("{:?}", config.mode).to_lowercase(),
+            stop: stop.clone(),
+            store: prepared.store.clone(),
+            tree,
+            events: events.clone(),
+            closing: CancellationToken::new(),
+        });
+        let socket_path = config.socket_path();
+        let socket = server::start(&socket_path, server_context).map_err(|e| {
+            RunError::Failed(format!("cannot listen on {}: {e}", socket_path.display()))
+        })?;
+        tracing::info!(socket = %socket_path.display(), "control socket ready");
+        readiness.ready();
+        Ok(Services {
+            events,
+            readiness,
+            config: config.clone(),
+            backend: prepared.backend.clone(),
+            stop,
+            supervisor,
+            supervisor_done: Some(supervisor_done),
+            socket,
+            http,
+            tasks,
+            console,
+        })
+    }
+
+    /// Stop requests from `agent ctl stop`.
+    pub fn stop_requests(&self) -> watch::Receiver<Option<StopRequest>> {
+        self.stop.subscribe()
+    }
+
+    /// Completes when the supervisor has stopped on its own (escalation);
+    /// never, once it has been seen to stop.
+    pub async fn supervisor_stopped(&mut self) {
+        match self.supervisor_done.as_mut() {
+            Some(done) => {
+                let _ = done.await;
+                self.supervisor_done = None;
+            }
+            None => std::future::pending().await,
+        }
+    }
+
+    /// Stops everything in reverse order of start; returns the console
+    /// task, which prints until the final checkpoint.
+    pub async fn shut_down(mut self, ending: &Ending, stop: StopRequest) -> JoinHandle<()> {
+        let escalated = matches!(ending, Ending::Escalated(_));
+        if !escalated {
+            tracing::info!(?stop, "shutting down");
+            drain(&self.config, stop).await;
+            let _ = self
+                .supervisor
+                .call(SupervisorMsg::Shutdown, Some(Duration::from_secs(60)))
+                .await;
+        }
+        // Escalation stops the tree itself; either way wait for it to be down.
+        if let Some(done) = self.supervisor_done.take() {
+            let _ = tokio::time::timeout(Duration::from_secs(60), done).await;
+        }
+        if !escalated {
+            self.readiness.stopping();
+        }
+        self.socket.close().await;
+        self.backend.shutdown().await;
+        if let Some(http) = self.http.take() {
+            http.stop();
+        }
+        for task in &self.tasks {
+            task.abort();
+        }
+        self.console
+    }
+}
+
+/// Lets the in-flight iteration finish within the deadline, else abandons it.
+async fn drain(config: &Config, stop: StopRequest) {
+    let deadline = match stop {
+        StopRequest::Graceful => config.shutdown_timeout,
+        StopRequest::Now => Duration::ZERO,
+    };
+    let drained = !deadline.is_zero()
+        && messages::call(ActorKind::Planner, deadline, PlannerMsg::Drain)
+            .await
+            .is_ok();
+    if !drained {
+        let _ = messages::call(
+            ActorKind::Planner,
+            Duration::from_secs(30),
+            PlannerMsg::Abandon,
+        )
+        .await;
+    }
+}
+
+/// The prompt template: `config/prompts/iteration.md` when present, else the
+/// embedded copy.
+fn load_prompt_template() -> String {
+    std::fs::read_to_string("config/prompts/iteration.md")
+        .unwrap_or_else(|_| include_str!("../../config/prompts/iteration.md").to_string())
+}

@@ -1,0 +1,484 @@
+//! The project's vocabulary: plain values that every layer speaks — the
+//! actors and their faults, capabilities and plans, jobs and their statuses,
+//! verdicts, outcomes and experiences, permits, approvals and run states.
+//!
+//! This module is a leaf: it imports nothing else from the crate, so
+//! `config`, `store`, `mcp`, `cognition`, `messages` and the actors can all
+//! stand on it without standing on each other. None of these types derive
+//! serde: the control socket and the store keep their own versioned records
+//! and convert at their edge. Every status that is stored or shown as text
+//! has one `as_str` and one `FromStr`, so nothing compares status strings.
+
+use std::fmt;
+use std::str::FromStr;
+use std::time::Duration;
+
+/// Declares a closed set of named values: the enum, its `ALL`, `as_str`,
+/// `Display` and a `FromStr` whose error names what was expected.
+macro_rules! named_enum {
+    (
+        $(#[$meta:meta])*
+        pub enum $name:ident ($what:literal) {
+            $( $(#[$vmeta:meta])* $variant:ident => $text:literal, )+
+        }
+    ) => {
+        $(#[$meta])*
+        #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
+        pub enum $name {
+            $( $(#[$vmeta])* $variant, )+
+        }
+
+        impl $name {
+            pub const ALL: [$name; [$(stringify!($variant)),+].len()] = [$($name::$variant),+];
+
+            /// The name it is stored, configured and shown under.
+            pub fn as_str(self) -> &'static str {
+                match self {
+                    $($name::$variant => $text,)+
+                }
+            }
+        }
+
+        impl fmt::Display for $name {
+            fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+                f.write_str(self.as_str())
+            }
+        }
+
+        impl FromStr for $name {
+            type Err = UnknownName;
+            fn from_str(text: &str) -> Result<Self, UnknownName> {
+                $name::ALL
+                    .into_iter()
+                    .find(|value| value.as_str() == text)
+                    .ok_or_else(|| UnknownName {
+                        what: $what,
+                        given: text.to_string(),
+                        expected: $name::ALL.iter().map(|v| v.as_str()).collect::<Vec<_>>().join(", "),
+                    })
+            }
+        }
+    };
+}
+
+/// A name that is not one of a closed set's.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("unknown {what} \"{given}\"; expected one of: {expected}")]
+pub struct UnknownName {
+    pub what: &'static str,
+    pub given: String,
+    pub expected: String,
+}
+
+// ----------------------------------------------------------------- actors --
+
+named_enum! {
+    /// The six actors of the tree, in their declared start order.
+    pub enum ActorKind ("actor") {
+        Governor => "governor",
+        Learner => "learner",
+        Researcher => "researcher",
+        Executor => "executor",
+        Modifier => "modifier",
+        Planner => "planner",
+    }
+}
+
+impl ActorKind {
+    /// The registered name of the actor, also its name in config and ctl.
+    pub fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+named_enum! {
+    /// A failure injected on purpose (`agent ctl fault`).
+    pub enum FaultKind ("fault") {
+        /// The actor panics inside its handler.
+        Panic => "panic",
+        /// The actor's handler returns an error.
+        Error => "error",
+        /// The actor's handler never returns: its mailbox stops being served.
+        Hang => "hang",
+    }
+}
+
+impl FaultKind {
+    pub fn name(self) -> &'static str {
+        self.as_str()
+    }
+}
+
+// ------------------------------------------------------------- cognition --
+
+/// Tokens and money one job spent, as the backend reported them.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Usage {
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+}
+
+impl Usage {
+    pub fn tokens(&self) -> u64 {
+        self.input_tokens + self.output_tokens
+    }
+}
+
+/// A capability the backend offers the planner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Capability {
+    pub id: String,
+    pub description: String,
+}
+
+named_enum! {
+    /// How a plan runs on the MCP backend.
+    pub enum Execution ("execution") {
+        /// `claude_run`: one call that blocks until the job ends.
+        Sync => "sync",
+        /// `claude_run_async`, then `claude_status` polls and `claude_result`;
+        /// the job id is stored first, so a restarted agent re-attaches.
+        Async => "async",
+    }
+}
+
+/// What the planner decided to do in one iteration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Plan {
+    pub iteration: u64,
+    pub capability: String,
+    /// The prompt for a model backend; `None` for local capabilities.
+    pub prompt: Option<String>,
+    /// Why this capability was chosen (learner's scores).
+    pub rationale: String,
+    /// How a model backend runs it.
+    pub execution: Execution,
+}
+
+named_enum! {
+    /// Where a cognition job is: running, or how it ended.
+    pub enum JobStatus ("job status") {
+        Running => "running",
+        Completed => "completed",
+        Failed => "failed",
+        Timeout => "timeout",
+        Killed => "killed",
+    }
+}
+
+impl JobStatus {
+    pub fn is_running(self) -> bool {
+        self == JobStatus::Running
+    }
+}
+
+/// The result of executing a plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutcome {
+    pub job_id: u64,
+    /// How the job ended (never `Running`).
+    pub status: JobStatus,
+    /// The backend's result text (or the raw output when it was not understood).
+    pub output: String,
+    pub error: Option<String>,
+    pub usage: Usage,
+    pub session_id: Option<String>,
+}
+
+// ------------------------------------------------------------ the change --
+
+/// The modifier's measurement of the workspace before an iteration.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Prepared {
+    pub base_commit: String,
+    pub fitness: Option<f64>,
+}
+
+/// What the modifier did with the change an iteration made.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Verdict {
+    /// Validation passed and fitness did not get worse: one commit.
+    Accepted {
+        commit: String,
+        fitness_after: f64,
+        files_changed: usize,
+    },
+    /// Rolled back to the base commit.
+    Rejected {
+        reason: String,
+        fitness_after: Option<f64>,
+    },
+    /// The job changed nothing.
+    NoChange,
+}
+
+impl Verdict {
+    /// The iteration outcome this verdict gives.
+    pub fn outcome(&self) -> Outcome {
+        match self {
+            Verdict::Accepted { .. } => Outcome::Accepted,
+            Verdict::Rejected { .. } => Outcome::Rejected,
+            Verdict::NoChange => Outcome::NoChange,
+        }
+    }
+}
+
+named_enum! {
+    /// The outcome of an iteration.
+    pub enum Outcome ("outcome") {
+        Accepted => "accepted",
+        Rejected => "rejected",
+        NoChange => "no-change",
+        JobFailed => "job-failed",
+    }
+}
+
+/// One finished iteration as the learner keeps it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Experience {
+    pub iteration: u64,
+    pub capability: String,
+    pub outcome: Outcome,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: Option<f64>,
+    pub usage: Usage,
+    pub duration: Duration,
+    /// A short, stable description of the failure, if any.
+    pub error_signature: Option<String>,
+}
+
+/// One committed iteration: the event log's entry.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Iteration {
+    pub number: u64,
+    pub goal: String,
+    pub capability: String,
+    pub outcome: Outcome,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: Option<f64>,
+    pub usage: Usage,
+    pub duration: Duration,
+    /// The agent branch's commit, for an accepted change.
+    pub commit: Option<String>,
+    /// One line: what happened.
+    pub summary: String,
+    pub finished_at_ms: u64,
+}
+
+impl Iteration {
+    /// The fitness of the agent branch's head after this iteration.
+    pub fn head_fitness(&self) -> Option<f64> {
+        if self.outcome == Outcome::Accepted {
+            self.fitness_after
+        } else {
+            self.fitness_before
+        }
+    }
+}
+
+// --------------------------------------------------------------- learning --
+
+/// A capability ranked by the learner.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RankedCapability {
+    pub id: String,
+    pub score: f64,
+    pub attempts: u64,
+    pub mean_reward: f64,
+}
+
+/// The learner's advice for the next plan.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Advice {
+    /// Best first.
+    pub ranked: Vec<RankedCapability>,
+    /// The most recent experiences, newest first.
+    pub recent: Vec<Experience>,
+}
+
+/// What the learner knows of one capability, for status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CapabilitySummary {
+    pub capability: String,
+    pub attempts: u64,
+    pub accepted: u64,
+    pub mean_reward: f64,
+    pub fitness_gain: f64,
+    pub tokens: u64,
+}
+
+/// The learner's statistics and the ranking they give.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnerStats {
+    pub experiences: u64,
+    pub capabilities: Vec<CapabilitySummary>,
+}
+
+/// Notes the researcher found on a topic.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Research {
+    pub topic: String,
+    pub notes: String,
+    pub from_cache: bool,
+    pub usage: Usage,
+}
+
+/// The researcher's counters, for status.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ResearcherStatus {
+    pub hits: u64,
+    pub misses: u64,
+}
+
+// ------------------------------------------------------------- governance --
+
+/// The governor's answer to a permit request.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Permit {
+    Granted,
+    /// An operator paused the run: ask again after `retry_after`.
+    Paused {
+        retry_after: Duration,
+    },
+    /// Not now (budget): ask again after `retry_after`.
+    Wait {
+        reason: String,
+        retry_after: Duration,
+    },
+    /// Never for this run (limit reached).
+    Finished {
+        reason: String,
+    },
+}
+
+/// The governor's view, for status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GovernorStatus {
+    pub paused: bool,
+    pub tokens_last_day: u64,
+    pub tokens_per_day: u64,
+    pub cost_usd_total: f64,
+    pub permits_granted: u64,
+}
+
+/// A change waiting for an operator (supervised mode).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ApprovalRequest {
+    pub iteration: u64,
+    pub summary: String,
+    pub files: Vec<String>,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: f64,
+}
+
+/// An operator's decision on a change.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ApprovalDecision {
+    Approved,
+    Rejected { reason: String },
+}
+
+named_enum! {
+    /// Where an approval stands.
+    pub enum ApprovalState ("approval state") {
+        Pending => "pending",
+        Approved => "approved",
+        Rejected => "rejected",
+        /// The governor restarted while it waited; the iteration asks again.
+        Expired => "expired",
+    }
+}
+
+// ------------------------------------------------------------------- run --
+
+named_enum! {
+    /// Whether the live run goes on (the planner's view).
+    pub enum RunState ("run state") {
+        Running => "running",
+        Paused => "paused",
+        Stopping => "stopping",
+        Finished => "finished",
+    }
+}
+
+named_enum! {
+    /// Whether a stored run is still to be pursued.
+    pub enum RunPhase ("run phase") {
+        Running => "running",
+        /// The run reached its end (a limit); a new `agent run` resumes it.
+        Finished => "finished",
+    }
+}
+
+/// The planner's view, for status.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PlannerStatus {
+    pub goal: String,
+    pub run_state: RunState,
+    /// Committed iterations.
+    pub iteration: u64,
+    pub in_flight: Option<u64>,
+    pub last_fitness: Option<f64>,
+}
+
+/// The modifier's view, for `send modifier status`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ModifierStatus {
+    pub head: String,
+    pub head_fitness: Option<f64>,
+    pub accepted: u64,
+    pub rolled_back: u64,
+    /// Files changed in the worktree now.
+    pub changed: Vec<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn every_name_parses_back_to_its_value() {
+        for kind in ActorKind::ALL {
+            assert_eq!(kind.as_str().parse::<ActorKind>(), Ok(kind));
+        }
+        for status in JobStatus::ALL {
+            assert_eq!(status.as_str().parse::<JobStatus>(), Ok(status));
+        }
+        for outcome in Outcome::ALL {
+            assert_eq!(outcome.as_str().parse::<Outcome>(), Ok(outcome));
+        }
+        for state in ApprovalState::ALL {
+            assert_eq!(state.as_str().parse::<ApprovalState>(), Ok(state));
+        }
+    }
+
+    #[test]
+    fn an_unknown_name_says_what_was_expected() {
+        let error = "dance".parse::<FaultKind>().unwrap_err();
+        assert_eq!(
+            error.to_string(),
+            "unknown fault \"dance\"; expected one of: panic, error, hang"
+        );
+    }
+
+    #[test]
+    fn the_head_fitness_follows_the_outcome() {
+        let mut iteration = Iteration {
+            number: 1,
+            goal: "g".into(),
+            capability: "fmt".into(),
+            outcome: Outcome::Accepted,
+            fitness_before: Some(3.0),
+            fitness_after: Some(2.0),
+            usage: Usage::default(),
+            duration: Duration::ZERO,
+            commit: None,
+            summary: String::new(),
+            finished_at_ms: 0,
+        };
+        assert_eq!(iteration.head_fitness(), Some(2.0));
+        iteration.outcome = Outcome::Rejected;
+        assert_eq!(iteration.head_fitness(), Some(3.0));
+    }
+}
