@@ -203,9 +203,23 @@ async fn collect(reader: Option<tokio::task::JoinHandle<String>>) -> String {
     }
 }
 
+/// A command for `program` that will start in a process group of its own.
+/// Every child process of the agent is built here, so that none escapes the
+/// group kill; callers that hand the command to another crate (the MCP
+/// client's transport) own its lifetime from then on.
+#[allow(
+    clippy::disallowed_methods,
+    reason = "the one place a child process is built: in its own process group"
+)]
+pub fn group_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
+    let mut command = Command::new(program);
+    command.process_group(0);
+    command
+}
+
 /// Starts `spec` in a new process group with stdin closed.
 pub fn start(spec: &CommandSpec) -> Result<Running, SpawnError> {
-    let mut command = Command::new(&spec.program);
+    let mut command = group_command(&spec.program);
     command
         .args(&spec.args)
         .current_dir(&spec.cwd)
@@ -213,7 +227,6 @@ pub fn start(spec: &CommandSpec) -> Result<Running, SpawnError> {
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
-        .process_group(0)
         .kill_on_drop(true);
     die_with_parent(&mut command);
     let child = command.spawn().map_err(|source| SpawnError {

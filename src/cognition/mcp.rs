@@ -100,8 +100,8 @@ impl Mcp {
             .command
             .split_first()
             .ok_or_else(|| "no MCP server command configured".to_string())?;
-        let command = tokio::process::Command::new(program).configure(|command| {
-            command.args(args).process_group(0);
+        let command = crate::process::group_command(program).configure(|command| {
+            command.args(args);
         });
         let (transport, _) = TokioChildProcess::builder(command)
             .stderr(Stdio::inherit())

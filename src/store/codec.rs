@@ -34,8 +34,15 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
     if format != FORMAT_BINCODE_V1 {
         return Err(CodecError::UnknownFormat(format));
     }
-    let (value, _) = bincode::serde::decode_from_slice(body, bincode::config::standard())
-        .map_err(|e| CodecError::Decode(e.to_string()))?;
+    let (value, _) =
+        bincode::serde::decode_from_slice(body, bincode::config::standard()).map_err(|error| {
+            CodecError::Decode(match error {
+                // A value the record's own type refused (an unknown status
+                // name): its message, not bincode's debug wrapping of it.
+                bincode::error::DecodeError::OtherString(message) => message,
+                other => other.to_string(),
+            })
+        })?;
     Ok(value)
 }
 

@@ -2,6 +2,11 @@
 //! actor snapshots, iteration log, experiences, cognition jobs, research
 //! cache), the codec, and durability: nothing is reported as committed before
 //! `flush_async` has returned, because sled on its own syncs only every 500 ms.
+#![allow(
+    clippy::disallowed_types,
+    clippy::disallowed_methods,
+    reason = "the store is the one module that opens and holds sled"
+)]
 
 pub mod codec;
 mod convert;

@@ -1,6 +1,10 @@
 //! The integration tests: one binary, one module per area. `harness` starts
 //! the real `agent` binary on temporary directories and polls for conditions
-//! instead of sleeping.
+//! instead of sleeping; `tidy` checks the architecture's invariants.
+#![allow(
+    clippy::disallowed_methods,
+    reason = "tests run the real binary, git and the stand-in claude as a user would, outside the agent's process wrappers"
+)]
 
 mod claude_cli;
 mod config_errors;
@@ -11,3 +15,4 @@ mod kill9;
 mod mcp;
 mod runtime;
 mod telemetry;
+mod tidy;
