@@ -337,9 +337,12 @@ pub struct ResearcherStatus {
 #[derive(Debug, Clone, PartialEq)]
 pub enum Permit {
     Granted,
-    /// An operator paused the run: ask again after `retry_after`.
+    /// The run is paused (by an operator, or by the planner after failures
+    /// that did not go away): ask again after `retry_after`.
     Paused {
         retry_after: Duration,
+        /// Why, when the pause was not an operator's plain `pause`.
+        reason: Option<String>,
     },
     /// Not now (budget): ask again after `retry_after`.
     Wait {
@@ -356,6 +359,7 @@ pub enum Permit {
 #[derive(Debug, Clone, PartialEq)]
 pub struct GovernorStatus {
     pub paused: bool,
+    pub pause_reason: Option<String>,
     pub tokens_last_day: u64,
     pub tokens_per_day: u64,
     pub cost_usd_total: f64,
@@ -420,6 +424,10 @@ pub struct PlannerStatus {
     pub iteration: u64,
     pub in_flight: Option<u64>,
     pub last_fitness: Option<f64>,
+    /// Why the run is paused, while it is.
+    pub pause_reason: Option<String>,
+    /// Attempts abandoned in a row since the last commit.
+    pub failures: u32,
 }
 
 /// The modifier's view, for `send modifier status`.

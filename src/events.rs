@@ -41,6 +41,10 @@ pub enum Event {
     RunFinished {
         reason: String,
     },
+    /// The planner paused the run: attempts failed in a row and kept failing.
+    RunPaused {
+        reason: String,
+    },
     ActorFailed {
         actor: ActorKind,
         error: String,

@@ -4,9 +4,17 @@
 //! that no grandchild outlives the job. Children also get SIGKILL if this
 //! process dies (`PR_SET_PDEATHSIG`), and job records keep their process group
 //! so a restarted agent can clean up after a `kill -9`.
+//!
+//! `PR_SET_PDEATHSIG` reaches only the direct child; a grandchild (the test
+//! binary under `cargo test`) is re-parented to init when the agent is
+//! killed. So every child also carries the instance's mark in its
+//! environment, which its own children inherit, and the next start of the
+//! same instance kills every process that still carries it
+//! ([`reap_marked`]).
 
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use nix::sys::signal::{Signal, killpg};
@@ -75,6 +83,23 @@ impl Finished {
     }
 
     /// The end of stderr (or stdout), for error messages.
+    /// The line a person needs: the first line that reports an error (of
+    /// stderr, else stdout), else the first line at all. Never a backtrace's
+    /// tail, which is what the last lines of a crashing program are.
+    pub fn first_error_line(&self) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let lines = || text.lines().map(str::trim).filter(|l| !l.is_empty());
+        let line = lines()
+            .find(|l| l.to_ascii_lowercase().contains("error"))
+            .or_else(|| lines().next())
+            .unwrap_or("(no output)");
+        line.chars().take(240).collect()
+    }
+
     pub fn tail(&self, lines: usize) -> String {
         let text = if self.stderr.trim().is_empty() {
             &self.stdout
@@ -203,6 +228,58 @@ async fn collect(reader: Option<tokio::task::JoinHandle<String>>) -> String {
     }
 }
 
+/// The environment variable that marks the processes of one agent instance.
+pub const MARK_VAR: &str = "AGENT_INSTANCE";
+
+/// This process's mark, once the daemon knows its instance.
+static MARK: OnceLock<String> = OnceLock::new();
+
+/// Marks every child started from now on as belonging to `instance` (the
+/// canonical state directory).
+pub fn mark_children(instance: &str) {
+    let _ = MARK.set(instance.to_string());
+}
+
+/// Kills every process that carries `instance`'s mark and is not this
+/// process: what a killed run of the same instance left running. Call it
+/// while holding the instance's store lock, so no live run owns them.
+/// Returns the pid and command line of each process killed.
+pub fn reap_marked(instance: &str) -> Vec<(i32, String)> {
+    let wanted = format!("{MARK_VAR}={instance}");
+    let own = std::process::id() as i32;
+    let Ok(entries) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let mut killed = Vec::new();
+    for entry in entries.flatten() {
+        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        if pid == own {
+            continue;
+        }
+        let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
+            continue;
+        };
+        if !environ.split(|b| *b == 0).any(|var| var == wanted.as_bytes()) {
+            continue;
+        }
+        let command = std::fs::read(entry.path().join("cmdline"))
+            .map(|raw| {
+                String::from_utf8_lossy(&raw)
+                    .split('\0')
+                    .filter(|part| !part.is_empty())
+                    .collect::<Vec<_>>()
+                    .join(" ")
+            })
+            .unwrap_or_default();
+        if nix::sys::signal::kill(Pid::from_raw(pid), Signal::SIGKILL).is_ok() {
+            killed.push((pid, command));
+        }
+    }
+    killed
+}
+
 /// A command for `program` that will start in a process group of its own.
 /// Every child process of the agent is built here, so that none escapes the
 /// group kill; callers that hand the command to another crate (the MCP
@@ -214,6 +291,9 @@ async fn collect(reader: Option<tokio::task::JoinHandle<String>>) -> String {
 pub fn group_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new(program);
     command.process_group(0);
+    if let Some(instance) = MARK.get() {
+        command.env(MARK_VAR, instance);
+    }
     command
 }
 
@@ -272,6 +352,33 @@ pub fn kill_stale_group(group: i32) {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn finished(stdout: &str, stderr: &str) -> Finished {
+        Finished {
+            ending: Ending::Exited(Some(101)),
+            stdout: stdout.into(),
+            stderr: stderr.into(),
+        }
+    }
+
+    #[test]
+    fn the_error_line_is_the_first_that_says_error_never_a_backtrace_tail() {
+        let panic = "thread 'main' panicked at src/main.rs:3:5:\nerror: toolchain 'stable' is not installed\nstack backtrace:\n  12: __libc_start_main_impl\n  13: <unknown>\n";
+        assert_eq!(
+            finished("", panic).first_error_line(),
+            "error: toolchain 'stable' is not installed"
+        );
+        let cargo = "   Compiling strsim v0.11.1\nerror[E0554]: `#![feature]` may not be used on the stable release channel\n --> benches/benches.rs:3:1\nerror: could not compile `strsim`\n";
+        assert_eq!(
+            finished("", cargo).first_error_line(),
+            "error[E0554]: `#![feature]` may not be used on the stable release channel"
+        );
+        assert_eq!(
+            finished("first\nsecond\n", "").first_error_line(),
+            "first"
+        );
+        assert_eq!(finished("", "").first_error_line(), "(no output)");
+    }
 
     #[tokio::test]
     async fn output_and_exit_code_are_captured() {

@@ -65,7 +65,10 @@ pub fn decide(
         };
     }
     if snapshot.paused {
-        return Permit::Paused { retry_after };
+        return Permit::Paused {
+            retry_after,
+            reason: None,
+        };
     }
     let since = now_ms.saturating_sub(DAY_MS);
     let spent = snapshot.tokens_since(since);
@@ -94,6 +97,9 @@ pub struct Governor;
 pub struct GovernorState {
     ctx: Context,
     snapshot: GovernorSnapshot,
+    /// Why the run is paused, when it was paused for a reason (durable in
+    /// the store beside the snapshot's flag).
+    pause_reason: Option<String>,
     /// Changes waiting for an operator, with the modifier's reply port.
     waiting: HashMap<String, (ApprovalRecord, RpcReplyPort<ApprovalDecision>)>,
 }
@@ -133,9 +139,11 @@ impl Actor for Governor {
             approval.reason = Some("the governor restarted; the iteration will ask again".into());
             ctx.store.put_approval(&approval).await?;
         }
+        let pause_reason = ctx.store.pause_reason()?;
         Ok(GovernorState {
             ctx,
             snapshot,
+            pause_reason,
             waiting: HashMap::new(),
         })
     }
@@ -161,9 +169,17 @@ impl Actor for Governor {
                     config.permit_retry_after,
                     now_ms(),
                 );
-                if permit == Permit::Granted {
-                    state.snapshot.permits_granted += 1;
-                }
+                let permit = match permit {
+                    Permit::Granted => {
+                        state.snapshot.permits_granted += 1;
+                        Permit::Granted
+                    }
+                    Permit::Paused { retry_after, .. } => Permit::Paused {
+                        retry_after,
+                        reason: state.pause_reason.clone(),
+                    },
+                    other => other,
+                };
                 let _ = reply.send(permit);
             }
             GovernorMsg::RecordUsage { usage, reply } => {
@@ -184,9 +200,19 @@ impl Actor for Governor {
                 }
                 let _ = reply.send(());
             }
-            GovernorMsg::SetPaused { paused, reply } => {
+            GovernorMsg::SetPaused {
+                paused,
+                reason,
+                reply,
+            } => {
                 state.snapshot.paused = paused;
-                let _ = reply.send(state.persist().await);
+                let reason = reason.filter(|_| paused);
+                let result = match state.ctx.store.put_pause_reason(reason.as_deref()).await {
+                    Ok(()) => state.persist().await,
+                    Err(error) => Err(ActorError::Store(error.to_string())),
+                };
+                state.pause_reason = reason;
+                let _ = reply.send(result);
             }
             GovernorMsg::RequestApproval { request, reply } => {
                 let attempt = state
@@ -278,6 +304,7 @@ impl Actor for Governor {
                 let since = now_ms().saturating_sub(DAY_MS);
                 let _ = reply.send(GovernorStatus {
                     paused: state.snapshot.paused,
+                    pause_reason: state.pause_reason.clone(),
                     tokens_last_day: state.snapshot.tokens_since(since),
                     tokens_per_day: state.ctx.config.tokens_per_day,
                     cost_usd_total: state.snapshot.cost_usd_total,
@@ -326,7 +353,7 @@ mod tests {
             ..Default::default()
         };
         assert!(
-            matches!(decide(&s, 1, None, 100, RETRY, 0), Permit::Paused { retry_after } if retry_after == RETRY)
+            matches!(decide(&s, 1, None, 100, RETRY, 0), Permit::Paused { retry_after, .. } if retry_after == RETRY)
         );
     }
 

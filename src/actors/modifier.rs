@@ -400,7 +400,7 @@ async fn check(ctx: &Context, fitness_before: Option<f64>) -> Result<f64, Verdic
             reason: format!(
                 "validation `{}` {why}: {}",
                 ctx.config.validation_command,
-                finished.tail(3)
+                finished.first_error_line()
             ),
             fitness_after: None,
         });
@@ -469,7 +469,7 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
             if !finished.success() {
                 return Err(format!(
                     "fitness: `cargo clippy` failed, the workspace does not build: {}",
-                    finished.tail(3)
+                    finished.first_error_line()
                 ));
             }
             Ok(count_warnings(&finished.stdout) as f64)
@@ -480,7 +480,7 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
             if !finished.success() {
                 return Err(format!(
                     "fitness command `{command}` failed: {}",
-                    finished.tail(3)
+                    finished.first_error_line()
                 ));
             }
             let last = finished

@@ -101,7 +101,9 @@ impl Mcp {
             .split_first()
             .ok_or_else(|| "no MCP server command configured".to_string())?;
         let command = crate::process::group_command(program).configure(|command| {
-            command.args(args);
+            // Unmarked on purpose: the server outlives a killed agent to
+            // finish its jobs, which a restarted agent re-attaches to.
+            command.args(args).env_remove(crate::process::MARK_VAR);
         });
         let (transport, _) = TokioChildProcess::builder(command)
             .stderr(Stdio::inherit())

@@ -114,7 +114,7 @@ impl Cognition for Offline {
                     "`{}` exited with {}: {}",
                     spec.display(),
                     code.map_or("a signal".to_string(), |c| format!("status {c}")),
-                    finished.tail(3)
+                    finished.first_error_line()
                 )),
             ),
             Ending::Cancelled => (

@@ -76,6 +76,9 @@ struct RawRun {
     max_iterations: Option<Positive>,
     mode: Mode,
     shutdown_timeout: HumanDuration,
+    retry_initial: Option<HumanDuration>,
+    retry_max: Option<HumanDuration>,
+    pause_after_failures: Option<Positive>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -214,6 +217,12 @@ pub struct Config {
     pub max_iterations: Option<u64>,
     pub mode: Mode,
     pub shutdown_timeout: Duration,
+    /// Abandoned attempts in a row back off from `retry_initial`, doubling,
+    /// up to `retry_max`.
+    pub retry_initial: Duration,
+    pub retry_max: Duration,
+    /// After this many abandoned attempts in a row the run pauses.
+    pub pause_after_failures: u32,
     pub backend: BackendChoice,
     pub claude_bin: PathBuf,
     pub permission_mode: String,
@@ -343,6 +352,12 @@ impl Config {
             max_iterations: raw.run.max_iterations.map(Positive::get),
             mode: raw.run.mode,
             shutdown_timeout: raw.run.shutdown_timeout.0,
+            retry_initial: raw.run.retry_initial.map_or(Duration::from_secs(1), |d| d.0),
+            retry_max: raw.run.retry_max.map_or(Duration::from_secs(300), |d| d.0),
+            pause_after_failures: raw
+                .run
+                .pause_after_failures
+                .map_or(5, |n| n.get().min(u64::from(u32::MAX)) as u32),
             backend: raw.cognition.backend,
             claude_bin: raw.cognition.claude_bin,
             permission_mode: raw.cognition.permission_mode,

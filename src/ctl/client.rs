@@ -258,6 +258,15 @@ fn render_status(status: &StatusReply) -> String {
     let mut out = String::new();
     out.push_str(&format!("goal:       {}\n", status.goal));
     out.push_str(&format!("run state:  {}\n", status.run_state));
+    if let Some(reason) = &status.pause_reason {
+        out.push_str(&format!("paused:     {reason}\n"));
+    }
+    if status.failures > 0 {
+        out.push_str(&format!(
+            "failures:   {} attempt(s) abandoned in a row\n",
+            status.failures
+        ));
+    }
     let in_flight = status
         .in_flight
         .map(|n| format!(" (iteration {n} in flight)"))

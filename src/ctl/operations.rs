@@ -20,6 +20,7 @@ const QUICK: Duration = Duration::from_secs(10);
 pub async fn set_paused(paused: bool) -> Result<(), WireError> {
     messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::SetPaused {
         paused,
+        reason: None,
         reply,
     })
     .await

@@ -127,6 +127,12 @@ pub struct StatusReply {
     pub iteration: u64,
     pub in_flight: Option<u64>,
     pub fitness: Option<f64>,
+    /// Why the run is paused, while it is.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pause_reason: Option<String>,
+    /// Attempts abandoned in a row since the last commit.
+    #[serde(default)]
+    pub failures: u32,
     pub backend: String,
     pub mode: String,
     pub actors: Vec<ActorStatus>,
@@ -210,7 +216,7 @@ pub struct HistoryEntry {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct WireEvent {
     /// iteration_started | step | iteration_committed | iteration_abandoned |
-    /// permit_waiting | run_finished | actor_failed | actor_restarted |
+    /// permit_waiting | run_finished | run_paused | actor_failed | actor_restarted |
     /// escalated | approval_requested | goal_changed | daemon_stopping
     pub event: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]

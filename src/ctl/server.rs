@@ -328,6 +328,10 @@ fn wire_event(event: &Event) -> WireEvent {
             wire.event = "run_finished".into();
             wire.detail = reason.clone();
         }
+        Event::RunPaused { reason } => {
+            wire.event = "run_paused".into();
+            wire.detail = reason.clone();
+        }
         Event::ActorFailed { actor, error } => {
             wire.event = "actor_failed".into();
             wire.actor = Some(actor.name().into());
@@ -537,6 +541,8 @@ async fn status(context: &ServerContext) -> Result<StatusReply, WireError> {
         iteration: planner.iteration,
         in_flight: planner.in_flight,
         fitness: planner.last_fitness,
+        pause_reason: planner.pause_reason,
+        failures: planner.failures,
         backend: context.backend.clone(),
         mode: context.mode.clone(),
         actors: children

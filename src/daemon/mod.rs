@@ -84,6 +84,7 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
         ))
     })?;
     let store = Store::open(&config.state_dir)?;
+    reap_leftovers(&config.state_dir);
     config.goal = resume::resolve_run(&store, &config, overrides).await?;
 
     let selection = cognition::select(&config)
@@ -118,6 +119,28 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
         workspace,
         committed,
     })
+}
+
+/// Marks this instance's children and kills what a killed run of the same
+/// state directory left running. The store's lock, held now, proves that no
+/// live run owns those processes.
+fn reap_leftovers(state_dir: &std::path::Path) {
+    let instance = state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| state_dir.to_path_buf())
+        .display()
+        .to_string();
+    crate::process::mark_children(&instance);
+    let reaped = crate::process::reap_marked(&instance);
+    if !reaped.is_empty() {
+        for (pid, command) in &reaped {
+            tracing::warn!(pid, %command, "killed a process left running by an earlier run");
+        }
+        println!(
+            "agent: killed {} process(es) left running by an earlier run of this state directory",
+            reaped.len()
+        );
+    }
 }
 
 /// Waits for whichever comes first: a signal, `agent ctl stop`, the run

@@ -95,8 +95,10 @@ pub enum GovernorMsg {
         usage: Usage,
         reply: RpcReplyPort<()>,
     },
+    /// Pause (durable, with the reason if any) or resume.
     SetPaused {
         paused: bool,
+        reason: Option<String>,
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
     Status(RpcReplyPort<GovernorStatus>),

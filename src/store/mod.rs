@@ -27,6 +27,7 @@ use crate::domain::{Experience, Iteration};
 use records::{ExperienceRecord, IterationRecord};
 
 const RUN_KEY: &[u8] = b"run";
+const PAUSE_REASON_KEY: &[u8] = b"pause_reason";
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -121,6 +122,22 @@ impl Store {
 
     pub async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
         self.meta.insert(RUN_KEY, codec::encode(run)?)?;
+        self.flush().await
+    }
+
+    /// Why the run was paused, when it was paused for a reason (not by an
+    /// operator's plain `pause`).
+    pub fn pause_reason(&self) -> Result<Option<String>, StoreError> {
+        self.get(&self.meta, PAUSE_REASON_KEY, "pause reason")
+    }
+
+    pub async fn put_pause_reason(&self, reason: Option<&str>) -> Result<(), StoreError> {
+        match reason {
+            Some(reason) => self
+                .meta
+                .insert(PAUSE_REASON_KEY, codec::encode(&reason.to_string())?)?,
+            None => self.meta.remove(PAUSE_REASON_KEY)?,
+        };
         self.flush().await
     }
 

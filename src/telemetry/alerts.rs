@@ -134,6 +134,8 @@ pub async fn run(rules: AlertRules, events: EventBus, service: String) {
                     progress.into_iter().chain(budget).collect::<Vec<_>>()
                 }
                 Ok(Event::ActorRestarted { .. }) => state.restart(Instant::now()).into_iter().collect(),
+                // Always raised: the run stopped on its own and waits for an operator.
+                Ok(Event::RunPaused { reason }) => vec![("persistent_failure", reason)],
                 Ok(_) => Vec::new(),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

@@ -13,6 +13,7 @@ mod daemon;
 mod harness;
 mod kill9;
 mod mcp;
+mod reliability;
 mod runtime;
 mod telemetry;
 mod tidy;

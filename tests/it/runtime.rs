@@ -67,7 +67,11 @@ async fn planner_status() -> Option<PlannerStatus> {
 
 async fn set_paused(paused: bool) {
     messages::call(ActorKind::Governor, Duration::from_secs(5), |reply| {
-        GovernorMsg::SetPaused { paused, reply }
+        GovernorMsg::SetPaused {
+            paused,
+            reason: None,
+            reply,
+        }
     })
     .await
     .unwrap()

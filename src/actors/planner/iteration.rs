@@ -166,8 +166,11 @@ async fn permit(ctx: &Context, iteration: u64) -> Result<(), IterationEnd> {
     .await;
     match permit {
         Ok(Permit::Granted) => Ok(()),
-        Ok(Permit::Paused { retry_after }) => Err(IterationEnd::Wait {
-            reason: "paused by an operator".into(),
+        Ok(Permit::Paused {
+            retry_after,
+            reason,
+        }) => Err(IterationEnd::Wait {
+            reason: reason.unwrap_or_else(|| "paused by an operator".into()),
             retry_after,
             paused: true,
         }),

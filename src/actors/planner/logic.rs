@@ -3,6 +3,8 @@
 //! research; how a verdict is assessed (fitness after, error signature); and
 //! the one-line summary an iteration is remembered by.
 
+use std::time::Duration;
+
 use crate::cognition::claude_cli::CAPABILITY as MODEL_CAPABILITY;
 use crate::domain::{
     Advice, Capability, Execution, Experience, JobOutcome, Plan, Prepared, Research, Verdict,
@@ -99,6 +101,21 @@ fn render_prompt(
         )
         .replace("{research}", notes)
         .replace("{recent}", &recent)
+}
+
+/// How long to wait before the next attempt after `failures` abandoned
+/// attempts in a row: `initial`, doubling with each failure, at most `max`.
+pub fn retry_delay(failures: u32, initial: Duration, max: Duration) -> Duration {
+    let doublings = failures.saturating_sub(1).min(32);
+    initial.saturating_mul(1u32 << doublings.min(31)).min(max)
+}
+
+/// What a person reads when the run pauses on failures that did not go away.
+pub fn pause_reason(failures: u32, reason: &str) -> String {
+    format!(
+        "paused after {failures} failed attempts in a row: {}; fix the cause, then `agent ctl resume`",
+        first_line(reason)
+    )
 }
 
 /// The fitness of the worktree after an iteration: what the modifier
@@ -261,6 +278,17 @@ mod tests {
             make_plan(&situation("g", 1, None, ""), &empty, &[], None),
             Err(PlanError::NoCapability)
         );
+    }
+
+    #[test]
+    fn retries_back_off_doubling_up_to_the_cap() {
+        let second = Duration::from_secs(1);
+        let minute = Duration::from_secs(60);
+        let delays: Vec<u64> = (1..=8)
+            .map(|n| retry_delay(n, second, minute).as_secs())
+            .collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 32, 60, 60]);
+        assert_eq!(retry_delay(u32::MAX, second, minute), minute);
     }
 
     #[test]

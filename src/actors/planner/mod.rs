@@ -12,7 +12,6 @@
 mod iteration;
 pub mod logic;
 
-use std::time::Duration;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
@@ -22,14 +21,12 @@ use super::{Context, inject, load_snapshot, make_snapshot};
 use crate::domain::{ActorKind, PlannerStatus, RunPhase, RunState};
 use crate::events::Event;
 use crate::messages::{
-    self, ActorError, Common, ExecutorMsg, IterationEnd, ModifierMsg, PlannerMsg,
+    self, ActorError, Common, ExecutorMsg, GovernorMsg, IterationEnd, ModifierMsg, PlannerMsg,
 };
 use iteration::QUICK;
 
 const KIND: ActorKind = ActorKind::Planner;
 const SCHEMA: u32 = 1;
-/// Pause before an abandoned iteration is tried again.
-const RETRY_ABANDONED: Duration = Duration::from_secs(1);
 
 /// The planner's committed state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -64,6 +61,10 @@ pub struct PlannerState {
     /// Operators' requests (ctl spans) the next iteration's trace links to.
     links: Vec<crate::telemetry::SpanLink>,
     drain_waiters: Vec<RpcReplyPort<()>>,
+    /// Attempts abandoned in a row since the last commit (or resume).
+    failures: u32,
+    /// Why the run is paused, while it is.
+    pause_reason: Option<String>,
 }
 
 impl Actor for Planner {
@@ -86,7 +87,7 @@ impl Actor for Planner {
         snapshot.goal = ctx.config.goal.clone();
         // Whatever a previous planner left half-done (in this process or one
         // that was killed) is undone before the first iteration.
-        let task = tokio::spawn(revert_all(myself.clone(), snapshot.committed + 1));
+        let task = tokio::spawn(revert_all(myself.clone(), snapshot.committed + 1, None));
         Ok(PlannerState {
             in_flight: Some(InFlight {
                 iteration: snapshot.committed + 1,
@@ -97,6 +98,8 @@ impl Actor for Planner {
             run_state: RunState::Running,
             drain_waiters: Vec::new(),
             links: Vec::new(),
+            failures: 0,
+            pause_reason: None,
         })
     }
 
@@ -144,13 +147,24 @@ impl Actor for Planner {
                     iteration: state.snapshot.committed,
                     in_flight: state.in_flight.as_ref().map(|f| f.iteration),
                     last_fitness: state.snapshot.last_fitness,
+                    pause_reason: state.pause_reason.clone(),
+                    failures: state.failures,
                 });
             }
             PlannerMsg::Paused(paused) => {
                 state.links.extend(crate::telemetry::current_link());
                 match (paused, state.run_state) {
-                    (true, RunState::Running) => state.run_state = RunState::Paused,
-                    (false, RunState::Paused) => state.run_state = RunState::Running,
+                    (true, RunState::Running) => {
+                        state.run_state = RunState::Paused;
+                        state.pause_reason = Some("paused by an operator".into());
+                    }
+                    (false, RunState::Paused) => {
+                        state.run_state = RunState::Running;
+                        state.pause_reason = None;
+                        // A resume is the operator's word that the cause is
+                        // fixed: the next failure starts a new count.
+                        state.failures = 0;
+                    }
                     _ => {}
                 }
                 let _ = myself.cast(PlannerMsg::Tick);
@@ -236,6 +250,7 @@ fn on_iteration_end(
     let ctx = &state.ctx;
     match end {
         IterationEnd::Committed(committed) => {
+            state.failures = 0;
             state.snapshot.committed = committed.number;
             state.snapshot.last_fitness = committed.head_fitness();
             tracing::info!(
@@ -257,6 +272,9 @@ fn on_iteration_end(
             if paused && state.run_state == RunState::Running {
                 state.run_state = RunState::Paused;
             }
+            if paused {
+                state.pause_reason = Some(reason.clone());
+            }
             tracing::debug!(%reason, retry_after = %humantime::format_duration(retry_after), "permit denied; waiting");
             ctx.events.emit(Event::PermitWaiting { reason });
             myself.send_after(retry_after, || PlannerMsg::Tick);
@@ -267,26 +285,64 @@ fn on_iteration_end(
             ctx.events.emit(Event::RunFinished { reason });
         }
         IterationEnd::Abandoned { reason } => {
-            tracing::warn!(iteration, %reason, "iteration abandoned; reverting every actor and trying again");
-            ctx.events
-                .emit(Event::IterationAbandoned { iteration, reason });
-            let task = tokio::spawn(revert_all(myself.clone(), iteration));
+            state.failures += 1;
+            tracing::warn!(iteration, %reason, failures = state.failures, "iteration abandoned; reverting every actor");
+            ctx.events.emit(Event::IterationAbandoned {
+                iteration,
+                reason: reason.clone(),
+            });
+            // A failure that does not go away pauses the run, visibly,
+            // instead of being retried forever.
+            let pause = (state.failures >= ctx.config.pause_after_failures
+                && state.run_state == RunState::Running)
+                .then(|| logic::pause_reason(state.failures, &reason));
+            if let Some(why) = &pause {
+                tracing::error!(iteration, reason = %why, "pausing the run");
+                state.run_state = RunState::Paused;
+                state.pause_reason = Some(why.clone());
+                ctx.events.emit(Event::RunPaused {
+                    reason: why.clone(),
+                });
+            }
+            let task = tokio::spawn(revert_all(myself.clone(), iteration, pause));
             state.in_flight = Some(InFlight {
                 iteration,
                 _task: AbortOnDrop(task),
             });
         }
         IterationEnd::Reverted => {
-            if state.run_state == RunState::Paused {
+            if state.run_state != RunState::Running {
                 return;
             }
-            myself.send_after(RETRY_ABANDONED, || PlannerMsg::Tick);
+            if state.failures == 0 {
+                let _ = myself.cast(PlannerMsg::Tick);
+            } else {
+                let config = &ctx.config;
+                let delay =
+                    logic::retry_delay(state.failures, config.retry_initial, config.retry_max);
+                tracing::info!(failures = state.failures, retry_in = %humantime::format_duration(delay), "next attempt after a back-off");
+                myself.send_after(delay, || PlannerMsg::Tick);
+            }
         }
     }
 }
 
-/// Asks every peer to drop uncommitted state, then reports `Reverted`.
-async fn revert_all(planner: ActorRef<PlannerMsg>, iteration: u64) {
+/// Asks every peer to drop uncommitted state, then reports `Reverted`; with
+/// a `pause` reason, first makes the pause durable in the governor.
+async fn revert_all(planner: ActorRef<PlannerMsg>, iteration: u64, pause: Option<String>) {
+    if let Some(reason) = pause {
+        let paused = messages::call(ActorKind::Governor, QUICK, |reply| {
+            GovernorMsg::SetPaused {
+                paused: true,
+                reason: Some(reason),
+                reply,
+            }
+        })
+        .await;
+        if !matches!(paused, Ok(Ok(()))) {
+            tracing::error!(?paused, "the governor did not record the pause");
+        }
+    }
     // A job of this iteration still on the MCP server (the agent was killed
     // while it ran) has edited, or will edit, the worktree: keep it.
     let pending = messages::call(ActorKind::Executor, QUICK, |reply| {
