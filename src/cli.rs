@@ -63,6 +63,11 @@ pub enum TopCommand {
     },
     /// Show committed iterations from the store (the daemon must be stopped).
     History(HistoryArgs),
+    /// Write a consistent copy of the store to a file (through the daemon
+    /// when it runs).
+    Backup(BackupArgs),
+    /// Create a state directory's store from a backup file.
+    Restore(RestoreArgs),
     /// Serve Claude Code as MCP tools on stdin/stdout (started by the mcp backend).
     McpServe(McpServeArgs),
     /// Print a shell completion script.
@@ -119,6 +124,10 @@ pub struct RunArgs {
     /// Replace the goal of an unfinished run stored in the state directory.
     #[arg(long)]
     pub replace_goal: bool,
+    /// When the store lost committed iterations that the agent branch still
+    /// holds, rebuild them from the branch instead of refusing to run.
+    #[arg(long)]
+    pub recover_from_git: bool,
     /// The git repository or directory to improve.
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
@@ -248,6 +257,26 @@ pub struct HistoryArgs {
     pub json: bool,
 }
 
+#[derive(Debug, Args)]
+pub struct BackupArgs {
+    /// The state directory.
+    #[arg(long, value_name = "DIR", default_value = "state")]
+    pub state: PathBuf,
+    /// The backup file to write.
+    #[arg(long, value_name = "FILE")]
+    pub to: PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct RestoreArgs {
+    /// The backup file written by `agent backup`.
+    #[arg(long, value_name = "FILE")]
+    pub from: PathBuf,
+    /// The state directory; it must hold no store (move a damaged one away).
+    #[arg(long, value_name = "DIR", default_value = "state")]
+    pub state: PathBuf,
+}
+
 /// Runs the parsed command line and returns the process exit status.
 pub fn main(cli: Cli) -> ExitCode {
     let runtime = match tokio::runtime::Builder::new_multi_thread()
@@ -272,6 +301,8 @@ pub fn main(cli: Cli) -> ExitCode {
                 command: ConfigCommand::Check(files),
             } => config_check(&files),
             TopCommand::History(args) => history(&args),
+            TopCommand::Backup(args) => backup(&args).await,
+            TopCommand::Restore(args) => restore(&args).await,
             TopCommand::McpServe(args) => mcp_serve(args).await,
             TopCommand::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();
@@ -309,6 +340,7 @@ async fn run(args: RunArgs, format: LogFormat) -> u8 {
     let overrides = Overrides {
         goal: args.goal,
         replace_goal: args.replace_goal,
+        recover_from_git: args.recover_from_git,
         workspace: args.workspace,
         state: args.state,
         backend: args.backend,
@@ -525,6 +557,99 @@ fn config_check(files: &FileArgs) -> u8 {
             exit::USAGE
         }
     }
+}
+
+/// `agent backup`: from the store directly when no daemon holds it, else
+/// through the daemon's socket (the copy is consistent either way).
+async fn backup(args: &BackupArgs) -> u8 {
+    if !args.state.join("store").is_dir() {
+        eprintln!(
+            "agent: no agent state in {} (expected a store written by `agent run`)",
+            args.state.display()
+        );
+        return exit::USAGE;
+    }
+    let to = match absolute(&args.to) {
+        Ok(to) => to,
+        Err(message) => {
+            eprintln!("agent: {message}");
+            return exit::USAGE;
+        }
+    };
+    match Store::open(&args.state) {
+        Ok(store) => {
+            let written = store
+                .export()
+                .and_then(|(bytes, n)| crate::store::write_backup(&to, &bytes).map(|()| n));
+            match written {
+                Ok(iterations) => {
+                    println!(
+                        "backup of {iterations} committed iteration(s) written to {}",
+                        to.display()
+                    );
+                    exit::OK
+                }
+                Err(error) => {
+                    eprintln!("agent: {error}");
+                    exit::FAILED
+                }
+            }
+        }
+        Err(StoreError::InUse(_)) => {
+            let command = Command::Backup {
+                to: to.display().to_string(),
+            };
+            match client::request(&args.state.join("agent.sock"), command).await {
+                Ok(Outcome::Ok(reply)) => {
+                    println!("{}", client::render(&reply));
+                    exit::OK
+                }
+                Ok(Outcome::Error(error)) => refused(&error, false),
+                Err(error) => {
+                    eprintln!("agent: the daemon holds the store and does not answer: {error}");
+                    exit::UNAVAILABLE
+                }
+            }
+        }
+        Err(error) => {
+            eprintln!("agent: {error}");
+            exit::FAILED
+        }
+    }
+}
+
+/// `agent restore`: a new store from a backup; never over an existing one.
+async fn restore(args: &RestoreArgs) -> u8 {
+    let bytes = match std::fs::read(&args.from) {
+        Ok(bytes) => bytes,
+        Err(error) => {
+            eprintln!("agent: cannot read {}: {error}", args.from.display());
+            return exit::USAGE;
+        }
+    };
+    match Store::import(&args.state, &bytes).await {
+        Ok(iterations) => {
+            println!(
+                "restored {iterations} committed iteration(s) into {}; `agent run` checks them against the agent branch",
+                args.state.display()
+            );
+            exit::OK
+        }
+        Err(error) => {
+            eprintln!("agent: {error}");
+            match error {
+                StoreError::Backup(_) => exit::USAGE,
+                StoreError::InUse(_) => exit::UNAVAILABLE,
+                _ => exit::FAILED,
+            }
+        }
+    }
+}
+
+/// `path` made absolute against the current directory (the daemon that
+/// writes a backup has a directory of its own).
+fn absolute(path: &Path) -> Result<PathBuf, String> {
+    std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))
 }
 
 fn history(args: &HistoryArgs) -> u8 {

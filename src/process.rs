@@ -252,7 +252,11 @@ pub fn reap_marked(instance: &str) -> Vec<(i32, String)> {
     };
     let mut killed = Vec::new();
     for entry in entries.flatten() {
-        let Some(pid) = entry.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+        let Some(pid) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<i32>().ok())
+        else {
             continue;
         };
         if pid == own {
@@ -261,7 +265,10 @@ pub fn reap_marked(instance: &str) -> Vec<(i32, String)> {
         let Ok(environ) = std::fs::read(entry.path().join("environ")) else {
             continue;
         };
-        if !environ.split(|b| *b == 0).any(|var| var == wanted.as_bytes()) {
+        if !environ
+            .split(|b| *b == 0)
+            .any(|var| var == wanted.as_bytes())
+        {
             continue;
         }
         let command = std::fs::read(entry.path().join("cmdline"))
@@ -373,10 +380,7 @@ mod tests {
             finished("", cargo).first_error_line(),
             "error[E0554]: `#![feature]` may not be used on the stable release channel"
         );
-        assert_eq!(
-            finished("first\nsecond\n", "").first_error_line(),
-            "first"
-        );
+        assert_eq!(finished("first\nsecond\n", "").first_error_line(), "first");
         assert_eq!(finished("", "").first_error_line(), "(no output)");
     }
 

@@ -132,6 +132,40 @@ impl Workspace {
         Ok(id.to_string())
     }
 
+    /// The agent's commits on the branch, newest first: (iteration, commit).
+    /// Each carries its iteration in an `Iteration: N` line; other commits
+    /// (the workspace's own history) are skipped.
+    pub fn iteration_commits(&self) -> Result<Vec<(u64, String)>, WorkspaceError> {
+        self.iterations_in(None)
+    }
+
+    /// The iterations of the agent's commits that a reset to `base` would
+    /// drop (reachable from the branch head, not from `base`).
+    pub fn iterations_since(&self, base: &str) -> Result<Vec<u64>, WorkspaceError> {
+        Ok(self
+            .iterations_in(Some(base))?
+            .into_iter()
+            .map(|(iteration, _)| iteration)
+            .collect())
+    }
+
+    fn iterations_in(&self, hide: Option<&str>) -> Result<Vec<(u64, String)>, WorkspaceError> {
+        let repo = self.repo()?;
+        let mut walk = repo.revwalk()?;
+        walk.push_head()?;
+        if let Some(base) = hide {
+            walk.hide(Oid::from_str(base)?)?;
+        }
+        let mut found = Vec::new();
+        for id in walk {
+            let commit = repo.find_commit(id?)?;
+            if let Some(iteration) = iteration_of(commit.message().unwrap_or_default()) {
+                found.push((iteration, commit.id().to_string()));
+            }
+        }
+        Ok(found)
+    }
+
     /// The messages of the agent branch's commits, newest first.
     pub fn log(&self) -> Result<Vec<String>, WorkspaceError> {
         let repo = self.repo()?;
@@ -143,6 +177,14 @@ impl Workspace {
         })
         .collect()
     }
+}
+
+/// The iteration an agent's commit message names (`Iteration: N`).
+pub fn iteration_of(message: &str) -> Option<u64> {
+    message
+        .lines()
+        .find_map(|line| line.strip_prefix("Iteration: "))
+        .and_then(|n| n.trim().parse().ok())
 }
 
 fn signature() -> Result<Signature<'static>, git2::Error> {

@@ -22,7 +22,7 @@ use crate::process::{self, CommandSpec, Ending};
 use crate::workspace::Workspace;
 
 const KIND: ActorKind = ActorKind::Modifier;
-const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 1;
 
 /// The modifier's committed state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -235,11 +235,8 @@ impl Actor for Modifier {
                     // worktree back at the committed head.
                     state.work.abort_all();
                     let result = state.restore().and_then(|()| {
-                        state
-                            .ctx
-                            .workspace
-                            .reset_to(&state.snapshot.head)
-                            .map_err(|e| ActorError::Workspace(e.to_string()))
+                        reset_to_committed(&state.ctx, &state.snapshot.head)
+                            .map_err(ActorError::Workspace)
                     });
                     let _ = reply.send(result);
                 }
@@ -265,14 +262,9 @@ async fn prepare(
     keep_worktree: bool,
 ) -> Result<Prepared, String> {
     if !keep_worktree {
-        let workspace = ctx.workspace.clone();
+        let ctx = ctx.clone();
         let base = head.to_string();
-        blocking(move || {
-            workspace
-                .reset_to(&base)
-                .map_err(|e| format!("cannot reset the worktree: {e}"))
-        })
-        .await?;
+        blocking(move || reset_to_committed(&ctx, &base)).await?;
     }
     let fitness = match known {
         Some(fitness) => Some(fitness),
@@ -282,6 +274,43 @@ async fn prepare(
         base_commit: head.to_string(),
         fitness,
     })
+}
+
+/// Puts the worktree back at the committed head `head`. The only agent
+/// commit this may drop is the one of the iteration after the last committed
+/// one (a crash came between its git commit and its store commit); a reset
+/// past the commit of any other iteration would lose work the store does not
+/// know of, so it is refused.
+fn reset_to_committed(ctx: &Context, head: &str) -> Result<(), String> {
+    let committed = ctx
+        .store
+        .last_iteration()
+        .map_err(|e| e.to_string())?
+        .map_or(0, |i| i.number);
+    let dropped = ctx
+        .workspace
+        .iterations_since(head)
+        .map_err(|e| format!("cannot read the agent branch: {e}"))?;
+    let unknown: Vec<String> = dropped
+        .iter()
+        .filter(|iteration| **iteration != committed + 1)
+        .map(u64::to_string)
+        .collect();
+    if !unknown.is_empty() {
+        return Err(format!(
+            "the agent branch holds the commits of iteration(s) {} past the committed head; refusing to reset past them (see `agent run --recover-from-git`)",
+            unknown.join(", ")
+        ));
+    }
+    if let Some(iteration) = dropped.first() {
+        tracing::warn!(
+            iteration,
+            "dropping the git commit of an iteration whose store commit never happened"
+        );
+    }
+    ctx.workspace
+        .reset_to(head)
+        .map_err(|e| format!("cannot reset the worktree: {e}"))
 }
 
 async fn validate(

@@ -352,7 +352,10 @@ impl Config {
             max_iterations: raw.run.max_iterations.map(Positive::get),
             mode: raw.run.mode,
             shutdown_timeout: raw.run.shutdown_timeout.0,
-            retry_initial: raw.run.retry_initial.map_or(Duration::from_secs(1), |d| d.0),
+            retry_initial: raw
+                .run
+                .retry_initial
+                .map_or(Duration::from_secs(1), |d| d.0),
             retry_max: raw.run.retry_max.map_or(Duration::from_secs(300), |d| d.0),
             pause_after_failures: raw
                 .run
@@ -411,6 +414,8 @@ impl Config {
 pub struct Overrides {
     pub goal: Option<String>,
     pub replace_goal: bool,
+    /// Rebuild iterations the store lost from the agent branch.
+    pub recover_from_git: bool,
     pub workspace: Option<PathBuf>,
     pub state: Option<PathBuf>,
     pub backend: Option<BackendChoice>,

@@ -69,6 +69,10 @@ pub enum Command {
         #[serde(default)]
         last: Option<usize>,
     },
+    /// Write a consistent copy of the store to `to` (an absolute path).
+    Backup {
+        to: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

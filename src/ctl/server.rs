@@ -385,6 +385,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Fault { .. } => "fault",
         Command::Watch => "watch",
         Command::History { .. } => "history",
+        Command::Backup { .. } => "backup",
     }
 }
 
@@ -488,6 +489,17 @@ async fn dispatch(command: Command, context: &ServerContext) -> Result<Reply, Wi
             ErrorKind::Internal,
             "watch is served as a stream",
         )),
+        Command::Backup { to } => {
+            let (bytes, iterations) = context
+                .store
+                .export()
+                .map_err(|e| WireError::new(ErrorKind::Internal, e.to_string()))?;
+            crate::store::write_backup(std::path::Path::new(&to), &bytes)
+                .map_err(|e| WireError::new(ErrorKind::Refused, e.to_string()))?;
+            Ok(done(format!(
+                "backup of {iterations} committed iteration(s) written to {to}"
+            )))
+        }
         Command::History { last } => {
             let records = context
                 .store

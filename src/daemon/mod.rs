@@ -9,6 +9,7 @@
 //! reverse order, the store is flushed (the final checkpoint), and the socket
 //! is removed. `cli` maps the ending to an exit status.
 
+mod committed;
 mod console;
 mod resume;
 mod services;
@@ -101,6 +102,8 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
             WorkspaceError::Missing(_) => RunError::Usage(e.to_string()),
             other => RunError::Failed(format!("cannot prepare the worktree: {other}")),
         })?;
+    committed::check(&store, &workspace, &config.goal, overrides.recover_from_git).await?;
+    check_toolchain(&config, &workspace).await?;
     let committed = store.last_iteration()?.map_or(0, |r| r.number);
     println!(
         "agent: goal \"{}\"\nagent: backend {} — {}\nagent: worktree {} (from {}), state {}, {} iteration(s) committed so far",
@@ -119,6 +122,34 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
         workspace,
         committed,
     })
+}
+
+/// A Rust workspace whose validation or fitness needs cargo is refused at
+/// start when cargo cannot run there, instead of failing every iteration.
+async fn check_toolchain(config: &Config, workspace: &Workspace) -> Result<(), RunError> {
+    let uses_cargo = config.fitness == crate::config::Fitness::CargoWarnings
+        || config.validation_command.trim_start().starts_with("cargo")
+        || config.backend == crate::config::BackendChoice::Offline;
+    if !uses_cargo || !workspace.path.join("Cargo.toml").is_file() {
+        return Ok(());
+    }
+    let spec = crate::process::CommandSpec {
+        program: "cargo".into(),
+        args: vec!["--version".into()],
+        cwd: workspace.path.clone(),
+        env: Vec::new(),
+        timeout: std::time::Duration::from_secs(120),
+    };
+    let why = match crate::process::run(&spec).await {
+        Ok(finished) if finished.success() => return Ok(()),
+        Ok(finished) => finished.first_error_line(),
+        Err(error) => error.to_string(),
+    };
+    Err(RunError::Usage(format!(
+        "cargo cannot run in the workspace ({why}); the validation and fitness of a Rust \
+         workspace need it: install the toolchain, or set [validation] command and fitness \
+         to commands that work here"
+    )))
 }
 
 /// Marks this instance's children and kills what a killed run of the same

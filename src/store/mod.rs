@@ -13,6 +13,7 @@ mod convert;
 pub mod records;
 
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use sled::Transactional;
@@ -20,7 +21,8 @@ use sled::transaction::ConflictableTransactionError;
 
 pub use codec::CodecError;
 pub use records::{
-    ApprovalRecord, JobRecord, McpJobRecord, ResearchRecord, RunRecord, SnapshotRecord,
+    ApprovalRecord, BackupRecord, JobRecord, McpJobRecord, ResearchRecord, RunRecord,
+    SnapshotRecord,
 };
 
 use crate::domain::{Experience, Iteration};
@@ -28,6 +30,22 @@ use records::{ExperienceRecord, IterationRecord};
 
 const RUN_KEY: &[u8] = b"run";
 const PAUSE_REASON_KEY: &[u8] = b"pause_reason";
+/// The second witness of what was committed, beside the store: a plain file
+/// holding the last committed iteration, replaced after every flushed commit.
+/// sled can come back from a damaged file with its last records silently
+/// missing; this file (with the agent branch) is how that is noticed.
+const WITNESS_FILE: &str = "committed";
+/// The trees a backup carries, in order.
+const TREES: [&str; 8] = [
+    "meta",
+    "snapshots",
+    "iterations",
+    "experiences",
+    "jobs",
+    "research",
+    "mcp_jobs",
+    "approvals",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -37,6 +55,12 @@ pub enum StoreError {
     InUse(PathBuf),
     #[error("cannot open the store in {path}: {message}")]
     Open { path: PathBuf, message: String },
+    #[error(
+        "the store in {0} is damaged (sled found corrupted data); restore it from a backup with `agent restore`, or move the state directory away to start over"
+    )]
+    Damaged(PathBuf),
+    #[error("{0}")]
+    Backup(String),
     #[error("store I/O failed: {0}")]
     Io(String),
     #[error("a stored {what} is unreadable: {source}")]
@@ -64,6 +88,10 @@ pub fn now_ms() -> u64 {
 /// An open store. Cheap to clone: sled trees are reference-counted.
 #[derive(Clone)]
 pub struct Store {
+    state_dir: PathBuf,
+    /// Writers share it; a backup takes it alone, so it copies a state the
+    /// store really had. Never held across an `.await`.
+    writes: Arc<RwLock<()>>,
     db: sled::Db,
     meta: sled::Tree,
     snapshots: sled::Tree,
@@ -88,14 +116,24 @@ impl Store {
         let db = sled::Config::new().path(&path).open().map_err(|error| {
             if is_lock_error(&error) {
                 StoreError::InUse(state_dir.to_path_buf())
+            } else if matches!(error, sled::Error::Corruption { .. }) {
+                StoreError::Damaged(path.clone())
             } else {
                 StoreError::Open {
                     path: path.clone(),
-                    message: error.to_string(),
+                    // sled's text may carry a debug dump after the cause.
+                    message: error
+                        .to_string()
+                        .split(" backtrace")
+                        .next()
+                        .unwrap_or_default()
+                        .to_string(),
                 }
             }
         })?;
         Ok(Store {
+            state_dir: state_dir.to_path_buf(),
+            writes: Arc::new(RwLock::new(())),
             meta: db.open_tree("meta")?,
             snapshots: db.open_tree("snapshots")?,
             iterations: db.open_tree("iterations")?,
@@ -106,6 +144,13 @@ impl Store {
             approvals: db.open_tree("approvals")?,
             db,
         })
+    }
+
+    /// Taken by every write, so that a backup waits for it.
+    fn writing(&self) -> RwLockReadGuard<'_, ()> {
+        self.writes
+            .read()
+            .unwrap_or_else(|poisoned| poisoned.into_inner())
     }
 
     /// Makes everything written so far durable.
@@ -121,7 +166,10 @@ impl Store {
     }
 
     pub async fn put_run(&self, run: &RunRecord) -> Result<(), StoreError> {
-        self.meta.insert(RUN_KEY, codec::encode(run)?)?;
+        {
+            let _writing = self.writing();
+            self.meta.insert(RUN_KEY, codec::encode(run)?)?;
+        }
         self.flush().await
     }
 
@@ -132,12 +180,15 @@ impl Store {
     }
 
     pub async fn put_pause_reason(&self, reason: Option<&str>) -> Result<(), StoreError> {
-        match reason {
-            Some(reason) => self
-                .meta
-                .insert(PAUSE_REASON_KEY, codec::encode(&reason.to_string())?)?,
-            None => self.meta.remove(PAUSE_REASON_KEY)?,
-        };
+        {
+            let _writing = self.writing();
+            match reason {
+                Some(reason) => self
+                    .meta
+                    .insert(PAUSE_REASON_KEY, codec::encode(&reason.to_string())?)?,
+                None => self.meta.remove(PAUSE_REASON_KEY)?,
+            };
+        }
         self.flush().await
     }
 
@@ -150,8 +201,11 @@ impl Store {
     /// Writes one actor's snapshot on its own (for facts that are durable
     /// whatever happens to the iteration, such as money spent) and flushes.
     pub async fn put_snapshot(&self, record: &SnapshotRecord) -> Result<(), StoreError> {
-        self.snapshots
-            .insert(record.actor.as_bytes(), codec::encode(record)?)?;
+        {
+            let _writing = self.writing();
+            self.snapshots
+                .insert(record.actor.as_bytes(), codec::encode(record)?)?;
+        }
         self.flush().await
     }
 
@@ -174,6 +228,7 @@ impl Store {
             .iter()
             .map(|s| Ok((s.actor.as_bytes().to_vec(), codec::encode(s)?)))
             .collect::<Result<_, CodecError>>()?;
+        let writing = self.writing();
         (&self.iterations, &self.experiences, &self.snapshots)
             .transaction(|(iterations, experiences, snapshots)| {
                 iterations.insert(&key, record_bytes.as_slice())?;
@@ -186,7 +241,34 @@ impl Store {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(|error| StoreError::Io(format!("{error:?}")))?;
-        self.flush().await
+        drop(writing);
+        self.flush().await?;
+        self.witness(iteration.number)
+    }
+
+    /// Records `iteration` as the last committed one in the witness file,
+    /// durably (written aside, synced, renamed over).
+    fn witness(&self, iteration: u64) -> Result<(), StoreError> {
+        use std::io::Write;
+        let path = self.state_dir.join(WITNESS_FILE);
+        let aside = path.with_extension("tmp");
+        let io =
+            |e: std::io::Error| StoreError::Io(format!("cannot write {}: {e}", path.display()));
+        let mut file = std::fs::File::create(&aside).map_err(io)?;
+        file.write_all(format!("{iteration}\n").as_bytes())
+            .and_then(|()| file.sync_all())
+            .map_err(io)?;
+        std::fs::rename(&aside, &path).map_err(io)
+    }
+
+    /// The last committed iteration according to the witness file; `None`
+    /// for a state directory written before the file existed.
+    pub fn witnessed(&self) -> Option<u64> {
+        std::fs::read_to_string(self.state_dir.join(WITNESS_FILE))
+            .ok()?
+            .trim()
+            .parse()
+            .ok()
     }
 
     pub fn last_iteration(&self) -> Result<Option<Iteration>, StoreError> {
@@ -238,8 +320,11 @@ impl Store {
     }
 
     pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
-        self.jobs
-            .insert(job.id.to_be_bytes(), codec::encode(job)?)?;
+        {
+            let _writing = self.writing();
+            self.jobs
+                .insert(job.id.to_be_bytes(), codec::encode(job)?)?;
+        }
         self.flush().await
     }
 
@@ -256,8 +341,11 @@ impl Store {
     // --------------------------------------------------------- mcp jobs --
 
     pub async fn put_mcp_job(&self, job: &McpJobRecord) -> Result<(), StoreError> {
-        self.mcp_jobs
-            .insert(job.id.as_bytes(), codec::encode(job)?)?;
+        {
+            let _writing = self.writing();
+            self.mcp_jobs
+                .insert(job.id.as_bytes(), codec::encode(job)?)?;
+        }
         self.flush().await
     }
 
@@ -281,8 +369,11 @@ impl Store {
     /// Writes an approval and flushes: a decision is acknowledged only once
     /// it is durable.
     pub async fn put_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError> {
-        self.approvals
-            .insert(approval.id.as_bytes(), codec::encode(approval)?)?;
+        {
+            let _writing = self.writing();
+            self.approvals
+                .insert(approval.id.as_bytes(), codec::encode(approval)?)?;
+        }
         self.flush().await
     }
 
@@ -301,7 +392,10 @@ impl Store {
 
     /// Drops a cached research answer; whether there was one.
     pub async fn remove_research(&self, topic: &str) -> Result<bool, StoreError> {
-        let removed = self.research.remove(topic.as_bytes())?.is_some();
+        let removed = {
+            let _writing = self.writing();
+            self.research.remove(topic.as_bytes())?.is_some()
+        };
         self.flush().await?;
         Ok(removed)
     }
@@ -311,9 +405,73 @@ impl Store {
     }
 
     pub async fn put_research(&self, entry: &ResearchRecord) -> Result<(), StoreError> {
-        self.research
-            .insert(entry.topic.as_bytes(), codec::encode(entry)?)?;
+        {
+            let _writing = self.writing();
+            self.research
+                .insert(entry.topic.as_bytes(), codec::encode(entry)?)?;
+        }
         self.flush().await
+    }
+
+    // ----------------------------------------------------------- backup --
+
+    /// A consistent copy of every tree and the witness, as one record's
+    /// bytes: writes wait while it is taken, so it is a state the store had.
+    pub fn export(&self) -> Result<(Vec<u8>, u64), StoreError> {
+        let _alone = self.writes.write().unwrap_or_else(|p| p.into_inner());
+        let mut trees = Vec::with_capacity(TREES.len());
+        for name in TREES {
+            let tree = self.db.open_tree(name)?;
+            let pairs = tree
+                .iter()
+                .map(|entry| {
+                    let (key, value) = entry?;
+                    Ok((key.to_vec(), value.to_vec()))
+                })
+                .collect::<Result<Vec<_>, sled::Error>>()?;
+            trees.push((name.to_string(), pairs));
+        }
+        let iterations = self.last_iteration()?.map_or(0, |i| i.number);
+        let record = BackupRecord {
+            created_at_ms: now_ms(),
+            iterations,
+            witnessed: self.witnessed(),
+            trees,
+        };
+        Ok((codec::encode(&record)?, iterations))
+    }
+
+    /// Creates the store of `state_dir` from a backup; refuses when the
+    /// state directory already holds a store. Returns the iterations it holds.
+    pub async fn import(state_dir: &Path, bytes: &[u8]) -> Result<u64, StoreError> {
+        let record: BackupRecord = codec::decode(bytes).map_err(|e| {
+            StoreError::Backup(format!("the file is not a backup of an agent store: {e}"))
+        })?;
+        if state_dir.join("store").exists() {
+            return Err(StoreError::Backup(format!(
+                "{} already holds a store; move it away first (restore never overwrites)",
+                state_dir.display()
+            )));
+        }
+        std::fs::create_dir_all(state_dir)
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", state_dir.display())))?;
+        let store = Store::open(state_dir)?;
+        for (name, pairs) in &record.trees {
+            if !TREES.contains(&name.as_str()) {
+                return Err(StoreError::Backup(format!(
+                    "the backup holds an unknown tree \"{name}\""
+                )));
+            }
+            let tree = store.db.open_tree(name)?;
+            for (key, value) in pairs {
+                tree.insert(key.as_slice(), value.as_slice())?;
+            }
+        }
+        store.flush().await?;
+        if let Some(witnessed) = record.witnessed {
+            store.witness(witnessed)?;
+        }
+        Ok(record.iterations)
     }
 
     fn get<T: serde::de::DeserializeOwned>(
@@ -327,6 +485,18 @@ impl Store {
             None => Ok(None),
         }
     }
+}
+
+/// Writes a backup file durably (aside, synced, renamed over).
+pub fn write_backup(to: &Path, bytes: &[u8]) -> Result<(), StoreError> {
+    use std::io::Write;
+    let io = |e: std::io::Error| StoreError::Backup(format!("cannot write {}: {e}", to.display()));
+    let aside = to.with_extension("partial");
+    let mut file = std::fs::File::create(&aside).map_err(io)?;
+    file.write_all(bytes)
+        .and_then(|()| file.sync_all())
+        .map_err(io)?;
+    std::fs::rename(&aside, to).map_err(io)
 }
 
 fn decode<T: serde::de::DeserializeOwned>(

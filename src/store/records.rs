@@ -134,6 +134,19 @@ pub struct ApprovalRecord {
     pub decided_at_ms: Option<u64>,
 }
 
+/// A consistent copy of a store (`agent backup`): every tree's raw pairs,
+/// the witness and how many iterations it holds.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct BackupRecord {
+    pub created_at_ms: u64,
+    pub iterations: u64,
+    pub witnessed: Option<u64>,
+    pub trees: Vec<TreeCopy>,
+}
+
+/// One tree of a backup: its name and its raw (key, value) pairs.
+pub type TreeCopy = (String, Vec<(Vec<u8>, Vec<u8>)>);
+
 /// A domain value that is stored as its name.
 pub trait Named: Copy + std::str::FromStr<Err = crate::domain::UnknownName> {
     fn name(self) -> &'static str;

@@ -1,6 +1,7 @@
 //! Reliability of the real binary: a failure that does not go away backs off
 //! and pauses the run with its error line instead of spinning.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
@@ -39,11 +40,7 @@ fn a_persistent_failure_backs_off_then_pauses_with_its_error_line_and_resumes_wh
         ],
     );
     let workspace = tiny_crate(dir.path());
-    let mut daemon = Daemon::start(
-        &dir.path().join("state"),
-        &args(&config, &workspace),
-        &[],
-    );
+    let mut daemon = Daemon::start(&dir.path().join("state"), &args(&config, &workspace), &[]);
     let paused = daemon.wait_status("the run to pause on its own", WAIT, |s| {
         s["run_state"] == "paused"
     });
@@ -138,4 +135,224 @@ fn kill_9_during_validation_leaves_no_process_of_the_old_run_after_the_restart()
     );
     assert!(daemon.ctl(&["stop", "--now"]).status.success());
     assert!(daemon.wait_exit(WAIT).success());
+}
+
+#[test]
+fn a_rust_workspace_without_a_working_cargo_is_refused_at_start_with_the_error_line() {
+    let dir = tempfile::tempdir().unwrap();
+    // A cargo that fails the way rustup does without its toolchain.
+    let bin = dir.path().join("bin");
+    std::fs::create_dir(&bin).unwrap();
+    let cargo = bin.join("cargo");
+    std::fs::write(
+        &cargo,
+        "#!/bin/sh\necho \"error: toolchain 'stable-x86_64-unknown-linux-gnu' is not installed\" >&2\n\
+         echo 'stack backtrace:' >&2\necho '  13: <unknown>' >&2\nexit 1\n",
+    )
+    .unwrap();
+    std::fs::set_permissions(&cargo, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let config = fast_config(
+        dir.path(),
+        &[("command = \"true\"", "command = \"cargo test\"")],
+    );
+    let workspace = tiny_crate(dir.path());
+    let path = format!("{}:/usr/bin:/bin", bin.display());
+    let output = std::process::Command::new(crate::harness::agent_bin())
+        .args(["run", "--state"])
+        .arg(dir.path().join("state"))
+        .args(args(&config, &workspace))
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let last = stderr.lines().last().unwrap_or_default();
+    assert!(
+        last.starts_with("agent: cargo cannot run in the workspace (error: toolchain 'stable-x86_64-unknown-linux-gnu' is not installed)"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("<unknown>"), "{stderr}");
+}
+
+/// The agent branch's iteration ids, newest first.
+fn branch_iterations(state: &Path) -> Vec<u64> {
+    crate::harness::worktree_log(state)
+        .iter()
+        .filter_map(|message| agent::workspace::iteration_of(message))
+        .collect()
+}
+
+/// `agent run` to its end, killed (and reported as such) after a minute.
+fn run_to_exit(state: &Path, args: &[&str]) -> std::process::Output {
+    let logs = tempfile::tempdir().unwrap();
+    let (out, err) = (logs.path().join("out"), logs.path().join("err"));
+    let mut child = std::process::Command::new(crate::harness::agent_bin())
+        .args(["run", "--state"])
+        .arg(state)
+        .args(args)
+        .env("FAKE_CLAUDE_MODE", "edit")
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .spawn()
+        .unwrap();
+    let deadline = std::time::Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if std::time::Instant::now() > deadline {
+            child.kill().unwrap();
+            let status = child.wait().unwrap();
+            std::fs::write(&err, "agent run did not end within 60s; killed\n").unwrap();
+            break status;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    std::process::Output {
+        status,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
+    }
+}
+
+#[test]
+fn a_store_that_lost_iterations_is_refused_untouched_and_recovered_from_git() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let run_args = args(&config, &workspace);
+    let edit = [("FAKE_CLAUDE_MODE", "edit")];
+    let mut daemon = Daemon::start(&state, &run_args, &edit);
+    daemon.wait_status("two iterations", WAIT, |s| Daemon::committed(s) >= 2);
+    // A backup taken through the running daemon: an older copy of the store.
+    let backup = dir.path().join("older.backup");
+    let taken = std::process::Command::new(crate::harness::agent_bin())
+        .args(["backup", "--state"])
+        .arg(&state)
+        .arg("--to")
+        .arg(&backup)
+        .output()
+        .unwrap();
+    assert!(taken.status.success(), "{}", text(&taken.stderr));
+    assert!(
+        text(&taken.stdout).contains("written to"),
+        "{}",
+        text(&taken.stdout)
+    );
+    daemon.wait_status("five iterations", WAIT, |s| Daemon::committed(s) >= 5);
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success());
+    let before = crate::harness::history(&state).len();
+    let branch = branch_iterations(&state);
+    assert_eq!(branch.len(), before, "every iteration was accepted");
+
+    // Lose the last iterations: the store goes back to the older copy.
+    std::fs::rename(state.join("store"), dir.path().join("store.newer")).unwrap();
+    let restored = std::process::Command::new(crate::harness::agent_bin())
+        .args(["restore", "--from"])
+        .arg(&backup)
+        .arg("--state")
+        .arg(&state)
+        .output()
+        .unwrap();
+    assert!(restored.status.success(), "{}", text(&restored.stderr));
+    let older = crate::harness::history(&state).len();
+    assert!(older < before, "{older} < {before}");
+
+    // Bounded, so that a run that is not refused ends (and fails the test).
+    let mut bounded = run_args.clone();
+    let limit = (before + 2).to_string();
+    bounded.extend(["--max-iterations", &limit]);
+    let refused = run_to_exit(&state, &bounded);
+    let stderr = text(&refused.stderr);
+    assert_eq!(refused.status.code(), Some(1), "{stderr}");
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains(&format!("the store knows {older} committed iteration(s)"))
+            && line.contains("it lost committed work")
+            && line.contains("--recover-from-git"),
+        "{stderr}"
+    );
+    assert_eq!(
+        branch_iterations(&state),
+        branch,
+        "the branch was not touched"
+    );
+    assert_eq!(crate::harness::history(&state).len(), older);
+
+    // The recovery rebuilds the lost iterations and the run goes on from there.
+    let mut recovery = run_args.clone();
+    recovery.push("--recover-from-git");
+    let mut daemon = Daemon::start(&state, &recovery, &edit);
+    let status = daemon.wait_status("iterations after the recovery", WAIT, |s| {
+        Daemon::committed(s) > before as u64
+    });
+    assert!(Daemon::committed(&status) > before as u64);
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success());
+    let history = crate::harness::history(&state);
+    let numbers: Vec<u64> = history
+        .iter()
+        .map(|h| h["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    let mut on_branch = branch_iterations(&state);
+    assert_eq!(
+        &on_branch[on_branch.len() - branch.len()..],
+        branch.as_slice()
+    );
+    on_branch.sort_unstable();
+    on_branch.dedup();
+    assert_eq!(
+        on_branch.len(),
+        branch_iterations(&state).len(),
+        "no iteration twice"
+    );
+}
+
+#[test]
+fn a_store_with_overwritten_bytes_is_refused_in_one_sentence_or_keeps_every_iteration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let run_args = args(&config, &workspace);
+    let edit = [("FAKE_CLAUDE_MODE", "edit")];
+    let mut daemon = Daemon::start(&state, &run_args, &edit);
+    daemon.wait_status("six iterations", WAIT, |s| Daemon::committed(s) >= 6);
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success());
+    let before = crate::harness::history(&state).len() as u64;
+    let db = state.join("store/db");
+    let bytes = std::fs::read(&db).unwrap();
+    let mut refusals = 0;
+    // Early offsets hit what sled reads at start (it refuses); later ones
+    // may hit space it no longer reads (it opens).
+    for at in [100, 4096, bytes.len() / 2] {
+        let mut damaged = bytes.clone();
+        let end = (at + 64).min(damaged.len());
+        damaged[at..end].fill(0xA5);
+        std::fs::write(&db, &damaged).unwrap();
+        let mut limited = run_args.clone();
+        limited.extend(["--max-iterations", "1"]);
+        let output = run_to_exit(&state, &limited);
+        refusals += usize::from(!output.status.success());
+        let stderr = text(&output.stderr);
+        if output.status.success() {
+            // sled read past the damage: then nothing committed may be lost.
+            let after = crate::harness::history(&state).len() as u64;
+            assert!(after >= before, "{after} < {before} after damage at {at}");
+        } else {
+            let line = stderr.lines().last().unwrap_or_default();
+            assert!(
+                line.contains("is damaged") || line.contains("lost committed work"),
+                "damage at {at}: {stderr}"
+            );
+            assert!(!stderr.contains("backtrace"), "{stderr}");
+            assert!(!stderr.contains("panicked"), "{stderr}");
+        }
+        std::fs::write(&db, &bytes).unwrap();
+    }
+    assert!(refusals > 0, "no damage was noticed at any offset");
 }

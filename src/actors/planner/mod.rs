@@ -12,7 +12,6 @@
 mod iteration;
 pub mod logic;
 
-
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
@@ -26,7 +25,7 @@ use crate::messages::{
 use iteration::QUICK;
 
 const KIND: ActorKind = ActorKind::Planner;
-const SCHEMA: u32 = 1;
+pub const SCHEMA: u32 = 1;
 
 /// The planner's committed state.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -331,12 +330,10 @@ fn on_iteration_end(
 /// a `pause` reason, first makes the pause durable in the governor.
 async fn revert_all(planner: ActorRef<PlannerMsg>, iteration: u64, pause: Option<String>) {
     if let Some(reason) = pause {
-        let paused = messages::call(ActorKind::Governor, QUICK, |reply| {
-            GovernorMsg::SetPaused {
-                paused: true,
-                reason: Some(reason),
-                reply,
-            }
+        let paused = messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::SetPaused {
+            paused: true,
+            reason: Some(reason),
+            reply,
         })
         .await;
         if !matches!(paused, Ok(Ok(()))) {
