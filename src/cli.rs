@@ -289,6 +289,8 @@ pub fn main(cli: Cli) -> ExitCode {
             return ExitCode::from(exit::FAILED);
         }
     };
+    #[cfg(feature = "failpoints")]
+    let _failpoints = crate::failpoints::setup();
     let format = cli.log_format;
     let code = runtime.block_on(async move {
         if !matches!(cli.command, TopCommand::Run(_)) {

@@ -2,6 +2,9 @@
 //! supervision tree of six actors pursues a goal by improving a git workspace
 //! in committed iterations; see `docs/ARCHITECTURE.md` for the map.
 
+#[macro_use]
+mod failpoints;
+
 pub mod actors;
 pub mod claude;
 pub mod cli;

@@ -74,6 +74,7 @@ impl Workspace {
         let mut checkout = CheckoutBuilder::new();
         checkout.force();
         repo.reset(&object, ResetType::Hard, Some(&mut checkout))?;
+        crash_point!("worktree.reset");
         // A hard reset leaves untracked files; remove them (not ignored ones).
         let mut options = StatusOptions::new();
         options
@@ -119,6 +120,7 @@ impl Workspace {
         index.update_all(["*"], None)?;
         index.write()?;
         let tree = repo.find_tree(index.write_tree()?)?;
+        crash_point!("git.commit");
         let parent = repo.head()?.peel_to_commit()?;
         let signature = signature()?;
         let id = repo.commit(
@@ -261,6 +263,7 @@ fn import_directory(source: &Path, path: &Path) -> Result<(), WorkspaceError> {
             &[],
         )?;
     }
+    crash_point!("worktree.import");
     std::fs::rename(&staging, path)?;
     Ok(())
 }

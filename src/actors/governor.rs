@@ -235,6 +235,7 @@ impl Actor for Governor {
                     decided_at_ms: None,
                 };
                 state.ctx.store.put_approval(&approval).await?;
+                crash_point!("approval.pending");
                 tracing::info!(id = %approval.id, iteration = approval.iteration, "change waiting for approval: agent ctl approve {}", approval.id);
                 state.ctx.events.emit(Event::ApprovalRequested {
                     id: approval.id.clone(),

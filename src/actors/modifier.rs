@@ -412,10 +412,12 @@ async fn check(ctx: &Context, fitness_before: Option<f64>) -> Result<f64, Verdic
         cwd,
         ctx.config.validation_timeout,
     );
-    let finished = process::run(&spec).await.map_err(|e| Verdict::Rejected {
+    let running = process::start(&spec).map_err(|e| Verdict::Rejected {
         reason: e.to_string(),
         fitness_after: None,
     })?;
+    crash_point!("validation.running");
+    let finished = running.wait().await;
     if !finished.success() {
         let why = match finished.ending {
             Ending::TimedOut => "timed out".to_string(),

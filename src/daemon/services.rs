@@ -151,6 +151,7 @@ impl Services {
         if !escalated {
             tracing::info!(?stop, "shutting down");
             drain(&self.config, stop).await;
+            crash_point!("shutdown.drain");
             let _ = self
                 .supervisor
                 .call(SupervisorMsg::Shutdown, Some(Duration::from_secs(60)))

@@ -242,6 +242,7 @@ impl Store {
             })
             .map_err(|error| StoreError::Io(format!("{error:?}")))?;
         drop(writing);
+        crash_point!("store.before_flush");
         self.flush().await?;
         self.witness(iteration.number)
     }

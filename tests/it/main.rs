@@ -8,6 +8,7 @@
 
 mod claude_cli;
 mod config_errors;
+mod crash;
 mod ctl;
 mod daemon;
 mod harness;

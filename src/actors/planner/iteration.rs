@@ -387,6 +387,7 @@ async fn commit(
     for snapshot in &mut snapshots {
         snapshot.iteration = committed.number;
     }
+    crash_point!("iteration.before_store_commit");
     ctx.store
         .commit_iteration(committed, Some(experience), &snapshots)
         .await?;
