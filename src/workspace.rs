@@ -22,6 +22,10 @@ pub enum WorkspaceError {
     Git(#[from] git2::Error),
     #[error("{0}")]
     Io(#[from] std::io::Error),
+    #[error(
+        "the agent branch moved while the change was committed (it no longer points at {expected})"
+    )]
+    Moved { expected: String },
 }
 
 /// The agent's worktree.
@@ -112,8 +116,11 @@ impl Workspace {
             .collect())
     }
 
-    /// Commits every change on the agent's branch and returns the commit id.
-    pub fn commit_all(&self, message: &str) -> Result<String, WorkspaceError> {
+    /// Commits every change on the agent's branch on top of `parent` and
+    /// returns the commit id. The branch moves only if it still points at
+    /// `parent` (a compare-and-swap of the ref): a commit made by a task
+    /// that outlived its actor can never stack on, or under, another one.
+    pub fn commit_all(&self, message: &str, parent: &str) -> Result<String, WorkspaceError> {
         let repo = self.repo()?;
         let mut index = repo.index()?;
         index.add_all(["*"], IndexAddOption::DEFAULT, None)?;
@@ -121,16 +128,22 @@ impl Workspace {
         index.write()?;
         let tree = repo.find_tree(index.write_tree()?)?;
         crash_point!("git.commit");
-        let parent = repo.head()?.peel_to_commit()?;
+        let parent_id = Oid::from_str(parent)?;
+        let parent = repo.find_commit(parent_id)?;
         let signature = signature()?;
-        let id = repo.commit(
-            Some("HEAD"),
-            &signature,
-            &signature,
-            message,
-            &tree,
-            &[&parent],
-        )?;
+        let id = repo.commit(None, &signature, &signature, message, &tree, &[&parent])?;
+        let head = repo.head()?;
+        let branch = head
+            .name()
+            .ok_or_else(|| git2::Error::from_str("the agent branch has no UTF-8 name"))?
+            .to_string();
+        repo.reference_matching(&branch, id, true, parent_id, "agent: commit")
+            .map_err(|error| match error.code() {
+                git2::ErrorCode::Modified => WorkspaceError::Moved {
+                    expected: parent_id.to_string(),
+                },
+                _ => WorkspaceError::Git(error),
+            })?;
         Ok(id.to_string())
     }
 
@@ -338,13 +351,32 @@ mod tests {
         let base = ws.head().unwrap();
         std::fs::write(ws.path.join("a.txt"), "better\n").unwrap();
         std::fs::write(ws.path.join("c.txt"), "c\n").unwrap();
-        let commit = ws.commit_all("agent: iteration 1").unwrap();
+        let commit = ws.commit_all("agent: iteration 1", &base).unwrap();
         assert_ne!(commit, base);
         assert!(ws.changed_files().unwrap().is_empty());
         let repo = Repository::open(&ws.path).unwrap();
         let head = repo.head().unwrap().peel_to_commit().unwrap();
         assert_eq!(head.parent_id(0).unwrap().to_string(), base);
         assert_eq!(ws.log().unwrap().len(), 2);
+    }
+
+    #[test]
+    fn a_commit_lands_only_on_the_parent_it_was_made_for() {
+        let (_dir, ws) = imported();
+        let base = ws.head().unwrap();
+        std::fs::write(ws.path.join("a.txt"), "first\n").unwrap();
+        let first = ws
+            .commit_all("agent: iteration 1\n\nIteration: 1\n", &base)
+            .unwrap();
+        // A late commit made for the old head must not stack on the new one.
+        std::fs::write(ws.path.join("a.txt"), "late\n").unwrap();
+        let late = ws.commit_all("agent: iteration 1\n\nIteration: 1\n", &base);
+        assert!(
+            matches!(late, Err(WorkspaceError::Moved { .. })),
+            "{late:?}"
+        );
+        assert_eq!(ws.head().unwrap(), first);
+        assert_eq!(ws.iterations_since(&base).unwrap(), vec![1]);
     }
 
     #[test]
@@ -364,7 +396,8 @@ mod tests {
 
         let ws = Workspace::prepare(&source, &dir.path().join("state")).unwrap();
         std::fs::write(ws.path.join("f.txt"), "agent\n").unwrap();
-        ws.commit_all("agent: iteration 1").unwrap();
+        let head = ws.head().unwrap();
+        ws.commit_all("agent: iteration 1", &head).unwrap();
 
         assert_eq!(
             std::fs::read_to_string(source.join("f.txt")).unwrap(),

@@ -25,7 +25,7 @@ use crate::domain::{ActorKind, FaultKind};
 use crate::events::EventBus;
 use crate::messages::{ActorError, Common};
 use crate::store::{SnapshotRecord, Store, codec};
-use crate::supervisor::{ChildFactory, SpawnFuture};
+use crate::supervisor::{ChildFactory, PingFuture, SpawnFuture};
 use crate::workspace::Workspace;
 
 /// What every actor of one agent instance shares.
@@ -117,6 +117,9 @@ where
             let loaded = load_snapshot(store, kind, schema);
             let _ = reply.send(loaded.map(|stored| *snapshot = stored.unwrap_or_default()));
         }
+        Common::Ping(reply) => {
+            let _ = reply.send(());
+        }
         Common::Fault(fault) => inject(kind, fault).await?,
     }
     Ok(())
@@ -128,6 +131,17 @@ pub struct Factory {
 }
 
 impl ChildFactory for Factory {
+    fn ping(&self, kind: ActorKind, timeout: std::time::Duration) -> PingFuture {
+        Box::pin(async move {
+            // Only silence is a hang; an actor that is not running is the
+            // supervisor's business already.
+            !matches!(
+                crate::messages::call_common(kind, timeout, Common::Ping).await,
+                Err(crate::messages::PeerError::Timeout(..))
+            )
+        })
+    }
+
     fn spawn(&self, kind: ActorKind, supervisor: ActorCell) -> SpawnFuture {
         let ctx = self.context.clone();
         let name = Some(kind.name().to_string());

@@ -240,6 +240,9 @@ impl Actor for Modifier {
                     });
                     let _ = reply.send(result);
                 }
+                Common::Ping(reply) => {
+                    let _ = reply.send(());
+                }
                 Common::Fault(fault) => inject(KIND, fault).await?,
             },
         }
@@ -342,6 +345,7 @@ async fn validate(
     let rejection = match checked {
         Ok(fitness_after) => {
             let workspace = ctx.workspace.clone();
+            let parent = base.to_string();
             let message = commit_message(
                 iteration,
                 summary,
@@ -349,8 +353,12 @@ async fn validate(
                 fitness_after,
                 changed.len(),
             );
-            let commit =
-                blocking(move || workspace.commit_all(&message).map_err(|e| e.to_string())).await?;
+            let commit = blocking(move || {
+                workspace
+                    .commit_all(&message, &parent)
+                    .map_err(|e| e.to_string())
+            })
+            .await?;
             return Ok(Verdict::Accepted {
                 commit,
                 fitness_after,

@@ -32,6 +32,7 @@ struct RawSupervisor {
     backoff_initial: HumanDuration,
     backoff_max: HumanDuration,
     shutdown_timeout: HumanDuration,
+    hang_timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Clone, Copy, Deserialize)]
@@ -71,6 +72,9 @@ pub struct ChildSpec {
 /// The checked tree: strategy, intensity, backoff and the ordered children.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TreeSpec {
+    /// A child that does not answer a ping within this is killed and
+    /// restarted as a failure.
+    pub hang_timeout: Duration,
     pub strategy: Strategy,
     pub intensity: Intensity,
     pub backoff: Backoff,
@@ -153,6 +157,10 @@ impl TreeSpec {
             ));
         }
         Ok(TreeSpec {
+            hang_timeout: supervisor
+                .hang_timeout
+                .as_ref()
+                .map_or(Duration::from_secs(30), |d| d.0),
             strategy: match supervisor.strategy {
                 RawStrategy::OneForOne => Strategy::OneForOne,
                 RawStrategy::OneForAll => Strategy::OneForAll,

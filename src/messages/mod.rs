@@ -44,6 +44,8 @@ pub enum Common {
     Snapshot(RpcReplyPort<Result<SnapshotRecord, ActorError>>),
     /// Drop uncommitted changes: reload the last committed snapshot.
     Revert(RpcReplyPort<Result<(), ActorError>>),
+    /// Answer at once: the supervisor's liveness check.
+    Ping(RpcReplyPort<()>),
     /// Fail on purpose.
     Fault(FaultKind),
 }

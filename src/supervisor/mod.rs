@@ -28,11 +28,20 @@ use policy::{Decision, Exit, Policy, RestartWindow};
 pub const NAME: &str = "supervisor";
 
 pub type SpawnFuture = Pin<Box<dyn Future<Output = Result<ActorCell, SpawnErr>> + Send>>;
+/// Whether a child answered its ping in time.
+pub type PingFuture = Pin<Box<dyn Future<Output = bool> + Send>>;
 
 /// Starts one child, linked to the supervisor. The production factory starts
 /// the real actors; tests can start stand-ins.
 pub trait ChildFactory: Send + Sync + 'static {
     fn spawn(&self, kind: ActorKind, supervisor: ActorCell) -> SpawnFuture;
+
+    /// Asks a child to answer within `timeout`; `false` only when it stayed
+    /// silent (a hang). Children that cannot be pinged are taken as alive.
+    fn ping(&self, kind: ActorKind, timeout: Duration) -> PingFuture {
+        let _ = (kind, timeout);
+        Box::pin(std::future::ready(true))
+    }
 }
 
 /// What `status` and `tree` show of one child.
@@ -54,6 +63,10 @@ pub enum SupervisorMsg {
     },
     /// Stop every child in reverse start order, then the supervisor.
     Shutdown(RpcReplyPort<()>),
+    /// The watchdog's ping went unanswered: kill the child, restart it.
+    Unresponsive {
+        kind: ActorKind,
+    },
 }
 
 pub struct Supervisor;
@@ -91,6 +104,45 @@ pub struct SupervisorState {
     window: RestartWindow,
     epoch: u64,
     shutting_down: bool,
+    hang_timeout: Duration,
+    /// Pings every child; aborted with the supervisor.
+    _watchdog: AbortOnDrop,
+}
+
+/// A task that ends when its owner is dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
+}
+
+/// Pings each child every half `hang_timeout`; a child that stays silent for
+/// `hang_timeout` is reported to the supervisor.
+async fn watchdog(
+    supervisor: ActorRef<SupervisorMsg>,
+    factory: Arc<dyn ChildFactory>,
+    kinds: Vec<ActorKind>,
+    hang_timeout: Duration,
+) {
+    let every = (hang_timeout / 2).max(Duration::from_millis(100));
+    loop {
+        tokio::time::sleep(every).await;
+        let pings = kinds.iter().map(|kind| {
+            let ping = factory.ping(*kind, hang_timeout);
+            async move { (*kind, ping.await) }
+        });
+        for (kind, alive) in futures::future::join_all(pings).await {
+            if !alive
+                && supervisor
+                    .cast(SupervisorMsg::Unresponsive { kind })
+                    .is_err()
+            {
+                return;
+            }
+        }
+    }
 }
 
 impl Actor for Supervisor {
@@ -109,7 +161,16 @@ impl Actor for Supervisor {
             backoff: args.tree.backoff,
             restart_types: args.tree.children.iter().map(|c| c.restart).collect(),
         };
+        let hang_timeout = args.tree.hang_timeout;
+        let watchdog = tokio::spawn(watchdog(
+            myself.clone(),
+            args.factory.clone(),
+            args.tree.children.iter().map(|c| c.kind).collect(),
+            hang_timeout,
+        ));
         let mut state = SupervisorState {
+            hang_timeout,
+            _watchdog: AbortOnDrop(watchdog),
             policy,
             factory: args.factory,
             events: args.events,
@@ -191,6 +252,29 @@ impl Actor for Supervisor {
                             on_exit(&myself, state, index, Exit::Failed, Some(text)).await;
                         }
                     }
+                }
+            }
+            SupervisorMsg::Unresponsive { kind } => {
+                let Some(index) = state
+                    .slots
+                    .iter()
+                    .position(|s| s.kind == kind && s.state == SlotState::Running)
+                else {
+                    return Ok(());
+                };
+                if state.shutting_down {
+                    return Ok(());
+                }
+                let cell = state.slots[index].cell.take();
+                let error = format!(
+                    "{kind} did not answer within {}: hung; killed",
+                    humantime::format_duration(state.hang_timeout)
+                );
+                // The slot forgets the cell first, so its termination event
+                // is not taken for a second failure.
+                on_exit(&myself, state, index, Exit::Failed, Some(error)).await;
+                if let Some(cell) = cell {
+                    cell.kill();
                 }
             }
             SupervisorMsg::Shutdown(reply) => {

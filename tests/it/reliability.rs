@@ -356,3 +356,69 @@ fn a_store_with_overwritten_bytes_is_refused_in_one_sentence_or_keeps_every_iter
     }
     assert!(refusals > 0, "no damage was noticed at any offset");
 }
+
+/// How a test ends the daemon during a slow job.
+enum Ending {
+    Signal(nix::sys::signal::Signal),
+    StopNow,
+}
+
+/// Ends a daemon while a slow job runs: the in-flight iteration ends within
+/// the shutdown deadline (never waiting for the job), the job's process
+/// group is gone and the worktree is clean.
+fn end_during_a_slow_job(ending: Ending, shutdown_timeout: &str) {
+    let dir = tempfile::tempdir().unwrap();
+    let pids = dir.path().join("pids");
+    std::fs::create_dir(&pids).unwrap();
+    let timeout = format!("shutdown_timeout = \"{shutdown_timeout}\"");
+    let config = fast_config(dir.path(), &[("shutdown_timeout = \"10s\"", &timeout)]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let env = [
+        ("FAKE_CLAUDE_MODE", "edit"),
+        ("FAKE_CLAUDE_DELAY", "120"),
+        ("FAKE_CLAUDE_PID_DIR", pids.to_str().unwrap()),
+    ];
+    let mut daemon = Daemon::start(&state, &args(&config, &workspace), &env);
+    let job = crate::harness::poll_until("the slow job to start", WAIT, || {
+        let found: Vec<i32> = std::fs::read_dir(&pids)
+            .unwrap()
+            .flatten()
+            .filter_map(|e| e.file_name().to_str()?.strip_suffix(".pid")?.parse().ok())
+            .collect();
+        found.first().copied()
+    });
+    let asked = std::time::Instant::now();
+    match ending {
+        Ending::Signal(signal) => {
+            nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid() as i32), signal).unwrap()
+        }
+        Ending::StopNow => assert!(daemon.ctl(&["stop", "--now"]).status.success()),
+    }
+    let status = daemon.wait_exit(WAIT);
+    let took = asked.elapsed();
+    assert!(status.success(), "{status}: {}", daemon.logs());
+    // The job would have run two minutes: the daemon did not wait for it.
+    assert!(took < Duration::from_secs(60), "took {took:?}");
+    crate::harness::wait_gone(job);
+    let worktree = agent::workspace::Workspace {
+        path: state.join("worktree"),
+    };
+    assert_eq!(worktree.changed_files().unwrap(), Vec::<String>::new());
+}
+
+#[test]
+fn sigterm_during_a_slow_job_ends_the_iteration_within_the_shutdown_deadline() {
+    end_during_a_slow_job(Ending::Signal(nix::sys::signal::Signal::SIGTERM), "2s");
+}
+
+#[test]
+fn sigint_during_a_slow_job_ends_the_iteration_within_the_shutdown_deadline() {
+    end_during_a_slow_job(Ending::Signal(nix::sys::signal::Signal::SIGINT), "2s");
+}
+
+#[test]
+fn stop_now_during_a_slow_job_kills_the_job_at_once() {
+    // A deadline longer than the test's patience: only "now" can end it in time.
+    end_during_a_slow_job(Ending::StopNow, "10m");
+}

@@ -218,6 +218,175 @@ async fn each_actor_survives_an_injected_panic_and_error_with_its_committed_stat
     assert_eq!(iteration_commits, accepted);
 }
 
+// ------------------------------------------------------- faults mid-work --
+
+/// When a fault is injected: what the iteration is doing at that moment.
+#[derive(Debug, Clone, Copy)]
+enum Moment {
+    /// The executor runs the cognition job.
+    Job,
+    /// The modifier's validation command runs.
+    Validation,
+    /// The modifier is inside the git commit of an accepted change.
+    Commit,
+}
+
+/// A failpoint that only raises a flag (and holds the thread for `hold`).
+fn signal_at(failpoint: &str, hold: Duration) -> Arc<std::sync::atomic::AtomicBool> {
+    let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let raised = flag.clone();
+    fail::cfg_callback(failpoint, move || {
+        raised.store(true, std::sync::atomic::Ordering::SeqCst);
+        std::thread::sleep(hold);
+    })
+    .unwrap();
+    flag
+}
+
+async fn job_running() -> bool {
+    messages::call(ActorKind::Executor, Duration::from_secs(5), |reply| {
+        agent::messages::ExecutorMsg::Jobs { last: 1, reply }
+    })
+    .await
+    .is_ok_and(|jobs| jobs.last().is_some_and(|j| j.status.is_running()))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features failpoints: the test waits at the validation and commit windows"
+)]
+async fn faults_during_work_restart_the_actor_at_its_committed_state_and_the_run_goes_on() {
+    let _turn = REGISTRY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let config_path = fast_config(
+        dir.path(),
+        &[("command = \"true\"", "command = \"sleep 1\"")],
+    );
+    let actors_path = actors_config(
+        dir.path(),
+        &[
+            ("max_restarts = 5", "max_restarts = 100"),
+            ("backoff_initial = \"100ms\"", "backoff_initial = \"10ms\""),
+            ("hang_timeout = \"30s\"", "hang_timeout = \"1s\""),
+        ],
+    );
+    let mut config = Config::load(&config_path).unwrap();
+    config.workspace = tiny_crate(dir.path());
+    config.state_dir = dir.path().join("state");
+    let tree = TreeSpec::load(&actors_path).unwrap();
+    std::fs::create_dir_all(&config.state_dir).unwrap();
+    let store = Store::open(&config.state_dir).unwrap();
+    let workspace = Workspace::prepare(&config.workspace, &config.state_dir).unwrap();
+    let backend = ClaudeCli::new(fake_claude(), "acceptEdits".into(), None).with_env(vec![
+        ("FAKE_CLAUDE_MODE".into(), "edit".into()),
+        ("FAKE_CLAUDE_DELAY".into(), "1".into()),
+    ]);
+    let events = EventBus::default();
+    let shared = Arc::new(Shared {
+        config,
+        tree: tree.clone(),
+        store: store.clone(),
+        workspace,
+        backend: Arc::new(backend),
+        events: events.clone(),
+        prompt_template: "{goal}".into(),
+    });
+    let (supervisor, handle) = Actor::spawn(
+        Some(agent::supervisor::NAME.into()),
+        Supervisor,
+        SupervisorArgs {
+            tree,
+            factory: Arc::new(Factory { context: shared }),
+            events,
+        },
+    )
+    .await
+    .unwrap();
+    until("a first committed iteration", || async {
+        planner_status().await.filter(|s| s.iteration >= 1)
+    })
+    .await;
+
+    let cases = [
+        (ActorKind::Executor, FaultKind::Panic, Moment::Job),
+        (ActorKind::Executor, FaultKind::Error, Moment::Validation),
+        (ActorKind::Modifier, FaultKind::Panic, Moment::Validation),
+        (ActorKind::Modifier, FaultKind::Error, Moment::Commit),
+        (ActorKind::Planner, FaultKind::Panic, Moment::Job),
+        (ActorKind::Planner, FaultKind::Error, Moment::Validation),
+        (ActorKind::Executor, FaultKind::Hang, Moment::Job),
+        (ActorKind::Learner, FaultKind::Hang, Moment::Validation),
+    ];
+    for (kind, fault, moment) in cases {
+        let what = format!("{kind} {fault:?} during the {moment:?}");
+        let at = planner_status().await.unwrap().iteration;
+        let validating = signal_at("validation.running", Duration::ZERO);
+        let committing = signal_at("git.commit", Duration::from_millis(1500));
+        until(&format!("{what}: the moment"), || {
+            let (validating, committing) = (validating.clone(), committing.clone());
+            async move {
+                let reached = match moment {
+                    Moment::Job => job_running().await,
+                    Moment::Validation => validating.load(std::sync::atomic::Ordering::SeqCst),
+                    Moment::Commit => committing.load(std::sync::atomic::Ordering::SeqCst),
+                };
+                reached.then_some(())
+            }
+        })
+        .await;
+        fail::remove("validation.running");
+        // What the actor held at its last commit: the stored snapshot, which
+        // carries the iteration it was committed with (nothing commits
+        // mid-iteration; an actor that wrote its state between commits
+        // would show here).
+        let committed_state = store.snapshot(kind.name()).unwrap().unwrap();
+        let committed = planner_status().await.unwrap().iteration;
+        assert_eq!(
+            committed_state.iteration, committed,
+            "{what}: the stored snapshot is not the one committed with iteration {committed}"
+        );
+        let before = children(&supervisor).await;
+        messages::send_common(kind, Common::Fault(fault)).unwrap();
+        until(&format!("{what}: the restart"), || async {
+            let now = children(&supervisor).await;
+            let child = &now[&kind];
+            (child.restarts == before[&kind].restarts + 1 && child.status == "running")
+                .then_some(())
+        })
+        .await;
+        fail::remove("git.commit");
+        let live = messages::call_common(kind, Duration::from_secs(5), Common::Snapshot)
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(
+            live.body, committed_state.body,
+            "{what}: the restarted actor does not hold its committed state"
+        );
+        until(&format!("{what}: an iteration after it"), || async {
+            planner_status().await.filter(|s| s.iteration > at)
+        })
+        .await;
+    }
+
+    supervisor
+        .call(SupervisorMsg::Shutdown, Some(WAIT))
+        .await
+        .unwrap();
+    handle.await.unwrap();
+    // No change was committed twice, whatever the faults interrupted.
+    let log = crate::harness::worktree_log(&dir.path().join("state"));
+    let mut iterations: Vec<u64> = log
+        .iter()
+        .filter_map(|m| agent::workspace::iteration_of(m))
+        .collect();
+    let all = iterations.len();
+    iterations.sort_unstable();
+    iterations.dedup();
+    assert_eq!(iterations.len(), all, "an iteration was committed twice");
+}
+
 // ------------------------------------------------------------ escalation --
 
 /// Stand-in children: the `failing` kind fails as soon as it starts.

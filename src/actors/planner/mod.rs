@@ -233,6 +233,9 @@ impl Actor for Planner {
                         }
                     }));
                 }
+                Common::Ping(reply) => {
+                    let _ = reply.send(());
+                }
                 Common::Fault(fault) => inject(KIND, fault).await?,
             },
         }
