@@ -185,6 +185,13 @@ async fn execute(
     // A remote job recorded before the agent died but never seen started
     // keeps its id: the backend asks the server for it under the same key.
     let unseen = pending_remote_job(ctx, plan.iteration).filter(|j| j.remote_id.is_none());
+    if let Some(job) = &unseen {
+        tracing::info!(
+            job = job.id,
+            iteration = plan.iteration,
+            "re-attaching to a job started before a restart, by its request key"
+        );
+    }
     let id = match unseen.as_ref().map(|j| j.id) {
         Some(id) => id,
         None => match ctx.store.next_job_id() {

@@ -640,9 +640,10 @@ fn a_peer_of_another_user_is_refused() {
     let mut daemon = setup.start(&[("FAKE_CLAUDE_MODE", "edit")]);
     daemon.wait_status("the daemon", WAIT, |_| true);
     let socket = setup.state.join("agent.sock");
-    // Let another user reach the socket at all: every directory on the way.
+    // Let another user reach the socket at all: the test's own directories
+    // on the way (never a shared one such as /tmp, which is traversable).
     let mut dir = socket.parent().unwrap().to_path_buf();
-    while dir != Path::new("/") {
+    while dir.starts_with(setup._dir.path()) {
         let _ = std::fs::set_permissions(&dir, std::os::unix::fs::PermissionsExt::from_mode(0o755));
         dir = dir.parent().unwrap().to_path_buf();
     }

@@ -95,6 +95,21 @@ pub fn actors_config(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
     path
 }
 
+/// Removes what the test's own environment could leak into a daemon: trace
+/// export, the stand-in's knobs, failpoints and instance marks. Each test
+/// passes what it means explicitly.
+pub fn clean_environment(command: &mut Command) {
+    for (name, _) in std::env::vars_os() {
+        let name = name.to_string_lossy().into_owned();
+        if ["OTEL_", "FAKE_CLAUDE_", "FAILPOINTS", "AGENT_INSTANCE"]
+            .iter()
+            .any(|prefix| name.starts_with(prefix))
+        {
+            command.env_remove(&name);
+        }
+    }
+}
+
 /// A running `agent run`.
 pub struct Daemon {
     child: Option<Child>,
@@ -112,6 +127,7 @@ impl Daemon {
         let stdout = logs.join(format!("{n}.stdout"));
         let stderr = logs.join(format!("{n}.stderr"));
         let mut command = Command::new(agent_bin());
+        clean_environment(&mut command);
         command
             .arg("run")
             .arg("--state")

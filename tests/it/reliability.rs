@@ -186,7 +186,9 @@ fn branch_iterations(state: &Path) -> Vec<u64> {
 fn run_to_exit(state: &Path, args: &[&str]) -> std::process::Output {
     let logs = tempfile::tempdir().unwrap();
     let (out, err) = (logs.path().join("out"), logs.path().join("err"));
-    let mut child = std::process::Command::new(crate::harness::agent_bin())
+    let mut command = std::process::Command::new(crate::harness::agent_bin());
+    crate::harness::clean_environment(&mut command);
+    let mut child = command
         .args(["run", "--state"])
         .arg(state)
         .args(args)
