@@ -506,9 +506,10 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
             };
             let finished = process::run(&spec).await.map_err(|e| e.to_string())?;
             if !finished.success() {
+                let why = first_compiler_error(&finished.stdout)
+                    .unwrap_or_else(|| finished.first_error_line());
                 return Err(format!(
-                    "fitness: `cargo clippy` failed, the workspace does not build: {}",
-                    finished.first_error_line()
+                    "fitness: `cargo clippy` failed, the workspace does not build: {why}"
                 ));
             }
             Ok(count_warnings(&finished.stdout) as f64)
@@ -535,6 +536,37 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
     }
 }
 
+/// The first compiler error in `cargo --message-format=json` output, as one
+/// line with its code and place: what stops the build, rather than cargo's
+/// closing "could not compile".
+pub fn first_compiler_error(json_lines: &str) -> Option<String> {
+    json_lines.lines().find_map(|line| {
+        let value = serde_json::from_str::<serde_json::Value>(line).ok()?;
+        let message = &value["message"];
+        if value["reason"] != "compiler-message" || message["level"] != "error" {
+            return None;
+        }
+        let code = message["code"]["code"]
+            .as_str()
+            .map(|c| format!("[{c}]"))
+            .unwrap_or_default();
+        let place = message["spans"]
+            .get(0)
+            .map(|span| {
+                format!(
+                    " ({}:{})",
+                    span["file_name"].as_str().unwrap_or("?"),
+                    span["line_start"].as_u64().unwrap_or(0)
+                )
+            })
+            .unwrap_or_default();
+        Some(format!(
+            "error{code}: {}{place}",
+            message["message"].as_str().unwrap_or("(no message)")
+        ))
+    })
+}
+
 /// Distinct compiler and clippy warnings in `cargo --message-format=json`
 /// output. A lib's warnings appear again when its tests are built, hence the
 /// de-duplication by rendered text.
@@ -559,6 +591,19 @@ pub fn count_warnings(json_lines: &str) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_first_compiler_error_is_named_with_its_code_and_place() {
+        let error = r#"{"reason":"compiler-message","message":{"level":"error","message":"`#![feature]` may not be used on the stable release channel","code":{"code":"E0554"},"spans":[{"file_name":"benches/benches.rs","line_start":3}]}}"#;
+        let warning = r#"{"reason":"compiler-message","message":{"level":"warning","message":"unused","spans":[]}}"#;
+        assert_eq!(
+            first_compiler_error(&[warning, error].join("\n")).as_deref(),
+            Some(
+                "error[E0554]: `#![feature]` may not be used on the stable release channel (benches/benches.rs:3)"
+            )
+        );
+        assert_eq!(first_compiler_error(warning), None);
+    }
 
     #[test]
     fn warnings_are_counted_once_and_summaries_are_ignored() {
