@@ -11,8 +11,40 @@ use std::path::{Path, PathBuf};
 use git2::build::CheckoutBuilder;
 use git2::{BranchType, IndexAddOption, Oid, Repository, ResetType, Signature, StatusOptions};
 
-/// The branch the agent commits to.
+/// The branch of an imported workspace (its repository is the instance's own).
 pub const AGENT_BRANCH: &str = "agent/work";
+/// Where work found beside the committed head is kept instead of discarded.
+pub const RESCUE_PREFIX: &str = "refs/agent/rescued/";
+
+/// The branch an instance commits to in a repository it shares: one per
+/// state directory (`agent/<dir name>-<hash of its path>`), so instances on
+/// one repository never share a branch.
+pub fn instance_branch(state_dir: &Path) -> String {
+    let path = state_dir
+        .canonicalize()
+        .unwrap_or_else(|_| state_dir.to_path_buf());
+    let name: String = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "state".into())
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '-' || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .collect();
+    // FNV-1a: stable across builds, which a std hasher does not promise.
+    let hash = path
+        .to_string_lossy()
+        .bytes()
+        .fold(0xcbf2_9ce4_8422_2325_u64, |h, b| {
+            (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3)
+        });
+    format!("agent/{name}-{:08x}", hash as u32)
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum WorkspaceError {
@@ -26,6 +58,10 @@ pub enum WorkspaceError {
         "the agent branch moved while the change was committed (it no longer points at {expected})"
     )]
     Moved { expected: String },
+    #[error(
+        "the branch {branch} is checked out by another worktree (another agent instance, or the user); stop that instance or give this run its own --state directory"
+    )]
+    Held { branch: String },
 }
 
 /// The agent's worktree.
@@ -38,10 +74,20 @@ impl Workspace {
     /// Opens the agent's worktree under `state_dir`, creating it from `source`
     /// the first time.
     pub fn prepare(source: &Path, state_dir: &Path) -> Result<Workspace, WorkspaceError> {
+        Self::prepare_with_notices(source, state_dir).map(|(workspace, _)| workspace)
+    }
+
+    /// Like [`Workspace::prepare`], with what a person should be told: work
+    /// that was kept on a rescue ref rather than discarded.
+    pub fn prepare_with_notices(
+        source: &Path,
+        state_dir: &Path,
+    ) -> Result<(Workspace, Vec<String>), WorkspaceError> {
         let path = state_dir.join("worktree");
         if Repository::open(&path).is_ok() {
-            return Ok(Workspace { path });
+            return Ok((Workspace { path }, Vec::new()));
         }
+        let mut notices = Vec::new();
         if !source.is_dir() {
             return Err(WorkspaceError::Missing(source.to_path_buf()));
         }
@@ -52,11 +98,67 @@ impl Workspace {
             .and_then(|workdir| workdir.canonicalize().ok())
             .is_some_and(|workdir| workdir == source);
         if is_repo_root {
-            add_linked_worktree(&source, &path)?;
+            let branch = instance_branch(state_dir);
+            notices.extend(add_linked_worktree(&source, &path, &branch)?);
         } else {
             import_directory(&source, &path)?;
         }
-        Ok(Workspace { path })
+        Ok((Workspace { path }, notices))
+    }
+
+    /// How many commits the repository's HEAD has that this worktree's
+    /// branch lacks, for a linked worktree (an imported one has no base).
+    pub fn behind_base(&self) -> Result<Option<(usize, String)>, WorkspaceError> {
+        let repo = self.repo()?;
+        if !repo.is_worktree() {
+            return Ok(None);
+        }
+        let main = Repository::open(repo.commondir())?;
+        let base = main.head()?.peel_to_commit()?.id();
+        let own = repo.head()?.peel_to_commit()?.id();
+        let (_, behind) = repo.graph_ahead_behind(own, base)?;
+        Ok(Some((behind, base.to_string())))
+    }
+
+    /// Keeps what the worktree holds beyond `committed` — commits on the
+    /// branch past it and uncommitted edits — on a rescue ref, so a reset to
+    /// `committed` loses nothing. Returns what was kept, for the person
+    /// watching; `None` when there was nothing beyond the committed head.
+    pub fn rescue_beyond(&self, committed: &str) -> Result<Option<String>, WorkspaceError> {
+        let repo = self.repo()?;
+        let committed_id = Oid::from_str(committed)?;
+        let head = repo.head()?.peel_to_commit()?;
+        let (ahead, _) = repo.graph_ahead_behind(head.id(), committed_id)?;
+        let edited = self.changed_files()?;
+        if ahead == 0 && edited.is_empty() {
+            return Ok(None);
+        }
+        // The uncommitted edits become a commit of their own (as a stash
+        // does); the branch does not move.
+        let kept = if edited.is_empty() {
+            head.id()
+        } else {
+            let mut index = repo.index()?;
+            index.add_all(["*"], IndexAddOption::DEFAULT, None)?;
+            index.update_all(["*"], None)?;
+            let tree = repo.find_tree(index.write_tree()?)?;
+            let signature = signature()?;
+            repo.commit(
+                None,
+                &signature,
+                &signature,
+                "agent: uncommitted edits found in the worktree at start",
+                &tree,
+                &[&head],
+            )?
+        };
+        let name = format!("{RESCUE_PREFIX}{}", now_stamp());
+        repo.reference(&name, kept, false, "agent: rescued work")?;
+        Ok(Some(format!(
+            "kept {ahead} commit(s) and {} uncommitted file(s) found beyond the committed head on {name} ({}); the run goes on from the committed head",
+            edited.len(),
+            &kept.to_string()[..10]
+        )))
     }
 
     fn repo(&self) -> Result<Repository, WorkspaceError> {
@@ -207,25 +309,62 @@ fn signature() -> Result<Signature<'static>, git2::Error> {
 }
 
 /// Creates the agent's branch at the source's HEAD and a linked worktree of it.
-fn add_linked_worktree(source: &Path, path: &Path) -> Result<(), WorkspaceError> {
+/// A moment's name for a rescue ref: milliseconds since the epoch.
+fn now_stamp() -> u128 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis())
+}
+
+/// A linked worktree on `branch_name`, which starts at the repository's
+/// current HEAD: a new run follows the main line. A branch of that name left
+/// by an earlier run whose state is gone is kept on a rescue ref, then moved.
+fn add_linked_worktree(
+    source: &Path,
+    path: &Path,
+    branch_name: &str,
+) -> Result<Vec<String>, WorkspaceError> {
     let repo = Repository::open(source)?;
     let head = repo.head()?.peel_to_commit()?;
-    let branch = match repo.find_branch(AGENT_BRANCH, BranchType::Local) {
-        Ok(branch) => branch,
-        Err(_) => repo.branch(AGENT_BRANCH, &head, false)?,
-    };
+    let mut notices = Vec::new();
+    prune_stale_worktrees(&repo)?;
+    if let Ok(old) = repo.find_branch(branch_name, BranchType::Local) {
+        let old_tip = old.get().peel_to_commit()?.id();
+        if old_tip != head.id() {
+            let name = format!("{RESCUE_PREFIX}{}", now_stamp());
+            repo.reference(&name, old_tip, false, "agent: earlier run's branch")?;
+            notices.push(format!(
+                "the branch {branch_name} of an earlier run was kept on {name}; this run starts from the repository's HEAD {}",
+                &head.id().to_string()[..10]
+            ));
+        }
+    }
+    let branch = repo
+        .branch(branch_name, &head, true)
+        .map_err(|error| held_elsewhere(error, branch_name))?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
-    prune_stale_worktrees(&repo)?;
     let reference = branch.into_reference();
     let mut options = git2::WorktreeAddOptions::new();
     options.reference(Some(&reference));
     // Worktree names must be unique in the source repository.
     let name = format!("agent-{}", std::process::id());
-    repo.worktree(&name, path, Some(&options))?;
+    repo.worktree(&name, path, Some(&options))
+        .map_err(|error| held_elsewhere(error, branch_name))?;
     exclude_build_output(&Repository::open(path)?)?;
-    Ok(())
+    Ok(notices)
+}
+
+/// A branch checked out by another worktree, named in one sentence.
+fn held_elsewhere(error: git2::Error, branch: &str) -> WorkspaceError {
+    if error.class() == git2::ErrorClass::Worktree || error.message().contains("checked out") {
+        WorkspaceError::Held {
+            branch: branch.to_string(),
+        }
+    } else {
+        WorkspaceError::Git(error)
+    }
 }
 
 /// Forgets linked worktrees of earlier agents whose directories are gone (a
@@ -404,12 +543,24 @@ mod tests {
             "f\n"
         );
         assert_eq!(repo.head().unwrap().shorthand().unwrap(), user_branch);
-        assert!(repo.find_branch(AGENT_BRANCH, BranchType::Local).is_ok());
+        let branch = instance_branch(&dir.path().join("state"));
+        assert!(repo.find_branch(&branch, BranchType::Local).is_ok());
 
         // A deleted state directory leaves a stale worktree behind in the
-        // source repository; the next agent prunes it and starts again.
+        // source repository; the next agent prunes it and starts again from
+        // the repository's HEAD, keeping the old branch on a rescue ref.
         std::fs::remove_dir_all(dir.path().join("state")).unwrap();
-        let again = Workspace::prepare(&source, &dir.path().join("state")).unwrap();
-        assert!(again.log().unwrap()[0].starts_with("agent: iteration 1"));
+        let (again, notices) =
+            Workspace::prepare_with_notices(&source, &dir.path().join("state")).unwrap();
+        assert_eq!(again.log().unwrap()[0], "init");
+        assert!(
+            notices[0].contains("was kept on refs/agent/rescued/"),
+            "{notices:?}"
+        );
+        let rescued = repo
+            .references_glob("refs/agent/rescued/*")
+            .unwrap()
+            .count();
+        assert_eq!(rescued, 1);
     }
 }

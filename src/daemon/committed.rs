@@ -153,6 +153,41 @@ async fn rebuild(
     Ok(())
 }
 
+/// Keeps on a rescue ref whatever the worktree holds beyond the committed
+/// head — a commit or an edit the user made there, a job's half change —
+/// before anything resets it, and says so. Says too how far the branch is
+/// behind the repository it came from.
+pub(super) fn keep_the_users_work(store: &Store, workspace: &Workspace) -> Result<(), RunError> {
+    let failed = |e: String| RunError::Failed(format!("cannot inspect the worktree: {e}"));
+    let snapshot: Option<ModifierSnapshot> =
+        load_snapshot(store, ActorKind::Modifier, crate::actors::modifier::SCHEMA)
+            .map_err(|e| failed(e.to_string()))?;
+    // A job still running on the MCP server edits the worktree on purpose:
+    // its edits stay in place for the re-attached iteration.
+    let reattaching = store
+        .jobs()?
+        .iter()
+        .any(|j| j.status.is_running() && (j.remote_id.is_some() || j.backend == "mcp"));
+    if let Some(snapshot) = snapshot.filter(|s| !s.head.is_empty())
+        && !reattaching
+        && let Some(kept) = workspace
+            .rescue_beyond(&snapshot.head)
+            .map_err(|e| failed(e.to_string()))?
+    {
+        tracing::warn!(%kept, "work found beyond the committed head");
+        println!("agent: {kept}");
+    }
+    if let Some((behind, base)) = workspace.behind_base().map_err(|e| failed(e.to_string()))?
+        && behind > 0
+    {
+        println!(
+            "agent: the agent branch is {behind} commit(s) behind the repository's HEAD ({}); a run with a new --state directory starts from it",
+            &base[..base.len().min(10)]
+        );
+    }
+    Ok(())
+}
+
 /// "3, 4, 5" — or "3–40 (38)" when long.
 fn list(iterations: &[u64]) -> String {
     let mut sorted = iterations.to_vec();

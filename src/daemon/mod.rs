@@ -93,16 +93,27 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
         .map_err(|e| RunError::Usage(e.to_string()))?;
     tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
 
+    let belongs_to = same_workspace(&store, &config).await?;
     let source = config.workspace.clone();
     let state_dir = config.state_dir.clone();
-    let workspace = tokio::task::spawn_blocking(move || Workspace::prepare(&source, &state_dir))
-        .await
-        .map_err(|e| RunError::Failed(e.to_string()))?
-        .map_err(|e| match e {
-            WorkspaceError::Missing(_) => RunError::Usage(e.to_string()),
-            other => RunError::Failed(format!("cannot prepare the worktree: {other}")),
-        })?;
+    let (workspace, notices) =
+        tokio::task::spawn_blocking(move || Workspace::prepare_with_notices(&source, &state_dir))
+            .await
+            .map_err(|e| RunError::Failed(e.to_string()))?
+            .map_err(|e| match e {
+                WorkspaceError::Missing(_) | WorkspaceError::Held { .. } => {
+                    RunError::Usage(e.to_string())
+                }
+                other => RunError::Failed(format!("cannot prepare the worktree: {other}")),
+            })?;
+    for notice in notices {
+        println!("agent: {notice}");
+    }
+    if let Some(path) = belongs_to {
+        store.put_workspace_source(&path).await?;
+    }
     committed::check(&store, &workspace, &config.goal, overrides.recover_from_git).await?;
+    committed::keep_the_users_work(&store, &workspace)?;
     check_toolchain(&config, &workspace).await?;
     let committed = store.last_iteration()?.map_or(0, |r| r.number);
     println!(
@@ -122,6 +133,26 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
         workspace,
         committed,
     })
+}
+
+/// A state directory belongs to one workspace: another `--workspace` on it
+/// is refused with the one it belongs to. Returns the path to record when
+/// the state directory has none yet.
+async fn same_workspace(store: &Store, config: &Config) -> Result<Option<String>, RunError> {
+    let Ok(given) = config.workspace.canonicalize() else {
+        // A missing workspace is refused with its own message later.
+        return Ok(None);
+    };
+    let given = given.display().to_string();
+    match store.workspace_source()? {
+        None => Ok(Some(given)),
+        Some(stored) if stored == given => Ok(None),
+        Some(stored) => Err(RunError::Usage(format!(
+            "the state directory {} belongs to the workspace {stored}, not {given}; run with \
+             --workspace {stored}, or give this workspace its own --state directory",
+            config.state_dir.display()
+        ))),
+    }
 }
 
 /// A Rust workspace whose validation or fitness needs cargo is refused at

@@ -30,6 +30,7 @@ use records::{ExperienceRecord, IterationRecord};
 
 const RUN_KEY: &[u8] = b"run";
 const PAUSE_REASON_KEY: &[u8] = b"pause_reason";
+const WORKSPACE_KEY: &[u8] = b"workspace";
 /// The second witness of what was committed, beside the store: a plain file
 /// holding the last committed iteration, replaced after every flushed commit.
 /// sled can come back from a damaged file with its last records silently
@@ -169,6 +170,20 @@ impl Store {
         {
             let _writing = self.writing();
             self.meta.insert(RUN_KEY, codec::encode(run)?)?;
+        }
+        self.flush().await
+    }
+
+    /// The workspace (canonical path) this state directory belongs to.
+    pub fn workspace_source(&self) -> Result<Option<String>, StoreError> {
+        self.get(&self.meta, WORKSPACE_KEY, "workspace path")
+    }
+
+    pub async fn put_workspace_source(&self, path: &str) -> Result<(), StoreError> {
+        {
+            let _writing = self.writing();
+            self.meta
+                .insert(WORKSPACE_KEY, codec::encode(&path.to_string())?)?;
         }
         self.flush().await
     }

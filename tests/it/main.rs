@@ -12,6 +12,7 @@ mod crash;
 mod ctl;
 mod daemon;
 mod harness;
+mod instances;
 mod kill9;
 mod mcp;
 mod reliability;
