@@ -48,6 +48,73 @@ impl ConfigError {
     }
 }
 
+impl ConfigError {
+    /// An error found in the user's file merged over the defaults: named by
+    /// its key (`governor.retry_after: ...`) and placed in the user's file,
+    /// the only place a wrong value can come from.
+    pub fn from_merged(file: &Path, user: &str, merged: &str, error: &toml::de::Error) -> Self {
+        let message = error.message().trim().replace('\n', "; ");
+        let Some((section, key)) = error
+            .span()
+            .and_then(|span| key_at(merged, line_and_column(merged, span.start).0))
+        else {
+            return Self::whole_file(file, message);
+        };
+        let name = if section.is_empty() {
+            key.clone()
+        } else {
+            format!("{section}.{key}")
+        };
+        ConfigError {
+            file: file.to_path_buf(),
+            position: line_of_key(user, &section, &key),
+            message: format!("{name}: {message}"),
+        }
+    }
+}
+
+/// The (section, key) of the `key = value` line `line` (1-based) of a TOML
+/// text, the section being the nearest `[header]` above it.
+fn key_at(text: &str, line: usize) -> Option<(String, String)> {
+    let lines: Vec<&str> = text.lines().collect();
+    let key = lines.get(line.checked_sub(1)?)?.split('=').next()?.trim();
+    if key.is_empty() || key.starts_with('[') {
+        return None;
+    }
+    let section = lines[..line - 1]
+        .iter()
+        .rev()
+        .find_map(|l| {
+            let l = l.trim();
+            l.strip_prefix('[')?.strip_suffix(']').map(str::to_string)
+        })
+        .unwrap_or_default();
+    Some((section, key.trim_matches('"').to_string()))
+}
+
+/// Where `key` of `[section]` is written in `text`: line, and the column of
+/// its value.
+fn line_of_key(text: &str, section: &str, key: &str) -> Option<(usize, usize)> {
+    let mut current = String::new();
+    for (index, line) in text.lines().enumerate() {
+        let trimmed = line.trim();
+        if let Some(header) = trimmed.strip_prefix('[').and_then(|l| l.strip_suffix(']')) {
+            current = header.trim().to_string();
+            continue;
+        }
+        let Some((name, _)) = trimmed.split_once('=') else {
+            continue;
+        };
+        if current == section && name.trim().trim_matches('"') == key {
+            let value = line.find('=').map_or(0, |at| {
+                at + 1 + line[at + 1..].len() - line[at + 1..].trim_start().len()
+            });
+            return Some((index + 1, line[..value].chars().count() + 1));
+        }
+    }
+    None
+}
+
 impl fmt::Display for ConfigError {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self.position {

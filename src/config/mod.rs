@@ -265,8 +265,9 @@ pub const PERMISSION_MODES: [&str; 5] = [
 impl Config {
     /// Parses and checks `agent.toml` text; `file` is used in messages only.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
-        let raw: RawConfig =
-            toml::from_str(text).map_err(|error| ConfigError::from_toml(file, text, &error))?;
+        let merged = with_defaults(file, text)?;
+        let raw: RawConfig = toml::from_str(&merged)
+            .map_err(|error| ConfigError::from_merged(file, text, &merged, &error))?;
         if raw.run.goal.trim().is_empty() {
             return Err(ConfigError::whole_file(
                 file,
@@ -446,6 +447,35 @@ impl Config {
         }
         if let Some(max) = overrides.max_iterations {
             self.max_iterations = Some(max);
+        }
+    }
+}
+
+/// The user's file over the embedded default, as TOML text: a file holds
+/// only what it changes. Its syntax is checked on its own text (so errors
+/// point into it); `max_iterations` absent means no limit, so it is never
+/// taken from the default.
+fn with_defaults(file: &Path, text: &str) -> Result<String, ConfigError> {
+    let user: toml::Table =
+        toml::from_str(text).map_err(|error| ConfigError::from_toml(file, text, &error))?;
+    let mut merged: toml::Table = toml::from_str(DEFAULT_AGENT_TOML).map_err(|error| {
+        ConfigError::whole_file(file, format!("the embedded default is invalid: {error}"))
+    })?;
+    if let Some(toml::Value::Table(run)) = merged.get_mut("run") {
+        run.remove("max_iterations");
+    }
+    merge(&mut merged, user);
+    Ok(merged.to_string())
+}
+
+/// Puts `over` on top of `base`: tables merge key by key, values replace.
+fn merge(base: &mut toml::Table, over: toml::Table) {
+    for (key, value) in over {
+        match (base.get_mut(&key), value) {
+            (Some(toml::Value::Table(base)), toml::Value::Table(over)) => merge(base, over),
+            (_, value) => {
+                base.insert(key, value);
+            }
         }
     }
 }

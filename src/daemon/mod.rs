@@ -78,6 +78,7 @@ pub(crate) struct Prepared {
 /// Opens the store, resolves the run (new, resumed, refused), picks the
 /// backend and prepares the worktree; prints the banner.
 async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, RunError> {
+    refuse_bad_input(&config, overrides)?;
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
         RunError::Failed(format!(
             "cannot create the state directory {}: {e}",
@@ -133,6 +134,26 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
         workspace,
         committed,
     })
+}
+
+/// What the command line got wrong is refused before anything is created:
+/// a refused run leaves no state directory behind.
+fn refuse_bad_input(config: &Config, overrides: &Overrides) -> Result<(), RunError> {
+    if overrides
+        .goal
+        .as_deref()
+        .is_some_and(|g| g.trim().is_empty())
+    {
+        return Err(RunError::Usage(
+            "--goal must be a non-empty sentence".into(),
+        ));
+    }
+    if !config.state_dir.join("worktree").exists() && !config.workspace.is_dir() {
+        return Err(RunError::Usage(
+            WorkspaceError::Missing(config.workspace.clone()).to_string(),
+        ));
+    }
+    Ok(())
 }
 
 /// A state directory belongs to one workspace: another `--workspace` on it

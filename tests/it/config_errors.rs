@@ -202,3 +202,71 @@ fn run_refuses_bad_config_before_creating_anything() {
     );
     assert!(!state.exists(), "nothing may be created");
 }
+
+/// Runs `agent config check` on one user file; returns (status, stderr).
+fn check_file(agent_toml: &str) -> (i32, String, tempfile::TempDir) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("mine.toml"), agent_toml).unwrap();
+    let output = Command::new(agent_bin())
+        .args(["config", "check", "--config"])
+        .arg(dir.path().join("mine.toml"))
+        .output()
+        .unwrap();
+    (output.status.code().unwrap(), text(&output.stderr), dir)
+}
+
+#[test]
+fn a_file_holds_only_what_it_changes() {
+    let (code, stderr, _dir) = check_file("[governor]\ntokens_per_day = 5\n");
+    assert_eq!(code, 0, "{stderr}");
+    let (code, stderr, _dir) = check_file("");
+    assert_eq!(code, 0, "an empty file is the default: {stderr}");
+}
+
+#[test]
+fn a_wrong_value_is_named_by_its_key_and_located() {
+    let cases = [
+        ("[governor]\nretry_after = 5\n", 2, "governor.retry_after: "),
+        ("# mine\n[run]\nmode = \"sometimes\"\n", 3, "run.mode: "),
+        (
+            "[validation]\ntimeout = \"forever\"\n",
+            2,
+            "validation.timeout: expected a duration such as \"10s\"",
+        ),
+        (
+            "[cognition]\nmcp_max_concurrent = 0\n",
+            2,
+            "cognition.mcp_max_concurrent: ",
+        ),
+    ];
+    for (file, line, expected) in cases {
+        let (code, stderr, _dir) = check_file(file);
+        assert_eq!(code, 2, "{file}: {stderr}");
+        assert_refused(&stderr, "mine.toml", Some(line), expected);
+    }
+}
+
+#[test]
+fn a_refused_run_leaves_no_state_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    for bad in [
+        vec!["--goal", "  "],
+        vec!["--workspace", "/nonexistent/workspace"],
+    ] {
+        let state = dir.path().join("state");
+        let output = Command::new(agent_bin())
+            .arg("run")
+            .arg("--state")
+            .arg(&state)
+            .args(&bad)
+            .output()
+            .unwrap();
+        assert_eq!(
+            output.status.code(),
+            Some(2),
+            "{bad:?}: {}",
+            text(&output.stderr)
+        );
+        assert!(!state.exists(), "{bad:?} left {} behind", state.display());
+    }
+}
