@@ -44,6 +44,10 @@ pub struct Cli {
     /// Log format on stderr.
     #[arg(long, global = true, value_enum, default_value = "human")]
     pub log_format: LogFormat,
+    /// Log at `info` on a terminal too (by default a terminal gets warnings
+    /// only, beside the one line per iteration); `RUST_LOG` overrides both.
+    #[arg(short, long, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: TopCommand,
 }
@@ -292,6 +296,7 @@ pub fn main(cli: Cli) -> ExitCode {
     #[cfg(feature = "failpoints")]
     let _failpoints = crate::failpoints::setup();
     let format = cli.log_format;
+    crate::telemetry::traces::set_verbose(cli.verbose);
     let code = runtime.block_on(async move {
         if !matches!(cli.command, TopCommand::Run(_)) {
             crate::telemetry::traces::init_logs(format);

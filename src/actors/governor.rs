@@ -61,7 +61,7 @@ pub fn decide(
         && iteration > max
     {
         return Permit::Finished {
-            reason: format!("iteration limit reached ({max} iterations committed)"),
+            reason: format!("the iteration limit of {max} is reached"),
         };
     }
     if snapshot.paused {

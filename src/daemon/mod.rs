@@ -286,20 +286,31 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
     }
     store.put_run(&run).await?;
     store.flush().await?;
-    let committed = store.last_iteration()?.map_or(0, |r| r.number);
+    let committed = committed_summary(store)?;
     match ending {
-        Ending::Finished(reason) => {
-            println!("agent: run finished ({reason}); {committed} iteration(s) committed")
-        }
-        Ending::Stopped => {
-            println!("agent: stopped; {committed} iteration(s) committed, state checkpointed")
-        }
+        Ending::Finished(reason) => println!("agent: run finished ({reason}); {committed}"),
+        Ending::Stopped => println!("agent: stopped, state checkpointed; {committed}"),
         Ending::Escalated(reason) => {
             tracing::error!(%reason, "the supervision tree escalated; state checkpointed");
-            eprintln!(
-                "agent: escalated: {reason}; {committed} iteration(s) committed, state checkpointed"
-            );
+            eprintln!("agent: escalated: {reason}; state checkpointed; {committed}");
         }
     }
     Ok(())
+}
+
+/// "12 iteration(s) committed: 5 changes kept, 4 no-change, 2 rejected, 1 failed"
+fn committed_summary(store: &Store) -> Result<String, RunError> {
+    let iterations = store.iterations(usize::MAX)?;
+    let count = |outcome: crate::domain::Outcome| {
+        iterations.iter().filter(|i| i.outcome == outcome).count()
+    };
+    use crate::domain::Outcome::{Accepted, JobFailed, NoChange, Rejected};
+    Ok(format!(
+        "{} iteration(s) committed: {} change(s) kept, {} no-change, {} rejected, {} failed",
+        iterations.len(),
+        count(Accepted),
+        count(NoChange),
+        count(Rejected),
+        count(JobFailed)
+    ))
 }

@@ -112,14 +112,40 @@ impl Telemetry {
     }
 }
 
+/// `-v`: log at `info` on a terminal too.
+static VERBOSE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Asks for `info` logs even on a terminal (`agent -v`).
+pub fn set_verbose(verbose: bool) {
+    VERBOSE.store(verbose, std::sync::atomic::Ordering::Relaxed);
+}
+
+/// `RUST_LOG` when set; else `info` — or `warn` when a person reads stderr
+/// on a terminal (the daemon prints one line per iteration on stdout, the
+/// logs would say each twice), unless `-v`.
 fn log_filter() -> EnvFilter {
-    EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new("info,sled=warn,rmcp=warn"))
+    use std::io::IsTerminal;
+    let level =
+        if std::io::stderr().is_terminal() && !VERBOSE.load(std::sync::atomic::Ordering::Relaxed) {
+            "warn"
+        } else {
+            "info"
+        };
+    EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| EnvFilter::new(format!("{level},sled=warn,rmcp=warn")))
+}
+
+/// Colours only for a person: stderr is a terminal and `NO_COLOR` is unset.
+fn colours() -> bool {
+    use std::io::IsTerminal;
+    std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty())
 }
 
 /// Logs only (every command but `run`, and `run` without an endpoint).
 pub fn init_logs(format: LogFormat) {
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colours())
         .with_target(false);
     let _ = match format {
         LogFormat::Human => tracing_subscriber::registry()
@@ -149,6 +175,7 @@ pub fn init(format: LogFormat, export: Option<&Export>) -> Result<Telemetry, Str
         .with_filter(ours);
     let fmt = tracing_subscriber::fmt::layer()
         .with_writer(std::io::stderr)
+        .with_ansi(colours())
         .with_target(false);
     let registry = tracing_subscriber::registry().with(otel);
     let installed = match format {

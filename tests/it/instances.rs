@@ -197,3 +197,108 @@ fn a_state_directory_of_another_workspace_is_refused_with_the_one_it_belongs_to(
         "{stderr}"
     );
 }
+
+/// A run's human output with what changes between runs replaced: the
+/// temporary directory, commit ids and durations.
+fn normalized(output: &str, dir: &Path) -> String {
+    let dir = dir.display().to_string();
+    output
+        .lines()
+        .map(|line| {
+            let mut line = line.replace(&dir, "<DIR>");
+            if let Some(at) = line.find("commit ") {
+                let start = at + "commit ".len();
+                let end = (start + 10).min(line.len());
+                line.replace_range(start..end, "<HASH>");
+            }
+            if line.starts_with("iteration ")
+                && let Some(open) = line.rfind(" (")
+            {
+                line.truncate(open);
+                line.push_str(" (<T>)");
+            }
+            line
+        })
+        .collect::<Vec<_>>()
+        .join("\n")
+}
+
+#[test]
+fn the_human_output_of_a_short_run_is_one_line_per_iteration_and_what_was_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut command = std::process::Command::new(crate::harness::agent_bin());
+    crate::harness::clean_environment(&mut command);
+    let output = command
+        .args(["run", "--state"])
+        .arg(&state)
+        .args(args(&config, &workspace))
+        .args(["--max-iterations", "3"])
+        .env("FAKE_CLAUDE_MODE", "edit")
+        .env_remove("NO_COLOR")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert!(output.status.success(), "{stderr}");
+    let expected = "\
+agent: goal \"Reduce the compiler and clippy warnings of the workspace without breaking its tests\"
+agent: backend claude-cli — claude-cli backend chosen in configuration
+agent: worktree <DIR>/state/worktree (from <DIR>/workspace), state <DIR>/state, 0 iteration(s) committed so far
+iteration   1  claude-edit              accepted   claude-edit accepted: 1 file(s), fitness 1 → 1, commit <HASH> (<T>)
+iteration   2  claude-edit              accepted   claude-edit accepted: 1 file(s), fitness 1 → 1, commit <HASH> (<T>)
+iteration   3  claude-edit              accepted   claude-edit accepted: 1 file(s), fitness 1 → 1, commit <HASH> (<T>)
+agent: run finished (the iteration limit of 3 is reached); 3 iteration(s) committed: 3 change(s) kept, 0 no-change, 0 rejected, 0 failed";
+    assert_eq!(normalized(&stdout, dir.path()), expected);
+    // Redirected, the logs carry no colour codes.
+    assert!(!stderr.contains('\u{1b}'), "{stderr}");
+    assert!(!stdout.contains('\u{1b}'), "{stdout}");
+}
+
+#[test]
+fn on_a_terminal_each_iteration_is_one_line_and_no_colour_with_no_color() {
+    // `script` (util-linux) gives the run a terminal.
+    if std::process::Command::new("script")
+        .arg("--version")
+        .output()
+        .is_err()
+    {
+        eprintln!("skipped: `script` (util-linux) is not installed, so no terminal can be given");
+        return;
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let run = format!(
+        "{} run --state {} --config {} --workspace {} --max-iterations 2",
+        crate::harness::agent_bin().display(),
+        state.display(),
+        config.display(),
+        workspace.display()
+    );
+    let mut command = std::process::Command::new("script");
+    crate::harness::clean_environment(&mut command);
+    let output = command
+        .args(["-qec", &run, "/dev/null"])
+        .env("FAKE_CLAUDE_MODE", "edit")
+        .env("NO_COLOR", "1")
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    let screen = text(&output.stdout).replace('\r', "");
+    assert!(output.status.success(), "{screen}");
+    let lines: Vec<&str> = screen.lines().collect();
+    let iterations = lines.iter().filter(|l| l.starts_with("iteration ")).count();
+    assert_eq!(iterations, 2, "{screen}");
+    assert!(
+        !screen.contains("INFO"),
+        "a terminal gets no info logs beside the iteration lines: {screen}"
+    );
+    assert!(!screen.contains('\u{1b}'), "NO_COLOR: {screen}");
+    assert!(
+        lines.last().unwrap().contains("2 change(s) kept"),
+        "{screen}"
+    );
+}
