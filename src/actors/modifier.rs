@@ -196,6 +196,16 @@ impl Actor for Modifier {
                     let _ = reply.send(result);
                 });
             }
+            ModifierMsg::Baseline(reply) => {
+                let ctx = state.ctx.clone();
+                let span = tracing::info_span!("modifier.baseline", actor = KIND.name());
+                state.work.spawn(
+                    async move {
+                        let _ = reply.send(baseline(&ctx).await.map_err(ActorError::Workspace));
+                    }
+                    .instrument(span),
+                );
+            }
             ModifierMsg::Reload(reply) => {
                 state.work.abort_all();
                 let _ = reply.send(state.restore());
@@ -410,6 +420,24 @@ async fn approval(
             fitness_after: Some(fitness_after),
         }),
     }
+}
+
+/// The validation command on the worktree as prepared (the base): `Some`
+/// with what failed, in one line.
+async fn baseline(ctx: &Context) -> Result<Option<String>, String> {
+    let spec = CommandSpec::shell(
+        &ctx.config.validation_command,
+        &ctx.workspace.path,
+        ctx.config.validation_timeout,
+    );
+    let finished = process::run(&spec).await.map_err(|e| e.to_string())?;
+    Ok((!finished.success()).then(|| {
+        format!(
+            "validation `{}` fails at the base, before any change: {}",
+            ctx.config.validation_command,
+            finished.first_error_line()
+        )
+    }))
 }
 
 /// Validation then fitness; `Err` carries the rejection.

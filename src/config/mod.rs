@@ -118,6 +118,19 @@ struct RawValidation {
     command: Option<String>,
     fitness: Option<String>,
     timeout: HumanDuration,
+    failing_base: Option<FailingBase>,
+}
+
+/// What a run does when validation already fails on its base, before any
+/// change (`[validation] failing_base`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum FailingBase {
+    /// Pause with the error line until an operator fixes it and resumes.
+    Pause,
+    /// Go on: the goal is to make validation pass (changes are still kept
+    /// only when validation passes).
+    Proceed,
 }
 
 #[derive(Debug, Deserialize)]
@@ -237,6 +250,7 @@ pub struct Config {
     pub validation_command: String,
     pub fitness: Fitness,
     pub validation_timeout: Duration,
+    pub failing_base: FailingBase,
     pub tokens_per_day: u64,
     pub permit_retry_after: Duration,
     /// How long a change waits for an operator in supervised mode.
@@ -377,6 +391,7 @@ impl Config {
                 .unwrap_or_else(|| "cargo test".to_string()),
             fitness,
             validation_timeout: raw.validation.timeout.0,
+            failing_base: raw.validation.failing_base.unwrap_or(FailingBase::Pause),
             tokens_per_day: raw.governor.tokens_per_day.get(),
             permit_retry_after: raw.governor.retry_after.0,
             approval_timeout: raw.governor.approval_timeout.0,

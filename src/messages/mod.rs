@@ -66,6 +66,9 @@ pub enum IterationEnd {
     Finished { reason: String },
     /// Something failed before the commit; the iteration will run again.
     Abandoned { reason: String },
+    /// Validation fails on the base itself, before any change (and the
+    /// configuration says to pause then).
+    BaseFails { reason: String },
     /// Every actor is back at its committed state.
     Reverted,
 }
@@ -183,6 +186,9 @@ pub enum ModifierMsg {
         keep_worktree: bool,
         reply: RpcReplyPort<Result<Prepared, ActorError>>,
     },
+    /// Run validation on the prepared base, before any change: `Some` with
+    /// the first error line when it fails there.
+    Baseline(RpcReplyPort<Result<Option<String>, ActorError>>),
     /// Reload the committed snapshot without touching the worktree.
     Reload(RpcReplyPort<Result<(), ActorError>>),
     Status(RpcReplyPort<ModifierStatus>),

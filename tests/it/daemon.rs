@@ -400,10 +400,15 @@ fn a_change_that_fails_validation_is_rolled_back_to_the_base_commit_and_clean() 
     let dir = tempfile::tempdir().unwrap();
     let config = fast_config(
         dir.path(),
-        &[(
-            "command = \"true\"",
-            "command = \"echo tests failed >&2; false\"",
-        )],
+        &[
+            (
+                "command = \"true\"",
+                "command = \"echo tests failed >&2; false\"",
+            ),
+            // Validation fails at the base too: go on, so that the change
+            // itself is judged (the default pauses at the base).
+            ("failing_base = \"pause\"", "failing_base = \"proceed\""),
+        ],
     );
     let (_, state) = run_once(dir.path(), &config, &[], &[("FAKE_CLAUDE_MODE", "edit")]);
     let records = history(&state);

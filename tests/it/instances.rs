@@ -302,3 +302,76 @@ fn on_a_terminal_each_iteration_is_one_line_and_no_colour_with_no_color() {
         "{screen}"
     );
 }
+
+/// A validation suite that fails at the base, as a broken test would.
+fn failing_suite(dir: &Path) -> String {
+    let suite = dir.join("suite.sh");
+    std::fs::write(
+        &suite,
+        "echo 'running 1 test' >&2\necho 'error: test adds ... FAILED' >&2\nexit 101\n",
+    )
+    .unwrap();
+    format!("command = \"sh {}\"", suite.display())
+}
+
+#[test]
+fn a_base_whose_validation_fails_is_reported_and_pauses_the_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let validation = failing_suite(dir.path());
+    let config = fast_config(dir.path(), &[("command = \"true\"", &validation)]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::start(
+        &state,
+        &args(&config, &workspace),
+        &[("FAKE_CLAUDE_MODE", "edit")],
+    );
+    let paused = daemon.wait_status("the pause on a failing base", WAIT, |s| {
+        s["run_state"] == "paused"
+    });
+    let reason = paused["pause_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.contains("fails at the base, before any change: error: test adds ... FAILED"),
+        "{paused}"
+    );
+    assert_eq!(Daemon::committed(&paused), 0);
+    assert!(
+        !stdout_of(&daemon).contains("abandoned"),
+        "no attempt is blamed on a capability: {}",
+        daemon.logs()
+    );
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success());
+}
+
+#[test]
+fn with_failing_base_proceed_the_run_goes_on_from_a_failing_base() {
+    let dir = tempfile::tempdir().unwrap();
+    let validation = failing_suite(dir.path());
+    let config = fast_config(
+        dir.path(),
+        &[
+            ("command = \"true\"", &validation),
+            ("failing_base = \"pause\"", "failing_base = \"proceed\""),
+        ],
+    );
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::start(
+        &state,
+        &args(&config, &workspace),
+        &[("FAKE_CLAUDE_MODE", "edit")],
+    );
+    let status = daemon.wait_status("iterations on a failing base", WAIT, |s| {
+        Daemon::committed(s) >= 2
+    });
+    assert_eq!(status["run_state"], "running");
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success());
+    // Changes are still kept only when validation passes.
+    let history = crate::harness::history(&state);
+    assert!(
+        history.iter().all(|h| h["outcome"] == "rejected"),
+        "{history:?}"
+    );
+}

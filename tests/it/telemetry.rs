@@ -586,6 +586,8 @@ fn an_alert_reaches_the_log_and_the_webhook_and_a_dead_webhook_blocks_nothing() 
                 ("# webhook = \"http://127.0.0.1:9000/alerts\"", &hook),
                 ("no_progress_iterations = 5", "no_progress_iterations = 2"),
                 ("command = \"true\"", "command = \"false\""),
+                // It fails at the base too: go on rather than pause there.
+                ("failing_base = \"pause\"", "failing_base = \"proceed\""),
             ],
         );
         let workspace = tiny_crate(dir.path());

@@ -44,6 +44,9 @@ pub enum StepError {
     Plan(#[from] PlanError),
     #[error("commit failed: {0}")]
     Commit(#[from] StoreError),
+    /// Validation fails on the base: no change can be judged.
+    #[error("{0}")]
+    BaseFails(String),
 }
 
 /// One attempt at iteration `iteration`, from the permit to the commit.
@@ -52,6 +55,7 @@ pub(super) async fn drive(
     snapshot: PlannerSnapshot,
     iteration: u64,
     links: Vec<SpanLink>,
+    check_base: bool,
 ) -> IterationEnd {
     if let Err(end) = permit(ctx, iteration).await {
         return end;
@@ -72,7 +76,7 @@ pub(super) async fn drive(
     crate::telemetry::link_pending(&root, links);
     ctx.events.emit(Event::IterationStarted { iteration });
     root.in_scope(|| step(ctx, iteration, "permit", "granted".into()));
-    match run_steps(ctx, snapshot, iteration)
+    match run_steps(ctx, snapshot, iteration, check_base)
         .instrument(root.clone())
         .await
     {
@@ -86,6 +90,10 @@ pub(super) async fn drive(
                 root.record("fitness.after", after);
             }
             IterationEnd::Committed(committed)
+        }
+        Err(StepError::BaseFails(reason)) => {
+            root.record("outcome", "base-fails");
+            IterationEnd::BaseFails { reason }
         }
         Err(error) => {
             let reason = error.to_string();
@@ -102,9 +110,13 @@ async fn run_steps(
     ctx: &Context,
     snapshot: PlannerSnapshot,
     iteration: u64,
+    check_base: bool,
 ) -> Result<Iteration, StepError> {
     let started = Instant::now();
     let prepared = prepare(ctx, iteration).await?;
+    if check_base {
+        baseline(ctx, iteration).await?;
+    }
     let (capabilities, advice) = advise().await?;
     let research = research(ctx, &snapshot.goal).await?;
     let plan = plan(
@@ -222,6 +234,30 @@ async fn prepare(ctx: &Context, iteration: u64) -> Result<Prepared, StepError> {
         ),
     );
     Ok(prepared)
+}
+
+/// Validation on the base, once per run (and goal): a base that already
+/// fails cannot judge a change. With `failing_base = "pause"` the attempt
+/// ends there; with `"proceed"` it is said and the run goes on.
+async fn baseline(ctx: &Context, iteration: u64) -> Result<(), StepError> {
+    let fails = messages::call(ActorKind::Modifier, slow(ctx), ModifierMsg::Baseline).await??;
+    let Some(reason) = fails else {
+        step(
+            ctx,
+            iteration,
+            "baseline",
+            "validation passes at the base".into(),
+        );
+        return Ok(());
+    };
+    step(ctx, iteration, "baseline", reason.clone());
+    match ctx.config.failing_base {
+        crate::config::FailingBase::Pause => Err(StepError::BaseFails(reason)),
+        crate::config::FailingBase::Proceed => {
+            tracing::warn!(%reason, "proceeding: the goal is to make validation pass");
+            Ok(())
+        }
+    }
 }
 
 /// The backend's capabilities, ranked by the learner.

@@ -64,6 +64,9 @@ pub struct PlannerState {
     failures: u32,
     /// Why the run is paused, while it is.
     pause_reason: Option<String>,
+    /// Validation was seen to pass (or to fail, when the run proceeds) on
+    /// the base of this run and goal.
+    base_checked: bool,
 }
 
 impl Actor for Planner {
@@ -99,6 +102,7 @@ impl Actor for Planner {
             links: Vec::new(),
             failures: 0,
             pause_reason: None,
+            base_checked: false,
         })
     }
 
@@ -118,8 +122,9 @@ impl Actor for Planner {
                 let snapshot = state.snapshot.clone();
                 let me = myself.clone();
                 let links = std::mem::take(&mut state.links);
+                let check_base = !state.base_checked;
                 let task = tokio::spawn(async move {
-                    let end = iteration::drive(&ctx, snapshot, iteration, links).await;
+                    let end = iteration::drive(&ctx, snapshot, iteration, links, check_base).await;
                     let _ = me.cast(PlannerMsg::IterationEnded { iteration, end });
                 });
                 state.in_flight = Some(InFlight {
@@ -194,6 +199,8 @@ impl Actor for Planner {
                     Err(error) => Err(ActorError::Store(error.to_string())),
                 };
                 if result.is_ok() {
+                    // A new goal is judged from its own base check.
+                    state.base_checked = false;
                     tracing::info!(%goal, "goal changed by an operator");
                     state.snapshot.goal = goal.clone();
                     state.ctx.events.emit(Event::GoalChanged { goal });
@@ -253,6 +260,7 @@ fn on_iteration_end(
     match end {
         IterationEnd::Committed(committed) => {
             state.failures = 0;
+            state.base_checked = true;
             state.snapshot.committed = committed.number;
             state.snapshot.last_fitness = committed.head_fitness();
             tracing::info!(
@@ -307,6 +315,22 @@ fn on_iteration_end(
                 });
             }
             let task = tokio::spawn(revert_all(myself.clone(), iteration, pause));
+            state.in_flight = Some(InFlight {
+                iteration,
+                _task: AbortOnDrop(task),
+            });
+        }
+        IterationEnd::BaseFails { reason } => {
+            let why = format!(
+                "{reason}; fix the workspace (or set [validation] failing_base = \"proceed\" when the goal is to make it pass), then `agent ctl resume`"
+            );
+            tracing::error!(iteration, reason = %why, "pausing the run");
+            state.run_state = RunState::Paused;
+            state.pause_reason = Some(why.clone());
+            ctx.events.emit(Event::RunPaused {
+                reason: why.clone(),
+            });
+            let task = tokio::spawn(revert_all(myself.clone(), iteration, Some(why)));
             state.in_flight = Some(InFlight {
                 iteration,
                 _task: AbortOnDrop(task),
