@@ -132,6 +132,10 @@ pub struct RunArgs {
     /// holds, rebuild them from the branch instead of refusing to run.
     #[arg(long)]
     pub recover_from_git: bool,
+    /// The revision of the workspace's repository a new run's branch starts
+    /// from [default: its HEAD]; ignored when the run is resumed.
+    #[arg(long, value_name = "REF")]
+    pub base: Option<String>,
     /// The git repository or directory to improve.
     #[arg(long, value_name = "DIR")]
     pub workspace: Option<PathBuf>,
@@ -225,6 +229,9 @@ pub enum CtlCommand {
     },
     /// Make everything the daemon holds durable; answers after the flush.
     Checkpoint,
+    /// Move the agent branch onto the repository's current HEAD, kept only
+    /// if validation passes there (pause the run first).
+    Rebase,
     /// Make an actor fail on purpose (debug mode or [debug] fault_injection only).
     Fault {
         /// governor | learner | researcher | executor | modifier | planner
@@ -348,6 +355,7 @@ async fn run(args: RunArgs, format: LogFormat) -> u8 {
         goal: args.goal,
         replace_goal: args.replace_goal,
         recover_from_git: args.recover_from_git,
+        base: args.base,
         workspace: args.workspace,
         state: args.state,
         backend: args.backend,
@@ -471,6 +479,7 @@ fn ctl_command(command: CtlCommand) -> Result<Command, String> {
         CtlCommand::Approve { id } => Command::Approve { id },
         CtlCommand::Reject { id, reason } => Command::Reject { id, reason },
         CtlCommand::Checkpoint => Command::Checkpoint,
+        CtlCommand::Rebase => Command::Rebase,
         CtlCommand::Fault { actor, fault } => Command::Fault { actor, fault },
         CtlCommand::Watch => Command::Watch,
         CtlCommand::History { last } => Command::History { last: Some(last) },

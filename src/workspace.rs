@@ -62,6 +62,23 @@ pub enum WorkspaceError {
         "the branch {branch} is checked out by another worktree (another agent instance, or the user); stop that instance or give this run its own --state directory"
     )]
     Held { branch: String },
+    #[error("--base {0} names no commit of the workspace's repository")]
+    UnknownBase(String),
+    #[error(
+        "an imported workspace has no repository to follow; only a linked worktree can be rebased"
+    )]
+    NoBase,
+    #[error("commit {0} conflicts with the repository's HEAD; the branch stays where it was")]
+    Conflict(String),
+}
+
+/// The branch's commits replayed onto the repository's HEAD.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Replayed {
+    pub base: String,
+    pub old_head: String,
+    pub new_head: String,
+    pub replayed: usize,
 }
 
 /// The agent's worktree.
@@ -74,14 +91,17 @@ impl Workspace {
     /// Opens the agent's worktree under `state_dir`, creating it from `source`
     /// the first time.
     pub fn prepare(source: &Path, state_dir: &Path) -> Result<Workspace, WorkspaceError> {
-        Self::prepare_with_notices(source, state_dir).map(|(workspace, _)| workspace)
+        Self::prepare_with_notices(source, state_dir, None).map(|(workspace, _)| workspace)
     }
 
     /// Like [`Workspace::prepare`], with what a person should be told: work
     /// that was kept on a rescue ref rather than discarded.
+    /// A new branch starts at `base` (a revision of the source repository),
+    /// by default its HEAD.
     pub fn prepare_with_notices(
         source: &Path,
         state_dir: &Path,
+        base: Option<&str>,
     ) -> Result<(Workspace, Vec<String>), WorkspaceError> {
         let path = state_dir.join("worktree");
         if Repository::open(&path).is_ok() {
@@ -99,11 +119,70 @@ impl Workspace {
             .is_some_and(|workdir| workdir == source);
         if is_repo_root {
             let branch = instance_branch(state_dir);
-            notices.extend(add_linked_worktree(&source, &path, &branch)?);
+            notices.extend(add_linked_worktree(&source, &path, &branch, base)?);
         } else {
             import_directory(&source, &path)?;
         }
         Ok((Workspace { path }, notices))
+    }
+
+    /// Replays the branch's own commits (since it forked from the
+    /// repository's HEAD) onto that HEAD, as new commits; the branch does
+    /// not move. `None` when the branch is not behind. A conflict is an
+    /// error that names the commit.
+    pub fn replay_onto_base(&self) -> Result<Option<Replayed>, WorkspaceError> {
+        let repo = self.repo()?;
+        if !repo.is_worktree() {
+            return Err(WorkspaceError::NoBase);
+        }
+        let main = Repository::open(repo.commondir())?;
+        let base = main.head()?.peel_to_commit()?.id();
+        let own = repo.head()?.peel_to_commit()?;
+        let (_, behind) = repo.graph_ahead_behind(own.id(), base)?;
+        if behind == 0 {
+            return Ok(None);
+        }
+        let fork = repo.merge_base(own.id(), base)?;
+        let mut walk = repo.revwalk()?;
+        walk.push(own.id())?;
+        walk.hide(fork)?;
+        walk.set_sorting(git2::Sort::TOPOLOGICAL | git2::Sort::REVERSE)?;
+        let mut onto = repo.find_commit(base)?;
+        let mut replayed = 0;
+        for id in walk {
+            let commit = repo.find_commit(id?)?;
+            let mut index = repo.cherrypick_commit(&commit, &onto, 0, None)?;
+            if index.has_conflicts() {
+                return Err(WorkspaceError::Conflict(
+                    commit.id().to_string()[..10].to_string(),
+                ));
+            }
+            let tree = repo.find_tree(index.write_tree_to(&repo)?)?;
+            let new = repo.commit(
+                None,
+                &commit.author(),
+                &commit.committer(),
+                commit.message().unwrap_or_default(),
+                &tree,
+                &[&onto],
+            )?;
+            onto = repo.find_commit(new)?;
+            replayed += 1;
+        }
+        Ok(Some(Replayed {
+            base: base.to_string(),
+            old_head: own.id().to_string(),
+            new_head: onto.id().to_string(),
+            replayed,
+        }))
+    }
+
+    /// Keeps `commit` on a rescue ref; returns the ref's name.
+    pub fn keep(&self, commit: &str, why: &str) -> Result<String, WorkspaceError> {
+        let repo = self.repo()?;
+        let name = format!("{RESCUE_PREFIX}{}", now_stamp());
+        repo.reference(&name, Oid::from_str(commit)?, false, why)?;
+        Ok(name)
     }
 
     /// How many commits the repository's HEAD has that this worktree's
@@ -323,9 +402,16 @@ fn add_linked_worktree(
     source: &Path,
     path: &Path,
     branch_name: &str,
+    base: Option<&str>,
 ) -> Result<Vec<String>, WorkspaceError> {
     let repo = Repository::open(source)?;
-    let head = repo.head()?.peel_to_commit()?;
+    let head = match base {
+        None => repo.head()?.peel_to_commit()?,
+        Some(revision) => repo
+            .revparse_single(revision)
+            .and_then(|object| object.peel_to_commit())
+            .map_err(|_| WorkspaceError::UnknownBase(revision.to_string()))?,
+    };
     let mut notices = Vec::new();
     prune_stale_worktrees(&repo)?;
     if let Ok(old) = repo.find_branch(branch_name, BranchType::Local) {
@@ -500,6 +586,39 @@ mod tests {
     }
 
     #[test]
+    fn a_new_branch_starts_at_the_given_base_and_an_unknown_one_is_named() {
+        let dir = tempfile::tempdir().unwrap();
+        let source = dir.path().join("repo");
+        std::fs::create_dir_all(&source).unwrap();
+        let repo = Repository::init(&source).unwrap();
+        let sig = signature().unwrap();
+        let commit = |message: &str, file: &str| {
+            std::fs::write(source.join(file), message).unwrap();
+            let mut index = repo.index().unwrap();
+            index.add_all(["*"], IndexAddOption::DEFAULT, None).unwrap();
+            let tree = repo.find_tree(index.write_tree().unwrap()).unwrap();
+            let parents: Vec<git2::Commit> = repo
+                .head()
+                .ok()
+                .and_then(|h| h.peel_to_commit().ok())
+                .into_iter()
+                .collect();
+            let parents: Vec<&git2::Commit> = parents.iter().collect();
+            repo.commit(Some("HEAD"), &sig, &sig, message, &tree, &parents)
+                .unwrap()
+        };
+        let first = commit("first", "a.txt");
+        commit("second", "b.txt");
+        let state = dir.path().join("state");
+        let unknown = Workspace::prepare_with_notices(&source, &state, Some("no-such-ref"));
+        assert!(matches!(unknown, Err(WorkspaceError::UnknownBase(_))));
+        let (ws, _) =
+            Workspace::prepare_with_notices(&source, &state, Some(&first.to_string())).unwrap();
+        assert_eq!(ws.head().unwrap(), first.to_string());
+        assert_eq!(ws.behind_base().unwrap().map(|(n, _)| n), Some(1));
+    }
+
+    #[test]
     fn a_commit_lands_only_on_the_parent_it_was_made_for() {
         let (_dir, ws) = imported();
         let base = ws.head().unwrap();
@@ -551,7 +670,7 @@ mod tests {
         // the repository's HEAD, keeping the old branch on a rescue ref.
         std::fs::remove_dir_all(dir.path().join("state")).unwrap();
         let (again, notices) =
-            Workspace::prepare_with_notices(&source, &dir.path().join("state")).unwrap();
+            Workspace::prepare_with_notices(&source, &dir.path().join("state"), None).unwrap();
         assert_eq!(again.log().unwrap()[0], "init");
         assert!(
             notices[0].contains("was kept on refs/agent/rescued/"),

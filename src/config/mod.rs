@@ -432,6 +432,8 @@ pub struct Overrides {
     pub replace_goal: bool,
     /// Rebuild iterations the store lost from the agent branch.
     pub recover_from_git: bool,
+    /// The revision a new run's branch starts from (default: HEAD).
+    pub base: Option<String>,
     pub workspace: Option<PathBuf>,
     pub state: Option<PathBuf>,
     pub backend: Option<BackendChoice>,

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use super::protocol::{ErrorKind, WireError};
 use crate::domain::ActorKind;
-use crate::messages::{self, ActorError, GovernorMsg, PeerError, PlannerMsg};
+use crate::messages::{self, ActorError, GovernorMsg, ModifierMsg, PeerError, PlannerMsg};
 use crate::store::ApprovalRecord;
 
 const QUICK: Duration = Duration::from_secs(10);
@@ -59,6 +59,28 @@ pub async fn decide(
         reason,
         reply,
     })
+    .await
+    .map_err(peer_error)?
+    .map_err(actor_error)
+}
+
+/// Moves the agent branch onto the repository's HEAD when validation passes
+/// there. Only a paused, idle run: an iteration must not see its base move.
+pub async fn rebase() -> Result<String, WireError> {
+    let planner = messages::call(ActorKind::Planner, QUICK, PlannerMsg::Status)
+        .await
+        .map_err(peer_error)?;
+    if planner.run_state != crate::domain::RunState::Paused || planner.in_flight.is_some() {
+        return Err(WireError::new(
+            ErrorKind::Refused,
+            "pause the run first (`agent ctl pause`) and wait until no iteration is in flight",
+        ));
+    }
+    messages::call(
+        ActorKind::Modifier,
+        Duration::from_secs(600),
+        ModifierMsg::Rebase,
+    )
     .await
     .map_err(peer_error)?
     .map_err(actor_error)

@@ -69,6 +69,8 @@ pub enum Command {
         #[serde(default)]
         last: Option<usize>,
     },
+    /// Move the agent branch onto the repository's HEAD (paused, idle run).
+    Rebase,
     /// Write a consistent copy of the store to `to` (an absolute path).
     Backup {
         to: String,

@@ -386,6 +386,7 @@ fn command_name(command: &Command) -> &'static str {
         Command::Watch => "watch",
         Command::History { .. } => "history",
         Command::Backup { .. } => "backup",
+        Command::Rebase => "rebase",
     }
 }
 
@@ -489,6 +490,7 @@ async fn dispatch(command: Command, context: &ServerContext) -> Result<Reply, Wi
             ErrorKind::Internal,
             "watch is served as a stream",
         )),
+        Command::Rebase => operations::rebase().await.map(done),
         Command::Backup { to } => {
             let (bytes, iterations) = context
                 .store

@@ -97,16 +97,18 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
     let belongs_to = same_workspace(&store, &config).await?;
     let source = config.workspace.clone();
     let state_dir = config.state_dir.clone();
-    let (workspace, notices) =
-        tokio::task::spawn_blocking(move || Workspace::prepare_with_notices(&source, &state_dir))
-            .await
-            .map_err(|e| RunError::Failed(e.to_string()))?
-            .map_err(|e| match e {
-                WorkspaceError::Missing(_) | WorkspaceError::Held { .. } => {
-                    RunError::Usage(e.to_string())
-                }
-                other => RunError::Failed(format!("cannot prepare the worktree: {other}")),
-            })?;
+    let base = overrides.base.clone();
+    let (workspace, notices) = tokio::task::spawn_blocking(move || {
+        Workspace::prepare_with_notices(&source, &state_dir, base.as_deref())
+    })
+    .await
+    .map_err(|e| RunError::Failed(e.to_string()))?
+    .map_err(|e| match e {
+        WorkspaceError::Missing(_)
+        | WorkspaceError::Held { .. }
+        | WorkspaceError::UnknownBase(_) => RunError::Usage(e.to_string()),
+        other => RunError::Failed(format!("cannot prepare the worktree: {other}")),
+    })?;
     for notice in notices {
         println!("agent: {notice}");
     }

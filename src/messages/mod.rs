@@ -189,6 +189,14 @@ pub enum ModifierMsg {
     /// Run validation on the prepared base, before any change: `Some` with
     /// the first error line when it fails there.
     Baseline(RpcReplyPort<Result<Option<String>, ActorError>>),
+    /// Move the branch onto the repository's HEAD when validation passes
+    /// there (the run must be paused and idle); answers what was done.
+    Rebase(RpcReplyPort<Result<String, ActorError>>),
+    /// The branch moved on purpose (a rebase): the new committed head,
+    /// written at once.
+    Moved {
+        head: String,
+    },
     /// Reload the committed snapshot without touching the worktree.
     Reload(RpcReplyPort<Result<(), ActorError>>),
     Status(RpcReplyPort<ModifierStatus>),

@@ -375,3 +375,81 @@ fn with_failing_base_proceed_the_run_goes_on_from_a_failing_base() {
         "{history:?}"
     );
 }
+
+#[test]
+fn ctl_rebase_moves_the_branch_onto_the_main_line_only_when_validation_passes_there() {
+    let dir = tempfile::tempdir().unwrap();
+    // Validation fails when the main line's CHANGELOG says "broken".
+    let suite = dir.path().join("suite.sh");
+    std::fs::write(
+        &suite,
+        "if grep -q broken CHANGELOG.md 2>/dev/null; then echo 'error: the changelog is broken' >&2; exit 1; fi\n",
+    )
+    .unwrap();
+    let validation = format!("command = \"sh {}\"", suite.display());
+    let config = fast_config(dir.path(), &[("command = \"true\"", &validation)]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::start(
+        &state,
+        &args(&config, &workspace),
+        &[("FAKE_CLAUDE_MODE", "edit")],
+    );
+    daemon.wait_status("two iterations", WAIT, |s| Daemon::committed(s) >= 2);
+    let refused = daemon.ctl(&["rebase"]);
+    assert_eq!(
+        refused.status.code(),
+        Some(1),
+        "a running run is not rebased"
+    );
+    assert!(
+        text(&refused.stderr).contains("pause the run first"),
+        "{}",
+        text(&refused.stderr)
+    );
+    assert!(daemon.ctl(&["pause"]).status.success());
+    daemon.wait_status("paused and idle", WAIT, |s| {
+        s["run_state"] == "paused" && s["in_flight"].is_null()
+    });
+    let worktree = Repository::open(state.join("worktree")).unwrap();
+    let before = worktree.head().unwrap().peel_to_commit().unwrap().id();
+
+    std::fs::write(workspace.join("CHANGELOG.md"), "broken\n").unwrap();
+    commit_all(&workspace, "main: a broken changelog");
+    let failed = daemon.ctl(&["rebase"]);
+    assert_eq!(failed.status.code(), Some(1));
+    assert!(
+        text(&failed.stderr).contains("error: the changelog is broken")
+            && text(&failed.stderr).contains("the branch stays where it was"),
+        "{}",
+        text(&failed.stderr)
+    );
+    assert_eq!(
+        worktree.head().unwrap().peel_to_commit().unwrap().id(),
+        before
+    );
+
+    std::fs::write(workspace.join("CHANGELOG.md"), "fixed\n").unwrap();
+    let main_commit = commit_all(&workspace, "main: a fixed changelog");
+    let rebased = daemon.ctl(&["rebase"]);
+    assert!(rebased.status.success(), "{}", text(&rebased.stderr));
+    let said = text(&rebased.stdout);
+    assert!(
+        said.starts_with("rebased ") && said.contains(" commit(s) onto the repository's HEAD"),
+        "{said}"
+    );
+    let head = worktree.head().unwrap().peel_to_commit().unwrap();
+    assert!(
+        worktree
+            .graph_descendant_of(head.id(), git2::Oid::from_str(&main_commit).unwrap())
+            .unwrap()
+    );
+    let status = daemon.status().unwrap();
+    let committed = Daemon::committed(&status);
+    assert!(daemon.ctl(&["resume"]).status.success());
+    daemon.wait_status("an iteration on the new base", WAIT, |s| {
+        Daemon::committed(s) > committed
+    });
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
+}
