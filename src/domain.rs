@@ -415,6 +415,27 @@ named_enum! {
     }
 }
 
+/// Committed iterations by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct OutcomeCounts {
+    /// Accepted: changes kept.
+    pub kept: u64,
+    pub no_change: u64,
+    pub rejected: u64,
+    pub failed: u64,
+}
+
+impl OutcomeCounts {
+    pub fn add(&mut self, outcome: Outcome) {
+        match outcome {
+            Outcome::Accepted => self.kept += 1,
+            Outcome::NoChange => self.no_change += 1,
+            Outcome::Rejected => self.rejected += 1,
+            Outcome::JobFailed => self.failed += 1,
+        }
+    }
+}
+
 /// The planner's view, for status.
 #[derive(Debug, Clone, PartialEq)]
 pub struct PlannerStatus {
@@ -428,6 +449,7 @@ pub struct PlannerStatus {
     pub pause_reason: Option<String>,
     /// Attempts abandoned in a row since the last commit.
     pub failures: u32,
+    pub outcomes: OutcomeCounts,
 }
 
 /// The modifier's view, for `send modifier status`.

@@ -271,9 +271,10 @@ fn render_status(status: &StatusReply) -> String {
         .in_flight
         .map(|n| format!(" (iteration {n} in flight)"))
         .unwrap_or_default();
+    let o = status.outcomes;
     out.push_str(&format!(
-        "iterations: {} committed{in_flight}\n",
-        status.iteration
+        "iterations: {} committed{in_flight}: {} change(s) kept, {} no-change, {} rejected, {} failed\n",
+        status.iteration, o.kept, o.no_change, o.rejected, o.failed
     ));
     if let Some(fitness) = status.fitness {
         out.push_str(&format!("fitness:    {fitness}\n"));

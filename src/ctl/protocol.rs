@@ -139,6 +139,9 @@ pub struct StatusReply {
     /// Attempts abandoned in a row since the last commit.
     #[serde(default)]
     pub failures: u32,
+    /// Committed iterations by outcome: changes kept, no-change, rejected, failed.
+    #[serde(default)]
+    pub outcomes: OutcomeCounts,
     pub backend: String,
     pub mode: String,
     pub actors: Vec<ActorStatus>,
@@ -151,6 +154,15 @@ pub struct ActorStatus {
     pub status: String,
     pub restarts: u32,
     pub last_error: Option<String>,
+}
+
+/// Committed iterations by outcome.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]
+pub struct OutcomeCounts {
+    pub kept: u64,
+    pub no_change: u64,
+    pub rejected: u64,
+    pub failed: u64,
 }
 
 /// `agent ctl tree`.

@@ -557,6 +557,12 @@ async fn status(context: &ServerContext) -> Result<StatusReply, WireError> {
         fitness: planner.last_fitness,
         pause_reason: planner.pause_reason,
         failures: planner.failures,
+        outcomes: super::protocol::OutcomeCounts {
+            kept: planner.outcomes.kept,
+            no_change: planner.outcomes.no_change,
+            rejected: planner.outcomes.rejected,
+            failed: planner.outcomes.failed,
+        },
         backend: context.backend.clone(),
         mode: context.mode.clone(),
         actors: children

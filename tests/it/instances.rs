@@ -366,6 +366,12 @@ fn with_failing_base_proceed_the_run_goes_on_from_a_failing_base() {
         Daemon::committed(s) >= 2
     });
     assert_eq!(status["run_state"], "running");
+    // Status counts the outcomes apart: nothing kept, all rejected.
+    let outcomes = &status["outcomes"];
+    assert_eq!(outcomes["kept"], 0, "{status}");
+    assert_eq!(outcomes["rejected"], status["iteration"], "{status}");
+    let human = text(&daemon.ctl(&["status"]).stdout);
+    assert!(human.contains("0 change(s) kept"), "{human}");
     assert!(daemon.ctl(&["stop"]).status.success());
     assert!(daemon.wait_exit(WAIT).success());
     // Changes are still kept only when validation passes.

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::{Context, inject, load_snapshot, make_snapshot};
-use crate::domain::{ActorKind, PlannerStatus, RunPhase, RunState};
+use crate::domain::{ActorKind, OutcomeCounts, PlannerStatus, RunPhase, RunState};
 use crate::events::Event;
 use crate::messages::{
     self, ActorError, Common, ExecutorMsg, GovernorMsg, IterationEnd, ModifierMsg, PlannerMsg,
@@ -64,6 +64,8 @@ pub struct PlannerState {
     failures: u32,
     /// Why the run is paused, while it is.
     pause_reason: Option<String>,
+    /// Committed iterations by outcome (counted from the store at start).
+    outcomes: OutcomeCounts,
     /// Validation was seen to pass (or to fail, when the run proceeds) on
     /// the base of this run and goal.
     base_checked: bool,
@@ -80,6 +82,10 @@ impl Actor for Planner {
         ctx: Context,
     ) -> Result<Self::State, ActorProcessingErr> {
         let committed = ctx.store.last_iteration()?.map_or(0, |r| r.number);
+        let mut outcomes = OutcomeCounts::default();
+        for iteration in ctx.store.iterations(usize::MAX)? {
+            outcomes.add(iteration.outcome);
+        }
         let mut snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or(PlannerSnapshot {
             goal: ctx.config.goal.clone(),
             committed,
@@ -103,6 +109,7 @@ impl Actor for Planner {
             failures: 0,
             pause_reason: None,
             base_checked: false,
+            outcomes,
         })
     }
 
@@ -153,6 +160,7 @@ impl Actor for Planner {
                     last_fitness: state.snapshot.last_fitness,
                     pause_reason: state.pause_reason.clone(),
                     failures: state.failures,
+                    outcomes: state.outcomes,
                 });
             }
             PlannerMsg::Paused(paused) => {
@@ -261,6 +269,7 @@ fn on_iteration_end(
         IterationEnd::Committed(committed) => {
             state.failures = 0;
             state.base_checked = true;
+            state.outcomes.add(committed.outcome);
             state.snapshot.committed = committed.number;
             state.snapshot.last_fitness = committed.head_fitness();
             tracing::info!(
