@@ -59,9 +59,9 @@ pub enum WorkspaceError {
     )]
     Moved { expected: String },
     #[error(
-        "the branch {branch} is checked out by another worktree (another agent instance, or the user); stop that instance or give this run its own --state directory"
+        "the branch {branch} is checked out in {holder} (another agent instance's state directory, or a checkout of the user's); stop that instance or give this run its own --state directory"
     )]
-    Held { branch: String },
+    Held { branch: String, holder: String },
     #[error("--base {0} names no commit of the workspace's repository")]
     UnknownBase(String),
     #[error(
@@ -427,7 +427,7 @@ fn add_linked_worktree(
     }
     let branch = repo
         .branch(branch_name, &head, true)
-        .map_err(|error| held_elsewhere(error, branch_name))?;
+        .map_err(|error| held_elsewhere(&repo, error, branch_name))?;
     if let Some(parent) = path.parent() {
         std::fs::create_dir_all(parent)?;
     }
@@ -437,19 +437,36 @@ fn add_linked_worktree(
     // Worktree names must be unique in the source repository.
     let name = format!("agent-{}", std::process::id());
     repo.worktree(&name, path, Some(&options))
-        .map_err(|error| held_elsewhere(error, branch_name))?;
+        .map_err(|error| held_elsewhere(&repo, error, branch_name))?;
     exclude_build_output(&Repository::open(path)?)?;
     Ok(notices)
 }
 
-/// A branch checked out by another worktree, named in one sentence.
-fn held_elsewhere(error: git2::Error, branch: &str) -> WorkspaceError {
-    if error.class() == git2::ErrorClass::Worktree || error.message().contains("checked out") {
-        WorkspaceError::Held {
+/// A branch checked out by another worktree, named in one sentence with
+/// the worktree that holds it (for an agent's, its state directory).
+fn held_elsewhere(repo: &Repository, error: git2::Error, branch: &str) -> WorkspaceError {
+    let wanted = format!("refs/heads/{branch}");
+    let holder = repo.worktrees().ok().and_then(|names| {
+        names.iter().flatten().find_map(|name| {
+            let worktree = repo.find_worktree(name).ok()?;
+            let opened = Repository::open(worktree.path()).ok()?;
+            let head = opened.head().ok()?;
+            (head.name() == Some(wanted.as_str())).then(|| {
+                let path = worktree.path();
+                // An agent's worktree is `<state>/worktree`: name the state.
+                match path.file_name().and_then(|n| n.to_str()) {
+                    Some("worktree") => path.parent().unwrap_or(path).display().to_string(),
+                    _ => path.display().to_string(),
+                }
+            })
+        })
+    });
+    match holder {
+        Some(holder) => WorkspaceError::Held {
             branch: branch.to_string(),
-        }
-    } else {
-        WorkspaceError::Git(error)
+            holder,
+        },
+        None => WorkspaceError::Git(error),
     }
 }
 

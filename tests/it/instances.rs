@@ -459,3 +459,41 @@ fn ctl_rebase_moves_the_branch_onto_the_main_line_only_when_validation_passes_th
     assert!(daemon.ctl(&["stop"]).status.success());
     assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
 }
+
+#[test]
+fn a_branch_held_by_another_worktree_is_named_with_its_holder() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    // Another worktree already holds the branch this state directory would use.
+    std::fs::create_dir_all(&state).unwrap();
+    let branch = agent::workspace::instance_branch(&state);
+    let repo = Repository::open(&workspace).unwrap();
+    let head = repo.head().unwrap().peel_to_commit().unwrap();
+    let reference = repo.branch(&branch, &head, false).unwrap().into_reference();
+    let holder = dir.path().join("elsewhere");
+    let mut options = git2::WorktreeAddOptions::new();
+    options.reference(Some(&reference));
+    repo.worktree("elsewhere", &holder, Some(&options)).unwrap();
+
+    let output = std::process::Command::new(crate::harness::agent_bin())
+        .args(["run", "--state"])
+        .arg(&state)
+        .args(args(&config, &workspace))
+        .output()
+        .unwrap();
+    let stderr = text(&output.stderr);
+    assert_eq!(output.status.code(), Some(2), "{stderr}");
+    let line = stderr.lines().last().unwrap_or_default();
+    assert!(
+        line.contains(&format!(
+            "the branch {branch} is checked out in {}",
+            holder.canonicalize().unwrap().display()
+        )) || line.contains(&format!(
+            "the branch {branch} is checked out in {}",
+            holder.display()
+        )),
+        "{stderr}"
+    );
+}
