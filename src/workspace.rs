@@ -388,6 +388,13 @@ fn signature() -> Result<Signature<'static>, git2::Error> {
 }
 
 /// Creates the agent's branch at the source's HEAD and a linked worktree of it.
+/// Whether `revision` names a commit of the repository at `source`.
+pub fn names_a_commit(source: &Path, revision: &str) -> bool {
+    Repository::open(source)
+        .and_then(|repo| repo.revparse_single(revision)?.peel_to_commit().map(|_| ()))
+        .is_ok()
+}
+
 /// A moment's name for a rescue ref: milliseconds since the epoch.
 fn now_stamp() -> u128 {
     std::time::SystemTime::now()

@@ -150,10 +150,18 @@ fn refuse_bad_input(config: &Config, overrides: &Overrides) -> Result<(), RunErr
             "--goal must be a non-empty sentence".into(),
         ));
     }
-    if !config.state_dir.join("worktree").exists() && !config.workspace.is_dir() {
+    let fresh = !config.state_dir.join("worktree").exists();
+    if fresh && !config.workspace.is_dir() {
         return Err(RunError::Usage(
             WorkspaceError::Missing(config.workspace.clone()).to_string(),
         ));
+    }
+    if let Some(base) = overrides.base.as_deref().filter(|_| fresh) {
+        if !crate::workspace::names_a_commit(&config.workspace, base) {
+            return Err(RunError::Usage(
+                WorkspaceError::UnknownBase(base.to_string()).to_string(),
+            ));
+        }
     }
     Ok(())
 }

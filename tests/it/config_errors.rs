@@ -249,9 +249,12 @@ fn a_wrong_value_is_named_by_its_key_and_located() {
 #[test]
 fn a_refused_run_leaves_no_state_behind() {
     let dir = tempfile::tempdir().unwrap();
+    let workspace = crate::harness::tiny_crate(dir.path());
+    let workspace = workspace.to_str().unwrap();
     for bad in [
         vec!["--goal", "  "],
         vec!["--workspace", "/nonexistent/workspace"],
+        vec!["--workspace", workspace, "--base", "no-such-ref"],
     ] {
         let state = dir.path().join("state");
         let output = Command::new(agent_bin())
