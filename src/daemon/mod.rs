@@ -156,12 +156,12 @@ fn refuse_bad_input(config: &Config, overrides: &Overrides) -> Result<(), RunErr
             WorkspaceError::Missing(config.workspace.clone()).to_string(),
         ));
     }
-    if let Some(base) = overrides.base.as_deref().filter(|_| fresh) {
-        if !crate::workspace::names_a_commit(&config.workspace, base) {
-            return Err(RunError::Usage(
-                WorkspaceError::UnknownBase(base.to_string()).to_string(),
-            ));
-        }
+    if let Some(base) = overrides.base.as_deref().filter(|_| fresh)
+        && !crate::workspace::names_a_commit(&config.workspace, base)
+    {
+        return Err(RunError::Usage(
+            WorkspaceError::UnknownBase(base.to_string()).to_string(),
+        ));
     }
     Ok(())
 }
