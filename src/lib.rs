@@ -17,6 +17,7 @@ pub mod events;
 pub mod mcp;
 pub mod messages;
 pub mod process;
+pub mod safety;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;

@@ -177,6 +177,17 @@ impl Workspace {
         }))
     }
 
+    /// The text of `path` at `commit`; `None` when it has no such file.
+    pub fn file_at(&self, commit: &str, path: &str) -> Result<Option<String>, WorkspaceError> {
+        let repo = self.repo()?;
+        let tree = repo.find_commit(Oid::from_str(commit)?)?.tree()?;
+        let Ok(entry) = tree.get_path(Path::new(path)) else {
+            return Ok(None);
+        };
+        let blob = entry.to_object(&repo)?.peel_to_blob()?;
+        Ok(Some(String::from_utf8_lossy(blob.content()).into_owned()))
+    }
+
     /// Keeps `commit` on a rescue ref; returns the ref's name.
     pub fn keep(&self, commit: &str, why: &str) -> Result<String, WorkspaceError> {
         let repo = self.repo()?;

@@ -134,6 +134,7 @@ impl Actor for Modifier {
                     fitness.before = tracing::field::Empty,
                     fitness.after = tracing::field::Empty,
                     verdict = tracing::field::Empty,
+                    rule = tracing::field::Empty,
                 );
                 if let Some(before) = fitness_before {
                     span.record("fitness.before", before);
@@ -364,6 +365,14 @@ async fn validate(
     if changed.is_empty() {
         return Ok(Verdict::NoChange);
     }
+    if let Err(violation) = safe(ctx, base, &changed).await? {
+        tracing::Span::current().record("rule", violation.rule);
+        rollback(&ctx.workspace, base).await?;
+        return Ok(Verdict::Rejected {
+            reason: violation.to_string(),
+            fitness_after: None,
+        });
+    }
     let checked = match check(ctx, fitness_before).await {
         Ok(fitness_after) if ctx.config.mode == Mode::Supervised => {
             approval(
@@ -405,6 +414,52 @@ async fn validate(
     };
     rollback(&ctx.workspace, base).await?;
     Ok(rejection)
+}
+
+/// The safety rules on the change against `base`, before any build runs.
+async fn safe(
+    ctx: &Context,
+    base: &str,
+    changed: &[String],
+) -> Result<Result<(), crate::safety::Violation>, String> {
+    let (ctx, base, changed) = (ctx.clone(), base.to_string(), changed.to_vec());
+    blocking(move || {
+        let workspace = &ctx.workspace;
+        let mut rules = ctx.config.safety.clone();
+        if own_source(&workspace.path) {
+            rules
+                .protected_paths
+                .extend(ctx.config.own_source_protected.iter().cloned());
+        }
+        let changes = changed
+            .iter()
+            .map(|path| {
+                Ok(crate::safety::ChangedFile {
+                    path: path.clone(),
+                    before: workspace.file_at(&base, path).map_err(|e| e.to_string())?,
+                    after: std::fs::read_to_string(workspace.path.join(path)).ok(),
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        Ok(crate::safety::check(&rules, &changes))
+    })
+    .await
+}
+
+/// Whether the worktree holds this agent's own source (its `Cargo.toml`
+/// names this package).
+fn own_source(worktree: &Path) -> bool {
+    std::fs::read_to_string(worktree.join("Cargo.toml"))
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|manifest| {
+            manifest
+                .get("package")?
+                .get("name")?
+                .as_str()
+                .map(|name| name == env!("CARGO_PKG_NAME"))
+        })
+        .unwrap_or(false)
 }
 
 /// Supervised mode: the governor holds the change until an operator decides.

@@ -64,6 +64,8 @@ struct RawConfig {
     #[serde(default)]
     alerts: RawAlerts,
     #[serde(default)]
+    safety: RawSafety,
+    #[serde(default)]
     debug: RawDebug,
 }
 
@@ -179,6 +181,23 @@ struct RawHttp {
 
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
+struct RawSafety {
+    #[serde(default)]
+    protected_paths: Vec<String>,
+    #[serde(default)]
+    own_source_protected: Vec<String>,
+    #[serde(default)]
+    allowed_paths: Vec<String>,
+    max_files: Option<Positive>,
+    max_changed_lines: Option<Positive>,
+    #[serde(default)]
+    process_spawn_allowed: Vec<String>,
+    #[serde(default)]
+    protected_fns: Vec<String>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
 struct RawAlerts {
     webhook: Option<String>,
     webhook_timeout: Option<HumanDuration>,
@@ -265,6 +284,10 @@ pub struct Config {
     /// Address of the HTTP listener (metrics, health); `None` is off.
     pub http_listen: Option<std::net::SocketAddr>,
     pub alerts: AlertRules,
+    /// The safety rules every change passes before any build runs.
+    pub safety: crate::safety::Rules,
+    /// Also protected when the workspace is this agent's own source.
+    pub own_source_protected: Vec<String>,
 }
 
 /// The permission modes Claude Code's `--permission-mode` accepts.
@@ -403,6 +426,18 @@ impl Config {
             service_name: raw.telemetry.service_name.unwrap_or_else(|| "agent".into()),
             http_listen,
             alerts,
+            safety: crate::safety::Rules {
+                protected_paths: raw.safety.protected_paths,
+                allowed_paths: raw.safety.allowed_paths,
+                max_files: raw.safety.max_files.map_or(50, |n| n.get() as usize),
+                max_changed_lines: raw
+                    .safety
+                    .max_changed_lines
+                    .map_or(2000, |n| n.get() as usize),
+                process_spawn_allowed: raw.safety.process_spawn_allowed,
+                protected_fns: raw.safety.protected_fns,
+            },
+            own_source_protected: raw.safety.own_source_protected,
         })
     }
 

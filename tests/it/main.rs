@@ -17,5 +17,6 @@ mod kill9;
 mod mcp;
 mod reliability;
 mod runtime;
+mod safety;
 mod telemetry;
 mod tidy;
