@@ -454,8 +454,23 @@ fn add_linked_worktree(
     options.reference(Some(&reference));
     // Worktree names must be unique in the source repository.
     let name = format!("agent-{}", std::process::id());
-    repo.worktree(&name, path, Some(&options))
-        .map_err(|error| held_elsewhere(&repo, error, branch_name))?;
+    // Instances starting side by side add worktrees to one repository at
+    // once: libgit2 creates `.git/worktrees` with a plain mkdir that fails
+    // when another process made it a moment before, so make it here first
+    // (idempotent), and try again once if a lock was taken meanwhile.
+    std::fs::create_dir_all(repo.path().join("worktrees"))?;
+    let added = repo.worktree(&name, path, Some(&options)).or_else(|error| {
+        if matches!(
+            error.code(),
+            git2::ErrorCode::Locked | git2::ErrorCode::Exists
+        ) {
+            std::thread::sleep(std::time::Duration::from_millis(100));
+            repo.worktree(&name, path, Some(&options))
+        } else {
+            Err(error)
+        }
+    });
+    added.map_err(|error| held_elsewhere(&repo, error, branch_name))?;
     exclude_build_output(&Repository::open(path)?)?;
     Ok(notices)
 }
