@@ -82,31 +82,39 @@ async fn set_paused(paused: bool) {
         .unwrap();
 }
 
-fn start_config(dir: &Path) -> (Config, TreeSpec) {
-    let config_path = fast_config(dir, &[]);
-    let actors_path = actors_config(
-        dir,
-        &[
-            ("max_restarts = 5", "max_restarts = 100"),
-            ("backoff_initial = \"100ms\"", "backoff_initial = \"10ms\""),
-        ],
-    );
+/// The fast configuration (with `agent` and `actors` replacements) and a
+/// tree that restarts quickly and often.
+fn start_config(dir: &Path, agent: &[(&str, &str)], actors: &[(&str, &str)]) -> (Config, TreeSpec) {
+    let config_path = fast_config(dir, agent);
+    let mut tree_changes = vec![
+        ("max_restarts = 5", "max_restarts = 100"),
+        ("backoff_initial = \"100ms\"", "backoff_initial = \"10ms\""),
+    ];
+    tree_changes.extend_from_slice(actors);
+    let actors_path = actors_config(dir, &tree_changes);
     let mut config = Config::load(&config_path).unwrap();
     config.workspace = tiny_crate(dir);
     config.state_dir = dir.join("state");
     (config, TreeSpec::load(&actors_path).unwrap())
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn each_actor_survives_an_injected_panic_and_error_with_its_committed_state() {
-    let _turn = REGISTRY.lock().await;
-    let dir = tempfile::tempdir().unwrap();
-    let (config, tree) = start_config(dir.path());
+/// The real tree in this process, with the stand-in claude (editing, with
+/// `claude_env` added) as the backend; returns once an iteration committed.
+async fn start_tree(
+    config: Config,
+    tree: TreeSpec,
+    claude_env: &[(&str, &str)],
+) -> (Store, ActorRef<SupervisorMsg>, tokio::task::JoinHandle<()>) {
     std::fs::create_dir_all(&config.state_dir).unwrap();
     let store = Store::open(&config.state_dir).unwrap();
     let workspace = Workspace::prepare(&config.workspace, &config.state_dir).unwrap();
-    let backend = ClaudeCli::new(fake_claude(), "acceptEdits".into(), None)
-        .with_env(vec![("FAKE_CLAUDE_MODE".into(), "edit".into())]);
+    let mut env = vec![("FAKE_CLAUDE_MODE".to_string(), "edit".to_string())];
+    env.extend(
+        claude_env
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+    );
+    let backend = ClaudeCli::new(fake_claude(), "acceptEdits".into(), None).with_env(env);
     let events = EventBus::default();
     let shared = Arc::new(Shared {
         config,
@@ -128,11 +136,19 @@ async fn each_actor_survives_an_injected_panic_and_error_with_its_committed_stat
     )
     .await
     .unwrap();
-
     until("a first committed iteration", || async {
         planner_status().await.filter(|s| s.iteration >= 1)
     })
     .await;
+    (store, supervisor, handle)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn each_actor_survives_an_injected_panic_and_error_with_its_committed_state() {
+    let _turn = REGISTRY.lock().await;
+    let dir = tempfile::tempdir().unwrap();
+    let (config, tree) = start_config(dir.path(), &[], &[]);
+    let (store, supervisor, handle) = start_tree(config, tree, &[]).await;
 
     for kind in ActorKind::ALL {
         for fault in [FaultKind::Panic, FaultKind::Error] {
@@ -265,54 +281,12 @@ async fn job_running() -> bool {
 async fn faults_during_work_restart_the_actor_at_its_committed_state_and_the_run_goes_on() {
     let _turn = REGISTRY.lock().await;
     let dir = tempfile::tempdir().unwrap();
-    let config_path = fast_config(
+    let (config, tree) = start_config(
         dir.path(),
         &[("command = \"true\"", "command = \"sleep 1\"")],
+        &[("hang_timeout = \"30s\"", "hang_timeout = \"1s\"")],
     );
-    let actors_path = actors_config(
-        dir.path(),
-        &[
-            ("max_restarts = 5", "max_restarts = 100"),
-            ("backoff_initial = \"100ms\"", "backoff_initial = \"10ms\""),
-            ("hang_timeout = \"30s\"", "hang_timeout = \"1s\""),
-        ],
-    );
-    let mut config = Config::load(&config_path).unwrap();
-    config.workspace = tiny_crate(dir.path());
-    config.state_dir = dir.path().join("state");
-    let tree = TreeSpec::load(&actors_path).unwrap();
-    std::fs::create_dir_all(&config.state_dir).unwrap();
-    let store = Store::open(&config.state_dir).unwrap();
-    let workspace = Workspace::prepare(&config.workspace, &config.state_dir).unwrap();
-    let backend = ClaudeCli::new(fake_claude(), "acceptEdits".into(), None).with_env(vec![
-        ("FAKE_CLAUDE_MODE".into(), "edit".into()),
-        ("FAKE_CLAUDE_DELAY".into(), "1".into()),
-    ]);
-    let events = EventBus::default();
-    let shared = Arc::new(Shared {
-        config,
-        tree: tree.clone(),
-        store: store.clone(),
-        workspace,
-        backend: Arc::new(backend),
-        events: events.clone(),
-        prompt_template: "{goal}".into(),
-    });
-    let (supervisor, handle) = Actor::spawn(
-        Some(agent::supervisor::NAME.into()),
-        Supervisor,
-        SupervisorArgs {
-            tree,
-            factory: Arc::new(Factory { context: shared }),
-            events,
-        },
-    )
-    .await
-    .unwrap();
-    until("a first committed iteration", || async {
-        planner_status().await.filter(|s| s.iteration >= 1)
-    })
-    .await;
+    let (store, supervisor, handle) = start_tree(config, tree, &[("FAKE_CLAUDE_DELAY", "1")]).await;
 
     let cases = [
         (ActorKind::Executor, FaultKind::Panic, Moment::Job),
