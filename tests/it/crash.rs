@@ -111,10 +111,6 @@ fn recorded_pids(dirs: &[&Path]) -> Vec<i32> {
     pids
 }
 
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
-}
-
 fn committed_in(history: &[Value]) -> u64 {
     history.len() as u64
 }
@@ -272,7 +268,7 @@ fn crash_at(window: &Window) {
         || {
             let left: Vec<i32> = recorded_pids(&[&pid_dir])
                 .into_iter()
-                .filter(|pid| alive(*pid))
+                .filter(|pid| crate::harness::alive(*pid))
                 .collect();
             left.is_empty().then_some(left)
         },

@@ -268,17 +268,17 @@ pub fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
+/// Whether process `pid` runs (a zombie waiting for its reaper does not).
+pub fn alive(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+}
+
 /// Waits until process `pid` is gone (or a zombie about to be reaped).
 pub fn wait_gone(pid: i32) {
     poll_until(
         &format!("process {pid} to be gone"),
         Duration::from_secs(10),
-        || {
-            let alive = std::fs::read_to_string(format!("/proc/{pid}/stat"))
-                .map(|stat| !stat.contains(") Z "))
-                .unwrap_or(false);
-            (!alive).then_some(())
-        },
+        || (!alive(pid)).then_some(()),
     );
 }
 

@@ -79,11 +79,6 @@ fn a_persistent_failure_backs_off_then_pauses_with_its_error_line_and_resumes_wh
     assert!(daemon.wait_exit(WAIT).success());
 }
 
-/// Whether `pid` runs (a zombie waiting for its reaper does not).
-fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
-}
-
 #[test]
 fn kill_9_during_validation_leaves_no_process_of_the_old_run_after_the_restart() {
     let dir = tempfile::tempdir().unwrap();
@@ -119,7 +114,7 @@ fn kill_9_during_validation_leaves_no_process_of_the_old_run_after_the_restart()
     daemon.kill9();
     // The suite's child survives the kill: that is what a restart cleans up.
     assert!(
-        old.iter().any(|pid| alive(*pid)),
+        old.iter().any(|pid| crate::harness::alive(*pid)),
         "nothing of the old run was left to clean up: {old:?}"
     );
     let mut daemon = Daemon::start(&state, &args(&config, &workspace), &edit);
