@@ -16,8 +16,9 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::domain::{JobOutcome, JobStatus, Usage};
+use crate::domain::{ClaudeFacts, JobOutcome, JobStatus, Usage};
 use crate::process::{self, CommandSpec, Ending};
+use crate::sandbox::{Reach, Sandbox};
 
 /// One run of `claude -p`.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,8 +29,11 @@ pub struct Invocation {
     pub permission_mode: String,
     pub model: Option<String>,
     pub max_turns: Option<u32>,
+    pub max_budget_usd: Option<f64>,
     pub append_system_prompt: Option<String>,
     pub timeout: Duration,
+    /// Names the job's own Claude config directory (e.g. its job id).
+    pub label: String,
 }
 
 /// The fields of Claude Code's result JSON that the agent uses.
@@ -51,6 +55,32 @@ pub struct ResultJson {
     pub total_cost_usd: Option<f64>,
     #[serde(default)]
     pub usage: UsageJson,
+    /// Tool uses Claude Code was refused.
+    #[serde(default)]
+    pub permission_denials: Vec<serde_json::Value>,
+    /// The HTTP status of a failed API call.
+    #[serde(default)]
+    pub api_error_status: Option<serde_json::Value>,
+}
+
+impl ResultJson {
+    /// What the agent records of the session: its id, turns, denials and
+    /// the API's error status.
+    pub fn facts(&self) -> ClaudeFacts {
+        ClaudeFacts {
+            session_id: self.session_id.clone(),
+            turns: self.num_turns,
+            permission_denials: self.permission_denials.len() as u64,
+            api_error_status: self
+                .api_error_status
+                .as_ref()
+                .filter(|status| !status.is_null())
+                .map(|status| match status {
+                    serde_json::Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                }),
+        }
+    }
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Deserialize)]
@@ -88,9 +118,12 @@ impl Run {
 
     pub fn into_outcome(self, job_id: u64) -> JobOutcome {
         let usage = self.usage();
-        let (output, session_id) = match self.result {
-            Some(result) => (result.result.unwrap_or_default(), result.session_id),
-            None => (self.raw_output, None),
+        let (output, claude) = match self.result {
+            Some(result) => {
+                let facts = result.facts();
+                (result.result.unwrap_or_default(), facts)
+            }
+            None => (self.raw_output, ClaudeFacts::default()),
         };
         JobOutcome {
             job_id,
@@ -98,7 +131,7 @@ impl Run {
             output,
             error: self.error,
             usage,
-            session_id,
+            claude,
         }
     }
 
@@ -116,8 +149,12 @@ impl Run {
 #[derive(Debug, Clone)]
 pub struct Cli {
     pub binary: PathBuf,
-    /// Extra environment for every claude process (e.g. `CLAUDE_CONFIG_DIR`).
+    /// Extra environment for every claude process.
     pub env: Vec<(String, String)>,
+    /// Where each job gets its own `CLAUDE_CONFIG_DIR`; `None` shares the
+    /// user's (only for one job at a time).
+    pub config_dirs: Option<ConfigDirs>,
+    pub sandbox: Option<Sandbox>,
 }
 
 impl Cli {
@@ -125,7 +162,32 @@ impl Cli {
         Cli {
             binary,
             env: Vec::new(),
+            config_dirs: None,
+            sandbox: None,
         }
+    }
+
+    /// The process to start, confined when there is a sandbox, with the
+    /// job's own config directory (made and seeded) when there are
+    /// `config_dirs`.
+    pub fn prepare(&self, invocation: &Invocation) -> Result<CommandSpec, String> {
+        let mut spec = self.command(invocation);
+        let config_dir = match &self.config_dirs {
+            Some(dirs) => Some(dirs.make(&invocation.label)?),
+            None => None,
+        };
+        if let Some(dir) = &config_dir {
+            spec.env.retain(|(key, _)| key != CONFIG_DIR_VAR);
+            spec.env
+                .push((CONFIG_DIR_VAR.into(), dir.display().to_string()));
+        }
+        Ok(match &self.sandbox {
+            Some(sandbox) => {
+                let extra: Vec<&Path> = config_dir.iter().map(PathBuf::as_path).collect();
+                sandbox.wrap(spec, Reach::Job, &extra)
+            }
+            None => spec,
+        })
     }
 
     pub fn command(&self, invocation: &Invocation) -> CommandSpec {
@@ -142,6 +204,9 @@ impl Cli {
         }
         if let Some(turns) = invocation.max_turns {
             args.extend(["--max-turns".to_string(), turns.to_string()]);
+        }
+        if let Some(usd) = invocation.max_budget_usd {
+            args.extend(["--max-budget-usd".to_string(), usd.to_string()]);
         }
         if let Some(prompt) = &invocation.append_system_prompt {
             args.extend(["--append-system-prompt".to_string(), prompt.clone()]);
@@ -164,7 +229,10 @@ impl Cli {
         started: impl FnOnce(i32) -> BoxFuture<'static, ()>,
         cancel: impl Future<Output = ()>,
     ) -> Run {
-        let spec = self.command(invocation);
+        let spec = match self.prepare(invocation) {
+            Ok(spec) => spec,
+            Err(error) => return Run::failed(JobStatus::Failed, error),
+        };
         let running = match process::start(&spec) {
             Ok(running) => running,
             Err(error) => return Run::failed(JobStatus::Failed, error.to_string()),
@@ -188,6 +256,88 @@ impl Cli {
             Ending::Exited(_) => interpret(&finished.stdout, &finished.stderr, finished.ending),
         }
     }
+}
+
+/// The variable that moves Claude Code's configuration (its `.claude.json`,
+/// credentials, sessions) to another directory.
+pub const CONFIG_DIR_VAR: &str = "CLAUDE_CONFIG_DIR";
+
+/// The files of a login that a job's own config directory starts with.
+const SEEDED: [&str; 3] = [".credentials.json", ".claude.json", "settings.json"];
+
+/// How many job config directories are kept (the newest; the sessions in
+/// them help to read what a recent job did).
+const KEPT_CONFIG_DIRS: usize = 20;
+
+/// Per-job Claude config directories under `base`, each seeded from the
+/// user's login: concurrent `claude -p` runs sharing one `~/.claude.json`
+/// corrupt it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConfigDirs {
+    pub base: PathBuf,
+}
+
+impl ConfigDirs {
+    /// Makes the directory of one job and copies the login into it: from
+    /// `$CLAUDE_CONFIG_DIR` when this process has one, else from
+    /// `~/.claude/` and `~/.claude.json`.
+    pub fn make(&self, label: &str) -> Result<PathBuf, String> {
+        use std::sync::atomic::{AtomicU64, Ordering};
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let name = format!(
+            "{}-{}-{}",
+            crate::store::now_ms(),
+            NEXT.fetch_add(1, Ordering::Relaxed),
+            label.replace(|c: char| !c.is_ascii_alphanumeric() && c != '-', "_")
+        );
+        let dir = self.base.join(name);
+        let io = |e: std::io::Error| format!("cannot make {}: {e}", dir.display());
+        std::fs::create_dir_all(&dir).map_err(io)?;
+        for (from, file) in login_files() {
+            if from.is_file() {
+                std::fs::copy(&from, dir.join(file)).map_err(io)?;
+            }
+        }
+        self.prune();
+        Ok(dir)
+    }
+
+    fn prune(&self) {
+        let Ok(entries) = std::fs::read_dir(&self.base) else {
+            return;
+        };
+        let mut dirs: Vec<(u64, u64, PathBuf)> = entries
+            .flatten()
+            .filter_map(|entry| {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                let mut parts = name.splitn(3, '-');
+                let ms = parts.next()?.parse().ok()?;
+                let n = parts.next()?.parse().ok()?;
+                Some((ms, n, entry.path()))
+            })
+            .collect();
+        dirs.sort();
+        let excess = dirs.len().saturating_sub(KEPT_CONFIG_DIRS);
+        for (_, _, dir) in dirs.into_iter().take(excess) {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Where the user's login lives, file by file.
+fn login_files() -> Vec<(PathBuf, &'static str)> {
+    if let Some(dir) = std::env::var_os(CONFIG_DIR_VAR).filter(|d| !d.is_empty()) {
+        let dir = PathBuf::from(dir);
+        return SEEDED.iter().map(|file| (dir.join(file), *file)).collect();
+    }
+    let Some(home) = std::env::var_os("HOME").map(PathBuf::from) else {
+        return Vec::new();
+    };
+    vec![
+        (home.join(".claude/.credentials.json"), SEEDED[0]),
+        (home.join(".claude.json"), SEEDED[1]),
+        (home.join(".claude/settings.json"), SEEDED[2]),
+    ]
 }
 
 /// Turns what `claude -p --output-format json` printed into a run.
@@ -224,10 +374,15 @@ pub fn interpret(stdout: &str, stderr: &str, ending: Ending) -> Run {
     let message = result.result.clone().unwrap_or_default();
     let subtype = result.subtype.clone().unwrap_or_default();
     let error = if result.is_error {
+        let status = result
+            .facts()
+            .api_error_status
+            .map(|status| format!(" (API status {status})"))
+            .unwrap_or_default();
         Some(if message.is_empty() {
-            format!("claude reported an error (subtype {subtype})")
+            format!("claude reported an error (subtype {subtype}){status}")
         } else {
-            message
+            format!("{message}{status}")
         })
     } else if subtype != "success" {
         Some(format!("claude ended with subtype {subtype}"))
@@ -300,7 +455,26 @@ mod tests {
         assert_eq!(outcome.usage.input_tokens, 10);
         assert_eq!(outcome.usage.output_tokens, 20);
         assert_eq!(outcome.usage.cost_usd, 0.5);
-        assert_eq!(outcome.session_id.as_deref(), Some("abc"));
+        assert_eq!(outcome.claude.session_id.as_deref(), Some("abc"));
+        assert_eq!(outcome.claude.turns, Some(3));
+    }
+
+    #[test]
+    fn job_config_directories_are_distinct_and_only_the_newest_are_kept() {
+        let base = tempfile::tempdir().unwrap();
+        let dirs = ConfigDirs {
+            base: base.path().to_path_buf(),
+        };
+        let made: Vec<PathBuf> = (0..KEPT_CONFIG_DIRS + 2)
+            .map(|i| dirs.make(&format!("job-{i}")).unwrap())
+            .collect();
+        let left: Vec<PathBuf> = std::fs::read_dir(base.path())
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .collect();
+        assert_eq!(left.len(), KEPT_CONFIG_DIRS);
+        assert!(!made[0].exists() && !made[1].exists(), "the oldest go");
+        assert!(made[KEPT_CONFIG_DIRS + 1].exists(), "the newest stays");
     }
 
     #[test]
@@ -320,8 +494,10 @@ mod tests {
             permission_mode: "plan".into(),
             model: Some("sonnet".into()),
             max_turns: Some(3),
+            max_budget_usd: Some(0.5),
             append_system_prompt: Some("be brief".into()),
             timeout: Duration::from_secs(1),
+            label: "job-1".into(),
         });
         assert_eq!(
             spec.args,
@@ -336,6 +512,8 @@ mod tests {
                 "sonnet",
                 "--max-turns",
                 "3",
+                "--max-budget-usd",
+                "0.5",
                 "--append-system-prompt",
                 "be brief"
             ]

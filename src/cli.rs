@@ -104,6 +104,24 @@ pub struct McpServeArgs {
     /// Default `--model` for jobs that do not name one.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,
+    /// `--max-turns` of jobs that do not name one.
+    #[arg(long, value_name = "N")]
+    pub max_turns: Option<u32>,
+    /// `--max-budget-usd` of every job.
+    #[arg(long, value_name = "USD")]
+    pub max_budget_usd: Option<f64>,
+    /// Run every job under this bubblewrap (the agent probed it works).
+    #[arg(long, value_name = "PATH")]
+    pub sandbox_bwrap: Option<PathBuf>,
+    /// A directory jobs may not see (the state directory, the checkout).
+    #[arg(long, value_name = "DIR", requires = "sandbox_bwrap")]
+    pub sandbox_hide: Vec<PathBuf>,
+    /// A directory jobs may write besides their worktree.
+    #[arg(long, value_name = "DIR", requires = "sandbox_bwrap")]
+    pub sandbox_writable: Vec<PathBuf>,
+    /// Jobs get no network.
+    #[arg(long, requires = "sandbox_bwrap")]
+    pub sandbox_no_network: bool,
 }
 
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
@@ -541,6 +559,16 @@ async fn mcp_serve(args: McpServeArgs) -> u8 {
             .map_or(config.mcp_max_concurrent, |n| n as usize),
         permission_mode: args.permission_mode.unwrap_or(config.permission_mode),
         model: args.model.or(config.model),
+        max_turns: args.max_turns.or(config.max_turns),
+        max_budget_usd: args.max_budget_usd.or(config.max_budget_usd),
+        sandbox: args.sandbox_bwrap.map(|program| {
+            crate::sandbox::Sandbox::given(
+                program,
+                args.sandbox_hide,
+                args.sandbox_writable,
+                !args.sandbox_no_network,
+            )
+        }),
     };
     match crate::mcp::server::serve_stdio(options).await {
         Ok(()) => exit::OK,

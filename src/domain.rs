@@ -183,7 +183,19 @@ pub struct JobOutcome {
     pub output: String,
     pub error: Option<String>,
     pub usage: Usage,
+    /// What Claude Code said of its session (empty for other backends).
+    pub claude: ClaudeFacts,
+}
+
+/// What a Claude Code job's result says of its session.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ClaudeFacts {
     pub session_id: Option<String>,
+    pub turns: Option<u64>,
+    /// Tool uses Claude Code was refused.
+    pub permission_denials: u64,
+    /// The HTTP status of a failed API call.
+    pub api_error_status: Option<String>,
 }
 
 // ------------------------------------------------------------ the change --

@@ -18,6 +18,7 @@ pub mod mcp;
 pub mod messages;
 pub mod process;
 pub mod safety;
+pub mod sandbox;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;

@@ -15,6 +15,9 @@ use git2::{BranchType, IndexAddOption, Oid, Repository, ResetType, Signature, St
 pub const AGENT_BRANCH: &str = "agent/work";
 /// Where work found beside the committed head is kept instead of discarded.
 pub const RESCUE_PREFIX: &str = "refs/agent/rescued/";
+/// Where every change an iteration produced is kept, accepted or refused:
+/// `refs/agent/variants/<instance>/<iteration>`.
+pub const VARIANTS_PREFIX: &str = "refs/agent/variants/";
 
 /// The branch an instance commits to in a repository it shares: one per
 /// state directory (`agent/<dir name>-<hash of its path>`), so instances on
@@ -337,6 +340,60 @@ impl Workspace {
                 _ => WorkspaceError::Git(error),
             })?;
         Ok(id.to_string())
+    }
+
+    /// Keeps the worktree's change as a commit on top of `parent`, off the
+    /// branch, on the variant ref of `iteration`; returns the commit. The
+    /// branch and the worktree's files do not move (the index does; a
+    /// rollback resets it).
+    pub fn archive_change(
+        &self,
+        iteration: u64,
+        message: &str,
+        parent: &str,
+    ) -> Result<String, WorkspaceError> {
+        let repo = self.repo()?;
+        let mut index = repo.index()?;
+        index.add_all(["*"], IndexAddOption::DEFAULT, None)?;
+        index.update_all(["*"], None)?;
+        let tree = repo.find_tree(index.write_tree()?)?;
+        let parent = repo.find_commit(Oid::from_str(parent)?)?;
+        let signature = signature()?;
+        let id = repo.commit(None, &signature, &signature, message, &tree, &[&parent])?;
+        self.mark_variant(iteration, &id.to_string())?;
+        Ok(id.to_string())
+    }
+
+    /// Points the variant ref of `iteration` at `commit` (replacing one left
+    /// by an attempt that never committed).
+    pub fn mark_variant(&self, iteration: u64, commit: &str) -> Result<String, WorkspaceError> {
+        let repo = self.repo()?;
+        let name = self.variant_ref(iteration)?;
+        repo.reference(&name, Oid::from_str(commit)?, true, "agent: variant")?;
+        Ok(name)
+    }
+
+    /// The variant ref of `iteration` for this worktree's instance.
+    pub fn variant_ref(&self, iteration: u64) -> Result<String, WorkspaceError> {
+        let repo = self.repo()?;
+        let head = repo.head()?;
+        let instance = head
+            .shorthand()
+            .and_then(|branch| branch.rsplit('/').next())
+            .unwrap_or("agent")
+            .to_string();
+        Ok(format!("{VARIANTS_PREFIX}{instance}/{iteration}"))
+    }
+
+    /// The commit a variant ref points at, if it exists.
+    pub fn variant_commit(&self, iteration: u64) -> Result<Option<String>, WorkspaceError> {
+        let repo = self.repo()?;
+        let name = self.variant_ref(iteration)?;
+        match repo.refname_to_id(&name) {
+            Ok(id) => Ok(Some(id.to_string())),
+            Err(error) if error.code() == git2::ErrorCode::NotFound => Ok(None),
+            Err(error) => Err(error.into()),
+        }
     }
 
     /// The agent's commits on the branch, newest first: (iteration, commit).

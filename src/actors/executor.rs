@@ -19,7 +19,7 @@ use crate::cognition::{Job, StartHook, Started};
 use crate::domain::{ActorKind, JobOutcome, JobStatus, Plan, Usage};
 use crate::messages::{ActorError, ExecutorMsg};
 use crate::process;
-use crate::store::{JobRecord, now_ms};
+use crate::store::{JobRecord, JobSession, now_ms};
 
 const KIND: ActorKind = ActorKind::Executor;
 const SCHEMA: u32 = 1;
@@ -174,7 +174,7 @@ async fn execute(
         output: String::new(),
         error: Some(error),
         usage: Usage::default(),
-        session_id: None,
+        claude: Default::default(),
     };
     let Ok(_slot) = slots.acquire_owned().await else {
         return failed(0, "the executor is shutting down".into());
@@ -210,6 +210,7 @@ async fn execute(
         started_at_ms: now_ms(),
         ended_at_ms: None,
         error: None,
+        session: JobSession::default(),
     };
     if let Err(error) = ctx.store.put_job(&record).await {
         return failed(id, format!("cannot record the job: {error}"));
@@ -283,6 +284,12 @@ async fn execute(
     record.status = outcome.status;
     record.ended_at_ms = Some(now_ms());
     record.error = outcome.error.clone();
+    record.session = JobSession {
+        session_id: outcome.claude.session_id.clone(),
+        turns: outcome.claude.turns,
+        permission_denials: outcome.claude.permission_denials,
+        api_error_status: outcome.claude.api_error_status.clone(),
+    };
     if let Err(error) = ctx.store.put_job(&record).await {
         tracing::warn!(job = id, %error, "cannot record the end of a job");
     }

@@ -38,6 +38,8 @@ pub struct Shared {
     pub events: EventBus,
     /// The prompt template for model backends.
     pub prompt_template: String,
+    /// Confines validation and fitness when there is one.
+    pub sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 pub type Context = Arc<Shared>;

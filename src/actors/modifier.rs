@@ -552,7 +552,9 @@ async fn baseline(ctx: &Context) -> Result<Option<String>, String> {
         &ctx.workspace.path,
         ctx.config.validation_timeout,
     );
-    let finished = process::run(&spec).await.map_err(|e| e.to_string())?;
+    let finished = process::run(&confine(ctx, spec))
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((!finished.success()).then(|| {
         format!(
             "validation `{}` fails at the base, before any change: {}",
@@ -570,7 +572,7 @@ async fn check(ctx: &Context, fitness_before: Option<f64>) -> Result<f64, Verdic
         cwd,
         ctx.config.validation_timeout,
     );
-    let running = process::start(&spec).map_err(|e| Verdict::Rejected {
+    let running = process::start(&confine(ctx, spec)).map_err(|e| Verdict::Rejected {
         reason: e.to_string(),
         fitness_after: None,
     })?;
@@ -609,6 +611,11 @@ async fn check(ctx: &Context, fitness_before: Option<f64>) -> Result<f64, Verdic
         });
     }
     Ok(after)
+}
+
+/// A check as it runs: in the sandbox when there is one.
+fn confine(ctx: &Context, spec: CommandSpec) -> CommandSpec {
+    crate::sandbox::confine(ctx.sandbox.as_ref(), spec, crate::sandbox::Reach::Check)
 }
 
 async fn rollback(workspace: &Workspace, base: &str) -> Result<(), String> {
@@ -654,7 +661,9 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
                 env: Vec::new(),
                 timeout,
             };
-            let finished = process::run(&spec).await.map_err(|e| e.to_string())?;
+            let finished = process::run(&confine(ctx, spec))
+                .await
+                .map_err(|e| e.to_string())?;
             if !finished.success() {
                 let why = first_compiler_error(&finished.stdout)
                     .unwrap_or_else(|| finished.first_error_line());
@@ -666,7 +675,9 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
         }
         Fitness::Command(command) => {
             let spec = CommandSpec::shell(command, cwd, timeout);
-            let finished = process::run(&spec).await.map_err(|e| e.to_string())?;
+            let finished = process::run(&confine(ctx, spec))
+                .await
+                .map_err(|e| e.to_string())?;
             if !finished.success() {
                 return Err(format!(
                     "fitness command `{command}` failed: {}",

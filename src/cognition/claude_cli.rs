@@ -8,8 +8,9 @@ use std::time::Duration;
 use async_trait::async_trait;
 
 use super::{Cognition, Job};
-use crate::claude::{Cli, Invocation};
+use crate::claude::{Cli, ConfigDirs, Invocation};
 use crate::domain::{Capability, JobOutcome};
+use crate::sandbox::Sandbox;
 
 /// The single capability of a model backend: one focused change.
 pub const CAPABILITY: &str = "claude-edit";
@@ -20,6 +21,8 @@ pub struct ClaudeCli {
     cli: Cli,
     permission_mode: String,
     model: Option<String>,
+    max_turns: Option<u32>,
+    max_budget_usd: Option<f64>,
 }
 
 impl ClaudeCli {
@@ -28,12 +31,29 @@ impl ClaudeCli {
             cli: Cli::new(binary),
             permission_mode,
             model,
+            max_turns: None,
+            max_budget_usd: None,
         }
     }
 
-    /// Extra environment for every claude process (e.g. `CLAUDE_CONFIG_DIR`).
+    /// Extra environment for every claude process.
     pub fn with_env(mut self, env: Vec<(String, String)>) -> Self {
         self.cli.env = env;
+        self
+    }
+
+    /// `--max-turns` and `--max-budget-usd` of every job.
+    pub fn with_limits(mut self, max_turns: Option<u32>, max_budget_usd: Option<f64>) -> Self {
+        self.max_turns = max_turns;
+        self.max_budget_usd = max_budget_usd;
+        self
+    }
+
+    /// Every job in `sandbox` (when there is one) with its own config
+    /// directory under `config_dirs`.
+    pub fn confined(mut self, sandbox: Option<Sandbox>, config_dirs: ConfigDirs) -> Self {
+        self.cli.sandbox = sandbox;
+        self.cli.config_dirs = Some(config_dirs);
         self
     }
 
@@ -43,15 +63,18 @@ impl ClaudeCli {
         cwd: &Path,
         permission_mode: &str,
         timeout: Duration,
+        label: &str,
     ) -> Invocation {
         Invocation {
             task: task.to_string(),
             cwd: cwd.to_path_buf(),
             permission_mode: permission_mode.to_string(),
             model: self.model.clone(),
-            max_turns: None,
+            max_turns: self.max_turns,
+            max_budget_usd: self.max_budget_usd,
             append_system_prompt: None,
             timeout,
+            label: label.to_string(),
         }
     }
 }
@@ -71,7 +94,13 @@ impl Cognition for ClaudeCli {
 
     async fn run(&self, job: Job, started: super::StartHook) -> JobOutcome {
         let task = job.prompt.clone().unwrap_or_default();
-        let invocation = self.invocation(&task, &job.cwd, &self.permission_mode, job.timeout);
+        let invocation = self.invocation(
+            &task,
+            &job.cwd,
+            &self.permission_mode,
+            job.timeout,
+            &format!("job-{}", job.id),
+        );
         let run = self
             .cli
             .run(
@@ -92,7 +121,7 @@ impl Cognition for ClaudeCli {
         // Research must not edit the worktree: plan mode is read-only.
         let mut answers = Vec::with_capacity(questions.len());
         for question in questions {
-            let invocation = self.invocation(question, cwd, "plan", timeout);
+            let invocation = self.invocation(question, cwd, "plan", timeout, "research");
             let run = self
                 .cli
                 .run(&invocation, |_| Box::pin(async {}), std::future::pending())

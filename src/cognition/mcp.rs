@@ -341,7 +341,7 @@ fn failed(job_id: u64, error: String) -> JobOutcome {
         output: String::new(),
         error: Some(error),
         usage: Usage::default(),
-        session_id: None,
+        claude: Default::default(),
     }
 }
 
@@ -363,7 +363,12 @@ pub fn outcome_of(job_id: u64, output: RunOutput) -> JobOutcome {
             output_tokens: output.usage.output_tokens,
             cost_usd: output.total_cost_usd,
         },
-        session_id: output.session_id,
+        claude: crate::domain::ClaudeFacts {
+            session_id: output.session_id,
+            turns: output.num_turns,
+            permission_denials: output.permission_denials,
+            api_error_status: output.api_error_status,
+        },
     }
 }
 

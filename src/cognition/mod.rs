@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::config::{BackendChoice, Config};
 use crate::domain::{Capability, Execution, JobOutcome};
+use crate::sandbox::Sandbox;
 
 /// One job for a backend.
 #[derive(Debug, Clone)]
@@ -130,7 +131,10 @@ pub struct Selection {
 
 /// The command that starts the MCP server: the configured one, else this
 /// binary's own `mcp-serve` with the agent's settings.
-pub fn mcp_server_command(config: &Config) -> Result<Vec<String>, SelectError> {
+pub fn mcp_server_command(
+    config: &Config,
+    sandbox: Option<&Sandbox>,
+) -> Result<Vec<String>, SelectError> {
     if let Some(command) = &config.mcp_command {
         return Ok(command.clone());
     }
@@ -153,12 +157,21 @@ pub fn mcp_server_command(config: &Config) -> Result<Vec<String>, SelectError> {
     if let Some(model) = &config.model {
         command.extend(["--model".to_string(), model.clone()]);
     }
+    if let Some(turns) = config.max_turns {
+        command.extend(["--max-turns".to_string(), turns.to_string()]);
+    }
+    if let Some(usd) = config.max_budget_usd {
+        command.extend(["--max-budget-usd".to_string(), usd.to_string()]);
+    }
+    if let Some(sandbox) = sandbox {
+        command.extend(sandbox.serve_args());
+    }
     Ok(command)
 }
 
-fn mcp(config: &Config) -> Result<Arc<dyn Cognition>, SelectError> {
+fn mcp(config: &Config, sandbox: Option<&Sandbox>) -> Result<Arc<dyn Cognition>, SelectError> {
     Ok(Arc::new(mcp::Mcp::new(mcp::McpSettings {
-        command: mcp_server_command(config)?,
+        command: mcp_server_command(config, sandbox)?,
         call_timeout: config.mcp_call_timeout,
         job_timeout: config.job_timeout,
         permission_mode: config.permission_mode.clone(),
@@ -168,16 +181,28 @@ fn mcp(config: &Config) -> Result<Arc<dyn Cognition>, SelectError> {
 
 /// Picks the backend `config.backend` asks for; `auto` uses Claude Code over
 /// MCP when it is installed and usable, else the offline backend.
-pub async fn select(config: &Config) -> Result<Selection, SelectError> {
+/// `sandbox` confines every job of the chosen backend.
+pub async fn select(config: &Config, sandbox: Option<&Sandbox>) -> Result<Selection, SelectError> {
     let claude_cli = || -> Arc<dyn Cognition> {
-        Arc::new(claude_cli::ClaudeCli::new(
-            config.claude_bin.clone(),
-            config.permission_mode.clone(),
-            config.model.clone(),
-        ))
+        Arc::new(
+            claude_cli::ClaudeCli::new(
+                config.claude_bin.clone(),
+                config.permission_mode.clone(),
+                config.model.clone(),
+            )
+            .with_limits(config.max_turns, config.max_budget_usd)
+            .confined(
+                sandbox.cloned(),
+                crate::claude::ConfigDirs {
+                    base: config.state_dir.join("claude"),
+                },
+            ),
+        )
     };
     let offline = |reason: String| Selection {
-        backend: Arc::new(offline::Offline),
+        backend: Arc::new(offline::Offline {
+            sandbox: sandbox.cloned(),
+        }),
         reason,
     };
     match config.backend {
@@ -201,10 +226,10 @@ pub async fn select(config: &Config) -> Result<Selection, SelectError> {
                 ));
             }
             Ok(Selection {
-                backend: mcp(config)?,
+                backend: mcp(config, sandbox)?,
                 reason: format!(
                     "mcp backend chosen in configuration (server: {})",
-                    mcp_server_command(config)?.join(" ")
+                    mcp_server_command(config, sandbox)?.join(" ")
                 ),
             })
         }
@@ -226,7 +251,7 @@ pub async fn select(config: &Config) -> Result<Selection, SelectError> {
             };
             match usable {
                 Ok(why) => Ok(Selection {
-                    backend: mcp(config)?,
+                    backend: mcp(config, sandbox)?,
                     reason: format!(
                         "Claude Code found at {} and {why}: using the mcp backend",
                         path.display()

@@ -7,6 +7,7 @@ use async_trait::async_trait;
 use super::{Cognition, Job};
 use crate::domain::{Capability, JobOutcome, JobStatus, Usage};
 use crate::process::{self, CommandSpec, Ending};
+use crate::sandbox::{self, Reach, Sandbox};
 
 /// (id, description, command line)
 const CAPABILITIES: [(&str, &str, &[&str]); 4] = [
@@ -56,8 +57,11 @@ const CAPABILITIES: [(&str, &str, &[&str]); 4] = [
 ];
 
 /// The offline backend.
-#[derive(Debug, Clone, Copy)]
-pub struct Offline;
+#[derive(Debug, Clone)]
+pub struct Offline {
+    /// Confines every capability's command when there is one.
+    pub sandbox: Option<Sandbox>,
+}
 
 #[async_trait]
 impl Cognition for Offline {
@@ -82,7 +86,7 @@ impl Cognition for Offline {
             output: String::new(),
             error: Some(error),
             usage: Usage::default(),
-            session_id: None,
+            claude: Default::default(),
         };
         let Some((_, _, argv)) = CAPABILITIES.iter().find(|(id, _, _)| *id == job.capability)
         else {
@@ -98,7 +102,8 @@ impl Cognition for Offline {
             env: Vec::new(),
             timeout: job.timeout,
         };
-        let running = match process::start(&spec) {
+        let confined = sandbox::confine(self.sandbox.as_ref(), spec.clone(), Reach::Check);
+        let running = match process::start(&confined) {
             Ok(running) => running,
             Err(error) => return failed(error.to_string()),
         };
@@ -136,7 +141,7 @@ impl Cognition for Offline {
             output: finished.tail(5),
             error,
             usage: Usage::default(),
-            session_id: None,
+            claude: Default::default(),
         }
     }
 }

@@ -66,7 +66,39 @@ struct RawConfig {
     #[serde(default)]
     safety: RawSafety,
     #[serde(default)]
+    sandbox: RawSandbox,
+    #[serde(default)]
     debug: RawDebug,
+}
+
+/// `[sandbox] enabled` as written.
+#[derive(Debug, Clone, Copy, Deserialize)]
+#[serde(rename_all = "lowercase")]
+enum RawEnabled {
+    Auto,
+    On,
+    Off,
+}
+
+impl From<RawEnabled> for crate::sandbox::Enabled {
+    fn from(raw: RawEnabled) -> Self {
+        match raw {
+            RawEnabled::Auto => Self::Auto,
+            RawEnabled::On => Self::On,
+            RawEnabled::Off => Self::Off,
+        }
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawSandbox {
+    enabled: Option<RawEnabled>,
+    program: Option<PathBuf>,
+    job_network: Option<bool>,
+    check_network: Option<bool>,
+    #[serde(default)]
+    writable: Vec<PathBuf>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -95,6 +127,8 @@ struct RawCognition {
     mcp_command: Option<Vec<String>>,
     mcp_call_timeout: HumanDuration,
     mcp_max_concurrent: Positive,
+    max_turns: Option<Positive>,
+    max_budget_usd: Option<f64>,
 }
 
 /// `[cognition] execution` as written; checked into [`Execution`].
@@ -288,6 +322,12 @@ pub struct Config {
     pub safety: crate::safety::Rules,
     /// Also protected when the workspace is this agent's own source.
     pub own_source_protected: Vec<String>,
+    /// Where jobs and checks run confined.
+    pub sandbox: crate::sandbox::SandboxConfig,
+    /// `--max-turns` of every Claude Code job.
+    pub max_turns: Option<u32>,
+    /// `--max-budget-usd` of every Claude Code job.
+    pub max_budget_usd: Option<f64>,
 }
 
 /// The permission modes Claude Code's `--permission-mode` accepts.
@@ -351,6 +391,13 @@ impl Config {
                 )
             })?),
         };
+        let max_budget_usd = raw.cognition.max_budget_usd;
+        if max_budget_usd.is_some_and(|usd| !(usd > 0.0 && usd.is_finite())) {
+            return Err(ConfigError::whole_file(
+                file,
+                "[cognition] max_budget_usd must be a positive number of dollars, e.g. 2.5",
+            ));
+        }
         let fraction = raw.alerts.budget_warn_fraction.unwrap_or(0.8);
         if !(fraction > 0.0 && fraction <= 1.0) {
             return Err(ConfigError::whole_file(
@@ -438,6 +485,21 @@ impl Config {
                 protected_fns: raw.safety.protected_fns,
             },
             own_source_protected: raw.safety.own_source_protected,
+            sandbox: crate::sandbox::SandboxConfig {
+                enabled: raw
+                    .sandbox
+                    .enabled
+                    .map_or(crate::sandbox::Enabled::Auto, Into::into),
+                program: raw.sandbox.program.unwrap_or_else(|| "bwrap".into()),
+                job_network: raw.sandbox.job_network.unwrap_or(true),
+                check_network: raw.sandbox.check_network.unwrap_or(false),
+                writable: raw.sandbox.writable,
+            },
+            max_turns: raw
+                .cognition
+                .max_turns
+                .map(|n| n.get().min(u64::from(u32::MAX)) as u32),
+            max_budget_usd,
         })
     }
 

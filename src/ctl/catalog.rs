@@ -507,7 +507,10 @@ async fn executor_jobs(args: Args) -> Reply {
     let list: Vec<Value> = jobs
         .iter()
         .map(|j| json!({"job": j.id, "iteration": j.iteration, "backend": j.backend, "capability": j.capability,
-                        "status": j.status.as_str(), "remote_id": j.remote_id, "error": j.error}))
+                        "status": j.status.as_str(), "remote_id": j.remote_id, "error": j.error,
+                        "session_id": j.session.session_id, "turns": j.session.turns,
+                        "permission_denials": j.session.permission_denials,
+                        "api_error_status": j.session.api_error_status}))
         .collect();
     Ok(json!({"jobs": list}))
 }

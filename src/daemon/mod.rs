@@ -24,6 +24,7 @@ use crate::config::{Config, Overrides, TreeSpec};
 use crate::ctl::server::StopRequest;
 use crate::domain::RunPhase;
 use crate::events::Event;
+use crate::sandbox::Sandbox;
 use crate::store::{Store, StoreError};
 use crate::workspace::{Workspace, WorkspaceError};
 use services::Services;
@@ -71,6 +72,8 @@ pub(crate) struct Prepared {
     pub store: Store,
     pub backend: Arc<dyn Cognition>,
     pub workspace: Workspace,
+    /// Confines jobs and checks; `None` when off (said once in the log).
+    pub sandbox: Option<Sandbox>,
     /// Iterations committed before this start.
     pub committed: u64,
 }
@@ -89,7 +92,11 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
     reap_leftovers(&config.state_dir);
     config.goal = resume::resolve_run(&store, &config, overrides).await?;
 
-    let selection = cognition::select(&config)
+    let hidden = [config.state_dir.clone(), config.workspace.clone()];
+    let sandbox = Sandbox::probe(&config.sandbox, &hidden)
+        .await
+        .map_err(RunError::Usage)?;
+    let selection = cognition::select(&config, sandbox.as_ref())
         .await
         .map_err(|e| RunError::Usage(e.to_string()))?;
     tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
@@ -134,6 +141,7 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
         store,
         backend: selection.backend,
         workspace,
+        sandbox,
         committed,
     })
 }

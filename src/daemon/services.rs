@@ -82,6 +82,7 @@ impl Services {
             workspace: prepared.workspace.clone(),
             backend: prepared.backend.clone(),
             events: events.clone(),
+            sandbox: prepared.sandbox.clone(),
         });
         let (supervisor, supervisor_done) = Actor::spawn(
             Some(supervisor::NAME.to_string()),

@@ -27,6 +27,8 @@ pub struct Defaults {
     pub permission_mode: String,
     pub model: Option<String>,
     pub timeout: Duration,
+    pub max_turns: Option<u32>,
+    pub max_budget_usd: Option<f64>,
 }
 
 /// A request the table refuses, as a message for the tool error.
@@ -86,11 +88,12 @@ impl JobTable {
         params: RunParams,
         batch: Option<Arc<Semaphore>>,
     ) -> Result<(String, tokio::task::JoinHandle<RunOutput>), Refusal> {
-        let invocation = self.invocation(&params)?;
+        let mut invocation = self.invocation(&params)?;
         let id = format!(
             "job-{:06}",
             self.store.next_job_id().map_err(|e| e.to_string())?
         );
+        invocation.label = id.clone();
         let record = McpJobRecord {
             id: id.clone(),
             task: params.task.clone(),
@@ -206,9 +209,11 @@ impl JobTable {
             cwd,
             permission_mode,
             model: params.model.clone().or_else(|| self.defaults.model.clone()),
-            max_turns: params.max_turns,
+            max_turns: params.max_turns.or(self.defaults.max_turns),
+            max_budget_usd: self.defaults.max_budget_usd,
             append_system_prompt: params.append_system_prompt.clone(),
             timeout: self.defaults.timeout,
+            label: String::new(),
         })
     }
 
@@ -251,13 +256,8 @@ impl JobTable {
                 status: record.status.as_str().to_string(),
                 result: None,
                 is_error: true,
-                subtype: None,
-                session_id: None,
-                num_turns: None,
-                duration_ms: None,
-                usage: UsageOutput::default(),
-                total_cost_usd: 0.0,
                 error: record.error.clone(),
+                ..Default::default()
             }),
         }
     }
@@ -324,6 +324,7 @@ fn status_of(record: &McpJobRecord) -> StatusOutput {
 /// The tool output of a finished run.
 pub fn output_of(id: &str, run: &Run) -> RunOutput {
     let result = run.result.clone().unwrap_or_default();
+    let facts = result.facts();
     RunOutput {
         job_id: id.to_string(),
         status: run.status.as_str().to_string(),
@@ -343,5 +344,7 @@ pub fn output_of(id: &str, run: &Run) -> RunOutput {
         },
         total_cost_usd: result.total_cost_usd.unwrap_or(0.0),
         error: run.error.clone(),
+        permission_denials: facts.permission_denials,
+        api_error_status: facts.api_error_status,
     }
 }

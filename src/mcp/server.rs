@@ -21,7 +21,7 @@ use super::tools::{
     BatchOutput, BatchParams, JobIdParams, JobList, RunOutput, RunParams, StartedOutput,
     StatusOutput,
 };
-use crate::claude::Cli;
+use crate::claude::{Cli, ConfigDirs};
 use crate::store::{Store, StoreError};
 
 /// How `agent mcp-serve` was asked to run.
@@ -34,6 +34,10 @@ pub struct ServeOptions {
     pub max_concurrent: usize,
     pub permission_mode: String,
     pub model: Option<String>,
+    pub max_turns: Option<u32>,
+    pub max_budget_usd: Option<f64>,
+    /// The sandbox the agent probed and handed down; `None` runs unconfined.
+    pub sandbox: Option<crate::sandbox::Sandbox>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -223,13 +227,8 @@ impl ClaudeServer {
                     status: "failed".into(),
                     result: None,
                     is_error: true,
-                    subtype: None,
-                    session_id: None,
-                    num_turns: None,
-                    duration_ms: None,
-                    usage: Default::default(),
-                    total_cost_usd: 0.0,
                     error: Some(refusal),
+                    ..Default::default()
                 },
             });
         }
@@ -310,11 +309,20 @@ pub async fn serve_stdio(options: ServeOptions) -> Result<(), ServeError> {
     let store = open_store(&options).await?;
     let jobs = JobTable::open(
         store.clone(),
-        Cli::new(options.claude_bin.clone()),
+        Cli {
+            binary: options.claude_bin.clone(),
+            env: Vec::new(),
+            config_dirs: Some(ConfigDirs {
+                base: options.state_dir.join("claude"),
+            }),
+            sandbox: options.sandbox.clone(),
+        },
         Defaults {
             permission_mode: options.permission_mode.clone(),
             model: options.model.clone(),
             timeout: options.job_timeout,
+            max_turns: options.max_turns,
+            max_budget_usd: options.max_budget_usd,
         },
         options.max_concurrent,
     )

@@ -68,7 +68,7 @@ pub struct UsageOutput {
 
 /// The result of one finished job (`claude_run`, `claude_result`, each item
 /// of `claude_run_batch`).
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[schemars(crate = "rmcp::schemars")]
 #[serde(rename_all = "camelCase")]
 pub struct RunOutput {
@@ -87,6 +87,12 @@ pub struct RunOutput {
     pub total_cost_usd: f64,
     /// Why the job failed.
     pub error: Option<String>,
+    /// Tool uses Claude Code was refused.
+    #[serde(default)]
+    pub permission_denials: u64,
+    /// The HTTP status of a failed API call.
+    #[serde(default)]
+    pub api_error_status: Option<String>,
 }
 
 /// `claude_run_async`.

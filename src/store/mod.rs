@@ -21,8 +21,8 @@ use sled::transaction::ConflictableTransactionError;
 
 pub use codec::CodecError;
 pub use records::{
-    ApprovalRecord, BackupRecord, JobRecord, McpJobRecord, ResearchRecord, RunRecord,
-    SnapshotRecord,
+    ApprovalRecord, BackupRecord, JobRecord, JobRecordV1, JobSession, McpJobRecord, ResearchRecord,
+    RunRecord, SnapshotRecord,
 };
 
 use crate::domain::{Experience, Iteration};
@@ -349,7 +349,11 @@ impl Store {
             .iter()
             .map(|entry| {
                 let (_, bytes) = entry?;
-                decode(&bytes, "job record")
+                decode(&bytes, "job record").or_else(|error| {
+                    decode::<JobRecordV1>(&bytes, "job record")
+                        .map(JobRecord::from)
+                        .map_err(|_| error)
+                })
             })
             .collect()
     }

@@ -87,6 +87,52 @@ pub struct JobRecord {
     pub started_at_ms: u64,
     pub ended_at_ms: Option<u64>,
     pub error: Option<String>,
+    /// What Claude Code said of the job's session (added after the first
+    /// layout: records without it read back through [`JobRecordV1`]).
+    pub session: JobSession,
+}
+
+/// Claude Code's session facts of one job.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct JobSession {
+    pub session_id: Option<String>,
+    pub turns: Option<u64>,
+    pub permission_denials: u64,
+    pub api_error_status: Option<String>,
+}
+
+/// A job record as written before [`JobSession`] was kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecordV1 {
+    pub id: u64,
+    pub iteration: u64,
+    pub backend: String,
+    pub capability: String,
+    #[serde(with = "as_name")]
+    pub status: JobStatus,
+    pub process_group: Option<i32>,
+    pub remote_id: Option<String>,
+    pub started_at_ms: u64,
+    pub ended_at_ms: Option<u64>,
+    pub error: Option<String>,
+}
+
+impl From<JobRecordV1> for JobRecord {
+    fn from(old: JobRecordV1) -> JobRecord {
+        JobRecord {
+            id: old.id,
+            iteration: old.iteration,
+            backend: old.backend,
+            capability: old.capability,
+            status: old.status,
+            process_group: old.process_group,
+            remote_id: old.remote_id,
+            started_at_ms: old.started_at_ms,
+            ended_at_ms: old.ended_at_ms,
+            error: old.error,
+            session: JobSession::default(),
+        }
+    }
 }
 
 /// A cached research answer.

@@ -293,6 +293,16 @@ pub fn set_remote_parent(span: &tracing::Span, traceparent: &str) {
     }
 }
 
+/// The trace id of the current span, in hex; `None` without export.
+pub fn current_trace_id() -> Option<String> {
+    let context = tracing::Span::current().context();
+    let span = context.span();
+    let span_context = span.span_context();
+    span_context
+        .is_valid()
+        .then(|| span_context.trace_id().to_string())
+}
+
 /// The W3C `traceparent` of the current span (empty without export).
 pub fn current_traceparent() -> Option<String> {
     let mut carrier: HashMap<String, String> = HashMap::new();

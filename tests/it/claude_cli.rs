@@ -83,7 +83,7 @@ async fn success_parses_result_usage_and_cost() {
     assert_eq!(outcome.usage.input_tokens, 120);
     assert_eq!(outcome.usage.output_tokens, 45);
     assert_eq!(outcome.usage.cost_usd, 0.0123);
-    assert!(outcome.session_id.is_some());
+    assert!(outcome.claude.session_id.is_some());
     let log = std::fs::read_to_string(f.log()).unwrap();
     assert!(
         log.contains(" acceptEdits "),

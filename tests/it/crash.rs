@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Daemon, fast_config, history, poll_until, text, tiny_crate};
+use crate::harness::{Daemon, UNCONFINED, fast_config, history, poll_until, text, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -196,7 +196,10 @@ fn crash_at(window: &Window) {
     )
     .unwrap();
     let validation = format!("command = \"sh {}\"", suite.display());
-    let config = fast_config(dir.path(), &[("command = \"true\"", &validation)]);
+    let config = fast_config(
+        dir.path(),
+        &[("command = \"true\"", &validation), UNCONFINED],
+    );
     let workspace = if window.import {
         plain_crate(dir.path())
     } else {

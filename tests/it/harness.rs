@@ -73,7 +73,12 @@ pub fn fast_config(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
         .replace("job_timeout = \"10m\"", "job_timeout = \"20s\"")
         .replace("retry_after = \"2s\"", "retry_after = \"100ms\"")
         .replace("shutdown_timeout = \"30s\"", "shutdown_timeout = \"10s\"")
-        .replace("max_iterations = 4\n", "");
+        .replace("max_iterations = 4\n", "")
+        // The stand-in's logs and marks live in the test's directory.
+        .replace(
+            "writable = []",
+            &format!("writable = [\"{}\"]", dir.display()),
+        );
     for (from, to) in extra {
         assert!(text.contains(from), "config has no {from}");
         text = text.replace(from, to);
@@ -82,6 +87,11 @@ pub fn fast_config(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
     std::fs::write(&path, text).unwrap();
     path
 }
+
+/// The `fast_config` replacement that turns the sandbox off, for the tests
+/// that watch the stand-in's own pids: in the sandbox's PID namespace the
+/// pid a process writes of itself is not the one this test can see.
+pub const UNCONFINED: (&str, &str) = ("enabled = \"auto\"", "enabled = \"off\"");
 
 /// An `actors.toml` with the given replacements of the default.
 pub fn actors_config(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {

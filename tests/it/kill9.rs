@@ -6,7 +6,9 @@ use std::collections::HashMap;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Daemon, fast_config, history, tiny_crate, wait_gone, worktree_log};
+use crate::harness::{
+    Daemon, UNCONFINED, fast_config, history, tiny_crate, wait_gone, worktree_log,
+};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -22,7 +24,7 @@ fn committed_iterations(state: &Path) -> Vec<u64> {
 #[test]
 fn kill_dash_nine_mid_iteration_loses_and_repeats_nothing() {
     let dir = tempfile::tempdir().unwrap();
-    let config = fast_config(dir.path(), &[]);
+    let config = fast_config(dir.path(), &[UNCONFINED]);
     let workspace = tiny_crate(dir.path());
     let state = dir.path().join("state");
     let pids = dir.path().join("pids");

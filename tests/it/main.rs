@@ -18,5 +18,6 @@ mod mcp;
 mod reliability;
 mod runtime;
 mod safety;
+mod sandbox;
 mod telemetry;
 mod tidy;

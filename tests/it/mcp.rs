@@ -347,6 +347,107 @@ async fn every_fault_of_the_stand_in_ends_the_job_within_its_deadline_and_leaves
 }
 
 #[tokio::test]
+async fn concurrent_jobs_each_get_their_own_claude_config_directory_seeded_from_the_login() {
+    let dir = tempfile::tempdir().unwrap();
+    let home = dir.path().join("home");
+    std::fs::create_dir_all(home.join(".claude")).unwrap();
+    std::fs::write(home.join(".claude.json"), "{\"userID\": \"u\"}").unwrap();
+    std::fs::write(home.join(".claude/.credentials.json"), "{}").unwrap();
+    let config_log = dir.path().join("config.log");
+    let server = start_server(
+        dir.path(),
+        &fake_claude(),
+        &["--max-concurrent", "2"],
+        &[
+            ("HOME", home.to_str().unwrap()),
+            ("CLAUDE_CONFIG_DIR", ""),
+            ("FAKE_CLAUDE_DELAY", "1"),
+            ("FAKE_CLAUDE_CONFIG_LOG", config_log.to_str().unwrap()),
+        ],
+    )
+    .await;
+    let tasks: Vec<Value> = (0..2)
+        .map(|i| run_args(&format!("[fake:slow] part {i}"), dir.path()))
+        .collect();
+    let batch: BatchOutput = server
+        .typed(
+            "claude_run_batch",
+            json!({"tasks": tasks, "maxConcurrent": 2}),
+        )
+        .await;
+    assert!(batch.results.iter().all(|r| r.status == "completed"));
+    let lines: Vec<String> = std::fs::read_to_string(&config_log)
+        .unwrap()
+        .lines()
+        .map(String::from)
+        .collect();
+    assert_eq!(lines.len(), 2, "{lines:?}");
+    let dirs: Vec<&str> = lines.iter().map(|l| l.split(' ').next().unwrap()).collect();
+    assert_ne!(dirs[0], dirs[1], "each job has its own directory");
+    let base = dir.path().join("state").join("claude");
+    for line in &lines {
+        let (config_dir, files) = line.split_once(' ').unwrap();
+        assert!(Path::new(config_dir).starts_with(&base), "{line}");
+        assert!(
+            files.contains(".claude.json") && files.contains(".credentials.json"),
+            "seeded from the login: {line}"
+        );
+    }
+    // The user's own file is never written by a job.
+    assert_eq!(
+        std::fs::read_to_string(home.join(".claude.json")).unwrap(),
+        "{\"userID\": \"u\"}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn bounds_are_passed_and_the_results_error_fields_decide_failure() {
+    let dir = tempfile::tempdir().unwrap();
+    let args_log = dir.path().join("args.log");
+    let server = start_server(
+        dir.path(),
+        &fake_claude(),
+        &["--max-turns", "7", "--max-budget-usd", "1.5"],
+        &[("FAKE_CLAUDE_ARGS_LOG", args_log.to_str().unwrap())],
+    )
+    .await;
+    let run = |mode: &str| {
+        let args = run_args(&format!("[fake:{mode}] go"), dir.path());
+        let server = &server;
+        async move { server.typed::<RunOutput>("claude_run", args).await }
+    };
+    let turns = run("max-turns").await;
+    assert_eq!(turns.status, "failed", "{turns:?}");
+    assert!(turns.is_error);
+    assert_eq!(turns.subtype.as_deref(), Some("error_max_turns"));
+    assert_eq!(turns.num_turns, Some(3));
+    let api = run("api-error").await;
+    assert_eq!(
+        api.status, "failed",
+        "a success subtype with is_error fails"
+    );
+    assert_eq!(api.api_error_status.as_deref(), Some("529"));
+    assert_eq!(
+        api.error.as_deref(),
+        Some("API Error: Overloaded (API status 529)")
+    );
+    let denied = run("denied").await;
+    assert_eq!(denied.status, "completed", "{denied:?}");
+    assert_eq!(denied.permission_denials, 2);
+    assert_eq!(denied.num_turns, Some(2));
+    assert!(denied.session_id.is_some());
+    let args = std::fs::read_to_string(&args_log).unwrap();
+    assert_eq!(args.lines().count(), 3);
+    assert!(
+        args.lines()
+            .all(|l| l.contains("--max-turns 7") && l.contains("--max-budget-usd 1.5")),
+        "{args}"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
 async fn a_restarted_server_answers_for_finished_jobs_and_fails_the_ones_it_lost() {
     let dir = tempfile::tempdir().unwrap();
     let server = start_server(dir.path(), &fake_claude(), &[], &[]).await;

@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Daemon, fast_config, text, tiny_crate};
+use crate::harness::{Daemon, UNCONFINED, fast_config, text, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -95,7 +95,10 @@ fn kill_9_during_validation_leaves_no_process_of_the_old_run_after_the_restart()
     )
     .unwrap();
     let validation = format!("command = \"sh {}\"", suite.display());
-    let config = fast_config(dir.path(), &[("command = \"true\"", &validation)]);
+    let config = fast_config(
+        dir.path(),
+        &[("command = \"true\"", &validation), UNCONFINED],
+    );
     let workspace = tiny_crate(dir.path());
     let state = dir.path().join("state");
     let edit = [("FAKE_CLAUDE_MODE", "edit")];
@@ -368,7 +371,10 @@ fn end_during_a_slow_job(ending: Ending, shutdown_timeout: &str) {
     let pids = dir.path().join("pids");
     std::fs::create_dir(&pids).unwrap();
     let timeout = format!("shutdown_timeout = \"{shutdown_timeout}\"");
-    let config = fast_config(dir.path(), &[("shutdown_timeout = \"10s\"", &timeout)]);
+    let config = fast_config(
+        dir.path(),
+        &[("shutdown_timeout = \"10s\"", &timeout), UNCONFINED],
+    );
     let workspace = tiny_crate(dir.path());
     let state = dir.path().join("state");
     let env = [

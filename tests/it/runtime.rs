@@ -124,6 +124,8 @@ async fn start_tree(
         backend: Arc::new(backend),
         events: events.clone(),
         prompt_template: "{goal}".into(),
+        // In-process: the fault tests watch the stand-in's own pids.
+        sandbox: None,
     });
     let (supervisor, handle) = Actor::spawn(
         Some(agent::supervisor::NAME.into()),

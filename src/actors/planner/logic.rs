@@ -311,7 +311,7 @@ mod tests {
             output: String::new(),
             error: Some("exit 143 after 12s".into()),
             usage: Usage::default(),
-            session_id: None,
+            claude: Default::default(),
         };
         let rejected = Verdict::Rejected {
             reason: "fitness got worse: 5 → 6".into(),
