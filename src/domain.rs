@@ -215,17 +215,51 @@ pub enum Verdict {
         commit: String,
         fitness_after: f64,
         files_changed: usize,
+        variant: Option<Variant>,
     },
     /// Rolled back to the base commit.
     Rejected {
         reason: String,
         fitness_after: Option<f64>,
+        variant: Option<Variant>,
     },
     /// The job changed nothing.
     NoChange,
 }
 
+/// One change an iteration produced, kept whether accepted or refused (the
+/// variant archive): its commit stays reachable on a variant ref.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Variant {
+    pub iteration: u64,
+    pub commit: String,
+    /// The base commit it was made on.
+    pub parent: String,
+    pub outcome: Outcome,
+    /// What refused it: a safety rule's name, or `validation`, `fitness`,
+    /// `approval`.
+    pub refused_by: Option<String>,
+    /// The rules the change was checked against, in order.
+    pub rules_checked: Vec<String>,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: Option<f64>,
+    /// `passed`, `failed: <first error line>` or `not run`.
+    pub validation: String,
+    /// Regression tests the modifier generated into the change.
+    pub generated_tests: Vec<String>,
+}
+
 impl Verdict {
+    /// The variant the change was archived as, when there was a change.
+    pub fn variant(&self) -> Option<&Variant> {
+        match self {
+            Verdict::Accepted { variant, .. } | Verdict::Rejected { variant, .. } => {
+                variant.as_ref()
+            }
+            Verdict::NoChange => None,
+        }
+    }
+
     /// The iteration outcome this verdict gives.
     pub fn outcome(&self) -> Outcome {
         match self {
@@ -276,6 +310,9 @@ pub struct Iteration {
     /// One line: what happened.
     pub summary: String,
     pub finished_at_ms: u64,
+    /// The change it produced, archived (none when nothing changed); boxed,
+    /// as iterations travel in messages and events.
+    pub variant: Option<Box<Variant>>,
 }
 
 impl Iteration {
@@ -518,6 +555,7 @@ mod tests {
             commit: None,
             summary: String::new(),
             finished_at_ms: 0,
+            variant: None,
         };
         assert_eq!(iteration.head_fitness(), Some(2.0));
         iteration.outcome = Outcome::Rejected;

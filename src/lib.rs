@@ -22,4 +22,5 @@ pub mod sandbox;
 pub mod store;
 pub mod supervisor;
 pub mod telemetry;
+pub mod testgen;
 pub mod workspace;

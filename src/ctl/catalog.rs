@@ -169,6 +169,14 @@ static CATALOG: &[Spec] = &[
     },
     Spec {
         actor: ActorKind::Modifier,
+        name: "variants",
+        kind: Kind::Query,
+        args: &[arg("last", ArgKind::Integer, false)],
+        description: "the archive of changes, accepted and refused, with parent, rule, fitness and validation (default 20)",
+        handler: |args| Box::pin(modifier_variants(args)),
+    },
+    Spec {
+        actor: ActorKind::Modifier,
         name: "rollback",
         kind: Kind::Command,
         args: &[],
@@ -536,6 +544,25 @@ async fn modifier_status(_: Args) -> Reply {
     Ok(
         json!({"head": s.head, "head_fitness": s.head_fitness, "accepted": s.accepted, "rolled_back": s.rolled_back, "changed_files": s.changed}),
     )
+}
+
+async fn modifier_variants(args: Args) -> Reply {
+    let last = args.integer("last").unwrap_or(20) as usize;
+    let variants = messages::call(ActorKind::Modifier, QUICK, |reply| ModifierMsg::Variants {
+        last,
+        reply,
+    })
+    .await
+    .map_err(peer_error)?
+    .map_err(actor_error)?;
+    let list: Vec<Value> = variants
+        .iter()
+        .map(|v| json!({"iteration": v.iteration, "outcome": v.outcome.as_str(), "commit": v.commit,
+                        "parent": v.parent, "refused_by": v.refused_by, "fitness_before": v.fitness_before,
+                        "fitness_after": v.fitness_after, "validation": v.validation,
+                        "rules_checked": v.rules_checked, "generated_tests": v.generated_tests}))
+        .collect();
+    Ok(json!({"variants": list}))
 }
 
 async fn modifier_rollback(_: Args) -> Reply {

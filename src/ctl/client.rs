@@ -237,6 +237,9 @@ pub fn render(reply: &Reply) -> String {
             if let Some(actor) = &event.actor {
                 line.push_str(&format!(" {actor}"));
             }
+            if let Some(rule) = &event.rule {
+                line.push_str(&format!(" [refused by {rule}]"));
+            }
             if !event.detail.is_empty() {
                 line.push_str(&format!(": {}", event.detail));
             }

@@ -228,6 +228,16 @@ pub struct HistoryEntry {
     pub duration_ms: u64,
     pub commit: Option<String>,
     pub summary: String,
+    /// What refused the change: a safety rule's name, or `validation`,
+    /// `fitness`, `approval`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    /// The rules the change was checked against.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub rules: Vec<String>,
+    /// The change's commit in the variant archive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 /// One event of `agent ctl watch`.
@@ -244,6 +254,9 @@ pub struct WireEvent {
     /// The step of an iteration, for `step` events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub step: Option<String>,
+    /// For `iteration_committed`: what refused the change, if anything did.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
     pub detail: String,
     pub at_ms: u64,
 }

@@ -242,6 +242,7 @@ async fn stream_events(frames: &mut Frames, id: u64, context: &ServerContext) {
         iteration: None,
         actor: None,
         step: None,
+        rule: None,
         detail: "streaming events; Ctrl-C to stop".into(),
         at_ms: now_ms(),
     };
@@ -255,7 +256,7 @@ async fn stream_events(frames: &mut Frames, id: u64, context: &ServerContext) {
         let event = tokio::select! {
             event = events.recv() => event,
             () = context.closing.cancelled() => {
-                let last = WireEvent { event: "daemon_stopping".into(), iteration: None, actor: None, step: None, detail: "the daemon is stopping".into(), at_ms: now_ms() };
+                let last = WireEvent { event: "daemon_stopping".into(), iteration: None, actor: None, step: None, rule: None, detail: "the daemon is stopping".into(), at_ms: now_ms() };
                 let _ = send(frames, id, Outcome::Ok(Reply::Event(last))).await;
                 return;
             }
@@ -272,6 +273,7 @@ async fn stream_events(frames: &mut Frames, id: u64, context: &ServerContext) {
                 iteration: None,
                 actor: None,
                 step: None,
+                rule: None,
                 detail: format!("{missed} events were dropped because this client read too slowly"),
                 at_ms: now_ms(),
             },
@@ -292,6 +294,7 @@ fn wire_event(event: &Event) -> WireEvent {
         iteration: None,
         actor: None,
         step: None,
+        rule: None,
         detail: String::new(),
         at_ms: now_ms(),
     };
@@ -314,6 +317,10 @@ fn wire_event(event: &Event) -> WireEvent {
             wire.event = "iteration_committed".into();
             wire.iteration = Some(committed.number);
             wire.detail = committed.summary.clone();
+            wire.rule = committed
+                .variant
+                .as_ref()
+                .and_then(|v| v.refused_by.clone());
         }
         Event::IterationAbandoned { iteration, reason } => {
             wire.event = "iteration_abandoned".into();
@@ -527,6 +534,13 @@ pub fn history_entry(i: &Iteration) -> HistoryEntry {
         duration_ms: i.duration.as_millis() as u64,
         commit: i.commit.clone(),
         summary: i.summary.clone(),
+        rule: i.variant.as_ref().and_then(|v| v.refused_by.clone()),
+        rules: i
+            .variant
+            .as_ref()
+            .map(|v| v.rules_checked.clone())
+            .unwrap_or_default(),
+        variant: i.variant.as_ref().map(|v| v.commit.clone()),
     }
 }
 

@@ -115,6 +115,7 @@ async fn rebuild(
                         &id[..id.len().min(10)]
                     ),
                     finished_at_ms: now_ms(),
+                    variant: None,
                 }
             }
             None => Iteration {
@@ -129,6 +130,7 @@ async fn rebuild(
                 commit: None,
                 summary: "recovered: this iteration left no commit on the agent branch; its outcome was not kept".into(),
                 finished_at_ms: now_ms(),
+                variant: None,
             },
         };
         // The head's fitness is unknown after a recovery: measured anew.

@@ -15,7 +15,7 @@ use ractor::{ActorRef, RpcReplyPort};
 use crate::domain::{
     ActorKind, Advice, ApprovalDecision, ApprovalRequest, Capability, Experience, FaultKind,
     GovernorStatus, Iteration, JobOutcome, LearnerStats, ModifierStatus, Permit, Plan,
-    PlannerStatus, Prepared, Research, ResearcherStatus, Usage, Verdict,
+    PlannerStatus, Prepared, Research, ResearcherStatus, Usage, Variant, Verdict,
 };
 use crate::store::{ApprovalRecord, JobRecord, SnapshotRecord};
 
@@ -200,6 +200,11 @@ pub enum ModifierMsg {
     /// Reload the committed snapshot without touching the worktree.
     Reload(RpcReplyPort<Result<(), ActorError>>),
     Status(RpcReplyPort<ModifierStatus>),
+    /// The latest `last` archived variants, oldest first.
+    Variants {
+        last: usize,
+        reply: RpcReplyPort<Result<Vec<Variant>, ActorError>>,
+    },
     /// Validate the worktree's change and commit or roll back.
     Validate {
         iteration: u64,

@@ -4,8 +4,8 @@
 
 use std::time::Duration;
 
-use super::records::{ExperienceRecord, IterationRecord};
-use crate::domain::{Experience, Iteration, Usage};
+use super::records::{ExperienceRecord, IterationRecord, VariantRecord};
+use crate::domain::{Experience, Iteration, Usage, Variant};
 
 impl From<&Iteration> for IterationRecord {
     fn from(i: &Iteration) -> Self {
@@ -45,6 +45,42 @@ impl From<IterationRecord> for Iteration {
             commit: r.commit,
             summary: r.summary,
             finished_at_ms: r.finished_at_ms,
+            // Kept in its own tree; the store adds it.
+            variant: None,
+        }
+    }
+}
+
+impl From<&Variant> for VariantRecord {
+    fn from(v: &Variant) -> Self {
+        VariantRecord {
+            iteration: v.iteration,
+            commit: v.commit.clone(),
+            parent: v.parent.clone(),
+            outcome: v.outcome,
+            refused_by: v.refused_by.clone(),
+            rules_checked: v.rules_checked.clone(),
+            fitness_before: v.fitness_before,
+            fitness_after: v.fitness_after,
+            validation: v.validation.clone(),
+            generated_tests: v.generated_tests.clone(),
+        }
+    }
+}
+
+impl From<VariantRecord> for Variant {
+    fn from(r: VariantRecord) -> Self {
+        Variant {
+            iteration: r.iteration,
+            commit: r.commit,
+            parent: r.parent,
+            outcome: r.outcome,
+            refused_by: r.refused_by,
+            rules_checked: r.rules_checked,
+            fitness_before: r.fitness_before,
+            fitness_after: r.fitness_after,
+            validation: r.validation,
+            generated_tests: r.generated_tests,
         }
     }
 }

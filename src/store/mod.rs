@@ -22,10 +22,10 @@ use sled::transaction::ConflictableTransactionError;
 pub use codec::CodecError;
 pub use records::{
     ApprovalRecord, BackupRecord, JobRecord, JobRecordV1, JobSession, McpJobRecord, ResearchRecord,
-    RunRecord, SnapshotRecord,
+    RunRecord, SnapshotRecord, VariantRecord,
 };
 
-use crate::domain::{Experience, Iteration};
+use crate::domain::{Experience, Iteration, Variant};
 use records::{ExperienceRecord, IterationRecord};
 
 const RUN_KEY: &[u8] = b"run";
@@ -37,7 +37,7 @@ const WORKSPACE_KEY: &[u8] = b"workspace";
 /// missing; this file (with the agent branch) is how that is noticed.
 const WITNESS_FILE: &str = "committed";
 /// The trees a backup carries, in order.
-const TREES: [&str; 8] = [
+const TREES: [&str; 9] = [
     "meta",
     "snapshots",
     "iterations",
@@ -46,6 +46,7 @@ const TREES: [&str; 8] = [
     "research",
     "mcp_jobs",
     "approvals",
+    "variants",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -102,6 +103,8 @@ pub struct Store {
     research: sled::Tree,
     mcp_jobs: sled::Tree,
     approvals: sled::Tree,
+    /// The variant archive: each change an iteration produced, by iteration.
+    variants: sled::Tree,
 }
 
 impl std::fmt::Debug for Store {
@@ -143,6 +146,7 @@ impl Store {
             research: db.open_tree("research")?,
             mcp_jobs: db.open_tree("mcp_jobs")?,
             approvals: db.open_tree("approvals")?,
+            variants: db.open_tree("variants")?,
             db,
         })
     }
@@ -243,12 +247,25 @@ impl Store {
             .iter()
             .map(|s| Ok((s.actor.as_bytes().to_vec(), codec::encode(s)?)))
             .collect::<Result<_, CodecError>>()?;
+        let variant_bytes = iteration
+            .variant
+            .as_ref()
+            .map(|v| codec::encode(&VariantRecord::from(&**v)))
+            .transpose()?;
         let writing = self.writing();
-        (&self.iterations, &self.experiences, &self.snapshots)
-            .transaction(|(iterations, experiences, snapshots)| {
+        (
+            &self.iterations,
+            &self.experiences,
+            &self.snapshots,
+            &self.variants,
+        )
+            .transaction(|(iterations, experiences, snapshots, variants)| {
                 iterations.insert(&key, record_bytes.as_slice())?;
                 if let Some(bytes) = &experience_bytes {
                     experiences.insert(&key, bytes.as_slice())?;
+                }
+                if let Some(bytes) = &variant_bytes {
+                    variants.insert(&key, bytes.as_slice())?;
                 }
                 for (actor, bytes) in &snapshot_bytes {
                     snapshots.insert(actor.as_slice(), bytes.as_slice())?;
@@ -290,10 +307,41 @@ impl Store {
     pub fn last_iteration(&self) -> Result<Option<Iteration>, StoreError> {
         match self.iterations.last()? {
             Some((_, bytes)) => Ok(Some(
-                decode::<IterationRecord>(&bytes, "iteration record")?.into(),
+                self.with_variant(decode::<IterationRecord>(&bytes, "iteration record")?)?,
             )),
             None => Ok(None),
         }
+    }
+
+    /// A committed iteration with its archived variant.
+    fn with_variant(&self, record: IterationRecord) -> Result<Iteration, StoreError> {
+        let variant = self.variant(record.number)?;
+        let mut iteration = Iteration::from(record);
+        iteration.variant = variant.map(Box::new);
+        Ok(iteration)
+    }
+
+    /// The archived variant of `iteration`, if it produced a change.
+    pub fn variant(&self, iteration: u64) -> Result<Option<Variant>, StoreError> {
+        Ok(self
+            .get::<VariantRecord>(&self.variants, &iteration.to_be_bytes(), "variant")?
+            .map(Variant::from))
+    }
+
+    /// The last `count` archived variants, oldest first.
+    pub fn variants(&self, count: usize) -> Result<Vec<Variant>, StoreError> {
+        let mut variants: Vec<Variant> = self
+            .variants
+            .iter()
+            .rev()
+            .take(count)
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                decode::<VariantRecord>(&bytes, "variant").map(Variant::from)
+            })
+            .collect::<Result<_, StoreError>>()?;
+        variants.reverse();
+        Ok(variants)
     }
 
     /// The last `count` committed iterations, oldest first.
@@ -305,7 +353,7 @@ impl Store {
             .take(count)
             .map(|entry| {
                 let (_, bytes) = entry?;
-                decode::<IterationRecord>(&bytes, "iteration record").map(Iteration::from)
+                self.with_variant(decode::<IterationRecord>(&bytes, "iteration record")?)
             })
             .collect::<Result<_, StoreError>>()?;
         records.reverse();
@@ -559,6 +607,7 @@ mod tests {
             commit: None,
             summary: String::new(),
             finished_at_ms: 0,
+            variant: None,
         }
     }
 
@@ -577,11 +626,32 @@ mod tests {
                 .commit_iteration(&record(1), None, std::slice::from_ref(&snapshot))
                 .await
                 .unwrap();
-            store.commit_iteration(&record(2), None, &[]).await.unwrap();
+            let mut refused = record(2);
+            refused.variant = Some(Box::new(crate::domain::Variant {
+                iteration: 2,
+                commit: "c2".into(),
+                parent: "c1".into(),
+                outcome: Outcome::Rejected,
+                refused_by: Some("no-new-unsafe".into()),
+                rules_checked: vec!["protected-path".into()],
+                fitness_before: Some(3.0),
+                fitness_after: None,
+                validation: "not run".into(),
+                generated_tests: Vec::new(),
+            }));
+            store.commit_iteration(&refused, None, &[]).await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.last_iteration().unwrap().unwrap().number, 2);
         assert_eq!(store.iterations(10).unwrap().len(), 2);
+        let variants = store.variants(10).unwrap();
+        assert_eq!(variants.len(), 1, "only the iteration with a change");
+        assert_eq!(variants[0].refused_by.as_deref(), Some("no-new-unsafe"));
+        assert_eq!(
+            store.last_iteration().unwrap().unwrap().variant,
+            Some(Box::new(variants[0].clone())),
+            "an iteration reads back with its variant"
+        );
         assert_eq!(
             store.snapshot("learner").unwrap().unwrap().body,
             vec![1, 2, 3]

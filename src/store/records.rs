@@ -55,6 +55,23 @@ pub struct IterationRecord {
     pub finished_at_ms: u64,
 }
 
+/// One archived variant: the change an iteration produced, accepted or
+/// refused, with what judged it. Its commit is on a variant ref.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct VariantRecord {
+    pub iteration: u64,
+    pub commit: String,
+    pub parent: String,
+    #[serde(with = "as_name")]
+    pub outcome: Outcome,
+    pub refused_by: Option<String>,
+    pub rules_checked: Vec<String>,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: Option<f64>,
+    pub validation: String,
+    pub generated_tests: Vec<String>,
+}
+
 /// What the learner learned from one iteration.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ExperienceRecord {

@@ -6,6 +6,7 @@
     reason = "tests run the real binary, git and the stand-in claude as a user would, outside the agent's process wrappers"
 )]
 
+mod archive;
 mod claude_cli;
 mod config_errors;
 mod crash;

@@ -8,15 +8,18 @@ use std::time::Duration;
 
 use git2::{IndexAddOption, Repository, Signature};
 
-use crate::harness::{Daemon, fast_config, history, tiny_crate};
+use crate::harness::{Daemon, UNCONFINED, fast_config, history, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(120);
 
-/// One bounded run whose single change is the stand-in's `text` in `file`;
-/// returns the iteration's summary.
+/// One bounded run whose single change is the stand-in's edit; checks the
+/// change was refused by `rule` (named in the history's `rule` field), is
+/// absent from the branch but kept in the variant archive, and the worktree
+/// is clean. Returns the iteration's summary.
 fn refused_summary(
     dir: &Path,
     workspace: &Path,
+    rule: &str,
     extra: &[(&str, &str)],
     edit: &[(&str, &str)],
 ) -> String {
@@ -48,6 +51,13 @@ fn refused_summary(
         worktree.iteration_commits().unwrap().is_empty(),
         "the branch holds no refused change"
     );
+    assert_eq!(records[0]["rule"], rule, "{records:?}");
+    let archived = worktree.variant_commit(1).unwrap();
+    assert_eq!(
+        archived.as_deref(),
+        records[0]["variant"].as_str(),
+        "the refused change is kept on its variant ref"
+    );
     records[0]["summary"].as_str().unwrap().to_string()
 }
 
@@ -58,6 +68,7 @@ fn a_change_that_adds_unsafe_is_refused_by_its_rule_with_file_and_line() {
     let summary = refused_summary(
         dir.path(),
         &workspace,
+        "no-new-unsafe",
         &[],
         &[("FAKE_CLAUDE_EDIT_TEXT", "pub fn raw() {\n    unsafe {}\n}")],
     );
@@ -77,6 +88,7 @@ fn a_change_to_a_protected_path_is_refused() {
     let summary = refused_summary(
         dir.path(),
         &workspace,
+        "protected-path",
         &[],
         &[("FAKE_CLAUDE_EDIT_FILE", "actors.toml")],
     );
@@ -134,15 +146,111 @@ fn on_the_agents_own_source_a_change_to_the_governor_is_refused_before_any_build
         "command = \"git diff --quiet HEAD || touch {}\"",
         built.display()
     );
-    let summary = refused_summary(
-        dir.path(),
-        &copy,
-        &[("command = \"true\"", &validation)],
-        &[("FAKE_CLAUDE_EDIT_FILE", "src/actors/governor.rs")],
-    );
-    assert!(
-        summary.contains("refused by rule protected-path: src/actors/governor.rs"),
-        "{summary}"
-    );
-    assert!(!built.exists(), "no build ran on the refused change");
+    for (file, dir_name) in [
+        ("src/actors/governor.rs", "governor"),
+        ("src/actors/modifier/pipeline.rs", "evaluator"),
+    ] {
+        let run = dir.path().join(dir_name);
+        std::fs::create_dir_all(&run).unwrap();
+        let summary = refused_summary(
+            &run,
+            &copy,
+            "protected-path",
+            // The mark is written outside the worktree: unconfined.
+            &[("command = \"true\"", &validation), UNCONFINED],
+            &[("FAKE_CLAUDE_EDIT_FILE", file)],
+        );
+        assert!(
+            summary.contains(&format!("refused by rule protected-path: {file}")),
+            "{summary}"
+        );
+        assert!(!built.exists(), "no build ran on the refused change");
+    }
+}
+
+/// A crate whose lib has a test and a protected function, committed.
+fn crate_with_a_test(dir: &Path) -> std::path::PathBuf {
+    let workspace = tiny_crate(dir);
+    std::fs::write(
+        workspace.join("src/lib.rs"),
+        "pub fn score() -> u32 {\n    1\n}\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn scores() {\n        assert_eq!(super::score(), 1);\n    }\n}\n",
+    )
+    .unwrap();
+    commit(&Repository::open(&workspace).unwrap(), "a test");
+    workspace
+}
+
+/// A rule, the config replacements that arm it, the stand-in's edit, and
+/// what the summary must say.
+type RuleCase<'a> = (
+    &'a str,
+    &'a [(&'a str, &'a str)],
+    Vec<(&'a str, &'a str)>,
+    &'a str,
+);
+
+#[test]
+fn each_scope_and_syntax_rule_refuses_its_change_by_name() {
+    let dir = tempfile::tempdir().unwrap();
+    let replace = ("FAKE_CLAUDE_EDIT_REPLACE", "1");
+    let cases: [RuleCase; 6] = [
+        (
+            "outside-allowed-paths",
+            &[("allowed_paths = []", "allowed_paths = [\"src/\"]")],
+            vec![("FAKE_CLAUDE_EDIT_FILE", "build.rs")],
+            "refused by rule outside-allowed-paths: build.rs",
+        ),
+        (
+            "change-too-large",
+            &[("max_changed_lines = 2000", "max_changed_lines = 1")],
+            vec![("FAKE_CLAUDE_EDIT_TEXT", "// one\n// two")],
+            "lines changed, at most 1 allowed",
+        ),
+        (
+            "no-process-spawn",
+            &[],
+            vec![(
+                "FAKE_CLAUDE_EDIT_TEXT",
+                "pub fn run() {\n    let _ = std::process::Command::new(\"ls\");\n}",
+            )],
+            "refused by rule no-process-spawn: src/lib.rs:",
+        ),
+        (
+            "no-removed-test",
+            &[],
+            vec![
+                ("FAKE_CLAUDE_EDIT_TEXT", "pub fn score() -> u32 {\n    1\n}"),
+                replace,
+            ],
+            "removes the test `scores`",
+        ),
+        (
+            "no-edit-protected-fn",
+            &[(
+                "protected_fns = []",
+                "protected_fns = [\"src/lib.rs::score\"]",
+            )],
+            vec![
+                (
+                    "FAKE_CLAUDE_EDIT_TEXT",
+                    "pub fn score() -> u32 {\n    2\n}\n\n#[cfg(test)]\nmod tests {\n    #[test]\n    fn scores() {\n        assert_eq!(super::score(), 1);\n    }\n}",
+                ),
+                replace,
+            ],
+            "refused by rule no-edit-protected-fn: src/lib.rs:1: edits the protected function `score`",
+        ),
+        (
+            "rust-syntax",
+            &[],
+            vec![("FAKE_CLAUDE_EDIT_TEXT", "fn broken( {")],
+            "refused by rule rust-syntax: src/lib.rs:",
+        ),
+    ];
+    for (rule, extra, edit, expected) in cases {
+        let run = dir.path().join(rule);
+        std::fs::create_dir_all(&run).unwrap();
+        let workspace = crate_with_a_test(&run);
+        let summary = refused_summary(&run, &workspace, rule, extra, &edit);
+        assert!(summary.contains(expected), "{rule}: {summary}");
+    }
 }

@@ -365,6 +365,66 @@ fn a_ctl_request_links_the_iteration_it_affects_and_http_export_works() {
 }
 
 #[test]
+fn a_refused_change_names_its_rule_on_the_spans_and_its_archived_commit_names_the_trace() {
+    let (address, received) = grpc_collector();
+    let dir = tempfile::tempdir().unwrap();
+    let endpoint = format!("http://{address}");
+    let mut daemon = start(
+        dir.path(),
+        &[
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", endpoint.as_str()),
+            ("FAKE_CLAUDE_EDIT_TEXT", "pub fn raw() {\n    unsafe {}\n}"),
+        ],
+        &["--max-iterations", "1"],
+        None,
+    );
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
+    let spans = spans(&received);
+    let named = |name: &str| {
+        spans
+            .iter()
+            .find(|s| s.name == name)
+            .unwrap_or_else(|| panic!("no {name} span"))
+    };
+    let validate = named("modifier.validate");
+    assert_eq!(
+        text_of(attribute(&validate.attributes, "rule")),
+        "no-new-unsafe"
+    );
+    assert_eq!(
+        text_of(attribute(&validate.attributes, "verdict")),
+        "rejected"
+    );
+    assert_eq!(
+        text_of(attribute(&named("modifier.scope").attributes, "result")),
+        "passed"
+    );
+    assert_eq!(
+        text_of(attribute(&named("modifier.syntax").attributes, "result")),
+        "refused"
+    );
+    assert!(
+        !spans.iter().any(|s| s.name == "modifier.validation"),
+        "no build after a refusal"
+    );
+    let records = crate::harness::history(&dir.path().join("state"));
+    let variant = records[0]["variant"].as_str().unwrap();
+    let repo = git2::Repository::open(dir.path().join("workspace")).unwrap();
+    let message = repo
+        .find_commit(git2::Oid::from_str(variant).unwrap())
+        .unwrap()
+        .message()
+        .unwrap()
+        .to_string();
+    let trace: String = validate
+        .trace_id
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect();
+    assert!(message.contains(&format!("Trace: {trace}")), "{message}");
+}
+
+#[test]
 fn a_dead_collector_changes_nothing_and_the_agent_exits_promptly() {
     let dead = std::net::TcpListener::bind("127.0.0.1:0")
         .unwrap()

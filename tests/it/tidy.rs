@@ -21,7 +21,7 @@ const SERDE_EDGES: &[&str] = &[
     "src/actors/learner.rs",
     "src/actors/researcher.rs",
     "src/actors/executor.rs",
-    "src/actors/modifier.rs",
+    "src/actors/modifier/mod.rs",
     "src/actors/planner/mod.rs",
 ];
 

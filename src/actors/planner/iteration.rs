@@ -164,6 +164,10 @@ async fn run_steps(
         },
         summary: logic::summarize(&experience, verdict.as_ref(), &job),
         finished_at_ms: now_ms(),
+        variant: verdict
+            .as_ref()
+            .and_then(Verdict::variant)
+            .map(|v| Box::new(v.clone())),
     };
     commit(ctx, snapshot, &committed, &experience).await?;
     Ok(committed)

@@ -155,6 +155,7 @@ pub fn summarize(experience: &Experience, verdict: Option<&Verdict>, job: &JobOu
             commit,
             fitness_after,
             files_changed,
+            ..
         }) => format!(
             "{} accepted: {} file(s), fitness {} → {}, commit {}",
             experience.capability,
@@ -316,6 +317,7 @@ mod tests {
         let rejected = Verdict::Rejected {
             reason: "fitness got worse: 5 → 6".into(),
             fitness_after: Some(6.0),
+            variant: None,
         };
         assert_eq!(fitness_after(&prepared, Some(&rejected)), Some(6.0));
         assert_eq!(fitness_after(&prepared, None), Some(5.0));

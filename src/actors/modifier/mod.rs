@@ -1,24 +1,25 @@
 //! The modifier: owns the agent's worktree. Before an iteration it puts the
 //! worktree back at the committed head (dropping anything a crashed iteration
-//! left) and measures fitness; after execution it validates the change (the
-//! validation command, then fitness, which must not get worse) and either
-//! commits it as one commit on the agent branch or rolls back to the base
-//! commit, leaving `git status` clean. git and commands run off the mailbox.
-
-use std::path::Path;
+//! left) and measures fitness; after execution it judges the change
+//! (`pipeline.rs`: safety rules, generated tests, validation, fitness,
+//! approval) and either commits it as one commit on the agent branch or
+//! rolls back to the base commit, leaving `git status` clean; either way the
+//! change stays in the variant archive. git and commands run off the mailbox.
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+mod fitness;
+mod pipeline;
+
+pub use fitness::{count_warnings, first_compiler_error, measure_fitness};
+
 use super::{Context, inject, load_snapshot, make_snapshot};
-use crate::config::{Fitness, Mode};
-use crate::domain::{
-    ActorKind, ApprovalDecision, ApprovalRequest, ModifierStatus, Prepared, Verdict,
-};
-use crate::messages::{self, ActorError, Common, GovernorMsg, ModifierMsg, PeerError};
-use crate::process::{self, CommandSpec, Ending};
+use crate::domain::{ActorKind, ModifierStatus, Prepared, Verdict};
+use crate::messages::{ActorError, Common, ModifierMsg};
+use crate::process::{self, CommandSpec};
 use crate::workspace::Workspace;
 
 const KIND: ActorKind = ActorKind::Modifier;
@@ -140,10 +141,11 @@ impl Actor for Modifier {
                     span.record("fitness.before", before);
                 }
                 state.work.spawn(async move {
-                    let result = validate(&ctx, &base, iteration, &summary, fitness_before)
-                        .instrument(span.clone())
-                        .await
-                        .map_err(ActorError::Workspace);
+                    let result =
+                        pipeline::validate(&ctx, &base, iteration, &summary, fitness_before)
+                            .instrument(span.clone())
+                            .await
+                            .map_err(ActorError::Workspace);
                     match &result {
                         Ok(Verdict::Accepted {
                             fitness_after,
@@ -158,6 +160,7 @@ impl Actor for Modifier {
                         Ok(Verdict::Rejected {
                             reason,
                             fitness_after,
+                            ..
                         }) => {
                             span.record("verdict", "rejected");
                             span.record("validation", reason.as_str());
@@ -246,6 +249,14 @@ impl Actor for Modifier {
                     rolled_back: s.rolled_back,
                     changed: state.ctx.workspace.changed_files().unwrap_or_default(),
                 });
+            }
+            ModifierMsg::Variants { last, reply } => {
+                let variants = state
+                    .ctx
+                    .store
+                    .variants(last)
+                    .map_err(|e| ActorError::Store(e.to_string()));
+                let _ = reply.send(variants);
             }
             ModifierMsg::Settled {
                 head,
@@ -353,160 +364,21 @@ fn reset_to_committed(ctx: &Context, head: &str) -> Result<(), String> {
         .map_err(|e| format!("cannot reset the worktree: {e}"))
 }
 
-async fn validate(
-    ctx: &Context,
-    base: &str,
-    iteration: u64,
-    summary: &str,
-    fitness_before: Option<f64>,
-) -> Result<Verdict, String> {
-    let workspace = ctx.workspace.clone();
-    let changed = blocking(move || workspace.changed_files().map_err(|e| e.to_string())).await?;
-    if changed.is_empty() {
-        return Ok(Verdict::NoChange);
-    }
-    if let Err(violation) = safe(ctx, base, &changed).await? {
-        tracing::Span::current().record("rule", violation.rule);
-        rollback(&ctx.workspace, base).await?;
-        return Ok(Verdict::Rejected {
-            reason: violation.to_string(),
-            fitness_after: None,
-        });
-    }
-    let checked = match check(ctx, fitness_before).await {
-        Ok(fitness_after) if ctx.config.mode == Mode::Supervised => {
-            approval(
-                ctx,
-                iteration,
-                summary,
-                &changed,
-                fitness_before,
-                fitness_after,
-            )
-            .await
-        }
-        other => other,
-    };
-    let rejection = match checked {
-        Ok(fitness_after) => {
-            let workspace = ctx.workspace.clone();
-            let parent = base.to_string();
-            let message = commit_message(
-                iteration,
-                summary,
-                fitness_before,
-                fitness_after,
-                changed.len(),
-            );
-            let commit = blocking(move || {
-                workspace
-                    .commit_all(&message, &parent)
-                    .map_err(|e| e.to_string())
-            })
-            .await?;
-            return Ok(Verdict::Accepted {
-                commit,
-                fitness_after,
-                files_changed: changed.len(),
-            });
-        }
-        Err(rejection) => rejection,
-    };
-    rollback(&ctx.workspace, base).await?;
-    Ok(rejection)
-}
-
-/// The safety rules on the change against `base`, before any build runs.
-async fn safe(
-    ctx: &Context,
-    base: &str,
-    changed: &[String],
-) -> Result<Result<(), crate::safety::Violation>, String> {
-    let (ctx, base, changed) = (ctx.clone(), base.to_string(), changed.to_vec());
-    blocking(move || {
-        let workspace = &ctx.workspace;
-        let mut rules = ctx.config.safety.clone();
-        if own_source(&workspace.path) {
-            rules
-                .protected_paths
-                .extend(ctx.config.own_source_protected.iter().cloned());
-        }
-        let changes = changed
-            .iter()
-            .map(|path| {
-                Ok(crate::safety::ChangedFile {
-                    path: path.clone(),
-                    before: workspace.file_at(&base, path).map_err(|e| e.to_string())?,
-                    after: std::fs::read_to_string(workspace.path.join(path)).ok(),
-                })
-            })
-            .collect::<Result<Vec<_>, String>>()?;
-        Ok(crate::safety::check(&rules, &changes))
-    })
-    .await
-}
-
-/// Whether the worktree holds this agent's own source (its `Cargo.toml`
-/// names this package).
-fn own_source(worktree: &Path) -> bool {
-    std::fs::read_to_string(worktree.join("Cargo.toml"))
-        .ok()
-        .and_then(|text| text.parse::<toml::Table>().ok())
-        .and_then(|manifest| {
-            manifest
-                .get("package")?
-                .get("name")?
-                .as_str()
-                .map(|name| name == env!("CARGO_PKG_NAME"))
-        })
-        .unwrap_or(false)
-}
-
-/// Supervised mode: the governor holds the change until an operator decides.
-async fn approval(
-    ctx: &Context,
-    iteration: u64,
-    summary: &str,
-    changed: &[String],
-    fitness_before: Option<f64>,
-    fitness_after: f64,
-) -> Result<f64, Verdict> {
-    let request = ApprovalRequest {
-        iteration,
-        summary: summary.to_string(),
-        files: changed.to_vec(),
-        fitness_before,
-        fitness_after,
-    };
-    let decision = messages::call(ActorKind::Governor, ctx.config.approval_timeout, |reply| {
-        GovernorMsg::RequestApproval { request, reply }
-    })
-    .await;
-    match decision {
-        Ok(ApprovalDecision::Approved) => Ok(fitness_after),
-        Ok(ApprovalDecision::Rejected { reason }) => Err(Verdict::Rejected {
-            reason: format!("rejected by an operator: {reason}"),
-            fitness_after: Some(fitness_after),
-        }),
-        Err(PeerError::Timeout(..)) => Err(Verdict::Rejected {
-            reason: format!(
-                "no decision within {}",
-                humantime::format_duration(ctx.config.approval_timeout)
-            ),
-            fitness_after: Some(fitness_after),
-        }),
-        // The governor restarted: the iteration is abandoned and asks again.
-        Err(error) => Err(Verdict::Rejected {
-            reason: format!("approval lost: {error}"),
-            fitness_after: Some(fitness_after),
-        }),
-    }
-}
-
 /// Replays the branch onto the repository's HEAD, checks it out and runs
 /// validation there: kept when it passes (the old head stays on a rescue
 /// ref), put back when it fails. Returns what to tell the operator and the
 /// new head.
+async fn rollback(workspace: &Workspace, base: &str) -> Result<(), String> {
+    let workspace = workspace.clone();
+    let base = base.to_string();
+    blocking(move || {
+        workspace
+            .reset_to(&base)
+            .map_err(|e| format!("rollback failed: {e}"))
+    })
+    .await
+}
+
 async fn rebase(ctx: &Context, head: &str) -> Result<(String, String), String> {
     let workspace = ctx.workspace.clone();
     let replayed =
@@ -564,214 +436,7 @@ async fn baseline(ctx: &Context) -> Result<Option<String>, String> {
     }))
 }
 
-/// Validation then fitness; `Err` carries the rejection.
-async fn check(ctx: &Context, fitness_before: Option<f64>) -> Result<f64, Verdict> {
-    let cwd = &ctx.workspace.path;
-    let spec = CommandSpec::shell(
-        &ctx.config.validation_command,
-        cwd,
-        ctx.config.validation_timeout,
-    );
-    let running = process::start(&confine(ctx, spec)).map_err(|e| Verdict::Rejected {
-        reason: e.to_string(),
-        fitness_after: None,
-    })?;
-    crash_point!("validation.running");
-    let finished = running.wait().await;
-    if !finished.success() {
-        let why = match finished.ending {
-            Ending::TimedOut => "timed out".to_string(),
-            Ending::Cancelled => "was cancelled".to_string(),
-            Ending::Exited(code) => format!(
-                "failed ({})",
-                code.map_or("signal".into(), |c| format!("status {c}"))
-            ),
-        };
-        return Err(Verdict::Rejected {
-            reason: format!(
-                "validation `{}` {why}: {}",
-                ctx.config.validation_command,
-                finished.first_error_line()
-            ),
-            fitness_after: None,
-        });
-    }
-    let after = measure_fitness(ctx, cwd)
-        .await
-        .map_err(|reason| Verdict::Rejected {
-            reason,
-            fitness_after: None,
-        })?;
-    if let Some(before) = fitness_before
-        && after > before
-    {
-        return Err(Verdict::Rejected {
-            reason: format!("fitness got worse: {before} → {after}"),
-            fitness_after: Some(after),
-        });
-    }
-    Ok(after)
-}
-
 /// A check as it runs: in the sandbox when there is one.
 fn confine(ctx: &Context, spec: CommandSpec) -> CommandSpec {
     crate::sandbox::confine(ctx.sandbox.as_ref(), spec, crate::sandbox::Reach::Check)
-}
-
-async fn rollback(workspace: &Workspace, base: &str) -> Result<(), String> {
-    let workspace = workspace.clone();
-    let base = base.to_string();
-    blocking(move || {
-        workspace
-            .reset_to(&base)
-            .map_err(|e| format!("rollback failed: {e}"))
-    })
-    .await
-}
-
-fn commit_message(
-    iteration: u64,
-    summary: &str,
-    before: Option<f64>,
-    after: f64,
-    files: usize,
-) -> String {
-    let before = before.map_or("?".to_string(), |b| b.to_string());
-    format!(
-        "agent: iteration {iteration}: {summary}\n\nFitness: {before} -> {after}\nFiles changed: {files}\nIteration: {iteration}\n"
-    )
-}
-
-/// Measures the worktree's fitness (lower is better).
-pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
-    let timeout = ctx.config.validation_timeout;
-    match &ctx.config.fitness {
-        Fitness::CargoWarnings => {
-            let spec = CommandSpec {
-                program: "cargo".into(),
-                args: [
-                    "clippy",
-                    "--all-targets",
-                    "--message-format=json",
-                    "--quiet",
-                ]
-                .map(String::from)
-                .to_vec(),
-                cwd: cwd.to_path_buf(),
-                env: Vec::new(),
-                timeout,
-            };
-            let finished = process::run(&confine(ctx, spec))
-                .await
-                .map_err(|e| e.to_string())?;
-            if !finished.success() {
-                let why = first_compiler_error(&finished.stdout)
-                    .unwrap_or_else(|| finished.first_error_line());
-                return Err(format!(
-                    "fitness: `cargo clippy` failed, the workspace does not build: {why}"
-                ));
-            }
-            Ok(count_warnings(&finished.stdout) as f64)
-        }
-        Fitness::Command(command) => {
-            let spec = CommandSpec::shell(command, cwd, timeout);
-            let finished = process::run(&confine(ctx, spec))
-                .await
-                .map_err(|e| e.to_string())?;
-            if !finished.success() {
-                return Err(format!(
-                    "fitness command `{command}` failed: {}",
-                    finished.first_error_line()
-                ));
-            }
-            let last = finished
-                .stdout
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
-                .unwrap_or("");
-            last.trim().parse::<f64>().map_err(|_| {
-                format!("fitness command `{command}` must print a number on its last line, printed {last:?}")
-            })
-        }
-    }
-}
-
-/// The first compiler error in `cargo --message-format=json` output, as one
-/// line with its code and place: what stops the build, rather than cargo's
-/// closing "could not compile".
-pub fn first_compiler_error(json_lines: &str) -> Option<String> {
-    json_lines.lines().find_map(|line| {
-        let value = serde_json::from_str::<serde_json::Value>(line).ok()?;
-        let message = &value["message"];
-        if value["reason"] != "compiler-message" || message["level"] != "error" {
-            return None;
-        }
-        let code = message["code"]["code"]
-            .as_str()
-            .map(|c| format!("[{c}]"))
-            .unwrap_or_default();
-        let place = message["spans"]
-            .get(0)
-            .map(|span| {
-                format!(
-                    " ({}:{})",
-                    span["file_name"].as_str().unwrap_or("?"),
-                    span["line_start"].as_u64().unwrap_or(0)
-                )
-            })
-            .unwrap_or_default();
-        Some(format!(
-            "error{code}: {}{place}",
-            message["message"].as_str().unwrap_or("(no message)")
-        ))
-    })
-}
-
-/// Distinct compiler and clippy warnings in `cargo --message-format=json`
-/// output. A lib's warnings appear again when its tests are built, hence the
-/// de-duplication by rendered text.
-pub fn count_warnings(json_lines: &str) -> usize {
-    let mut seen = std::collections::HashSet::new();
-    for line in json_lines.lines() {
-        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
-            continue;
-        };
-        if value["reason"] != "compiler-message" {
-            continue;
-        }
-        let message = &value["message"];
-        let has_spans = message["spans"].as_array().is_some_and(|s| !s.is_empty());
-        if message["level"] == "warning" && has_spans {
-            seen.insert(message["rendered"].as_str().unwrap_or_default().to_string());
-        }
-    }
-    seen.len()
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn the_first_compiler_error_is_named_with_its_code_and_place() {
-        let error = r#"{"reason":"compiler-message","message":{"level":"error","message":"`#![feature]` may not be used on the stable release channel","code":{"code":"E0554"},"spans":[{"file_name":"benches/benches.rs","line_start":3}]}}"#;
-        let warning = r#"{"reason":"compiler-message","message":{"level":"warning","message":"unused","spans":[]}}"#;
-        assert_eq!(
-            first_compiler_error(&[warning, error].join("\n")).as_deref(),
-            Some(
-                "error[E0554]: `#![feature]` may not be used on the stable release channel (benches/benches.rs:3)"
-            )
-        );
-        assert_eq!(first_compiler_error(warning), None);
-    }
-
-    #[test]
-    fn warnings_are_counted_once_and_summaries_are_ignored() {
-        let warning = r#"{"reason":"compiler-message","message":{"level":"warning","rendered":"warning: unused x","spans":[{"file_name":"src/lib.rs"}]}}"#;
-        let summary = r#"{"reason":"compiler-message","message":{"level":"warning","rendered":"warning: 1 warning emitted","spans":[]}}"#;
-        let other = r#"{"reason":"compiler-artifact"}"#;
-        let output = [warning, warning, summary, other, "not json"].join("\n");
-        assert_eq!(count_warnings(&output), 1);
-    }
 }

@@ -1,0 +1,144 @@
+//! The fitness of a worktree (lower is better): distinct compiler and
+//! clippy warnings, or the number a configured command prints last; and the
+//! one line that says why a build failed.
+
+use std::path::Path;
+
+use super::confine;
+use crate::actors::Context;
+use crate::config::Fitness;
+use crate::process::{self, CommandSpec};
+
+/// Measures the worktree's fitness (lower is better).
+pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
+    let timeout = ctx.config.validation_timeout;
+    match &ctx.config.fitness {
+        Fitness::CargoWarnings => {
+            let spec = CommandSpec {
+                program: "cargo".into(),
+                args: [
+                    "clippy",
+                    "--all-targets",
+                    "--message-format=json",
+                    "--quiet",
+                ]
+                .map(String::from)
+                .to_vec(),
+                cwd: cwd.to_path_buf(),
+                env: Vec::new(),
+                timeout,
+            };
+            let finished = process::run(&confine(ctx, spec))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !finished.success() {
+                let why = first_compiler_error(&finished.stdout)
+                    .unwrap_or_else(|| finished.first_error_line());
+                return Err(format!(
+                    "fitness: `cargo clippy` failed, the workspace does not build: {why}"
+                ));
+            }
+            Ok(count_warnings(&finished.stdout) as f64)
+        }
+        Fitness::Command(command) => {
+            let spec = CommandSpec::shell(command, cwd, timeout);
+            let finished = process::run(&confine(ctx, spec))
+                .await
+                .map_err(|e| e.to_string())?;
+            if !finished.success() {
+                return Err(format!(
+                    "fitness command `{command}` failed: {}",
+                    finished.first_error_line()
+                ));
+            }
+            let last = finished
+                .stdout
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("");
+            last.trim().parse::<f64>().map_err(|_| {
+                format!("fitness command `{command}` must print a number on its last line, printed {last:?}")
+            })
+        }
+    }
+}
+
+/// The first compiler error in `cargo --message-format=json` output, as one
+/// line with its code and place: what stops the build, rather than cargo's
+/// closing "could not compile".
+pub fn first_compiler_error(json_lines: &str) -> Option<String> {
+    json_lines.lines().find_map(|line| {
+        let value = serde_json::from_str::<serde_json::Value>(line).ok()?;
+        let message = &value["message"];
+        if value["reason"] != "compiler-message" || message["level"] != "error" {
+            return None;
+        }
+        let code = message["code"]["code"]
+            .as_str()
+            .map(|c| format!("[{c}]"))
+            .unwrap_or_default();
+        let place = message["spans"]
+            .get(0)
+            .map(|span| {
+                format!(
+                    " ({}:{})",
+                    span["file_name"].as_str().unwrap_or("?"),
+                    span["line_start"].as_u64().unwrap_or(0)
+                )
+            })
+            .unwrap_or_default();
+        Some(format!(
+            "error{code}: {}{place}",
+            message["message"].as_str().unwrap_or("(no message)")
+        ))
+    })
+}
+
+/// Distinct compiler and clippy warnings in `cargo --message-format=json`
+/// output. A lib's warnings appear again when its tests are built, hence the
+/// de-duplication by rendered text.
+pub fn count_warnings(json_lines: &str) -> usize {
+    let mut seen = std::collections::HashSet::new();
+    for line in json_lines.lines() {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        if value["reason"] != "compiler-message" {
+            continue;
+        }
+        let message = &value["message"];
+        let has_spans = message["spans"].as_array().is_some_and(|s| !s.is_empty());
+        if message["level"] == "warning" && has_spans {
+            seen.insert(message["rendered"].as_str().unwrap_or_default().to_string());
+        }
+    }
+    seen.len()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_first_compiler_error_is_named_with_its_code_and_place() {
+        let error = r#"{"reason":"compiler-message","message":{"level":"error","message":"`#![feature]` may not be used on the stable release channel","code":{"code":"E0554"},"spans":[{"file_name":"benches/benches.rs","line_start":3}]}}"#;
+        let warning = r#"{"reason":"compiler-message","message":{"level":"warning","message":"unused","spans":[]}}"#;
+        assert_eq!(
+            first_compiler_error(&[warning, error].join("\n")).as_deref(),
+            Some(
+                "error[E0554]: `#![feature]` may not be used on the stable release channel (benches/benches.rs:3)"
+            )
+        );
+        assert_eq!(first_compiler_error(warning), None);
+    }
+
+    #[test]
+    fn warnings_are_counted_once_and_summaries_are_ignored() {
+        let warning = r#"{"reason":"compiler-message","message":{"level":"warning","rendered":"warning: unused x","spans":[{"file_name":"src/lib.rs"}]}}"#;
+        let summary = r#"{"reason":"compiler-message","message":{"level":"warning","rendered":"warning: 1 warning emitted","spans":[]}}"#;
+        let other = r#"{"reason":"compiler-artifact"}"#;
+        let output = [warning, warning, summary, other, "not json"].join("\n");
+        assert_eq!(count_warnings(&output), 1);
+    }
+}

@@ -1,0 +1,485 @@
+//! The modifier's judgement of one change, in order, each step a span with
+//! its result: scope rules, syntax-tree rules, generated regression tests,
+//! the validation command, the fitness command, supervised approval, then
+//! one commit whose message names the iteration, the trace, the fitness
+//! before and after and the rules checked. The first refusal ends it: the
+//! change is archived on its variant ref and the worktree goes back to the
+//! base commit, clean. An accepted change is archived too, as its commit.
+
+use std::collections::BTreeSet;
+use std::path::Path;
+
+use tracing::Instrument;
+
+use super::fitness::measure_fitness;
+use super::{blocking, confine};
+use crate::actors::Context;
+use crate::config::Mode;
+use crate::domain::{ActorKind, ApprovalDecision, ApprovalRequest, Outcome, Variant, Verdict};
+use crate::messages::{self, GovernorMsg, PeerError};
+use crate::process::{self, CommandSpec, Ending};
+use crate::safety::{self, ChangedFile, Rules};
+use crate::testgen;
+
+/// A step's span; its result is recorded when the step ends.
+macro_rules! step_span {
+    ($name:literal, $iteration:expr) => {
+        tracing::info_span!(
+            $name,
+            actor = ActorKind::Modifier.name(),
+            iteration = $iteration as i64,
+            result = tracing::field::Empty
+        )
+    };
+}
+
+/// What refused a change.
+#[derive(Debug)]
+struct Refusal {
+    /// A safety rule's name, or `validation`, `fitness`, `approval`.
+    by: String,
+    reason: String,
+    fitness_after: Option<f64>,
+}
+
+impl Refusal {
+    fn new(by: &str, reason: String, fitness_after: Option<f64>) -> Refusal {
+        Refusal {
+            by: by.to_string(),
+            reason,
+            fitness_after,
+        }
+    }
+}
+
+/// What the pipeline has learned of a change so far.
+struct Trial {
+    iteration: u64,
+    base: String,
+    fitness_before: Option<f64>,
+    rules_checked: Vec<String>,
+    /// `passed`, `failed: <line>` or `not run`.
+    validation: String,
+    generated_tests: Vec<String>,
+}
+
+impl Trial {
+    fn variant(
+        &self,
+        commit: String,
+        outcome: Outcome,
+        refused_by: Option<String>,
+        fitness_after: Option<f64>,
+    ) -> Variant {
+        Variant {
+            iteration: self.iteration,
+            commit,
+            parent: self.base.clone(),
+            outcome,
+            refused_by,
+            rules_checked: self.rules_checked.clone(),
+            fitness_before: self.fitness_before,
+            fitness_after,
+            validation: self.validation.clone(),
+            generated_tests: self.generated_tests.clone(),
+        }
+    }
+}
+
+/// Judges the worktree's change against `base`; see the module.
+pub(super) async fn validate(
+    ctx: &Context,
+    base: &str,
+    iteration: u64,
+    summary: &str,
+    fitness_before: Option<f64>,
+) -> Result<Verdict, String> {
+    let workspace = ctx.workspace.clone();
+    let changed = blocking(move || workspace.changed_files().map_err(|e| e.to_string())).await?;
+    if changed.is_empty() {
+        return Ok(Verdict::NoChange);
+    }
+    let mut trial = Trial {
+        iteration,
+        base: base.to_string(),
+        fitness_before,
+        rules_checked: Vec::new(),
+        validation: "not run".into(),
+        generated_tests: Vec::new(),
+    };
+    match steps(ctx, &mut trial, summary, &changed).await? {
+        Ok(fitness_after) => {
+            let message = commit_message(&trial, summary, fitness_after, changed.len());
+            let (workspace, parent) = (ctx.workspace.clone(), base.to_string());
+            let commit = blocking(move || {
+                workspace
+                    .commit_all(&message, &parent)
+                    .map_err(|e| e.to_string())
+            })
+            .instrument(tracing::info_span!(
+                "modifier.commit",
+                actor = ActorKind::Modifier.name()
+            ))
+            .await?;
+            let variant =
+                trial.variant(commit.clone(), Outcome::Accepted, None, Some(fitness_after));
+            let (workspace, marked) = (ctx.workspace.clone(), commit.clone());
+            let archived = blocking(move || {
+                workspace
+                    .mark_variant(iteration, &marked)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            Ok(Verdict::Accepted {
+                commit,
+                fitness_after,
+                files_changed: changed.len(),
+                variant: kept(archived, variant),
+            })
+        }
+        Err(refusal) => {
+            tracing::Span::current().record("rule", refusal.by.as_str());
+            let message = format!(
+                "agent variant: iteration {iteration}, refused by {}\n\n{}\n\nRules checked: {}\nTrace: {}\nVariant of iteration: {iteration}\n",
+                refusal.by,
+                refusal.reason,
+                trial.rules_checked.join(", "),
+                trace_id()
+            );
+            let (workspace, parent) = (ctx.workspace.clone(), base.to_string());
+            let archived = blocking(move || {
+                workspace
+                    .archive_change(iteration, &message, &parent)
+                    .map_err(|e| e.to_string())
+            })
+            .await;
+            let variant = archived.as_ref().map_or(String::new(), Clone::clone);
+            let variant = trial.variant(
+                variant,
+                Outcome::Rejected,
+                Some(refusal.by.clone()),
+                refusal.fitness_after,
+            );
+            super::rollback(&ctx.workspace, base).await?;
+            Ok(Verdict::Rejected {
+                reason: refusal.reason,
+                fitness_after: refusal.fitness_after,
+                variant: kept(archived, variant),
+            })
+        }
+    }
+}
+
+/// The variant when its ref was written; an archive that failed is said,
+/// not fatal: the verdict stands.
+fn kept<T>(archived: Result<T, String>, variant: Variant) -> Option<Variant> {
+    match archived {
+        Ok(_) => Some(variant),
+        Err(error) => {
+            tracing::warn!(iteration = variant.iteration, %error, "cannot archive the variant");
+            None
+        }
+    }
+}
+
+/// The steps up to approval; `Ok(Err)` is a refusal, `Err` a failure to
+/// judge at all.
+async fn steps(
+    ctx: &Context,
+    trial: &mut Trial,
+    summary: &str,
+    changed: &[String],
+) -> Result<Result<f64, Refusal>, String> {
+    let changes = read_changes(ctx, &trial.base, changed).await?;
+    let rules = rules_for(ctx);
+
+    let scope = step_span!("modifier.scope", trial.iteration);
+    let checked = scope.in_scope(|| safety::scope(&rules, &changes));
+    trial
+        .rules_checked
+        .extend(safety::SCOPE_RULES.map(String::from));
+    if let Err(violation) = ended(&scope, checked) {
+        return Ok(Err(Refusal::new(
+            violation.rule,
+            violation.to_string(),
+            None,
+        )));
+    }
+
+    let syntax = step_span!("modifier.syntax", trial.iteration);
+    let checked = syntax.in_scope(|| safety::syntax(&rules, &changes));
+    trial
+        .rules_checked
+        .extend(safety::SYNTAX_RULES.map(String::from));
+    if let Err(violation) = ended(&syntax, checked) {
+        return Ok(Err(Refusal::new(
+            violation.rule,
+            violation.to_string(),
+            None,
+        )));
+    }
+
+    let generate = step_span!("modifier.generate", trial.iteration);
+    trial.generated_tests = generate_tests(ctx, changes)
+        .instrument(generate.clone())
+        .await?;
+    generate.record("result", trial.generated_tests.len() as i64);
+
+    let validation = step_span!("modifier.validation", trial.iteration);
+    let validated = run_validation(ctx).instrument(validation.clone()).await;
+    if let Err(refusal) = ended(&validation, validated) {
+        trial.validation = format!("failed: {}", refusal.reason);
+        return Ok(Err(refusal));
+    }
+    trial.validation = "passed".into();
+
+    let fitness = step_span!("modifier.fitness", trial.iteration);
+    let measured = run_fitness(ctx, trial.fitness_before)
+        .instrument(fitness.clone())
+        .await;
+    let fitness_after = match ended(&fitness, measured) {
+        Ok(after) => after,
+        Err(refusal) => return Ok(Err(refusal)),
+    };
+
+    if ctx.config.mode == Mode::Supervised {
+        let span = step_span!("modifier.approval", trial.iteration);
+        let decided = approval(ctx, trial, summary, changed, fitness_after)
+            .instrument(span.clone())
+            .await;
+        if let Err(refusal) = ended(&span, decided) {
+            return Ok(Err(refusal));
+        }
+    }
+    Ok(Ok(fitness_after))
+}
+
+/// Records a step's result on its span: `passed` or `refused`.
+fn ended<T, E>(span: &tracing::Span, result: Result<T, E>) -> Result<T, E> {
+    span.record("result", if result.is_ok() { "passed" } else { "refused" });
+    result
+}
+
+/// The changed files with their base and new texts.
+async fn read_changes(
+    ctx: &Context,
+    base: &str,
+    changed: &[String],
+) -> Result<Vec<ChangedFile>, String> {
+    let (workspace, base, changed) = (ctx.workspace.clone(), base.to_string(), changed.to_vec());
+    blocking(move || {
+        changed
+            .iter()
+            .map(|path| {
+                Ok(ChangedFile {
+                    path: path.clone(),
+                    before: workspace.file_at(&base, path).map_err(|e| e.to_string())?,
+                    after: std::fs::read_to_string(workspace.path.join(path)).ok(),
+                })
+            })
+            .collect()
+    })
+    .await
+}
+
+/// The configured rules, with the agent's own evaluator and governor
+/// protected when the worktree is its own source, and the state directory
+/// when it lies inside the user's checkout.
+fn rules_for(ctx: &Context) -> Rules {
+    let mut rules = ctx.config.safety.clone();
+    if own_source(&ctx.workspace.path) {
+        rules
+            .protected_paths
+            .extend(ctx.config.own_source_protected.iter().cloned());
+    }
+    let canonical = |p: &Path| p.canonicalize().unwrap_or_else(|_| p.to_path_buf());
+    let (state, checkout) = (
+        canonical(&ctx.config.state_dir),
+        canonical(&ctx.config.workspace),
+    );
+    if let Ok(inside) = state.strip_prefix(&checkout)
+        && !inside.as_os_str().is_empty()
+    {
+        rules.protected_paths.push(format!("{}/", inside.display()));
+    }
+    rules
+}
+
+/// Whether the worktree holds this agent's own source (its `Cargo.toml`
+/// names this package).
+fn own_source(worktree: &Path) -> bool {
+    std::fs::read_to_string(worktree.join("Cargo.toml"))
+        .ok()
+        .and_then(|text| text.parse::<toml::Table>().ok())
+        .and_then(|manifest| {
+            manifest
+                .get("package")?
+                .get("name")?
+                .as_str()
+                .map(|name| name == env!("CARGO_PKG_NAME"))
+        })
+        .unwrap_or(false)
+}
+
+/// Writes regression-test skeletons for the public functions the change
+/// adds or edits that no test calls; returns the tests' names.
+async fn generate_tests(ctx: &Context, changes: Vec<ChangedFile>) -> Result<Vec<String>, String> {
+    let worktree = ctx.workspace.path.clone();
+    blocking(move || {
+        let sources: Vec<testgen::Source> = changes
+            .into_iter()
+            .filter(|c| c.path.starts_with("src/") && c.path.ends_with(".rs"))
+            .filter_map(|c| {
+                Some(testgen::Source {
+                    path: c.path,
+                    before: c.before,
+                    after: c.after?,
+                })
+            })
+            .collect();
+        if sources.is_empty() {
+            return Ok(Vec::new());
+        }
+        let mut called = BTreeSet::new();
+        for (dir, whole_file) in [("src", false), ("tests", true)] {
+            for file in rust_files(&worktree.join(dir)) {
+                if let Ok(text) = std::fs::read_to_string(&file) {
+                    testgen::called_by_tests(&text, whole_file, &mut called);
+                }
+            }
+        }
+        let mut names = Vec::new();
+        for generated in testgen::generate(&sources, &called) {
+            let path = worktree.join(&generated.path);
+            std::fs::write(&path, &generated.text)
+                .map_err(|e| format!("cannot write a generated test to {}: {e}", path.display()))?;
+            tracing::info!(file = %generated.path, tests = %generated.test, "generated regression tests");
+            names.extend(generated.test.split(", ").map(String::from));
+        }
+        Ok(names)
+    })
+    .await
+}
+
+/// Every `.rs` file under `dir`, `target/` and hidden directories aside.
+fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut found = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return found;
+    };
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if path.is_dir() && !name.starts_with('.') && name != "target" {
+            found.extend(rust_files(&path));
+        } else if name.ends_with(".rs") {
+            found.push(path);
+        }
+    }
+    found
+}
+
+/// The validation command, under its timeout.
+async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
+    let spec = CommandSpec::shell(
+        &ctx.config.validation_command,
+        &ctx.workspace.path,
+        ctx.config.validation_timeout,
+    );
+    let running = process::start(&confine(ctx, spec))
+        .map_err(|e| Refusal::new("validation", e.to_string(), None))?;
+    crash_point!("validation.running");
+    let finished = running.wait().await;
+    if finished.success() {
+        return Ok(());
+    }
+    let why = match finished.ending {
+        Ending::TimedOut => "timed out".to_string(),
+        Ending::Cancelled => "was cancelled".to_string(),
+        Ending::Exited(code) => format!(
+            "failed ({})",
+            code.map_or("signal".into(), |c| format!("status {c}"))
+        ),
+    };
+    Err(Refusal::new(
+        "validation",
+        format!(
+            "validation `{}` {why}: {}",
+            ctx.config.validation_command,
+            finished.first_error_line()
+        ),
+        None,
+    ))
+}
+
+/// The fitness command; refused when it fails or gets worse.
+async fn run_fitness(ctx: &Context, before: Option<f64>) -> Result<f64, Refusal> {
+    let after = measure_fitness(ctx, &ctx.workspace.path)
+        .await
+        .map_err(|reason| Refusal::new("fitness", reason, None))?;
+    match before {
+        Some(before) if after > before => Err(Refusal::new(
+            "fitness",
+            format!("fitness got worse: {before} → {after}"),
+            Some(after),
+        )),
+        _ => Ok(after),
+    }
+}
+
+/// Supervised mode: the governor holds the change until an operator decides.
+async fn approval(
+    ctx: &Context,
+    trial: &Trial,
+    summary: &str,
+    changed: &[String],
+    fitness_after: f64,
+) -> Result<(), Refusal> {
+    let request = ApprovalRequest {
+        iteration: trial.iteration,
+        summary: summary.to_string(),
+        files: changed.to_vec(),
+        fitness_before: trial.fitness_before,
+        fitness_after,
+    };
+    let decision = messages::call(ActorKind::Governor, ctx.config.approval_timeout, |reply| {
+        GovernorMsg::RequestApproval { request, reply }
+    })
+    .await;
+    let reason = match decision {
+        Ok(ApprovalDecision::Approved) => return Ok(()),
+        Ok(ApprovalDecision::Rejected { reason }) => {
+            format!("rejected by an operator: {reason}")
+        }
+        Err(PeerError::Timeout(..)) => format!(
+            "no decision within {}",
+            humantime::format_duration(ctx.config.approval_timeout)
+        ),
+        // The governor restarted: the iteration is abandoned and asks again.
+        Err(error) => format!("approval lost: {error}"),
+    };
+    Err(Refusal::new("approval", reason, Some(fitness_after)))
+}
+
+/// The iteration's trace, as Jaeger shows it.
+fn trace_id() -> String {
+    crate::telemetry::traces::current_trace_id().unwrap_or_else(|| "not exported".into())
+}
+
+fn commit_message(trial: &Trial, summary: &str, after: f64, files: usize) -> String {
+    let before = trial
+        .fitness_before
+        .map_or("?".to_string(), |b| b.to_string());
+    let iteration = trial.iteration;
+    let trace =
+        crate::telemetry::traces::current_trace_id().unwrap_or_else(|| "not exported".into());
+    let generated = if trial.generated_tests.is_empty() {
+        String::new()
+    } else {
+        format!("Generated tests: {}\n", trial.generated_tests.join(", "))
+    };
+    format!(
+        "agent: iteration {iteration}: {summary}\n\nFitness: {before} -> {after}\nFiles changed: {files}\nRules checked: {}\n{generated}Trace: {trace}\nIteration: {iteration}\n",
+        trial.rules_checked.join(", ")
+    )
+}
