@@ -205,6 +205,8 @@ pub struct ClaudeFacts {
 pub struct Prepared {
     pub base_commit: String,
     pub fitness: Option<f64>,
+    /// The earlier variant whose change the worktree starts from.
+    pub started_from: Option<u64>,
 }
 
 /// What the modifier did with the change an iteration made.
@@ -247,6 +249,8 @@ pub struct Variant {
     pub validation: String,
     /// Regression tests the modifier generated into the change.
     pub generated_tests: Vec<String>,
+    /// The earlier variant this change was built on, when it was.
+    pub started_from: Option<u64>,
 }
 
 impl Verdict {

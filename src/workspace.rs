@@ -385,6 +385,21 @@ impl Workspace {
         Ok(format!("{VARIANTS_PREFIX}{instance}/{iteration}"))
     }
 
+    /// Applies the change of a variant commit (its parent against it) to
+    /// the worktree's files, leaving it uncommitted; fails, changing
+    /// nothing, when it does not apply.
+    pub fn apply_change(&self, commit: &str) -> Result<(), WorkspaceError> {
+        let repo = self.repo()?;
+        let commit = repo.find_commit(Oid::from_str(commit)?)?;
+        let parent = commit.parent(0)?;
+        let diff = repo.diff_tree_to_tree(Some(&parent.tree()?), Some(&commit.tree()?), None)?;
+        let mut check = git2::ApplyOptions::new();
+        check.check(true);
+        repo.apply(&diff, git2::ApplyLocation::WorkDir, Some(&mut check))?;
+        repo.apply(&diff, git2::ApplyLocation::WorkDir, None)?;
+        Ok(())
+    }
+
     /// The commit a variant ref points at, if it exists.
     pub fn variant_commit(&self, iteration: u64) -> Result<Option<String>, WorkspaceError> {
         let repo = self.repo()?;

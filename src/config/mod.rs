@@ -113,6 +113,7 @@ struct RawRun {
     retry_initial: Option<HumanDuration>,
     retry_max: Option<HumanDuration>,
     pause_after_failures: Option<Positive>,
+    start_from_variant_after: Option<u64>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -289,6 +290,9 @@ pub struct Config {
     pub retry_max: Duration,
     /// After this many abandoned attempts in a row the run pauses.
     pub pause_after_failures: u32,
+    /// After this many committed iterations without a fitness improvement
+    /// an iteration may start from the best refused variant; 0 is never.
+    pub start_from_variant_after: u64,
     pub backend: BackendChoice,
     pub claude_bin: PathBuf,
     pub permission_mode: String,
@@ -442,6 +446,7 @@ impl Config {
                 .retry_initial
                 .map_or(Duration::from_secs(1), |d| d.0),
             retry_max: raw.run.retry_max.map_or(Duration::from_secs(300), |d| d.0),
+            start_from_variant_after: raw.run.start_from_variant_after.unwrap_or(10),
             pause_after_failures: raw
                 .run
                 .pause_after_failures

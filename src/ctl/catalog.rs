@@ -560,7 +560,8 @@ async fn modifier_variants(args: Args) -> Reply {
         .map(|v| json!({"iteration": v.iteration, "outcome": v.outcome.as_str(), "commit": v.commit,
                         "parent": v.parent, "refused_by": v.refused_by, "fitness_before": v.fitness_before,
                         "fitness_after": v.fitness_after, "validation": v.validation,
-                        "rules_checked": v.rules_checked, "generated_tests": v.generated_tests}))
+                        "rules_checked": v.rules_checked, "generated_tests": v.generated_tests,
+                        "started_from": v.started_from}))
         .collect();
     Ok(json!({"variants": list}))
 }

@@ -210,6 +210,8 @@ pub enum ModifierMsg {
         iteration: u64,
         summary: String,
         fitness_before: Option<f64>,
+        /// The earlier variant the worktree started from.
+        started_from: Option<u64>,
         reply: RpcReplyPort<Result<Verdict, ActorError>>,
     },
     /// Work finished off the mailbox: the new head and fitness to remember.

@@ -64,6 +64,7 @@ impl From<&Variant> for VariantRecord {
             fitness_after: v.fitness_after,
             validation: v.validation.clone(),
             generated_tests: v.generated_tests.clone(),
+            started_from: v.started_from,
         }
     }
 }
@@ -81,6 +82,7 @@ impl From<VariantRecord> for Variant {
             fitness_after: r.fitness_after,
             validation: r.validation,
             generated_tests: r.generated_tests,
+            started_from: r.started_from,
         }
     }
 }

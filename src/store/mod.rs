@@ -638,6 +638,7 @@ mod tests {
                 fitness_after: None,
                 validation: "not run".into(),
                 generated_tests: Vec::new(),
+                started_from: None,
             }));
             store.commit_iteration(&refused, None, &[]).await.unwrap();
         }

@@ -70,6 +70,7 @@ pub struct VariantRecord {
     pub fitness_after: Option<f64>,
     pub validation: String,
     pub generated_tests: Vec<String>,
+    pub started_from: Option<u64>,
 }
 
 /// What the learner learned from one iteration.

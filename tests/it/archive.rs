@@ -184,3 +184,55 @@ fn a_new_public_function_no_test_calls_gets_a_generated_test_that_the_validation
     let file = syn::parse_file(generated).unwrap();
     assert_eq!(prettyplease::unparse(&file), generated);
 }
+
+#[test]
+fn a_stalled_line_starts_from_the_best_refused_variant_and_says_so() {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    // Every edit adds a WORSE line: validation passes, fitness gets worse.
+    let config = fast_config(
+        dir.path(),
+        &[
+            (
+                "fitness = \"echo 1\"",
+                "fitness = \"grep -c WORSE src/lib.rs || true\"",
+            ),
+            (
+                "start_from_variant_after = 10",
+                "start_from_variant_after = 1",
+            ),
+        ],
+    );
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--workspace",
+        workspace.to_str().unwrap(),
+        "--max-iterations",
+        "3",
+    ];
+    let mut daemon = Daemon::start(
+        &state,
+        &args,
+        &[
+            ("FAKE_CLAUDE_MODE", "edit"),
+            ("FAKE_CLAUDE_EDIT_TEXT", "// WORSE"),
+        ],
+    );
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
+    let records = history(&state);
+    assert_eq!(records.len(), 3, "{records:?}");
+    for record in &records {
+        assert_eq!(record["rule"], "fitness", "{record}");
+    }
+    let second = records[1]["summary"].as_str().unwrap();
+    assert!(
+        second.contains("fitness got worse: 0 → 2")
+            && second.ends_with("(built on the variant of iteration 1)"),
+        "the second iteration started from the first one's change: {second}"
+    );
+    // After one exploration the line waits again before the next.
+    let third = records[2]["summary"].as_str().unwrap();
+    assert!(third.contains("fitness got worse: 0 → 1"), "{third}");
+}

@@ -6,11 +6,15 @@
 //! rolls back to the base commit, leaving `git status` clean; either way the
 //! change stays in the variant archive. git and commands run off the mailbox.
 
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+
 use ractor::{Actor, ActorProcessingErr, ActorRef};
 use serde::{Deserialize, Serialize};
 use tokio::task::JoinSet;
 use tracing::Instrument;
 
+mod explore;
 mod fitness;
 mod pipeline;
 
@@ -42,6 +46,9 @@ pub struct ModifierState {
     ctx: Context,
     snapshot: ModifierSnapshot,
     work: JoinSet<()>,
+    /// Variants whose change did not apply to the head (not tried again
+    /// while this actor lives). std Mutex: never held across an await.
+    unappliable: Arc<Mutex<HashSet<u64>>>,
 }
 
 impl ModifierState {
@@ -75,6 +82,7 @@ impl Actor for Modifier {
             ctx,
             snapshot: ModifierSnapshot::default(),
             work: JoinSet::new(),
+            unappliable: Arc::default(),
         };
         state.restore()?;
         Ok(state)
@@ -96,14 +104,16 @@ impl Actor for Modifier {
                 let ctx = state.ctx.clone();
                 let head = state.snapshot.head.clone();
                 let known = state.snapshot.head_fitness;
+                let unappliable = state.unappliable.clone();
                 let span = tracing::info_span!(
                     "modifier.prepare",
                     actor = KIND.name(),
                     iteration = iteration as i64,
-                    keep_worktree
+                    keep_worktree,
+                    started_from = tracing::field::Empty,
                 );
                 state.work.spawn(async move {
-                    let result = prepare(&ctx, &head, known, keep_worktree)
+                    let result = prepare(&ctx, &head, known, keep_worktree, &unappliable)
                         .instrument(span)
                         .await
                         .map_err(ActorError::Workspace);
@@ -122,6 +132,7 @@ impl Actor for Modifier {
                 iteration,
                 summary,
                 fitness_before,
+                started_from,
                 reply,
             } => {
                 let ctx = state.ctx.clone();
@@ -141,11 +152,15 @@ impl Actor for Modifier {
                     span.record("fitness.before", before);
                 }
                 state.work.spawn(async move {
-                    let result =
-                        pipeline::validate(&ctx, &base, iteration, &summary, fitness_before)
-                            .instrument(span.clone())
-                            .await
-                            .map_err(ActorError::Workspace);
+                    let judged = pipeline::Judged {
+                        iteration,
+                        fitness_before,
+                        started_from,
+                    };
+                    let result = pipeline::validate(&ctx, &base, judged, &summary)
+                        .instrument(span.clone())
+                        .await
+                        .map_err(ActorError::Workspace);
                     match &result {
                         Ok(Verdict::Accepted {
                             fitness_after,
@@ -311,21 +326,72 @@ async fn prepare(
     head: &str,
     known: Option<f64>,
     keep_worktree: bool,
+    unappliable: &Arc<Mutex<HashSet<u64>>>,
 ) -> Result<Prepared, String> {
     if !keep_worktree {
         let ctx = ctx.clone();
         let base = head.to_string();
         blocking(move || reset_to_committed(&ctx, &base)).await?;
     }
+    // Measured at the head, before any earlier change is applied.
     let fitness = match known {
         Some(fitness) => Some(fitness),
         None => Some(measure_fitness(ctx, &ctx.workspace.path).await?),
     };
+    let started_from = if keep_worktree {
+        None
+    } else {
+        let (ctx, unappliable) = (ctx.clone(), unappliable.clone());
+        blocking(move || Ok(start_from_variant(&ctx, &unappliable))).await?
+    };
+    if let Some(variant) = started_from {
+        tracing::Span::current().record("started_from", variant as i64);
+    }
     Ok(Prepared {
         base_commit: head.to_string(),
         fitness,
+        started_from,
     })
 }
+
+/// Applies the best earlier variant's change when the line has stalled
+/// (see `explore.rs`); returns its iteration. A variant that does not apply
+/// is said and skipped from then on.
+fn start_from_variant(ctx: &Context, unappliable: &Mutex<HashSet<u64>>) -> Option<u64> {
+    let after = ctx.config.start_from_variant_after;
+    if after == 0 {
+        return None;
+    }
+    let recent = ctx.store.iterations(after as usize).ok()?;
+    let archive = ctx.store.variants(ARCHIVE_SEARCHED).ok()?;
+    let failed = unappliable
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .clone();
+    let variant = explore::pick(after, &recent, &archive, &failed)?;
+    match ctx.workspace.apply_change(&variant.commit) {
+        Ok(()) => {
+            tracing::info!(
+                variant = variant.iteration,
+                fitness = variant.fitness_after,
+                "no fitness improvement in {after} iterations: starting from the variant of iteration {}",
+                variant.iteration
+            );
+            Some(variant.iteration)
+        }
+        Err(error) => {
+            tracing::warn!(variant = variant.iteration, %error, "the variant's change does not apply to the head; not trying it again");
+            unappliable
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .insert(variant.iteration);
+            None
+        }
+    }
+}
+
+/// How many of the newest variants a stalled line chooses among.
+const ARCHIVE_SEARCHED: usize = 500;
 
 /// Puts the worktree back at the committed head `head`. The only agent
 /// commit this may drop is the one of the iteration after the last committed

@@ -61,6 +61,7 @@ struct Trial {
     /// `passed`, `failed: <line>` or `not run`.
     validation: String,
     generated_tests: Vec<String>,
+    started_from: Option<u64>,
 }
 
 impl Trial {
@@ -82,18 +83,31 @@ impl Trial {
             fitness_after,
             validation: self.validation.clone(),
             generated_tests: self.generated_tests.clone(),
+            started_from: self.started_from,
         }
     }
+}
+
+/// Which iteration's change is judged, from where.
+pub(super) struct Judged {
+    pub iteration: u64,
+    pub fitness_before: Option<f64>,
+    /// The earlier variant the worktree started from.
+    pub started_from: Option<u64>,
 }
 
 /// Judges the worktree's change against `base`; see the module.
 pub(super) async fn validate(
     ctx: &Context,
     base: &str,
-    iteration: u64,
+    judged: Judged,
     summary: &str,
-    fitness_before: Option<f64>,
 ) -> Result<Verdict, String> {
+    let Judged {
+        iteration,
+        fitness_before,
+        started_from,
+    } = judged;
     let workspace = ctx.workspace.clone();
     let changed = blocking(move || workspace.changed_files().map_err(|e| e.to_string())).await?;
     if changed.is_empty() {
@@ -106,6 +120,7 @@ pub(super) async fn validate(
         rules_checked: Vec::new(),
         validation: "not run".into(),
         generated_tests: Vec::new(),
+        started_from,
     };
     match steps(ctx, &mut trial, summary, &changed).await? {
         Ok(fitness_after) => {

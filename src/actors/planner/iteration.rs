@@ -232,9 +232,13 @@ async fn prepare(ctx: &Context, iteration: u64) -> Result<Prepared, StepError> {
         iteration,
         "prepare",
         format!(
-            "base {}, fitness {}",
+            "base {}, fitness {}{}",
             &prepared.base_commit[..prepared.base_commit.len().min(10)],
-            prepared.fitness.map_or("unknown".into(), |f| f.to_string())
+            prepared.fitness.map_or("unknown".into(), |f| f.to_string()),
+            prepared
+                .started_from
+                .map(|n| format!(", starting from the variant of iteration {n}"))
+                .unwrap_or_default()
         ),
     );
     Ok(prepared)
@@ -377,11 +381,13 @@ async fn validate(
     let iteration = plan.iteration;
     let summary = plan.capability.clone();
     let fitness_before = prepared.fitness;
+    let started_from = prepared.started_from;
     let verdict = messages::call(ActorKind::Modifier, deadline, |reply| {
         ModifierMsg::Validate {
             iteration,
             summary,
             fitness_before,
+            started_from,
             reply,
         }
     })

@@ -148,6 +148,17 @@ pub fn signature(error: &str) -> String {
 
 /// The one line an iteration is remembered by.
 pub fn summarize(experience: &Experience, verdict: Option<&Verdict>, job: &JobOutcome) -> String {
+    let line = what_happened(experience, verdict, job);
+    match verdict
+        .and_then(Verdict::variant)
+        .and_then(|v| v.started_from)
+    {
+        Some(from) => format!("{line} (built on the variant of iteration {from})"),
+        None => line,
+    }
+}
+
+fn what_happened(experience: &Experience, verdict: Option<&Verdict>, job: &JobOutcome) -> String {
     let fitness = |f: Option<f64>| f.map_or("?".to_string(), |f| f.to_string());
     let before = fitness(experience.fitness_before);
     match verdict {
@@ -305,6 +316,7 @@ mod tests {
         let prepared = Prepared {
             base_commit: "abc".into(),
             fitness: Some(5.0),
+            started_from: None,
         };
         let job = JobOutcome {
             job_id: 1,
