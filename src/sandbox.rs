@@ -47,6 +47,18 @@ pub enum Reach {
     Job,
     /// A check (validation, fitness) or an offline capability.
     Check,
+    /// Validation on the unchanged base, once per run: the one check that
+    /// may fetch dependencies (network as for jobs, cargo's home writable),
+    /// so that the checks of changes can run offline from cargo's cache.
+    Baseline,
+}
+
+/// cargo's home, where fetched dependencies go.
+fn cargo_home() -> Option<PathBuf> {
+    std::env::var_os("CARGO_HOME")
+        .filter(|home| !home.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|home| PathBuf::from(home).join(".cargo")))
 }
 
 /// A working bubblewrap and what it hides.
@@ -151,12 +163,20 @@ impl Sandbox {
         for path in std::iter::once(spec.cwd.as_path()).chain(extra.iter().copied()) {
             push("--bind", &[path, path]);
         }
+        if reach == Reach::Baseline
+            && let Some(home) = cargo_home().filter(|home| home.is_dir())
+        {
+            push("--bind", &[&home, &home]);
+        }
         let network = match reach {
-            Reach::Job => self.job_network,
+            Reach::Job | Reach::Baseline => self.job_network,
             Reach::Check => self.check_network,
         };
+        let mut env = spec.env;
         if !network {
             args.push("--unshare-net".into());
+            // cargo resolves from its cache instead of failing on the index.
+            env.push(("CARGO_NET_OFFLINE".into(), "true".into()));
         }
         args.extend(["--unshare-pid", "--die-with-parent", "--chdir"].map(String::from));
         args.push(spec.cwd.display().to_string());
@@ -167,7 +187,7 @@ impl Sandbox {
             program: self.program.clone(),
             args,
             cwd: spec.cwd,
-            env: spec.env,
+            env,
             timeout: spec.timeout,
         }
     }

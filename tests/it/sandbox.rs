@@ -27,9 +27,13 @@ fn a_confined_job_and_check_change_nothing_outside_the_worktree() {
     // Left by an earlier run that failed unconfined.
     let _ = std::fs::remove_file("/etc/written-by-an-agent-job");
     let _ = std::fs::remove_file("/etc/written-by-agent-validation");
+    // What the check sees of the network: its interfaces and cargo's mode
+    // (the last validation is the change's, after the base's).
+    let network = dir.path().join("check-network");
     let validation = format!(
-        "command = \"touch {} /etc/written-by-agent-validation 2>/dev/null; true\"",
-        check_mark.display()
+        "command = \"touch {} /etc/written-by-agent-validation 2>/dev/null; {{ grep -c : /proc/net/dev; echo $CARGO_NET_OFFLINE; }} > {}\"",
+        check_mark.display(),
+        network.display()
     );
     let config = fast_config(
         dir.path(),
@@ -64,6 +68,11 @@ fn a_confined_job_and_check_change_nothing_outside_the_worktree() {
         assert!(!target.exists(), "{} was written", target.display());
     }
     assert!(!std::path::Path::new("/etc/written-by-agent-validation").exists());
+    assert_eq!(
+        std::fs::read_to_string(&network).unwrap(),
+        "1\ntrue\n",
+        "a check has only loopback, and cargo is told it is offline"
+    );
     let records = history(&state);
     assert_eq!(records.len(), 1);
     assert_eq!(records[0]["outcome"], "accepted", "{records:?}");

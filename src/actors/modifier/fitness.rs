@@ -8,9 +8,12 @@ use super::confine;
 use crate::actors::Context;
 use crate::config::Fitness;
 use crate::process::{self, CommandSpec};
+use crate::sandbox::Reach;
 
 /// Measures the worktree's fitness (lower is better).
-pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
+/// `reach`: `Baseline` on the unchanged head (it may fetch dependencies),
+/// `Check` on a change.
+pub async fn measure_fitness(ctx: &Context, cwd: &Path, reach: Reach) -> Result<f64, String> {
     let timeout = ctx.config.validation_timeout;
     match &ctx.config.fitness {
         Fitness::CargoWarnings => {
@@ -28,7 +31,7 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
                 env: Vec::new(),
                 timeout,
             };
-            let finished = process::run(&confine(ctx, spec))
+            let finished = process::run(&confine(ctx, spec, reach))
                 .await
                 .map_err(|e| e.to_string())?;
             if !finished.success() {
@@ -42,7 +45,7 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path) -> Result<f64, String> {
         }
         Fitness::Command(command) => {
             let spec = CommandSpec::shell(command, cwd, timeout);
-            let finished = process::run(&confine(ctx, spec))
+            let finished = process::run(&confine(ctx, spec, reach))
                 .await
                 .map_err(|e| e.to_string())?;
             if !finished.success() {

@@ -24,6 +24,7 @@ use super::{Context, inject, load_snapshot, make_snapshot};
 use crate::domain::{ActorKind, ModifierStatus, Prepared, Verdict};
 use crate::messages::{ActorError, Common, ModifierMsg};
 use crate::process::{self, CommandSpec};
+use crate::sandbox::Reach;
 use crate::workspace::Workspace;
 
 const KIND: ActorKind = ActorKind::Modifier;
@@ -336,7 +337,7 @@ async fn prepare(
     // Measured at the head, before any earlier change is applied.
     let fitness = match known {
         Some(fitness) => Some(fitness),
-        None => Some(measure_fitness(ctx, &ctx.workspace.path).await?),
+        None => Some(measure_fitness(ctx, &ctx.workspace.path, Reach::Baseline).await?),
     };
     let started_from = if keep_worktree {
         None
@@ -490,7 +491,7 @@ async fn baseline(ctx: &Context) -> Result<Option<String>, String> {
         &ctx.workspace.path,
         ctx.config.validation_timeout,
     );
-    let finished = process::run(&confine(ctx, spec))
+    let finished = process::run(&confine(ctx, spec, Reach::Baseline))
         .await
         .map_err(|e| e.to_string())?;
     Ok((!finished.success()).then(|| {
@@ -503,6 +504,6 @@ async fn baseline(ctx: &Context) -> Result<Option<String>, String> {
 }
 
 /// A check as it runs: in the sandbox when there is one.
-fn confine(ctx: &Context, spec: CommandSpec) -> CommandSpec {
-    crate::sandbox::confine(ctx.sandbox.as_ref(), spec, crate::sandbox::Reach::Check)
+fn confine(ctx: &Context, spec: CommandSpec, reach: Reach) -> CommandSpec {
+    crate::sandbox::confine(ctx.sandbox.as_ref(), spec, reach)
 }

@@ -19,6 +19,7 @@ use crate::domain::{ActorKind, ApprovalDecision, ApprovalRequest, Outcome, Varia
 use crate::messages::{self, GovernorMsg, PeerError};
 use crate::process::{self, CommandSpec, Ending};
 use crate::safety::{self, ChangedFile, Rules};
+use crate::sandbox::Reach;
 use crate::testgen;
 
 /// A step's span; its result is recorded when the step ends.
@@ -401,7 +402,7 @@ async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
         &ctx.workspace.path,
         ctx.config.validation_timeout,
     );
-    let running = process::start(&confine(ctx, spec))
+    let running = process::start(&confine(ctx, spec, Reach::Check))
         .map_err(|e| Refusal::new("validation", e.to_string(), None))?;
     crash_point!("validation.running");
     let finished = running.wait().await;
@@ -429,7 +430,7 @@ async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
 
 /// The fitness command; refused when it fails or gets worse.
 async fn run_fitness(ctx: &Context, before: Option<f64>) -> Result<f64, Refusal> {
-    let after = measure_fitness(ctx, &ctx.workspace.path)
+    let after = measure_fitness(ctx, &ctx.workspace.path, Reach::Check)
         .await
         .map_err(|reason| Refusal::new("fitness", reason, None))?;
     match before {
