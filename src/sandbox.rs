@@ -89,16 +89,13 @@ impl Sandbox {
         let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.into());
         let hidden: Vec<PathBuf> = hidden.iter().map(|p| absolute(p)).collect();
         let sandbox = Sandbox {
-            program: config.program.clone(),
-            git_dirs: hidden
-                .iter()
-                .map(|dir| dir.join(".git"))
-                .filter(|git| git.exists())
-                .collect(),
-            hidden,
-            writable: config.writable.iter().map(|p| absolute(p)).collect(),
-            job_network: config.job_network,
             check_network: config.check_network,
+            ..Sandbox::given(
+                config.program.clone(),
+                hidden,
+                config.writable.iter().map(|p| absolute(p)).collect(),
+                config.job_network,
+            )
         };
         match sandbox.works().await {
             Ok(()) => Ok(Some(sandbox)),
@@ -160,6 +157,11 @@ impl Sandbox {
         for git in &self.git_dirs {
             push("--ro-bind", &[git, git]);
         }
+        // A program under `/tmp` or a hidden directory (a tool unpacked
+        // there) stays runnable, read-only.
+        for program in self.hidden_programs(&spec.program) {
+            push("--ro-bind", &[&program, &program]);
+        }
         for path in std::iter::once(spec.cwd.as_path()).chain(extra.iter().copied()) {
             push("--bind", &[path, path]);
         }
@@ -192,6 +194,25 @@ impl Sandbox {
         }
     }
 
+    /// `program` (and what its symlink points at) when the sandbox would
+    /// hide it.
+    fn hidden_programs(&self, program: &Path) -> Vec<PathBuf> {
+        let Some(found) = process::find_executable(program) else {
+            return Vec::new();
+        };
+        let found = std::path::absolute(&found).unwrap_or(found);
+        let canonical = found.canonicalize().unwrap_or_else(|_| found.clone());
+        let hidden = |path: &Path| {
+            path.starts_with("/tmp") || self.hidden.iter().any(|dir| path.starts_with(dir))
+        };
+        let mut programs: Vec<PathBuf> = [found, canonical]
+            .into_iter()
+            .filter(|path| hidden(path))
+            .collect();
+        programs.dedup();
+        programs
+    }
+
     /// The arguments that give `agent mcp-serve` the same sandbox.
     pub fn serve_args(&self) -> Vec<String> {
         let mut args = vec![
@@ -210,8 +231,9 @@ impl Sandbox {
         args
     }
 
-    /// The sandbox `agent mcp-serve` was given by [`Sandbox::serve_args`]:
-    /// the agent probed it already.
+    /// A sandbox hiding `hidden` (their `.git` readable) with checks
+    /// offline; also the one `agent mcp-serve` is given by
+    /// [`Sandbox::serve_args`], which the agent probed already.
     pub fn given(
         program: PathBuf,
         hidden: Vec<PathBuf>,

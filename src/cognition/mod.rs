@@ -16,6 +16,7 @@ use tokio::sync::oneshot;
 
 use crate::config::{BackendChoice, Config};
 use crate::domain::{Capability, Execution, JobOutcome};
+use crate::process::find_executable;
 use crate::sandbox::Sandbox;
 
 /// One job for a backend.
@@ -264,21 +265,4 @@ pub async fn select(config: &Config, sandbox: Option<&Sandbox>) -> Result<Select
             }
         }
     }
-}
-
-/// Resolves a program name on `PATH` (or checks a path that has a slash).
-pub fn find_executable(program: &Path) -> Option<PathBuf> {
-    use std::os::unix::fs::PermissionsExt;
-    let is_executable = |path: &Path| {
-        path.metadata()
-            .is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
-    };
-    if program.components().count() > 1 {
-        return is_executable(program).then(|| program.to_path_buf());
-    }
-    std::env::var_os("PATH").and_then(|paths| {
-        std::env::split_paths(&paths)
-            .map(|dir| dir.join(program))
-            .find(|candidate| is_executable(candidate))
-    })
 }

@@ -126,17 +126,11 @@ fn a_new_public_function_no_test_calls_gets_a_generated_test_that_the_validation
         log.display()
     );
     let config = fast_config(dir.path(), &[("command = \"true\"", &validation)]);
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--workspace",
-        workspace.to_str().unwrap(),
-        "--max-iterations",
-        "1",
-    ];
-    let mut daemon = Daemon::start(
+    let mut daemon = Daemon::bounded(
         &state,
-        &args,
+        &config,
+        &workspace,
+        1,
         &[
             ("FAKE_CLAUDE_MODE", "edit"),
             (
@@ -204,17 +198,11 @@ fn a_stalled_line_starts_from_the_best_refused_variant_and_says_so() {
             ),
         ],
     );
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--workspace",
-        workspace.to_str().unwrap(),
-        "--max-iterations",
-        "3",
-    ];
-    let mut daemon = Daemon::start(
+    let mut daemon = Daemon::bounded(
         &state,
-        &args,
+        &config,
+        &workspace,
+        3,
         &[
             ("FAKE_CLAUDE_MODE", "edit"),
             ("FAKE_CLAUDE_EDIT_TEXT", "// WORSE"),

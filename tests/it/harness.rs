@@ -129,6 +129,26 @@ pub struct Daemon {
 }
 
 impl Daemon {
+    /// Starts a run of `workspace` with `config` bounded to `iterations`.
+    pub fn bounded(
+        state: &Path,
+        config: &Path,
+        workspace: &Path,
+        iterations: u64,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        let iterations = iterations.to_string();
+        let args = [
+            "--config",
+            config.to_str().unwrap(),
+            "--workspace",
+            workspace.to_str().unwrap(),
+            "--max-iterations",
+            &iterations,
+        ];
+        Daemon::start(state, &args, env)
+    }
+
     /// Starts `agent run --state <state> <args>` with extra environment.
     pub fn start(state: &Path, args: &[&str], env: &[(&str, &str)]) -> Daemon {
         let logs = state.with_extension("logs");

@@ -25,17 +25,9 @@ fn refused_summary(
 ) -> String {
     let config = fast_config(dir, extra);
     let state = dir.join("state");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--workspace",
-        workspace.to_str().unwrap(),
-        "--max-iterations",
-        "1",
-    ];
     let mut env = vec![("FAKE_CLAUDE_MODE", "edit")];
     env.extend_from_slice(edit);
-    let mut daemon = Daemon::start(&state, &args, &env);
+    let mut daemon = Daemon::bounded(&state, &config, workspace, 1, &env);
     assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
     let records = history(&state);
     assert_eq!(records.len(), 1);

@@ -47,17 +47,11 @@ fn a_confined_job_and_check_change_nothing_outside_the_worktree() {
         .map(|p| p.display().to_string())
         .collect::<Vec<_>>()
         .join(" ");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--workspace",
-        workspace.to_str().unwrap(),
-        "--max-iterations",
-        "1",
-    ];
-    let mut daemon = Daemon::start(
+    let mut daemon = Daemon::bounded(
         &state,
-        &args,
+        &config,
+        &workspace,
+        1,
         &[
             ("FAKE_CLAUDE_MODE", "edit"),
             ("FAKE_CLAUDE_TRY_WRITE", try_write.as_str()),
@@ -102,15 +96,13 @@ fn on_without_a_working_bubblewrap_refuses_to_start_and_auto_says_it_is_off() {
                 ("program = \"bwrap\"", missing),
             ],
         );
-        let args = [
-            "--config",
-            config.to_str().unwrap(),
-            "--workspace",
-            workspace.to_str().unwrap(),
-            "--max-iterations",
-            "1",
-        ];
-        let mut daemon = Daemon::start(&state, &args, &[("FAKE_CLAUDE_MODE", "edit")]);
+        let mut daemon = Daemon::bounded(
+            &state,
+            &config,
+            &workspace,
+            1,
+            &[("FAKE_CLAUDE_MODE", "edit")],
+        );
         let status = daemon.wait_exit(WAIT);
         let logs = daemon.logs();
         if refused {
