@@ -262,3 +262,55 @@ pub fn confine(sandbox: Option<&Sandbox>, spec: CommandSpec, reach: Reach) -> Co
         None => spec,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn bwrap_works() -> bool {
+        let works = process::find_executable(Path::new("bwrap")).is_some();
+        assert!(
+            works || std::env::var_os("CI").is_none(),
+            "CI must install bubblewrap (see .ci/run)"
+        );
+        works
+    }
+
+    #[tokio::test]
+    async fn a_program_under_tmp_runs_confined_and_writes_only_its_worktree() {
+        if !bwrap_works() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let (worktree, hidden) = (dir.path().join("worktree"), dir.path().join("checkout"));
+        std::fs::create_dir_all(&worktree).unwrap();
+        std::fs::create_dir_all(&hidden).unwrap();
+        std::fs::write(hidden.join("secret"), "s").unwrap();
+        let script = dir.path().join("tool.sh");
+        std::fs::write(
+            &script,
+            format!(
+                "#!/bin/sh\ntouch here {0}/outside\ncat {1}/secret 2>/dev/null && echo visible\necho ran\n",
+                dir.path().display(),
+                hidden.display()
+            ),
+        )
+        .unwrap();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
+        let sandbox = Sandbox::given("bwrap".into(), vec![hidden.clone()], Vec::new(), false);
+        let spec = CommandSpec {
+            program: script.clone(),
+            args: Vec::new(),
+            cwd: worktree.clone(),
+            env: Vec::new(),
+            timeout: Duration::from_secs(20),
+        };
+        let finished = process::run(&sandbox.wrap(spec, Reach::Check, &[]))
+            .await
+            .unwrap();
+        assert_eq!(finished.stdout, "ran\n", "{finished:?}");
+        assert!(worktree.join("here").exists(), "the worktree is writable");
+        assert!(!dir.path().join("outside").exists(), "nothing else is");
+    }
+}
