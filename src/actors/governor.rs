@@ -12,11 +12,13 @@ use std::collections::HashMap;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};
 use serde::{Deserialize, Serialize};
+use tracing::Instrument;
 
 use super::{Context, handle_common, load_snapshot, make_snapshot};
 use crate::domain::{ActorKind, ApprovalDecision, ApprovalState, GovernorStatus, Permit, Usage};
 use crate::events::Event;
 use crate::messages::{ActorError, GovernorMsg};
+use crate::store::audit::Decision;
 use crate::store::{ApprovalRecord, now_ms};
 
 const KIND: ActorKind = ActorKind::Governor;
@@ -102,9 +104,23 @@ pub struct GovernorState {
     pause_reason: Option<String>,
     /// Changes waiting for an operator, with the modifier's reply port.
     waiting: HashMap<String, (ApprovalRecord, RpcReplyPort<ApprovalDecision>)>,
+    /// The last denial audited: a waiting planner asks again every few
+    /// seconds, and the same denial is one decision, not one a request.
+    last_denial: Option<String>,
 }
 
 impl GovernorState {
+    /// Appends a decision to the audit chain, durably, before it is
+    /// acknowledged.
+    async fn audit(&self, action: &str, detail: String) -> Result<(), ActorError> {
+        self.ctx
+            .store
+            .audit(Decision::new(KIND.name(), action, detail))
+            .await
+            .map(|_| ())
+            .map_err(|e| ActorError::Store(format!("cannot audit {action}: {e}")))
+    }
+
     async fn persist(&self) -> Result<(), ActorError> {
         let record = make_snapshot(KIND, SCHEMA, &self.snapshot)?;
         self.ctx
@@ -145,6 +161,7 @@ impl Actor for Governor {
             snapshot,
             pause_reason,
             waiting: HashMap::new(),
+            last_denial: None,
         })
     }
 
@@ -158,8 +175,7 @@ impl Actor for Governor {
             GovernorMsg::RequestPermit { iteration, reply } => {
                 // Debug level: permits are asked for outside any iteration's
                 // trace (a paused run asks every few seconds).
-                let _span = tracing::debug_span!("governor.permit", actor = KIND.name(), iteration)
-                    .entered();
+                let span = tracing::debug_span!("governor.permit", actor = KIND.name(), iteration);
                 let config = &state.ctx.config;
                 let permit = decide(
                     &state.snapshot,
@@ -180,6 +196,44 @@ impl Actor for Governor {
                     },
                     other => other,
                 };
+                let (action, detail) = match &permit {
+                    Permit::Granted => ("permit.granted", format!("iteration {iteration}")),
+                    Permit::Paused { reason, .. } => (
+                        "permit.denied",
+                        format!(
+                            "iteration {iteration}: paused{}",
+                            reason
+                                .as_ref()
+                                .map(|r| format!(": {r}"))
+                                .unwrap_or_default()
+                        ),
+                    ),
+                    Permit::Wait { reason, .. } => {
+                        ("permit.denied", format!("iteration {iteration}: {reason}"))
+                    }
+                    Permit::Finished { reason } => (
+                        "permit.finished",
+                        format!("iteration {iteration}: {reason}"),
+                    ),
+                };
+                let repeated = action != "permit.granted"
+                    && state.last_denial.as_deref() == Some(detail.as_str());
+                if !repeated {
+                    let audited = state
+                        .audit(action, detail.clone())
+                        .instrument(span.clone())
+                        .await;
+                    if let Err(error) = audited {
+                        // Not audited, not granted: the planner waits and asks again.
+                        tracing::error!(%error, "cannot audit a permit");
+                        let _ = reply.send(Permit::Wait {
+                            reason: error.to_string(),
+                            retry_after: state.ctx.config.permit_retry_after,
+                        });
+                        return Ok(());
+                    }
+                    state.last_denial = (action != "permit.granted").then_some(detail);
+                }
                 let _ = reply.send(permit);
             }
             GovernorMsg::RecordUsage { usage, reply } => {
@@ -207,8 +261,16 @@ impl Actor for Governor {
             } => {
                 state.snapshot.paused = paused;
                 let reason = reason.filter(|_| paused);
+                let (action, detail) = match (&reason, paused) {
+                    (Some(reason), _) => ("run.paused", reason.clone()),
+                    (None, true) => ("run.paused", "by an operator".to_string()),
+                    (None, false) => ("run.resumed", "by an operator".to_string()),
+                };
                 let result = match state.ctx.store.put_pause_reason(reason.as_deref()).await {
-                    Ok(()) => state.persist().await,
+                    Ok(()) => match state.persist().await {
+                        Ok(()) => state.audit(action, detail).await,
+                        Err(error) => Err(error),
+                    },
                     Err(error) => Err(ActorError::Store(error.to_string())),
                 };
                 state.pause_reason = reason;
@@ -235,6 +297,15 @@ impl Actor for Governor {
                     decided_at_ms: None,
                 };
                 state.ctx.store.put_approval(&approval).await?;
+                state
+                    .audit(
+                        "approval.requested",
+                        format!(
+                            "{}: iteration {}: {}",
+                            approval.id, approval.iteration, approval.summary
+                        ),
+                    )
+                    .await?;
                 crash_point!("approval.pending");
                 tracing::info!(id = %approval.id, iteration = approval.iteration, "change waiting for approval: agent ctl approve {}", approval.id);
                 state.ctx.events.emit(Event::ApprovalRequested {
@@ -283,11 +354,33 @@ impl Actor for Governor {
                 };
                 approval.reason = reason.clone();
                 approval.decided_at_ms = Some(now_ms());
-                if let Err(error) = state.ctx.store.put_approval(&approval).await {
-                    state.waiting.insert(id, (approval, waiting));
-                    let _ = reply.send(Err(ActorError::Store(format!(
+                let recorded = match state.ctx.store.put_approval(&approval).await {
+                    Ok(()) => {
+                        state
+                            .audit(
+                                if approve {
+                                    "approval.approved"
+                                } else {
+                                    "approval.rejected"
+                                },
+                                format!(
+                                    "{id}: iteration {}{}",
+                                    approval.iteration,
+                                    reason
+                                        .as_ref()
+                                        .map(|r| format!(": {r}"))
+                                        .unwrap_or_default()
+                                ),
+                            )
+                            .await
+                    }
+                    Err(error) => Err(ActorError::Store(format!(
                         "cannot record the decision: {error}"
-                    ))));
+                    ))),
+                };
+                if let Err(error) = recorded {
+                    state.waiting.insert(id, (approval, waiting));
+                    let _ = reply.send(Err(error));
                     return Ok(());
                 }
                 let decision = if approve {

@@ -354,6 +354,14 @@ impl Args {
 }
 
 /// Delivers a message and returns its reply as JSON.
+/// Whether `message` to `actor` changes something (a command, audited),
+/// rather than asks (a query).
+pub fn is_command(actor: ActorKind, message: &str) -> bool {
+    CATALOG
+        .iter()
+        .any(|s| s.actor == actor && s.name == message && s.kind == Kind::Command)
+}
+
 pub async fn send(actor: ActorKind, message: &str, values: &Map<String, Value>) -> Reply {
     let Some(spec) = CATALOG
         .iter()

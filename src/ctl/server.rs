@@ -29,6 +29,7 @@ use crate::config::TreeSpec;
 use crate::domain::{ActorKind, FaultKind, Iteration};
 use crate::events::{Event, EventBus};
 use crate::messages::{self, Common, GovernorMsg, PlannerMsg};
+use crate::store::audit::Decision;
 use crate::store::{Store, now_ms};
 use crate::supervisor::{self, SupervisorMsg};
 
@@ -403,7 +404,58 @@ fn done(message: impl Into<String>) -> Reply {
     }
 }
 
+/// What a command that changes something records in the audit chain
+/// (`None` for a query).
+fn audited(command: &Command) -> Option<String> {
+    let detail = match command {
+        Command::Send {
+            actor,
+            message,
+            args,
+        } => {
+            let kind = catalog::actor(actor).ok()?;
+            if !catalog::is_command(kind, message) {
+                return None;
+            }
+            format!(
+                "send {actor} {message} {}",
+                serde_json::Value::Object(args.clone())
+            )
+        }
+        Command::Pause => "pause".into(),
+        Command::Resume => "resume".into(),
+        Command::Stop { now } => format!("stop{}", if *now { " --now" } else { "" }),
+        Command::Goal { text } => format!("goal {text:?}"),
+        Command::Approve { id } => format!("approve {id}"),
+        Command::Reject { id, reason } => format!(
+            "reject {id}{}",
+            reason
+                .as_ref()
+                .map(|r| format!(": {r}"))
+                .unwrap_or_default()
+        ),
+        Command::Fault { actor, fault } => format!("fault {actor} {fault}"),
+        Command::Rebase => "rebase".into(),
+        _ => return None,
+    };
+    Some(detail)
+}
+
 async fn dispatch(command: Command, context: &ServerContext) -> Result<Reply, WireError> {
+    // Recorded before it is carried out: a command the chain cannot hold
+    // is refused.
+    if let Some(detail) = audited(&command) {
+        context
+            .store
+            .audit(Decision::new("ctl", "ctl.command", detail))
+            .await
+            .map_err(|e| {
+                WireError::new(
+                    ErrorKind::Internal,
+                    format!("cannot audit the command: {e}"),
+                )
+            })?;
+    }
     match command {
         Command::Status => status(context).await.map(Reply::Status),
         Command::Tree => tree(context).await.map(Reply::Tree),

@@ -25,6 +25,7 @@ use crate::ctl::server::StopRequest;
 use crate::domain::RunPhase;
 use crate::events::Event;
 use crate::sandbox::Sandbox;
+use crate::store::audit::Decision;
 use crate::store::{Store, StoreError};
 use crate::workspace::{Workspace, WorkspaceError};
 use services::Services;
@@ -57,6 +58,24 @@ pub async fn run(
 ) -> Result<Ending, RunError> {
     config.apply(&overrides);
     let prepared = prepare(config, &overrides).await?;
+    prepared
+        .store
+        .audit(Decision::new(
+            "daemon",
+            "run.started",
+            format!(
+                "goal \"{}\", backend {}, mode {:?}, sandbox {}",
+                prepared.config.goal,
+                prepared.backend.name(),
+                prepared.config.mode,
+                if prepared.sandbox.is_some() {
+                    "on"
+                } else {
+                    "off"
+                }
+            ),
+        ))
+        .await?;
     let mut services = Services::start(&prepared, tree).await?;
     let (ending, stop) = wait_for_end(&mut services).await?;
     let store = prepared.store.clone();
@@ -303,8 +322,19 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
         Ending::Stopped => {}
     }
     store.put_run(&run).await?;
-    store.flush().await?;
     let committed = committed_summary(store)?;
+    let how = match ending {
+        Ending::Finished(reason) => format!("finished: {reason}"),
+        Ending::Stopped => "stopped".to_string(),
+        Ending::Escalated(reason) => format!("escalated: {reason}"),
+    };
+    store
+        .audit(Decision::new(
+            "daemon",
+            "run.ended",
+            format!("{how}; {committed}"),
+        ))
+        .await?;
     match ending {
         Ending::Finished(reason) => println!("agent: run finished ({reason}); {committed}"),
         Ending::Stopped => println!("agent: stopped, state checkpointed; {committed}"),

@@ -8,6 +8,7 @@
     reason = "the store is the one module that opens and holds sled"
 )]
 
+pub mod audit;
 pub mod codec;
 mod convert;
 pub mod records;
@@ -37,7 +38,7 @@ const WORKSPACE_KEY: &[u8] = b"workspace";
 /// missing; this file (with the agent branch) is how that is noticed.
 const WITNESS_FILE: &str = "committed";
 /// The trees a backup carries, in order.
-const TREES: [&str; 9] = [
+const TREES: [&str; 10] = [
     "meta",
     "snapshots",
     "iterations",
@@ -47,6 +48,7 @@ const TREES: [&str; 9] = [
     "mcp_jobs",
     "approvals",
     "variants",
+    "audit",
 ];
 
 #[derive(Debug, thiserror::Error)]
@@ -105,6 +107,10 @@ pub struct Store {
     approvals: sled::Tree,
     /// The variant archive: each change an iteration produced, by iteration.
     variants: sled::Tree,
+    /// The audit chain, by sequence number.
+    audit: sled::Tree,
+    /// Held while an entry is chained to the last one (never across an await).
+    chaining: Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -147,6 +153,8 @@ impl Store {
             mcp_jobs: db.open_tree("mcp_jobs")?,
             approvals: db.open_tree("approvals")?,
             variants: db.open_tree("variants")?,
+            audit: db.open_tree("audit")?,
+            chaining: Arc::default(),
             db,
         })
     }
@@ -374,6 +382,38 @@ impl Store {
             .collect::<Result<_, StoreError>>()?;
         records.reverse();
         Ok(records)
+    }
+
+    // ------------------------------------------------------------ audit --
+
+    /// Appends a decision to the audit chain and makes it durable; call it
+    /// before the decision is acknowledged.
+    pub async fn audit(&self, decision: audit::Decision) -> Result<audit::AuditEntry, StoreError> {
+        let entry = {
+            let _writing = self.writing();
+            let _chaining = self.chaining.lock().unwrap_or_else(|p| p.into_inner());
+            let last = match self.audit.last()? {
+                Some((_, bytes)) => Some(decode::<audit::AuditEntry>(&bytes, "audit entry")?),
+                None => None,
+            };
+            let entry = audit::chain(last.as_ref(), decision, now_ms());
+            self.audit
+                .insert(entry.seq.to_be_bytes(), codec::encode(&entry)?)?;
+            entry
+        };
+        self.flush().await?;
+        Ok(entry)
+    }
+
+    /// The whole audit chain, oldest first.
+    pub fn audit_entries(&self) -> Result<Vec<audit::AuditEntry>, StoreError> {
+        self.audit
+            .iter()
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                decode(&bytes, "audit entry")
+            })
+            .collect()
     }
 
     // ------------------------------------------------------------- jobs --

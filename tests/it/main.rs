@@ -7,6 +7,7 @@
 )]
 
 mod archive;
+mod audit;
 mod claude_cli;
 mod config_errors;
 mod crash;

@@ -13,6 +13,7 @@ use std::path::{Path, PathBuf};
 const SERDE_EDGES: &[&str] = &[
     "src/ctl/protocol.rs",
     "src/store/records.rs",
+    "src/store/audit.rs",
     "src/config/mod.rs",
     "src/config/actors.rs",
     "src/mcp/tools.rs",

@@ -20,6 +20,7 @@ use crate::messages::{self, GovernorMsg, PeerError};
 use crate::process::{self, CommandSpec, Ending};
 use crate::safety::{self, ChangedFile, Rules};
 use crate::sandbox::Reach;
+use crate::store::audit::Decision;
 use crate::testgen;
 
 /// A step's span; its result is recorded when the step ends.
@@ -146,6 +147,16 @@ pub(super) async fn validate(
                     .map_err(|e| e.to_string())
             })
             .await;
+            audit(
+                ctx,
+                "change.accepted",
+                format!(
+                    "iteration {iteration}: commit {commit}, fitness {} -> {fitness_after}, rules checked: {}",
+                    fitness_before.map_or("?".into(), |f| f.to_string()),
+                    trial.rules_checked.join(", ")
+                ),
+            )
+            .await?;
             Ok(Verdict::Accepted {
                 commit,
                 fitness_after,
@@ -177,6 +188,15 @@ pub(super) async fn validate(
                 refusal.fitness_after,
             );
             super::rollback(&ctx.workspace, base).await?;
+            audit(
+                ctx,
+                "change.refused",
+                format!(
+                    "iteration {iteration}: refused by {}: {}",
+                    refusal.by, refusal.reason
+                ),
+            )
+            .await?;
             Ok(Verdict::Rejected {
                 reason: refusal.reason,
                 fitness_after: refusal.fitness_after,
@@ -184,6 +204,15 @@ pub(super) async fn validate(
             })
         }
     }
+}
+
+/// Appends the verdict to the audit chain before it is acknowledged.
+async fn audit(ctx: &Context, action: &str, detail: String) -> Result<(), String> {
+    ctx.store
+        .audit(Decision::new(ActorKind::Modifier.name(), action, detail))
+        .await
+        .map(|_| ())
+        .map_err(|e| format!("cannot audit {action}: {e}"))
 }
 
 /// The variant when its ref was written; an archive that failed is said,

@@ -13,6 +13,8 @@ use crate::ctl::protocol::{Command, Outcome};
 use crate::daemon::{self, Ending, RunError};
 use crate::store::{Store, StoreError};
 
+mod audit;
+
 /// Exit statuses of `agent` (documented in the README).
 pub mod exit {
     /// Done: the run finished or was stopped cleanly.
@@ -72,6 +74,12 @@ pub enum TopCommand {
     Backup(BackupArgs),
     /// Create a state directory's store from a backup file.
     Restore(RestoreArgs),
+    /// The audit chain: verify it, show its end, export it (the daemon must
+    /// be stopped for `--state`).
+    Audit {
+        #[command(subcommand)]
+        command: audit::AuditCommand,
+    },
     /// Serve Claude Code as MCP tools on stdin/stdout (started by the mcp backend).
     McpServe(McpServeArgs),
     /// Print a shell completion script.
@@ -335,6 +343,7 @@ pub fn main(cli: Cli) -> ExitCode {
             TopCommand::History(args) => history(&args),
             TopCommand::Backup(args) => backup(&args).await,
             TopCommand::Restore(args) => restore(&args).await,
+            TopCommand::Audit { command } => audit::run(&command),
             TopCommand::McpServe(args) => mcp_serve(args).await,
             TopCommand::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();
@@ -696,23 +705,29 @@ fn absolute(path: &Path) -> Result<PathBuf, String> {
     std::path::absolute(path).map_err(|e| format!("cannot resolve {}: {e}", path.display()))
 }
 
-fn history(args: &HistoryArgs) -> u8 {
-    if !args.state.join("store").is_dir() {
+/// Opens the store of a stopped daemon for an offline command; `Err` is
+/// the exit status, the reason already printed.
+fn open_offline(state: &Path) -> Result<Store, u8> {
+    if !state.join("store").is_dir() {
         eprintln!(
             "agent: no agent state in {} (expected a store written by `agent run`)",
-            args.state.display()
+            state.display()
         );
-        return exit::USAGE;
+        return Err(exit::USAGE);
     }
-    let store = match Store::open(&args.state) {
-        Ok(store) => store,
-        Err(error) => {
-            eprintln!("agent: {error}");
-            return match error {
-                StoreError::InUse(_) => exit::UNAVAILABLE,
-                _ => exit::FAILED,
-            };
+    Store::open(state).map_err(|error| {
+        eprintln!("agent: {error}");
+        match error {
+            StoreError::InUse(_) => exit::UNAVAILABLE,
+            _ => exit::FAILED,
         }
+    })
+}
+
+fn history(args: &HistoryArgs) -> u8 {
+    let store = match open_offline(&args.state) {
+        Ok(store) => store,
+        Err(status) => return status,
     };
     let records = match store.iterations(args.last) {
         Ok(records) => records,
