@@ -15,6 +15,7 @@ mod resume;
 mod services;
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::broadcast;
@@ -107,6 +108,13 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
             config.state_dir.display()
         ))
     })?;
+    let stop_file = config.state_dir.join(STOP_FILE);
+    if stop_file.exists() {
+        return Err(RunError::Usage(format!(
+            "{} is there: an emergency stop was asked for; remove the file to run again",
+            stop_file.display()
+        )));
+    }
     let store = Store::open(&config.state_dir)?;
     reap_leftovers(&config.state_dir);
     config.goal = resume::resolve_run(&store, &config, overrides).await?;
@@ -272,10 +280,18 @@ async fn wait_for_end(services: &mut Services) -> Result<(Ending, StopRequest), 
         signal(SignalKind::interrupt()).map_err(|e| RunError::Failed(e.to_string()))?;
     let mut stop_rx = services.stop_requests();
     let mut listener = services.events.subscribe();
+    let stop_file = services.config.state_dir.join(STOP_FILE);
+    let mut stop_file_poll = tokio::time::interval(STOP_FILE_POLL);
     let ending = loop {
         tokio::select! {
             _ = sigterm.recv() => break (Ending::Stopped, StopRequest::Graceful),
             _ = sigint.recv() => break (Ending::Stopped, StopRequest::Graceful),
+            _ = stop_file_poll.tick() => {
+                if stop_file.exists() {
+                    println!("agent: {} found: stopping now", stop_file.display());
+                    break (Ending::Stopped, StopRequest::Now);
+                }
+            }
             changed = stop_rx.changed() => {
                 if changed.is_ok() && let Some(request) = *stop_rx.borrow() {
                     break (Ending::Stopped, request);
@@ -295,8 +311,34 @@ async fn wait_for_end(services: &mut Services) -> Result<(Ending, StopRequest), 
             }
         }
     };
+    if ending.1 == StopRequest::Graceful {
+        // While the in-flight iteration drains, a second interrupt or the
+        // STOP file means now.
+        let hurry = services.stop_sender();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = sigterm.recv() => {}
+                _ = sigint.recv() => {}
+                () = async {
+                    loop {
+                        stop_file_poll.tick().await;
+                        if stop_file.exists() {
+                            break;
+                        }
+                    }
+                } => {}
+            }
+            println!("agent: stopping now: the in-flight iteration is abandoned");
+            hurry.send_replace(Some(StopRequest::Now));
+        });
+    }
     Ok(ending)
 }
+
+/// A file an operator without the socket creates to stop the daemon at
+/// once; it stays, and keeps the next start from running, until removed.
+pub const STOP_FILE: &str = "STOP";
+const STOP_FILE_POLL: Duration = Duration::from_millis(250);
 
 /// The supervisor stopped on its own: the escalation event may still be
 /// queued behind the stop.

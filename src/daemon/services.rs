@@ -26,7 +26,7 @@ use crate::telemetry::{self, http::HttpListener, http::Readiness};
 pub(crate) struct Services {
     pub events: EventBus,
     pub readiness: Readiness,
-    config: Config,
+    pub config: Config,
     backend: Arc<dyn Cognition>,
     stop: watch::Sender<Option<StopRequest>>,
     supervisor: ActorRef<SupervisorMsg>,
@@ -133,6 +133,11 @@ impl Services {
         self.stop.subscribe()
     }
 
+    /// Where a stop-now comes from besides `ctl stop --now`.
+    pub fn stop_sender(&self) -> watch::Sender<Option<StopRequest>> {
+        self.stop.clone()
+    }
+
     /// Completes when the supervisor has stopped on its own (escalation);
     /// never, once it has been seen to stop.
     pub async fn supervisor_stopped(&mut self) {
@@ -151,7 +156,7 @@ impl Services {
         let escalated = matches!(ending, Ending::Escalated(_));
         if !escalated {
             tracing::info!(?stop, "shutting down");
-            drain(&self.config, stop).await;
+            drain(&self.config, stop, self.stop.subscribe()).await;
             crash_point!("shutdown.drain");
             let _ = self
                 .supervisor
@@ -177,16 +182,34 @@ impl Services {
     }
 }
 
-/// Lets the in-flight iteration finish within the deadline, else abandons it.
-async fn drain(config: &Config, stop: StopRequest) {
+/// Lets the in-flight iteration finish within the deadline, else abandons
+/// it — at once when a stop-now arrives while it drains (a second
+/// interrupt, the STOP file, `ctl stop --now`).
+async fn drain(
+    config: &Config,
+    stop: StopRequest,
+    mut hurry: watch::Receiver<Option<StopRequest>>,
+) {
     let deadline = match stop {
         StopRequest::Graceful => config.shutdown_timeout,
         StopRequest::Now => Duration::ZERO,
     };
+    let now_requested = async {
+        while hurry.changed().await.is_ok() {
+            if *hurry.borrow() == Some(StopRequest::Now) {
+                return;
+            }
+        }
+        std::future::pending::<()>().await;
+    };
     let drained = !deadline.is_zero()
-        && messages::call(ActorKind::Planner, deadline, PlannerMsg::Drain)
-            .await
-            .is_ok();
+        && tokio::select! {
+            drained = messages::call(ActorKind::Planner, deadline, PlannerMsg::Drain) => drained.is_ok(),
+            () = now_requested => {
+                tracing::warn!("stopping now: the in-flight iteration is abandoned");
+                false
+            }
+        };
     if !drained {
         let _ = messages::call(
             ActorKind::Planner,

@@ -361,12 +361,19 @@ fn a_store_with_overwritten_bytes_is_refused_in_one_sentence_or_keeps_every_iter
 enum Ending {
     Signal(nix::sys::signal::Signal),
     StopNow,
+    /// A first SIGINT (graceful: it would wait), then a second one.
+    SecondInterrupt,
+    /// `<state>/STOP`, for an operator without the socket.
+    StopFile,
 }
 
 /// Ends a daemon while a slow job runs: the in-flight iteration ends within
 /// the shutdown deadline (never waiting for the job), the job's process
 /// group is gone and the worktree is clean.
-fn end_during_a_slow_job(ending: Ending, shutdown_timeout: &str) {
+fn end_during_a_slow_job(
+    ending: Ending,
+    shutdown_timeout: &str,
+) -> (tempfile::TempDir, std::path::PathBuf) {
     let dir = tempfile::tempdir().unwrap();
     let pids = dir.path().join("pids");
     std::fs::create_dir(&pids).unwrap();
@@ -397,17 +404,30 @@ fn end_during_a_slow_job(ending: Ending, shutdown_timeout: &str) {
             nix::sys::signal::kill(nix::unistd::Pid::from_raw(daemon.pid() as i32), signal).unwrap()
         }
         Ending::StopNow => assert!(daemon.ctl(&["stop", "--now"]).status.success()),
+        Ending::SecondInterrupt => {
+            let pid = nix::unistd::Pid::from_raw(daemon.pid() as i32);
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+            // The first one is taken (the daemon says it is shutting down)
+            // before the second is sent.
+            crate::harness::poll_until("the graceful shutdown", WAIT, || {
+                daemon.logs().contains("shutting down").then_some(())
+            });
+            nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGINT).unwrap();
+        }
+        Ending::StopFile => std::fs::write(state.join("STOP"), "").unwrap(),
     }
     let status = daemon.wait_exit(WAIT);
     let took = asked.elapsed();
     assert!(status.success(), "{status}: {}", daemon.logs());
-    // The job would have run two minutes: the daemon did not wait for it.
-    assert!(took < Duration::from_secs(60), "took {took:?}");
+    // The job would have run two minutes (cut at the 20s job deadline):
+    // the daemon waited for neither.
+    assert!(took < Duration::from_secs(15), "took {took:?}");
     crate::harness::wait_gone(job);
     let worktree = agent::workspace::Workspace {
         path: state.join("worktree"),
     };
     assert_eq!(worktree.changed_files().unwrap(), Vec::<String>::new());
+    (dir, state)
 }
 
 #[test]
@@ -418,6 +438,28 @@ fn sigterm_during_a_slow_job_ends_the_iteration_within_the_shutdown_deadline() {
 #[test]
 fn sigint_during_a_slow_job_ends_the_iteration_within_the_shutdown_deadline() {
     end_during_a_slow_job(Ending::Signal(nix::sys::signal::Signal::SIGINT), "2s");
+}
+
+#[test]
+fn a_second_interrupt_during_a_slow_job_kills_the_job_at_once() {
+    end_during_a_slow_job(Ending::SecondInterrupt, "10m");
+}
+
+#[test]
+fn a_stop_file_during_a_slow_job_kills_the_job_at_once_and_keeps_the_next_start_from_running() {
+    let (_dir, state) = end_during_a_slow_job(Ending::StopFile, "10m");
+    let config = fast_config(state.parent().unwrap(), &[UNCONFINED]);
+    let workspace = state.parent().unwrap().join("workspace");
+    let mut daemon = Daemon::start(&state, &args(&config, &workspace), &[]);
+    let status = daemon.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(2), "{}", daemon.logs());
+    assert!(
+        daemon
+            .logs()
+            .contains("an emergency stop was asked for; remove the file to run again"),
+        "{}",
+        daemon.logs()
+    );
 }
 
 #[test]
