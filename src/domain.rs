@@ -419,6 +419,38 @@ pub struct GovernorStatus {
     pub permits_granted: u64,
 }
 
+/// The budgets a permit is checked against (`[governor]`, or set live).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Budgets {
+    /// Tokens over a rolling 24 hours.
+    pub tokens_per_day: u64,
+    /// Dollars over a rolling 24 hours.
+    pub usd_per_day: Option<f64>,
+    /// Iterations started over a rolling hour.
+    pub iterations_per_hour: Option<u64>,
+    /// Wall-clock time from the run's start.
+    pub deadline: Option<Duration>,
+    /// The rolling "day" of the per-day budgets (24h; shorter for trials).
+    pub day_window: Duration,
+    /// The rolling "hour" of the per-hour budget (1h; shorter for trials).
+    pub hour_window: Duration,
+}
+
+/// One budget as `send governor budgets` shows it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct BudgetRow {
+    pub name: &'static str,
+    /// `None`: no limit.
+    pub limit: Option<f64>,
+    pub spent: f64,
+    pub left: Option<f64>,
+    /// When what is spent starts to free up (the oldest spend leaves the
+    /// window), or the deadline.
+    pub resets_at_ms: Option<u64>,
+    /// Set live (`set-budget`) rather than from the configuration.
+    pub set_live: bool,
+}
+
 /// A change waiting for an operator (supervised mode).
 #[derive(Debug, Clone, PartialEq)]
 pub struct ApprovalRequest {
@@ -500,6 +532,8 @@ pub struct PlannerStatus {
     pub last_fitness: Option<f64>,
     /// Why the run is paused, while it is.
     pub pause_reason: Option<String>,
+    /// Why the last permit was denied by a budget, until one is granted.
+    pub waiting: Option<String>,
     /// Attempts abandoned in a row since the last commit.
     pub failures: u32,
     pub outcomes: OutcomeCounts,

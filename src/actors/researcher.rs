@@ -138,7 +138,7 @@ async fn fill(ctx: &Context, topic: &str) -> Research {
     if let Some(answers) = ctx
         .backend
         .research(
-            &questions(topic),
+            &crate::cognition::research_questions(topic),
             &ctx.workspace.path,
             ctx.config.job_timeout,
         )
@@ -163,20 +163,6 @@ async fn fill(ctx: &Context, topic: &str) -> Research {
         from_cache: false,
         usage,
     }
-}
-
-/// The read-only questions a model is asked about a topic (answered as one
-/// batch where the backend can).
-pub fn questions(topic: &str) -> Vec<String> {
-    vec![
-        format!(
-            "Read this repository (do not change anything) and list, in at most ten short bullet \
-             points, the facts someone needs to make progress on: {topic}"
-        ),
-        "Read this repository (do not change anything) and say in at most five bullet points how \
-         its changes are validated: build, tests, lints, and anything that must not break."
-            .to_string(),
-    ]
 }
 
 fn floor_char_boundary(text: &str, max: usize) -> usize {

@@ -124,6 +124,20 @@ pub enum SelectError {
     NoOwnPath(String),
 }
 
+/// The read-only questions a model is asked about a topic (answered as one
+/// batch where the backend can).
+pub fn research_questions(topic: &str) -> Vec<String> {
+    vec![
+        format!(
+            "Read this repository (do not change anything) and list, in at most ten short bullet \
+             points, the facts someone needs to make progress on: {topic}"
+        ),
+        "Read this repository (do not change anything) and say in at most five bullet points how \
+         its changes are validated: build, tests, lints, and anything that must not break."
+            .to_string(),
+    ]
+}
+
 /// The chosen backend and why it was chosen.
 pub struct Selection {
     pub backend: Arc<dyn Cognition>,

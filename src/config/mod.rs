@@ -174,6 +174,11 @@ pub enum FailingBase {
 #[serde(deny_unknown_fields)]
 struct RawGovernor {
     tokens_per_day: Positive,
+    usd_per_day: Option<f64>,
+    iterations_per_hour: Option<Positive>,
+    deadline: Option<HumanDuration>,
+    day_window: Option<HumanDuration>,
+    hour_window: Option<HumanDuration>,
     retry_after: HumanDuration,
     approval_timeout: HumanDuration,
 }
@@ -308,7 +313,8 @@ pub struct Config {
     pub fitness: Fitness,
     pub validation_timeout: Duration,
     pub failing_base: FailingBase,
-    pub tokens_per_day: u64,
+    /// The budgets a permit is checked against.
+    pub budgets: crate::domain::Budgets,
     pub permit_retry_after: Duration,
     /// How long a change waits for an operator in supervised mode.
     pub approval_timeout: Duration,
@@ -396,6 +402,20 @@ impl Config {
             })?),
         };
         let max_budget_usd = raw.cognition.max_budget_usd;
+        if let Some(usd) = raw.governor.usd_per_day {
+            if !(usd > 0.0 && usd.is_finite()) {
+                return Err(ConfigError::whole_file(
+                    file,
+                    "[governor] usd_per_day must be a positive number of dollars, e.g. 20.0",
+                ));
+            }
+            if max_budget_usd.is_none() {
+                return Err(ConfigError::whole_file(
+                    file,
+                    "[governor] usd_per_day needs [cognition] max_budget_usd: a job's worst case must be bounded before it starts",
+                ));
+            }
+        }
         if max_budget_usd.is_some_and(|usd| !(usd > 0.0 && usd.is_finite())) {
             return Err(ConfigError::whole_file(
                 file,
@@ -467,7 +487,20 @@ impl Config {
             fitness,
             validation_timeout: raw.validation.timeout.0,
             failing_base: raw.validation.failing_base.unwrap_or(FailingBase::Pause),
-            tokens_per_day: raw.governor.tokens_per_day.get(),
+            budgets: crate::domain::Budgets {
+                tokens_per_day: raw.governor.tokens_per_day.get(),
+                usd_per_day: raw.governor.usd_per_day,
+                iterations_per_hour: raw.governor.iterations_per_hour.map(Positive::get),
+                deadline: raw.governor.deadline.map(|d| d.0),
+                day_window: raw
+                    .governor
+                    .day_window
+                    .map_or(Duration::from_secs(24 * 3600), |d| d.0),
+                hour_window: raw
+                    .governor
+                    .hour_window
+                    .map_or(Duration::from_secs(3600), |d| d.0),
+            },
             permit_retry_after: raw.governor.retry_after.0,
             approval_timeout: raw.governor.approval_timeout.0,
             research_ttl: raw.researcher.cache_ttl.0,

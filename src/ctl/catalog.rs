@@ -88,6 +88,25 @@ static CATALOG: &[Spec] = &[
         handler: |args| Box::pin(governor_resume(args)),
     },
     Spec {
+        actor: ActorKind::Governor,
+        name: "budgets",
+        kind: Kind::Query,
+        args: &[],
+        description: "every budget: its limit, what is spent and left, when it frees up, whether it was set live",
+        handler: |args| Box::pin(governor_budgets(args)),
+    },
+    Spec {
+        actor: ActorKind::Governor,
+        name: "set-budget",
+        kind: Kind::Command,
+        args: &[
+            arg("name", ArgKind::Text, true),
+            arg("value", ArgKind::Text, true),
+        ],
+        description: "change one budget live (tokens_per_day, usd_per_day, iterations_per_hour, deadline; `none` lifts a limit); audited, kept across restarts",
+        handler: |args| Box::pin(governor_set_budget(args)),
+    },
+    Spec {
         actor: ActorKind::Learner,
         name: "stats",
         kind: Kind::Query,
@@ -294,7 +313,8 @@ impl Args {
                 None => {}
                 Some(value) => {
                     let fits = match arg.kind {
-                        ArgKind::Text => value.is_string(),
+                        // `--arg value=10` arrives as a number.
+                        ArgKind::Text => value.is_string() || value.is_number(),
                         ArgKind::Integer => {
                             value.as_u64().is_some()
                                 || value.as_str().is_some_and(|s| s.parse::<u64>().is_ok())
@@ -325,11 +345,11 @@ impl Args {
     }
 
     fn text(&self, name: &str) -> String {
-        self.values
-            .get(name)
-            .and_then(Value::as_str)
-            .unwrap_or_default()
-            .to_string()
+        match self.values.get(name) {
+            Some(Value::String(text)) => text.clone(),
+            Some(Value::Number(number)) => number.to_string(),
+            _ => String::new(),
+        }
     }
 
     fn integer(&self, name: &str) -> Option<u64> {
@@ -402,6 +422,32 @@ async fn governor_status(_: Args) -> Reply {
         json!({"paused": s.paused, "tokens_last_day": s.tokens_last_day, "tokens_per_day": s.tokens_per_day,
               "cost_usd_total": s.cost_usd_total, "permits_granted": s.permits_granted}),
     )
+}
+
+fn budget_json(row: &crate::domain::BudgetRow) -> Value {
+    json!({"name": row.name, "limit": row.limit, "spent": row.spent, "left": row.left,
+           "resets_at_ms": row.resets_at_ms, "set_live": row.set_live})
+}
+
+async fn governor_budgets(_: Args) -> Reply {
+    let rows = messages::call(ActorKind::Governor, QUICK, GovernorMsg::Budgets)
+        .await
+        .map_err(peer_error)?;
+    Ok(json!({"budgets": rows.iter().map(budget_json).collect::<Vec<_>>()}))
+}
+
+async fn governor_set_budget(args: Args) -> Reply {
+    let name = args.text("name");
+    let value = args.text("value");
+    let row = messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::SetBudget {
+        name,
+        value,
+        reply,
+    })
+    .await
+    .map_err(peer_error)?
+    .map_err(actor_error)?;
+    Ok(json!({"budget": budget_json(&row)}))
 }
 
 async fn governor_pause(_: Args) -> Reply {

@@ -264,6 +264,9 @@ fn render_status(status: &StatusReply) -> String {
     if let Some(reason) = &status.pause_reason {
         out.push_str(&format!("paused:     {reason}\n"));
     }
+    if let Some(reason) = &status.waiting {
+        out.push_str(&format!("waiting:    {reason}\n"));
+    }
     if status.failures > 0 {
         out.push_str(&format!(
             "failures:   {} attempt(s) abandoned in a row\n",

@@ -136,6 +136,9 @@ pub struct StatusReply {
     /// Why the run is paused, while it is.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pause_reason: Option<String>,
+    /// Why the run waits for a budget, while it does.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
     /// Attempts abandoned in a row since the last commit.
     #[serde(default)]
     pub failures: u32,

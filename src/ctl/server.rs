@@ -622,6 +622,7 @@ async fn status(context: &ServerContext) -> Result<StatusReply, WireError> {
         in_flight: planner.in_flight,
         fitness: planner.last_fitness,
         pause_reason: planner.pause_reason,
+        waiting: planner.waiting,
         failures: planner.failures,
         outcomes: super::protocol::OutcomeCounts {
             kept: planner.outcomes.kept,

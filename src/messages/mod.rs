@@ -13,8 +13,8 @@ use std::time::Duration;
 use ractor::{ActorRef, RpcReplyPort};
 
 use crate::domain::{
-    ActorKind, Advice, ApprovalDecision, ApprovalRequest, Capability, Experience, FaultKind,
-    GovernorStatus, Iteration, JobOutcome, LearnerStats, ModifierStatus, Permit, Plan,
+    ActorKind, Advice, ApprovalDecision, ApprovalRequest, BudgetRow, Capability, Experience,
+    FaultKind, GovernorStatus, Iteration, JobOutcome, LearnerStats, ModifierStatus, Permit, Plan,
     PlannerStatus, Prepared, Research, ResearcherStatus, Usage, Variant, Verdict,
 };
 use crate::store::{ApprovalRecord, JobRecord, SnapshotRecord};
@@ -107,6 +107,14 @@ pub enum GovernorMsg {
         reply: RpcReplyPort<Result<(), ActorError>>,
     },
     Status(RpcReplyPort<GovernorStatus>),
+    /// Every budget with what is spent, left, and when it frees up.
+    Budgets(RpcReplyPort<Vec<BudgetRow>>),
+    /// Change one budget live (audited, kept across restarts).
+    SetBudget {
+        name: String,
+        value: String,
+        reply: RpcReplyPort<Result<BudgetRow, ActorError>>,
+    },
 }
 
 pub enum LearnerMsg {

@@ -139,7 +139,7 @@ fn on_the_agents_own_source_a_change_to_the_governor_is_refused_before_any_build
         built.display()
     );
     for (file, dir_name) in [
-        ("src/actors/governor.rs", "governor"),
+        ("src/actors/governor/mod.rs", "governor"),
         ("src/actors/modifier/pipeline.rs", "evaluator"),
     ] {
         let run = dir.path().join(dir_name);

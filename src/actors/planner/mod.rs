@@ -64,6 +64,8 @@ pub struct PlannerState {
     failures: u32,
     /// Why the run is paused, while it is.
     pause_reason: Option<String>,
+    /// Why the last permit was denied (a budget), until one is granted.
+    waiting: Option<String>,
     /// Committed iterations by outcome (counted from the store at start).
     outcomes: OutcomeCounts,
     /// Validation was seen to pass (or to fail, when the run proceeds) on
@@ -108,6 +110,7 @@ impl Actor for Planner {
             links: Vec::new(),
             failures: 0,
             pause_reason: None,
+            waiting: None,
             base_checked: false,
             outcomes,
         })
@@ -159,6 +162,7 @@ impl Actor for Planner {
                     in_flight: state.in_flight.as_ref().map(|f| f.iteration),
                     last_fitness: state.snapshot.last_fitness,
                     pause_reason: state.pause_reason.clone(),
+                    waiting: state.waiting.clone(),
                     failures: state.failures,
                     outcomes: state.outcomes,
                 });
@@ -265,6 +269,9 @@ fn on_iteration_end(
     end: IterationEnd,
 ) {
     let ctx = &state.ctx;
+    if !matches!(end, IterationEnd::Wait { paused: false, .. }) {
+        state.waiting = None;
+    }
     match end {
         IterationEnd::Committed(committed) => {
             state.failures = 0;
@@ -293,6 +300,8 @@ fn on_iteration_end(
             }
             if paused {
                 state.pause_reason = Some(reason.clone());
+            } else {
+                state.waiting = Some(reason.clone());
             }
             tracing::debug!(%reason, retry_after = %humantime::format_duration(retry_after), "permit denied; waiting");
             ctx.events.emit(Event::PermitWaiting { reason });

@@ -1,12 +1,13 @@
 //! The governor: grants or denies the permit each iteration starts with
-//! (paused by an operator, iteration limit reached, token budget over the
-//! last 24 hours spent) and keeps the ledger of tokens and money the backends
-//! reported. Spent tokens are a fact whatever becomes of the iteration, so the
+//! (paused by an operator, iteration limit reached, a budget that the next
+//! job could cross: see `budget.rs`) and keeps the ledger of tokens and
+//! money the backends reported; every decision goes on the audit chain
+//! before it is answered. Spent tokens are a fact whatever becomes of the iteration, so the
 //! ledger and the pause flag are written to the store at once. In supervised
 //! mode it also holds validated changes until an operator approves or rejects
 //! them (`agent ctl approve|reject`); every approval is an audited record.
 
-use std::time::Duration;
+mod budget;
 
 use std::collections::HashMap;
 
@@ -15,83 +16,80 @@ use serde::{Deserialize, Serialize};
 use tracing::Instrument;
 
 use super::{Context, handle_common, load_snapshot, make_snapshot};
-use crate::domain::{ActorKind, ApprovalDecision, ApprovalState, GovernorStatus, Permit, Usage};
+use crate::domain::{
+    ActorKind, ApprovalDecision, ApprovalState, BudgetRow, Budgets, GovernorStatus, Permit, Usage,
+};
 use crate::events::Event;
-use crate::messages::{ActorError, GovernorMsg};
+use crate::messages::{self, ActorError, GovernorMsg, PlannerMsg};
 use crate::store::audit::Decision;
 use crate::store::{ApprovalRecord, now_ms};
+use budget::{Asked, Ledger, Spend};
 
 const KIND: ActorKind = ActorKind::Governor;
-const SCHEMA: u32 = 1;
-const DAY_MS: u64 = 24 * 60 * 60 * 1000;
+const SCHEMA: u32 = 2;
+/// The longest a denied planner waits before it asks again.
+const LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// The governor's committed state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GovernorSnapshot {
     pub paused: bool,
-    /// (unix ms, tokens) of every job in the last 24 hours.
+    /// Spends of the last 24 hours.
+    pub spend: Vec<Spend>,
+    /// When each permit of the last hour was granted.
+    pub permits: Vec<u64>,
+    pub cost_usd_total: f64,
+    pub tokens_total: u64,
+    pub permits_granted: u64,
+    /// Budgets set live (`set-budget`), by name, as given.
+    pub live_budgets: Vec<(String, String)>,
+}
+
+/// The snapshot as schema 1 wrote it (tokens only, no live budgets).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GovernorSnapshotV1 {
+    pub paused: bool,
     pub usage: Vec<(u64, u64)>,
     pub cost_usd_total: f64,
     pub tokens_total: u64,
     pub permits_granted: u64,
 }
 
-impl GovernorSnapshot {
-    fn tokens_since(&self, since_ms: u64) -> u64 {
-        self.usage
-            .iter()
-            .filter(|(at, _)| *at >= since_ms)
-            .map(|(_, tokens)| tokens)
-            .sum()
-    }
-
-    fn forget_before(&mut self, since_ms: u64) {
-        self.usage.retain(|(at, _)| *at >= since_ms);
+impl From<GovernorSnapshotV1> for GovernorSnapshot {
+    fn from(old: GovernorSnapshotV1) -> Self {
+        GovernorSnapshot {
+            paused: old.paused,
+            spend: old
+                .usage
+                .into_iter()
+                .map(|(at_ms, tokens)| Spend {
+                    at_ms,
+                    tokens,
+                    usd: 0.0,
+                })
+                .collect(),
+            permits: Vec::new(),
+            cost_usd_total: old.cost_usd_total,
+            tokens_total: old.tokens_total,
+            permits_granted: old.permits_granted,
+            live_budgets: Vec::new(),
+        }
     }
 }
 
-/// The decision for one permit request, as a pure function of the state.
-pub fn decide(
-    snapshot: &GovernorSnapshot,
-    iteration: u64,
-    max_iterations: Option<u64>,
-    tokens_per_day: u64,
-    retry_after: Duration,
-    now_ms: u64,
-) -> Permit {
-    if let Some(max) = max_iterations
-        && iteration > max
-    {
-        return Permit::Finished {
-            reason: format!("the iteration limit of {max} is reached"),
-        };
+/// The stored snapshot, read in the schema it was written in.
+fn load(store: &crate::store::Store) -> Result<Option<GovernorSnapshot>, ActorError> {
+    let record = store
+        .snapshot(KIND.name())
+        .map_err(|e| ActorError::Store(e.to_string()))?;
+    match record {
+        Some(record) if record.schema == 1 => {
+            crate::store::codec::decode::<GovernorSnapshotV1>(&record.body)
+                .map(|old| Some(old.into()))
+                .map_err(|e| ActorError::Store(format!("cannot read the governor snapshot: {e}")))
+        }
+        _ => load_snapshot(store, KIND, SCHEMA),
     }
-    if snapshot.paused {
-        return Permit::Paused {
-            retry_after,
-            reason: None,
-        };
-    }
-    let since = now_ms.saturating_sub(DAY_MS);
-    let spent = snapshot.tokens_since(since);
-    if spent >= tokens_per_day {
-        // Wait until the oldest usage in the window leaves it.
-        let oldest = snapshot
-            .usage
-            .iter()
-            .filter(|(at, _)| *at >= since)
-            .map(|(at, _)| *at)
-            .min()
-            .unwrap_or(now_ms);
-        let free_at = oldest + DAY_MS;
-        return Permit::Wait {
-            reason: format!(
-                "token budget spent: {spent} of {tokens_per_day} tokens in the last 24h"
-            ),
-            retry_after: Duration::from_millis(free_at.saturating_sub(now_ms)).max(retry_after),
-        };
-    }
-    Permit::Granted
 }
 
 pub struct Governor;
@@ -99,6 +97,10 @@ pub struct Governor;
 pub struct GovernorState {
     ctx: Context,
     snapshot: GovernorSnapshot,
+    /// The configured budgets with the live changes applied.
+    budgets: Budgets,
+    /// When the run started, for the deadline.
+    run_started_ms: Option<u64>,
     /// Why the run is paused, when it was paused for a reason (durable in
     /// the store beside the snapshot's flag).
     pause_reason: Option<String>,
@@ -110,6 +112,24 @@ pub struct GovernorState {
 }
 
 impl GovernorState {
+    fn ledger(&self) -> Ledger {
+        Ledger {
+            spend: self.snapshot.spend.clone(),
+            permits: self.snapshot.permits.clone(),
+            run_started_ms: self.run_started_ms,
+        }
+    }
+
+    fn rows(&self) -> Vec<BudgetRow> {
+        let live: Vec<String> = self
+            .snapshot
+            .live_budgets
+            .iter()
+            .map(|(name, _)| name.clone())
+            .collect();
+        budget::rows(&self.ledger(), &self.budgets, &live, now_ms())
+    }
+
     /// Appends a decision to the audit chain, durably, before it is
     /// acknowledged.
     async fn audit(&self, action: &str, detail: String) -> Result<(), ActorError> {
@@ -141,7 +161,14 @@ impl Actor for Governor {
         _myself: ActorRef<Self::Msg>,
         ctx: Context,
     ) -> Result<Self::State, ActorProcessingErr> {
-        let snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or_default();
+        let snapshot = load(&ctx.store)?.unwrap_or_default();
+        let mut budgets = ctx.config.budgets.clone();
+        for (name, value) in &snapshot.live_budgets {
+            if let Err(error) = budget::set(&mut budgets, name, value) {
+                tracing::warn!(%error, "a budget set live no longer applies");
+            }
+        }
+        let run_started_ms = ctx.store.run()?.map(|run| run.created_at_ms);
         // Approvals that were waiting when a governor stopped lost their
         // iteration with it; the iteration asks again when it re-runs.
         for mut approval in ctx
@@ -156,13 +183,18 @@ impl Actor for Governor {
             ctx.store.put_approval(&approval).await?;
         }
         let pause_reason = ctx.store.pause_reason()?;
-        Ok(GovernorState {
+        let state = GovernorState {
             ctx,
             snapshot,
+            budgets,
+            run_started_ms,
             pause_reason,
             waiting: HashMap::new(),
             last_denial: None,
-        })
+        };
+        // A snapshot of an older schema is written back in this one.
+        state.persist().await?;
+        Ok(state)
     }
 
     async fn handle(
@@ -177,19 +209,34 @@ impl Actor for Governor {
                 // trace (a paused run asks every few seconds).
                 let span = tracing::debug_span!("governor.permit", actor = KIND.name(), iteration);
                 let config = &state.ctx.config;
-                let permit = decide(
-                    &state.snapshot,
-                    iteration,
-                    config.max_iterations,
-                    config.tokens_per_day,
-                    config.permit_retry_after,
-                    now_ms(),
+                let now = now_ms();
+                let permit = budget::decide(
+                    &state.ledger(),
+                    &Asked {
+                        iteration,
+                        max_iterations: config.max_iterations,
+                        paused: state.snapshot.paused,
+                        budgets: &state.budgets,
+                        job_worst_usd: iteration_worst_usd(&state.ctx),
+                        retry_after: config.permit_retry_after,
+                        now_ms: now,
+                    },
                 );
                 let permit = match permit {
                     Permit::Granted => {
                         state.snapshot.permits_granted += 1;
+                        state.snapshot.permits.push(now);
                         Permit::Granted
                     }
+                    // Asked again at least every minute: a budget raised
+                    // live (or a clock that moved) is seen soon.
+                    Permit::Wait {
+                        reason,
+                        retry_after,
+                    } => Permit::Wait {
+                        reason,
+                        retry_after: retry_after.min(LONGEST_WAIT),
+                    },
                     Permit::Paused { retry_after, .. } => Permit::Paused {
                         retry_after,
                         reason: state.pause_reason.clone(),
@@ -244,10 +291,10 @@ impl Actor for Governor {
                     gen_ai.usage.output_tokens = usage.output_tokens as i64,
                     gen_ai.usage.cost_usd = usage.cost_usd,
                 )
-                .in_scope(|| record_usage(&mut state.snapshot, usage, now_ms()));
-                let spent = state.snapshot.tokens_since(now_ms().saturating_sub(DAY_MS));
+                .in_scope(|| record_usage(&mut state.snapshot, &state.budgets, usage, now_ms()));
+                let spent = state.ledger().tokens_in_day(&state.budgets, now_ms());
                 crate::telemetry::metrics::budget_remaining(
-                    state.ctx.config.tokens_per_day.saturating_sub(spent),
+                    state.budgets.tokens_per_day.saturating_sub(spent),
                 );
                 if let Err(error) = state.persist().await {
                     tracing::error!(%error, "cannot persist the token ledger");
@@ -394,13 +441,46 @@ impl Actor for Governor {
                 crate::telemetry::metrics::approvals_pending(state.waiting.len());
                 let _ = reply.send(Ok(approval));
             }
+            GovernorMsg::Budgets(reply) => {
+                let _ = reply.send(state.rows());
+            }
+            GovernorMsg::SetBudget { name, value, reply } => {
+                let mut budgets = state.budgets.clone();
+                let result = match budget::set(&mut budgets, &name, &value) {
+                    Err(why) => Err(ActorError::Invalid(why)),
+                    Ok(()) => {
+                        let audited = state.audit("budget.set", format!("{name} = {value}")).await;
+                        match audited {
+                            Err(error) => Err(error),
+                            Ok(()) => {
+                                state.budgets = budgets;
+                                state.snapshot.live_budgets.retain(|(n, _)| *n != name);
+                                state.snapshot.live_budgets.push((name.clone(), value));
+                                // A waiting planner looks again now.
+                                if let Ok(planner) =
+                                    messages::lookup::<PlannerMsg>(ActorKind::Planner)
+                                {
+                                    let _ = planner.cast(PlannerMsg::Tick);
+                                }
+                                state.persist().await.map(|()| {
+                                    state
+                                        .rows()
+                                        .into_iter()
+                                        .find(|row| row.name == name)
+                                        .expect("a budget that was set has a row")
+                                })
+                            }
+                        }
+                    }
+                };
+                let _ = reply.send(result);
+            }
             GovernorMsg::Status(reply) => {
-                let since = now_ms().saturating_sub(DAY_MS);
                 let _ = reply.send(GovernorStatus {
                     paused: state.snapshot.paused,
                     pause_reason: state.pause_reason.clone(),
-                    tokens_last_day: state.snapshot.tokens_since(since),
-                    tokens_per_day: state.ctx.config.tokens_per_day,
+                    tokens_last_day: state.ledger().tokens_in_day(&state.budgets, now_ms()),
+                    tokens_per_day: state.budgets.tokens_per_day,
                     cost_usd_total: state.snapshot.cost_usd_total,
                     permits_granted: state.snapshot.permits_granted,
                 });
@@ -415,69 +495,33 @@ impl Actor for Governor {
     }
 }
 
-fn record_usage(snapshot: &mut GovernorSnapshot, usage: Usage, now_ms: u64) {
-    snapshot.forget_before(now_ms.saturating_sub(DAY_MS));
-    if usage.tokens() > 0 {
-        snapshot.usage.push((now_ms, usage.tokens()));
+/// The most one iteration may spend in dollars: every Claude Code call it
+/// may make (the research questions, then the job) at `--max-budget-usd`
+/// each. The offline backend spends nothing.
+fn iteration_worst_usd(ctx: &Context) -> Option<f64> {
+    if ctx.backend.name() == "offline" {
+        return Some(0.0);
     }
-    snapshot.tokens_total += usage.tokens();
-    snapshot.cost_usd_total += usage.cost_usd;
+    let calls = 1 + crate::cognition::research_questions("").len();
+    ctx.config.max_budget_usd.map(|usd| usd * calls as f64)
 }
 
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const RETRY: Duration = Duration::from_secs(2);
-
-    #[test]
-    fn grants_until_the_iteration_limit() {
-        let s = GovernorSnapshot::default();
-        assert_eq!(decide(&s, 3, Some(3), 100, RETRY, 0), Permit::Granted);
-        assert!(matches!(
-            decide(&s, 4, Some(3), 100, RETRY, 0),
-            Permit::Finished { .. }
-        ));
+fn record_usage(snapshot: &mut GovernorSnapshot, budgets: &Budgets, usage: Usage, now_ms: u64) {
+    let mut ledger = Ledger {
+        spend: std::mem::take(&mut snapshot.spend),
+        permits: std::mem::take(&mut snapshot.permits),
+        run_started_ms: None,
+    };
+    ledger.forget_before(budgets, now_ms);
+    if usage.tokens() > 0 || usage.cost_usd > 0.0 {
+        ledger.spend.push(Spend {
+            at_ms: now_ms,
+            tokens: usage.tokens(),
+            usd: usage.cost_usd,
+        });
     }
-
-    #[test]
-    fn a_pause_makes_the_planner_wait() {
-        let s = GovernorSnapshot {
-            paused: true,
-            ..Default::default()
-        };
-        assert!(
-            matches!(decide(&s, 1, None, 100, RETRY, 0), Permit::Paused { retry_after, .. } if retry_after == RETRY)
-        );
-    }
-
-    #[test]
-    fn the_token_budget_is_a_rolling_day() {
-        let mut s = GovernorSnapshot::default();
-        let now = 10 * DAY_MS;
-        record_usage(
-            &mut s,
-            Usage {
-                input_tokens: 60,
-                output_tokens: 50,
-                cost_usd: 0.1,
-            },
-            now - 1000,
-        );
-        let denied = decide(&s, 1, None, 100, RETRY, now);
-        let Permit::Wait {
-            retry_after,
-            reason,
-        } = denied
-        else {
-            panic!("expected a wait, got {denied:?}");
-        };
-        assert!(reason.contains("110 of 100"), "{reason}");
-        assert_eq!(retry_after, Duration::from_millis(DAY_MS - 1000));
-        // A day later the usage has left the window.
-        assert_eq!(
-            decide(&s, 1, None, 100, RETRY, now + DAY_MS),
-            Permit::Granted
-        );
-    }
+    snapshot.spend = ledger.spend;
+    snapshot.permits = ledger.permits;
+    snapshot.tokens_total += usage.tokens();
+    snapshot.cost_usd_total += usage.cost_usd;
 }

@@ -1,0 +1,223 @@
+//! Budgets against the real binary: with a tiny budget the stand-in's
+//! invocations stop at the limit, the run waits (status says which budget)
+//! and goes on by itself when a short window frees up; a job whose worst
+//! case would cross the dollar budget is not started; a budget raised live
+//! lets the run go on at once and is on the audit chain.
+
+use std::path::Path;
+use std::time::Duration;
+
+use serde_json::Value;
+
+use crate::harness::{Daemon, fast_config, poll_until, text, tiny_crate};
+
+const WAIT: Duration = Duration::from_secs(60);
+
+struct Run {
+    dir: tempfile::TempDir,
+    daemon: Daemon,
+    log: std::path::PathBuf,
+}
+
+fn start(extra: &[(&str, &str)], env: &[(&str, &str)]) -> Run {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = tiny_crate(dir.path());
+    let config = fast_config(dir.path(), extra);
+    let log = dir.path().join("claude.log");
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--workspace",
+        workspace.to_str().unwrap(),
+    ];
+    let mut env = env.to_vec();
+    env.push(("FAKE_CLAUDE_MODE", "edit"));
+    env.push(("FAKE_CLAUDE_LOG", log.to_str().unwrap()));
+    let daemon = Daemon::start(&dir.path().join("state"), &args, &env);
+    Run { dir, daemon, log }
+}
+
+impl Run {
+    /// Every Claude Code call: research questions and jobs.
+    fn invocations(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .count()
+    }
+
+    /// The edit jobs alone (research runs in plan mode).
+    fn jobs(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains(" acceptEdits "))
+            .count()
+    }
+
+    /// Waits until the status says the run waits for `budget`; returns the
+    /// reason shown.
+    fn waiting_for(&self, budget: &str) -> String {
+        poll_until(&format!("the run to wait for {budget}"), WAIT, || {
+            let status = self.daemon.status()?;
+            let waiting = status["waiting"].as_str()?.to_string();
+            waiting.contains(budget).then_some(waiting)
+        })
+    }
+
+    /// Stops the daemon; the directory lives as long as the value returned.
+    fn stop(mut self) -> tempfile::TempDir {
+        assert!(self.daemon.ctl(&["stop"]).status.success());
+        assert!(
+            self.daemon.wait_exit(WAIT).success(),
+            "{}",
+            self.daemon.logs()
+        );
+        self.dir
+    }
+}
+
+#[test]
+fn the_token_budget_stops_jobs_at_the_limit_and_the_run_goes_on_when_the_window_frees() {
+    // Each stand-in call reports 165 tokens; the first iteration makes three
+    // (two research questions, the job): 495 of 400 before a second starts.
+    let run = start(
+        &[
+            ("tokens_per_day = 2000000", "tokens_per_day = 400"),
+            ("day_window = \"24h\"", "day_window = \"4s\""),
+        ],
+        &[],
+    );
+    let reason = run.waiting_for("budget tokens_per_day");
+    assert!(
+        reason.contains("495 of 400 tokens spent in the last 4s, 0 left; frees up in"),
+        "{reason}"
+    );
+    assert_eq!(run.invocations(), 3, "no job starts past the budget");
+    poll_until("the run to go on when the window frees", WAIT, || {
+        (run.invocations() > 3).then_some(())
+    });
+    run.stop();
+}
+
+#[test]
+fn a_job_whose_worst_case_would_cross_the_dollar_budget_is_not_started_until_raised_live() {
+    // Every Claude Code call costs $0.30 and may cost up to $0.50; an
+    // iteration makes up to three (two research questions, the job): its
+    // worst case is $1.50. After the first, $0.90 is spent and $1.10 left.
+    let run = start(
+        &[
+            ("usd_per_day = 50.0", "usd_per_day = 2.0"),
+            ("max_budget_usd = 5.0", "max_budget_usd = 0.5"),
+        ],
+        &[("FAKE_CLAUDE_COST", "0.3")],
+    );
+    let reason = run.waiting_for("budget usd_per_day");
+    assert!(
+        reason.contains(
+            "$0.90 of $2.00 spent in the last 1day, $1.10 left, less than one iteration's worst case $1.50"
+        ),
+        "{reason}"
+    );
+    assert_eq!(
+        run.invocations(),
+        3,
+        "no call of a second iteration is started"
+    );
+
+    let budgets = send(&run.daemon, &["budgets"]);
+    let usd = budgets["budgets"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|b| b["name"] == "usd_per_day")
+        .unwrap()
+        .clone();
+    assert_eq!(usd["limit"], 2.0);
+    assert!((usd["spent"].as_f64().unwrap() - 0.9).abs() < 1e-9, "{usd}");
+    assert_eq!(usd["set_live"], false);
+
+    let set = send(
+        &run.daemon,
+        &[
+            "set-budget",
+            "--arg",
+            "name=usd_per_day",
+            "--arg",
+            "value=4",
+        ],
+    );
+    assert_eq!(set["budget"]["limit"], 4.0);
+    assert_eq!(set["budget"]["set_live"], true);
+    poll_until("the run to go on under the raised budget", WAIT, || {
+        (run.invocations() > 3).then_some(())
+    });
+    let bad = run.daemon.ctl(&[
+        "send",
+        "governor",
+        "set-budget",
+        "--arg",
+        "name=dollars",
+        "--arg",
+        "value=2",
+    ]);
+    assert!(!bad.status.success());
+    assert!(
+        text(&bad.stderr).contains("there is no budget \"dollars\""),
+        "{}",
+        text(&bad.stderr)
+    );
+    let state = run.daemon_state();
+    let _dir = run.stop();
+    let chain = std::process::Command::new(crate::harness::agent_bin())
+        .args([
+            "audit",
+            "tail",
+            "--state",
+            state.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&chain.stdout).contains("\"action\":\"budget.set\",\"detail\":\"usd_per_day = 4\""),
+        "{}",
+        text(&chain.stdout)
+    );
+}
+
+#[test]
+fn the_hourly_iteration_budget_waits_and_goes_on_when_its_window_frees() {
+    let run = start(
+        &[
+            ("iterations_per_hour = 120", "iterations_per_hour = 2"),
+            ("hour_window = \"1h\"", "hour_window = \"3s\""),
+        ],
+        &[],
+    );
+    let reason = run.waiting_for("budget iterations_per_hour");
+    assert!(
+        reason.contains("2 of 2 iterations started in the last 3s"),
+        "{reason}"
+    );
+    assert_eq!(run.jobs(), 2);
+    poll_until("the run to go on when the hour frees", WAIT, || {
+        (run.jobs() > 2).then_some(())
+    });
+    run.stop();
+}
+
+fn send(daemon: &Daemon, args: &[&str]) -> Value {
+    let mut argv = vec!["send", "governor"];
+    argv.extend_from_slice(args);
+    argv.push("--json");
+    let output = daemon.ctl(&argv);
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    serde_json::from_slice::<Value>(&output.stdout).unwrap()["reply"].clone()
+}
+
+impl Run {
+    fn daemon_state(&self) -> std::path::PathBuf {
+        Path::new(&self.log).parent().unwrap().join("state")
+    }
+}
