@@ -17,6 +17,7 @@ pub mod events;
 pub mod mcp;
 pub mod messages;
 pub mod process;
+pub mod resources;
 pub mod safety;
 pub mod sandbox;
 pub mod store;

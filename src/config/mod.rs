@@ -68,6 +68,8 @@ struct RawConfig {
     #[serde(default)]
     sandbox: RawSandbox,
     #[serde(default)]
+    limits: RawLimits,
+    #[serde(default)]
     debug: RawDebug,
 }
 
@@ -246,6 +248,16 @@ struct RawAlerts {
     restart_window: Option<HumanDuration>,
     no_progress_iterations: Option<Positive>,
     max_rss_mb: Option<Positive>,
+    max_cpu_percent: Option<Positive>,
+    min_free_disk_mb: Option<Positive>,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLimits {
+    max_rss_mb: Option<Positive>,
+    min_free_disk_mb: Option<Positive>,
+    check_every: Option<HumanDuration>,
 }
 
 /// Alert rules (`[alerts]`); each fires once when its condition starts to hold.
@@ -260,8 +272,8 @@ pub struct AlertRules {
     pub restart_window: Duration,
     /// This many committed iterations in a row without an accepted change raise `no_progress`.
     pub no_progress_iterations: u64,
-    /// Resident memory above this raises `memory`.
-    pub max_rss_bytes: u64,
+    /// What the agent and its jobs use of the machine, soft and hard.
+    pub resources: crate::resources::Limits,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -452,7 +464,17 @@ impl Config {
                 .restart_window
                 .map_or(Duration::from_secs(300), |d| d.0),
             no_progress_iterations: raw.alerts.no_progress_iterations.map_or(5, Positive::get),
-            max_rss_bytes: raw.alerts.max_rss_mb.map_or(4096, Positive::get) * 1024 * 1024,
+            resources: crate::resources::Limits {
+                soft_rss_bytes: raw.alerts.max_rss_mb.map_or(4096, Positive::get) * 1024 * 1024,
+                hard_rss_bytes: raw.limits.max_rss_mb.map(|mb| mb.get() * 1024 * 1024),
+                soft_cpu_percent: raw.alerts.max_cpu_percent.map(|p| p.get() as f32),
+                soft_free_disk_bytes: raw.alerts.min_free_disk_mb.map(|mb| mb.get() * 1024 * 1024),
+                hard_free_disk_bytes: raw.limits.min_free_disk_mb.map(|mb| mb.get() * 1024 * 1024),
+                every: raw
+                    .limits
+                    .check_every
+                    .map_or(Duration::from_secs(10), |d| d.0),
+            },
         };
         Ok(Config {
             goal: raw.run.goal,

@@ -72,6 +72,7 @@ impl Services {
             config.alerts.clone(),
             events.clone(),
             config.service_name.clone(),
+            config.state_dir.clone(),
         )));
 
         let shared = Arc::new(Shared {

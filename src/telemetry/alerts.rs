@@ -1,9 +1,10 @@
 //! Alerts: rules from `[alerts]` evaluated over the run's events and a
-//! periodic memory sample. An alert goes to the log, to the event bus (so
-//! `agent ctl watch` shows it) and, if configured, to a webhook as a JSON POST
-//! under a timeout, on a task of its own: a failing webhook never blocks the
-//! agent. Each rule fires once when its condition starts to hold and again
-//! only after it has cleared.
+//! periodic measurement of memory, CPU and disk (`crate::resources`); a
+//! hard limit (`[limits]`) crossed pauses the run with the reason. An alert
+//! goes to the log, to the event bus (so `agent ctl watch` shows it) and, if
+//! configured, to a webhook as a JSON POST under a timeout, on a task of its
+//! own: a failing webhook never blocks the agent. Each rule fires once when
+//! its condition starts to hold and again only after it has cleared.
 
 use std::collections::VecDeque;
 use std::time::{Duration, Instant};
@@ -17,9 +18,7 @@ use crate::config::AlertRules;
 use crate::domain::{ActorKind, Outcome};
 use crate::events::{Event, EventBus};
 use crate::messages::{self, GovernorMsg};
-
-/// How often memory is sampled.
-const MEMORY_SAMPLE: Duration = Duration::from_secs(10);
+use crate::resources;
 
 /// The rules' memory between events, as a pure state machine.
 #[derive(Debug)]
@@ -102,26 +101,56 @@ impl Rules {
         })
     }
 
-    /// The resident memory now.
-    pub fn memory(&mut self, rss: u64) -> Option<(&'static str, String)> {
-        let max = self.rules.max_rss_bytes;
-        self.edge("memory", rss > max, || {
-            format!(
-                "resident memory {} MiB is above {} MiB",
-                rss / (1024 * 1024),
-                max / (1024 * 1024)
-            )
-        })
+    /// A measurement of memory, CPU and disk against the soft limits.
+    pub fn resources(&mut self, sample: &resources::Sample) -> Vec<(&'static str, String)> {
+        resources::soft(&self.rules.resources, sample)
+            .into_iter()
+            .filter_map(|(rule, crossed, message)| self.edge(rule, crossed, || message))
+            .collect()
+    }
+}
+
+/// A hard limit crossed: the run pauses with the reason, unless it is
+/// paused already (the governor audits the pause).
+async fn pause_for(reason: String) -> Option<(&'static str, String)> {
+    let status = messages::call(
+        ActorKind::Governor,
+        Duration::from_secs(5),
+        GovernorMsg::Status,
+    )
+    .await
+    .ok()?;
+    if status.paused {
+        return None;
+    }
+    let paused = messages::call(ActorKind::Governor, Duration::from_secs(5), |reply| {
+        GovernorMsg::SetPaused {
+            paused: true,
+            reason: Some(reason.clone()),
+            reply,
+        }
+    })
+    .await;
+    match paused {
+        Ok(Ok(())) => Some(("resource_limit", reason)),
+        _ => None,
     }
 }
 
 /// Evaluates the rules until the bus closes.
-pub async fn run(rules: AlertRules, events: EventBus, service: String) {
+pub async fn run(
+    rules: AlertRules,
+    events: EventBus,
+    service: String,
+    state_dir: std::path::PathBuf,
+) {
     let webhook = rules.webhook.clone();
     let timeout = rules.webhook_timeout;
     let mut state = Rules::new(rules);
     let mut received = events.subscribe();
-    let mut memory = tokio::time::interval(MEMORY_SAMPLE);
+    let limits = state.rules.resources.clone();
+    let mut measure = tokio::time::interval(limits.every);
+    let mut sampler = resources::Sampler::default();
     loop {
         let fired = tokio::select! {
             event = received.recv() => match event {
@@ -140,10 +169,14 @@ pub async fn run(rules: AlertRules, events: EventBus, service: String) {
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,
             },
-            _ = memory.tick() => super::metrics::resident_memory_bytes()
-                .and_then(|rss| state.memory(rss))
-                .into_iter()
-                .collect(),
+            _ = measure.tick() => {
+                let sample = sampler.sample(&state_dir);
+                let mut fired = state.resources(&sample);
+                if let Some(reason) = resources::hard(&limits, &sample) {
+                    fired.extend(pause_for(reason).await);
+                }
+                fired
+            }
         };
         for (rule, message) in fired {
             tracing::warn!(rule, %message, "alert");
@@ -201,7 +234,14 @@ mod tests {
             restart_limit: 2,
             restart_window: Duration::from_secs(60),
             no_progress_iterations: 3,
-            max_rss_bytes: 100,
+            resources: resources::Limits {
+                soft_rss_bytes: 100,
+                hard_rss_bytes: None,
+                soft_cpu_percent: None,
+                soft_free_disk_bytes: None,
+                hard_free_disk_bytes: None,
+                every: Duration::from_secs(1),
+            },
         })
     }
 
@@ -239,7 +279,13 @@ mod tests {
         let mut r = rules();
         assert!(r.budget(79, 100).is_none());
         assert!(r.budget(80, 100).unwrap().1.contains("80 of 100"));
-        assert!(r.memory(100).is_none());
-        assert_eq!(r.memory(101).unwrap().0, "memory");
+        let sample = |rss_bytes| resources::Sample {
+            rss_bytes,
+            cpu_percent: 0.0,
+            free_disk_bytes: None,
+        };
+        assert!(r.resources(&sample(100)).is_empty());
+        assert_eq!(r.resources(&sample(101))[0].0, "memory");
+        assert!(r.resources(&sample(101)).is_empty(), "fires once");
     }
 }

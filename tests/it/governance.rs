@@ -221,3 +221,57 @@ impl Run {
         Path::new(&self.log).parent().unwrap().join("state")
     }
 }
+
+fn paused_by(limit: (&str, &str), expected: &str) {
+    let run = start(
+        &[limit, ("check_every = \"10s\"", "check_every = \"200ms\"")],
+        &[],
+    );
+    let reason = poll_until("the run to pause at the hard limit", WAIT, || {
+        let status = run.daemon.status()?;
+        let reason = status["pause_reason"].as_str()?.to_string();
+        (status["run_state"] == "paused").then_some(reason)
+    });
+    assert!(reason.contains(expected), "{reason}");
+    assert!(
+        run.daemon.logs().contains("resource_limit"),
+        "{}",
+        run.daemon.logs()
+    );
+    let state = run.daemon_state();
+    let _dir = run.stop();
+    let chain = std::process::Command::new(crate::harness::agent_bin())
+        .args([
+            "audit",
+            "tail",
+            "--state",
+            state.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        text(&chain.stdout).contains(&format!(
+            "\"action\":\"run.paused\",\"detail\":\"{}",
+            "hard limit"
+        )),
+        "{}",
+        text(&chain.stdout)
+    );
+}
+
+#[test]
+fn a_memory_hard_limit_below_what_the_agent_uses_pauses_the_run_with_the_reason() {
+    paused_by(
+        ("max_rss_mb = 8192", "max_rss_mb = 1"),
+        "hard limit: resident memory of the agent and its jobs",
+    );
+}
+
+#[test]
+fn a_disk_hard_limit_above_what_is_free_pauses_the_run_with_the_reason() {
+    paused_by(
+        ("min_free_disk_mb = 256", "min_free_disk_mb = 100000000"),
+        "hard limit: free disk under the state directory",
+    );
+}
