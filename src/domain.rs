@@ -251,6 +251,9 @@ pub struct Variant {
     pub generated_tests: Vec<String>,
     /// The earlier variant this change was built on, when it was.
     pub started_from: Option<u64>,
+    /// The change's identity whatever its base (git's patch id): the same
+    /// change proposed again has the same one.
+    pub change_id: String,
 }
 
 impl Verdict {
@@ -417,6 +420,18 @@ pub struct GovernorStatus {
     pub tokens_per_day: u64,
     pub cost_usd_total: f64,
     pub permits_granted: u64,
+}
+
+/// What loop detection looks at (`[run] loop_*`; 0 turns a check off).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LoopRules {
+    /// The same plan this many times in a row, none of them kept.
+    pub same_plan: u32,
+    /// The same refused change (by its patch id) this many times.
+    pub same_refused_change: u32,
+    /// This many committed iterations with no progress (no change kept,
+    /// no fitness gained).
+    pub no_progress: u32,
 }
 
 /// The budgets a permit is checked against (`[governor]`, or set live).

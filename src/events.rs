@@ -41,8 +41,11 @@ pub enum Event {
     RunFinished {
         reason: String,
     },
-    /// The planner paused the run: attempts failed in a row and kept failing.
+    /// The planner paused the run by itself; `rule` is the alert it raises:
+    /// `persistent_failure` (attempts kept failing, or the base fails) or
+    /// `loop` (loop detection).
     RunPaused {
+        rule: &'static str,
         reason: String,
     },
     ActorFailed {

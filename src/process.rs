@@ -350,6 +350,19 @@ pub async fn run(spec: &CommandSpec) -> Result<Finished, SpawnError> {
     Ok(start(spec)?.wait().await)
 }
 
+/// Lets a closed pipe end this process quietly, as it ends `ls` or `cat`
+/// (`agent history | head`), instead of a panic in `println!`. Only for the
+/// short commands: the daemon keeps ignoring SIGPIPE, so a closed log pipe
+/// cannot kill it.
+#[allow(unsafe_code)]
+pub fn quiet_on_closed_pipe() {
+    // SAFETY: restoring the default disposition of SIGPIPE at start, before
+    // any other thread could depend on it; no handler function is involved.
+    let _ = unsafe {
+        nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
+    };
+}
+
 /// Asks the kernel to SIGKILL the child when this process dies, so a
 /// `kill -9` of the agent does not leave a job editing the worktree.
 #[allow(unsafe_code)]

@@ -400,6 +400,16 @@ impl Workspace {
         Ok(())
     }
 
+    /// The identity of a commit's change whatever its base: git's patch id
+    /// of its first parent against it.
+    pub fn change_id(&self, commit: &str) -> Result<String, WorkspaceError> {
+        let repo = self.repo()?;
+        let commit = repo.find_commit(Oid::from_str(commit)?)?;
+        let parent = commit.parent(0)?;
+        let diff = repo.diff_tree_to_tree(Some(&parent.tree()?), Some(&commit.tree()?), None)?;
+        Ok(diff.patchid(None)?.to_string())
+    }
+
     /// The commit a variant ref points at, if it exists.
     pub fn variant_commit(&self, iteration: u64) -> Result<Option<String>, WorkspaceError> {
         let repo = self.repo()?;

@@ -328,6 +328,9 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     #[cfg(feature = "failpoints")]
     let _failpoints = crate::failpoints::setup();
+    if !matches!(cli.command, TopCommand::Run(_) | TopCommand::McpServe(_)) {
+        crate::process::quiet_on_closed_pipe();
+    }
     let format = cli.log_format;
     crate::telemetry::traces::set_verbose(cli.verbose);
     let code = runtime.block_on(async move {

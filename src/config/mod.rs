@@ -116,6 +116,9 @@ struct RawRun {
     retry_max: Option<HumanDuration>,
     pause_after_failures: Option<Positive>,
     start_from_variant_after: Option<u64>,
+    loop_same_plan: Option<u32>,
+    loop_same_refused_change: Option<u32>,
+    loop_no_progress: Option<u32>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -310,6 +313,8 @@ pub struct Config {
     /// After this many committed iterations without a fitness improvement
     /// an iteration may start from the best refused variant; 0 is never.
     pub start_from_variant_after: u64,
+    /// What loop detection pauses the run on.
+    pub loops: crate::domain::LoopRules,
     pub backend: BackendChoice,
     pub claude_bin: PathBuf,
     pub permission_mode: String,
@@ -489,6 +494,11 @@ impl Config {
                 .map_or(Duration::from_secs(1), |d| d.0),
             retry_max: raw.run.retry_max.map_or(Duration::from_secs(300), |d| d.0),
             start_from_variant_after: raw.run.start_from_variant_after.unwrap_or(10),
+            loops: crate::domain::LoopRules {
+                same_plan: raw.run.loop_same_plan.unwrap_or(8),
+                same_refused_change: raw.run.loop_same_refused_change.unwrap_or(3),
+                no_progress: raw.run.loop_no_progress.unwrap_or(30),
+            },
             pause_after_failures: raw
                 .run
                 .pause_after_failures

@@ -336,7 +336,7 @@ fn wire_event(event: &Event) -> WireEvent {
             wire.event = "run_finished".into();
             wire.detail = reason.clone();
         }
-        Event::RunPaused { reason } => {
+        Event::RunPaused { reason, .. } => {
             wire.event = "run_paused".into();
             wire.detail = reason.clone();
         }

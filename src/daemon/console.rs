@@ -34,7 +34,7 @@ pub(super) async fn print_iterations(mut events: broadcast::Receiver<Event>) {
                     "iteration {iteration:>3}  abandoned before its commit: {reason}; it will run again"
                 )
             }
-            Ok(Event::RunPaused { reason }) => println!("agent: {reason}"),
+            Ok(Event::RunPaused { reason, .. }) => println!("agent: {reason}"),
             Ok(Event::ActorRestarted { actor, restarts }) => {
                 println!("agent: {actor} restarted (restart {restarts})")
             }

@@ -40,6 +40,10 @@ pub fn decode<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, CodecError> {
                 // A value the record's own type refused (an unknown status
                 // name): its message, not bincode's debug wrapping of it.
                 bincode::error::DecodeError::OtherString(message) => message,
+                // bincode's own text for these is a debug dump.
+                bincode::error::DecodeError::UnexpectedEnd { .. } => {
+                    "the record ends early (written with another layout?)".to_string()
+                }
                 other => other.to_string(),
             })
         })?;

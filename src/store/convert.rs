@@ -65,6 +65,7 @@ impl From<&Variant> for VariantRecord {
             validation: v.validation.clone(),
             generated_tests: v.generated_tests.clone(),
             started_from: v.started_from,
+            change_id: v.change_id.clone(),
         }
     }
 }
@@ -83,6 +84,7 @@ impl From<VariantRecord> for Variant {
             validation: r.validation,
             generated_tests: r.generated_tests,
             started_from: r.started_from,
+            change_id: r.change_id,
         }
     }
 }

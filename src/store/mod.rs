@@ -679,6 +679,7 @@ mod tests {
                 validation: "not run".into(),
                 generated_tests: Vec::new(),
                 started_from: None,
+                change_id: String::new(),
             }));
             store.commit_iteration(&refused, None, &[]).await.unwrap();
         }

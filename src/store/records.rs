@@ -71,6 +71,7 @@ pub struct VariantRecord {
     pub validation: String,
     pub generated_tests: Vec<String>,
     pub started_from: Option<u64>,
+    pub change_id: String,
 }
 
 /// What the learner learned from one iteration.

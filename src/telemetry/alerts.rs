@@ -164,7 +164,7 @@ pub async fn run(
                 }
                 Ok(Event::ActorRestarted { .. }) => state.restart(Instant::now()).into_iter().collect(),
                 // Always raised: the run stopped on its own and waits for an operator.
-                Ok(Event::RunPaused { reason }) => vec![("persistent_failure", reason)],
+                Ok(Event::RunPaused { rule, reason }) => vec![(rule, reason)],
                 Ok(_) => Vec::new(),
                 Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => Vec::new(),
                 Err(tokio::sync::broadcast::error::RecvError::Closed) => return,

@@ -48,6 +48,10 @@ fn the_offline_backend_improves_the_example_and_leaves_it_untouched() {
         text(&output.stderr)
     );
     assert!(stdout.contains("backend offline"), "{stdout}");
+    assert!(
+        !stdout.contains("loop detected"),
+        "a healthy run is no loop: {stdout}"
+    );
     for n in 1..=4 {
         assert!(
             stdout.contains(&format!("iteration {n:>3}  ")),

@@ -1,8 +1,11 @@
-//! Budgets against the real binary: with a tiny budget the stand-in's
+//! Governance against the real binary. Budgets: with a tiny budget the stand-in's
 //! invocations stop at the limit, the run waits (status says which budget)
 //! and goes on by itself when a short window frees up; a job whose worst
 //! case would cross the dollar budget is not started; a budget raised live
-//! lets the run go on at once and is on the audit chain.
+//! lets the run go on at once and is on the audit chain. Resource limits:
+//! a hard limit crossed pauses the run with the reason. Loop detection: the
+//! same refused change again and again, a run without progress, the same
+//! plan over and over each pause the run with the pattern named.
 
 use std::path::Path;
 use std::time::Duration;
@@ -30,9 +33,13 @@ fn start(extra: &[(&str, &str)], env: &[(&str, &str)]) -> Run {
         "--workspace",
         workspace.to_str().unwrap(),
     ];
-    let mut env = env.to_vec();
-    env.push(("FAKE_CLAUDE_MODE", "edit"));
-    env.push(("FAKE_CLAUDE_LOG", log.to_str().unwrap()));
+    // The test's own settings come last and win.
+    let mut all = vec![
+        ("FAKE_CLAUDE_MODE", "edit"),
+        ("FAKE_CLAUDE_LOG", log.to_str().unwrap()),
+    ];
+    all.extend_from_slice(env);
+    let env = all;
     let daemon = Daemon::start(&dir.path().join("state"), &args, &env);
     Run { dir, daemon, log }
 }
@@ -274,4 +281,54 @@ fn a_disk_hard_limit_above_what_is_free_pauses_the_run_with_the_reason() {
         ("min_free_disk_mb = 256", "min_free_disk_mb = 100000000"),
         "hard limit: free disk under the state directory",
     );
+}
+
+/// Waits until the run pauses itself; returns the reason.
+fn paused_reason(run: &Run) -> String {
+    poll_until("the run to pause itself", WAIT, || {
+        let status = run.daemon.status()?;
+        let reason = status["pause_reason"].as_str()?.to_string();
+        (status["run_state"] == "paused").then_some(reason)
+    })
+}
+
+#[test]
+fn the_same_refused_change_proposed_again_and_again_pauses_the_run_as_a_loop() {
+    let run = start(
+        &[],
+        &[("FAKE_CLAUDE_EDIT_TEXT", "pub fn raw() {\n    unsafe {}\n}")],
+    );
+    let reason = paused_reason(&run);
+    assert!(
+        reason.starts_with("loop detected: the same refused change proposed 3 times"),
+        "{reason}"
+    );
+    assert!(reason.contains("refused by no-new-unsafe"), "{reason}");
+    assert_eq!(run.jobs(), 3, "no fourth attempt");
+    assert!(
+        run.daemon.logs().contains("rule=\"loop\""),
+        "{}",
+        run.daemon.logs()
+    );
+    run.stop();
+}
+
+#[test]
+fn a_run_without_progress_or_repeating_its_plan_pauses_as_a_loop() {
+    for (threshold, expected) in [
+        (
+            ("loop_no_progress = 30", "loop_no_progress = 4"),
+            "loop detected: 4 committed iterations in a row without progress",
+        ),
+        (
+            ("loop_same_plan = 8", "loop_same_plan = 3"),
+            "loop detected: the same plan (claude-edit toward the same goal) 3 times in a row",
+        ),
+    ] {
+        // The stand-in answers but changes nothing: every iteration is no-change.
+        let run = start(&[threshold], &[("FAKE_CLAUDE_MODE", "success")]);
+        let reason = paused_reason(&run);
+        assert!(reason.starts_with(expected), "{reason}");
+        run.stop();
+    }
 }

@@ -92,6 +92,7 @@ mod tests {
             validation: "passed".into(),
             generated_tests: Vec::new(),
             started_from: None,
+            change_id: String::new(),
         }
     }
 

@@ -86,6 +86,7 @@ impl Trial {
             validation: self.validation.clone(),
             generated_tests: self.generated_tests.clone(),
             started_from: self.started_from,
+            change_id: String::new(),
         }
     }
 }
@@ -161,7 +162,7 @@ pub(super) async fn validate(
                 commit,
                 fitness_after,
                 files_changed: changed.len(),
-                variant: kept(archived, variant),
+                variant: kept(ctx, archived, variant),
             })
         }
         Err(refusal) => {
@@ -200,7 +201,7 @@ pub(super) async fn validate(
             Ok(Verdict::Rejected {
                 reason: refusal.reason,
                 fitness_after: refusal.fitness_after,
-                variant: kept(archived, variant),
+                variant: kept(ctx, archived, variant),
             })
         }
     }
@@ -215,11 +216,14 @@ async fn audit(ctx: &Context, action: &str, detail: String) -> Result<(), String
         .map_err(|e| format!("cannot audit {action}: {e}"))
 }
 
-/// The variant when its ref was written; an archive that failed is said,
-/// not fatal: the verdict stands.
-fn kept<T>(archived: Result<T, String>, variant: Variant) -> Option<Variant> {
+/// The variant when its ref was written, with its change's identity; an
+/// archive that failed is said, not fatal: the verdict stands.
+fn kept<T>(ctx: &Context, archived: Result<T, String>, mut variant: Variant) -> Option<Variant> {
     match archived {
-        Ok(_) => Some(variant),
+        Ok(_) => {
+            variant.change_id = ctx.workspace.change_id(&variant.commit).unwrap_or_default();
+            Some(variant)
+        }
         Err(error) => {
             tracing::warn!(iteration = variant.iteration, %error, "cannot archive the variant");
             None

@@ -7,7 +7,8 @@ use std::time::Duration;
 
 use crate::cognition::claude_cli::CAPABILITY as MODEL_CAPABILITY;
 use crate::domain::{
-    Advice, Capability, Execution, Experience, JobOutcome, Plan, Prepared, Research, Verdict,
+    Advice, Capability, Execution, Experience, Iteration, JobOutcome, LoopRules, Outcome, Plan,
+    Prepared, Research, Verdict,
 };
 
 /// What the planner knows when it plans an iteration.
@@ -199,6 +200,59 @@ fn first_line(text: &str) -> &str {
     text.lines().next().unwrap_or_default()
 }
 
+/// The loop the latest committed iterations (oldest first) are in, named
+/// by its pattern, or `None`.
+pub fn loop_detected(recent: &[Iteration], rules: LoopRules) -> Option<String> {
+    let last = recent.last()?;
+    let same_plan = recent
+        .iter()
+        .rev()
+        .take_while(|i| {
+            i.capability == last.capability && i.goal == last.goal && i.outcome != Outcome::Accepted
+        })
+        .count() as u32;
+    if rules.same_plan > 0 && same_plan >= rules.same_plan {
+        return Some(format!(
+            "loop detected: the same plan ({} toward the same goal) {same_plan} times in a row, none of them kept",
+            last.capability
+        ));
+    }
+    if rules.same_refused_change > 0
+        && let Some(id) = last
+            .variant
+            .as_ref()
+            .filter(|v| v.outcome == Outcome::Rejected && !v.change_id.is_empty())
+            .map(|v| v.change_id.as_str())
+    {
+        let seen = recent
+            .iter()
+            .filter_map(|i| i.variant.as_ref())
+            .filter(|v| v.outcome == Outcome::Rejected && v.change_id == id)
+            .count() as u32;
+        if seen >= rules.same_refused_change {
+            return Some(format!(
+                "loop detected: the same refused change proposed {seen} times (iteration {}, refused by {})",
+                last.number,
+                last.variant
+                    .as_ref()
+                    .and_then(|v| v.refused_by.as_deref())
+                    .unwrap_or("?")
+            ));
+        }
+    }
+    let progressed = |i: &Iteration| {
+        i.outcome == Outcome::Accepted
+            || matches!((i.fitness_before, i.fitness_after), (Some(b), Some(a)) if a < b)
+    };
+    let without = recent.iter().rev().take_while(|i| !progressed(i)).count() as u32;
+    if rules.no_progress > 0 && without >= rules.no_progress {
+        return Some(format!(
+            "loop detected: {without} committed iterations in a row without progress (no change kept, no fitness gained)"
+        ));
+    }
+    None
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -342,5 +396,93 @@ mod tests {
             Some("exit ### after ##s")
         );
         assert_eq!(error_signature(Some(&Verdict::NoChange), &job), None);
+    }
+
+    fn committed(number: u64, outcome: Outcome, change: &str) -> Iteration {
+        Iteration {
+            number,
+            goal: "g".into(),
+            capability: "claude-edit".into(),
+            outcome,
+            fitness_before: Some(3.0),
+            fitness_after: Some(3.0),
+            usage: Default::default(),
+            duration: std::time::Duration::ZERO,
+            commit: None,
+            summary: String::new(),
+            finished_at_ms: 0,
+            variant: (!change.is_empty()).then(|| {
+                Box::new(crate::domain::Variant {
+                    iteration: number,
+                    commit: format!("c{number}"),
+                    parent: "p".into(),
+                    outcome,
+                    refused_by: Some("fitness".into()),
+                    rules_checked: Vec::new(),
+                    fitness_before: Some(3.0),
+                    fitness_after: Some(4.0),
+                    validation: "passed".into(),
+                    generated_tests: Vec::new(),
+                    started_from: None,
+                    change_id: change.into(),
+                })
+            }),
+        }
+    }
+
+    #[test]
+    fn loops_are_named_by_their_pattern_and_a_healthy_run_is_none() {
+        let rules = LoopRules {
+            same_plan: 4,
+            same_refused_change: 2,
+            no_progress: 6,
+        };
+        let refused_twice = [
+            committed(1, Outcome::Rejected, "a"),
+            committed(2, Outcome::Rejected, "b"),
+            committed(3, Outcome::Rejected, "a"),
+        ];
+        assert!(
+            loop_detected(&refused_twice, rules)
+                .unwrap()
+                .contains("the same refused change proposed 2 times")
+        );
+        let same_plan: Vec<Iteration> = (1..=4)
+            .map(|n| committed(n, Outcome::NoChange, ""))
+            .collect();
+        assert!(
+            loop_detected(&same_plan, rules)
+                .unwrap()
+                .contains("the same plan (claude-edit toward the same goal) 4 times")
+        );
+        let mut other_goals = same_plan.clone();
+        other_goals[1].goal = "h".into();
+        assert_eq!(loop_detected(&other_goals, rules), None);
+        let mut stalled: Vec<Iteration> = (1..=6)
+            .map(|n| committed(n, Outcome::NoChange, ""))
+            .collect();
+        for (i, iteration) in stalled.iter_mut().enumerate() {
+            iteration.capability = format!("c{i}");
+        }
+        assert!(
+            loop_detected(&stalled, rules)
+                .unwrap()
+                .contains("6 committed iterations in a row without progress")
+        );
+        // Changes kept now and then: healthy.
+        let healthy: Vec<Iteration> = (1..=20)
+            .map(|n| {
+                committed(
+                    n,
+                    if n % 3 == 0 {
+                        Outcome::Accepted
+                    } else {
+                        Outcome::Rejected
+                    },
+                    &format!("{n}"),
+                )
+            })
+            .collect();
+        assert_eq!(loop_detected(&healthy, rules), None);
     }
 }

@@ -17,7 +17,7 @@ use serde::{Deserialize, Serialize};
 use tokio::task::JoinHandle;
 
 use super::{Context, inject, load_snapshot, make_snapshot};
-use crate::domain::{ActorKind, OutcomeCounts, PlannerStatus, RunPhase, RunState};
+use crate::domain::{ActorKind, Iteration, OutcomeCounts, PlannerStatus, RunPhase, RunState};
 use crate::events::Event;
 use crate::messages::{
     self, ActorError, Common, ExecutorMsg, GovernorMsg, IterationEnd, ModifierMsg, PlannerMsg,
@@ -71,6 +71,9 @@ pub struct PlannerState {
     /// Validation was seen to pass (or to fail, when the run proceeds) on
     /// the base of this run and goal.
     base_checked: bool,
+    /// The latest committed iterations, oldest first, as loop detection
+    /// needs them (read from the store at start).
+    recent: std::collections::VecDeque<Iteration>,
 }
 
 impl Actor for Planner {
@@ -85,9 +88,12 @@ impl Actor for Planner {
     ) -> Result<Self::State, ActorProcessingErr> {
         let committed = ctx.store.last_iteration()?.map_or(0, |r| r.number);
         let mut outcomes = OutcomeCounts::default();
-        for iteration in ctx.store.iterations(usize::MAX)? {
+        let all = ctx.store.iterations(usize::MAX)?;
+        for iteration in &all {
             outcomes.add(iteration.outcome);
         }
+        let window = loop_window(&ctx);
+        let recent = all.into_iter().rev().take(window).rev().collect();
         let mut snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or(PlannerSnapshot {
             goal: ctx.config.goal.clone(),
             committed,
@@ -113,6 +119,7 @@ impl Actor for Planner {
             waiting: None,
             base_checked: false,
             outcomes,
+            recent,
         })
     }
 
@@ -286,7 +293,39 @@ fn on_iteration_end(
                 "{}",
                 committed.summary
             );
+            state.recent.push_back(committed.clone());
+            while state.recent.len() > loop_window(ctx) {
+                state.recent.pop_front();
+            }
             ctx.events.emit(Event::IterationCommitted(committed));
+            let recent: Vec<Iteration> = state.recent.iter().cloned().collect();
+            if state.run_state == RunState::Running
+                && let Some(why) = logic::loop_detected(&recent, ctx.config.loops)
+            {
+                let why =
+                    format!("{why}; change the goal or the workspace, then `agent ctl resume`");
+                tracing::error!(iteration, reason = %why, "pausing the run");
+                state.run_state = RunState::Paused;
+                state.pause_reason = Some(why.clone());
+                ctx.events.emit(Event::RunPaused {
+                    rule: "loop",
+                    reason: why.clone(),
+                });
+                // Paused at the governor too (audited), so a restart stays paused.
+                tokio::spawn(async move {
+                    let paused = messages::call(ActorKind::Governor, QUICK, |reply| {
+                        GovernorMsg::SetPaused {
+                            paused: true,
+                            reason: Some(why),
+                            reply,
+                        }
+                    })
+                    .await;
+                    if !matches!(paused, Ok(Ok(()))) {
+                        tracing::error!(?paused, "the governor did not record the pause");
+                    }
+                });
+            }
             let _ = myself.cast(PlannerMsg::Tick);
         }
         IterationEnd::Wait {
@@ -329,6 +368,7 @@ fn on_iteration_end(
                 state.run_state = RunState::Paused;
                 state.pause_reason = Some(why.clone());
                 ctx.events.emit(Event::RunPaused {
+                    rule: "persistent_failure",
                     reason: why.clone(),
                 });
             }
@@ -346,6 +386,7 @@ fn on_iteration_end(
             state.run_state = RunState::Paused;
             state.pause_reason = Some(why.clone());
             ctx.events.emit(Event::RunPaused {
+                rule: "persistent_failure",
                 reason: why.clone(),
             });
             let task = tokio::spawn(revert_all(myself.clone(), iteration, Some(why)));
@@ -373,6 +414,15 @@ fn on_iteration_end(
 
 /// Asks every peer to drop uncommitted state, then reports `Reverted`; with
 /// a `pause` reason, first makes the pause durable in the governor.
+/// How many committed iterations loop detection looks back on.
+fn loop_window(ctx: &Context) -> usize {
+    let rules = ctx.config.loops;
+    rules
+        .same_plan
+        .max(rules.same_refused_change * 4)
+        .max(rules.no_progress) as usize
+}
+
 async fn revert_all(planner: ActorRef<PlannerMsg>, iteration: u64, pause: Option<String>) {
     if let Some(reason) = pause {
         let paused = messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::SetPaused {
