@@ -358,9 +358,8 @@ pub async fn run(spec: &CommandSpec) -> Result<Finished, SpawnError> {
 pub fn quiet_on_closed_pipe() {
     // SAFETY: restoring the default disposition of SIGPIPE at start, before
     // any other thread could depend on it; no handler function is involved.
-    let _ = unsafe {
-        nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl)
-    };
+    let _ =
+        unsafe { nix::sys::signal::signal(Signal::SIGPIPE, nix::sys::signal::SigHandler::SigDfl) };
 }
 
 /// Asks the kernel to SIGKILL the child when this process dies, so a

@@ -332,3 +332,20 @@ fn a_run_without_progress_or_repeating_its_plan_pauses_as_a_loop() {
         run.stop();
     }
 }
+
+#[test]
+fn the_deadline_finishes_the_run_with_its_reason() {
+    let mut run = start(&[("# deadline = \"72h\"", "deadline = \"1s\"")], &[]);
+    assert!(
+        run.daemon.wait_exit(WAIT).success(),
+        "{}",
+        run.daemon.logs()
+    );
+    assert!(
+        run.daemon
+            .logs()
+            .contains("run finished (the deadline of 1s from the run's start is reached)"),
+        "{}",
+        run.daemon.logs()
+    );
+}
