@@ -33,14 +33,8 @@ fn refused_and_accepted_variants_are_archived_with_their_parents_and_kept_across
         failed_once.display()
     );
     let config = fast_config(dir.path(), &[("command = \"true\"", &validation)]);
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--workspace",
-        workspace.to_str().unwrap(),
-    ];
     let env = [("FAKE_CLAUDE_MODE", "edit")];
-    let mut daemon = Daemon::start(&state, &args, &env);
+    let mut daemon = Daemon::unbounded(&state, &config, &workspace, &env);
     daemon.wait_status("two committed iterations", WAIT, |s| {
         Daemon::committed(s) >= 2
     });
@@ -104,7 +98,12 @@ fn refused_and_accepted_variants_are_archived_with_their_parents_and_kept_across
     assert!(on_branch.contains(&accepted["commit"].as_str().unwrap().to_string()));
 
     // A restart keeps them.
-    let mut daemon = Daemon::start(&state, &args, &[("FAKE_CLAUDE_MODE", "success")]);
+    let mut daemon = Daemon::unbounded(
+        &state,
+        &config,
+        &workspace,
+        &[("FAKE_CLAUDE_MODE", "success")],
+    );
     daemon.wait_status("the restarted daemon", WAIT, |_| true);
     assert!(daemon.ctl(&["pause"]).status.success());
     let again = variants(&daemon);

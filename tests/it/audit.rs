@@ -67,13 +67,8 @@ fn a_run_is_on_a_chain_that_verifies_and_any_changed_or_removed_entry_breaks_it_
     let workspace = tiny_crate(dir.path());
     let state = dir.path().join("state");
     let config = fast_config(dir.path(), &[]);
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--workspace",
-        workspace.to_str().unwrap(),
-    ];
-    let mut daemon = Daemon::start(&state, &args, &[("FAKE_CLAUDE_MODE", "edit")]);
+    let mut daemon =
+        Daemon::unbounded(&state, &config, &workspace, &[("FAKE_CLAUDE_MODE", "edit")]);
     daemon.wait_status("two committed iterations", WAIT, |s| {
         Daemon::committed(s) >= 2
     });
@@ -155,20 +150,14 @@ fn the_audit_survives_kill_9_with_no_gap() {
     let workspace = tiny_crate(dir.path());
     let state = dir.path().join("state");
     let config = fast_config(dir.path(), &[]);
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--workspace",
-        workspace.to_str().unwrap(),
-    ];
     let env = [("FAKE_CLAUDE_MODE", "edit")];
-    let mut daemon = Daemon::start(&state, &args, &env);
+    let mut daemon = Daemon::unbounded(&state, &config, &workspace, &env);
     daemon.wait_status("iterations before the kill", WAIT, |s| {
         Daemon::committed(s) >= 3
     });
     daemon.kill9();
     let before = history(&state).len() as u64;
-    let mut daemon = Daemon::start(&state, &args, &env);
+    let mut daemon = Daemon::unbounded(&state, &config, &workspace, &env);
     daemon.wait_status("iterations after the restart", WAIT, |s| {
         Daemon::committed(s) >= before + 2
     });

@@ -27,12 +27,6 @@ fn start(extra: &[(&str, &str)], env: &[(&str, &str)]) -> Run {
     let workspace = tiny_crate(dir.path());
     let config = fast_config(dir.path(), extra);
     let log = dir.path().join("claude.log");
-    let args = [
-        "--config",
-        config.to_str().unwrap(),
-        "--workspace",
-        workspace.to_str().unwrap(),
-    ];
     // The test's own settings come last and win.
     let mut all = vec![
         ("FAKE_CLAUDE_MODE", "edit"),
@@ -40,7 +34,7 @@ fn start(extra: &[(&str, &str)], env: &[(&str, &str)]) -> Run {
     ];
     all.extend_from_slice(env);
     let env = all;
-    let daemon = Daemon::start(&dir.path().join("state"), &args, &env);
+    let daemon = Daemon::unbounded(&dir.path().join("state"), &config, &workspace, &env);
     Run { dir, daemon, log }
 }
 
@@ -84,27 +78,54 @@ impl Run {
     }
 }
 
+/// A budget over a short window: the run waits when `counted` reaches
+/// `at_limit`, says so with `reason`, and goes on by itself when the window
+/// frees.
+fn waits_then_goes_on(
+    limits: &[(&str, &str)],
+    budget: &str,
+    reason: &str,
+    counted: fn(&Run) -> usize,
+    at_limit: usize,
+) {
+    let run = start(limits, &[]);
+    let said = run.waiting_for(budget);
+    assert!(said.contains(reason), "{said}");
+    assert_eq!(counted(&run), at_limit, "nothing starts past the budget");
+    poll_until("the run to go on when the window frees", WAIT, || {
+        (counted(&run) > at_limit).then_some(())
+    });
+    run.stop();
+}
+
 #[test]
 fn the_token_budget_stops_jobs_at_the_limit_and_the_run_goes_on_when_the_window_frees() {
     // Each stand-in call reports 165 tokens; the first iteration makes three
     // (two research questions, the job): 495 of 400 before a second starts.
-    let run = start(
+    waits_then_goes_on(
         &[
             ("tokens_per_day = 2000000", "tokens_per_day = 400"),
             ("day_window = \"24h\"", "day_window = \"4s\""),
         ],
-        &[],
+        "budget tokens_per_day",
+        "495 of 400 tokens spent in the last 4s, 0 left; frees up in",
+        Run::invocations,
+        3,
     );
-    let reason = run.waiting_for("budget tokens_per_day");
-    assert!(
-        reason.contains("495 of 400 tokens spent in the last 4s, 0 left; frees up in"),
-        "{reason}"
+}
+
+#[test]
+fn the_hourly_iteration_budget_waits_and_goes_on_when_its_window_frees() {
+    waits_then_goes_on(
+        &[
+            ("iterations_per_hour = 120", "iterations_per_hour = 2"),
+            ("hour_window = \"1h\"", "hour_window = \"3s\""),
+        ],
+        "budget iterations_per_hour",
+        "2 of 2 iterations started in the last 3s",
+        Run::jobs,
+        2,
     );
-    assert_eq!(run.invocations(), 3, "no job starts past the budget");
-    poll_until("the run to go on when the window frees", WAIT, || {
-        (run.invocations() > 3).then_some(())
-    });
-    run.stop();
 }
 
 #[test]
@@ -191,27 +212,6 @@ fn a_job_whose_worst_case_would_cross_the_dollar_budget_is_not_started_until_rai
         "{}",
         text(&chain.stdout)
     );
-}
-
-#[test]
-fn the_hourly_iteration_budget_waits_and_goes_on_when_its_window_frees() {
-    let run = start(
-        &[
-            ("iterations_per_hour = 120", "iterations_per_hour = 2"),
-            ("hour_window = \"1h\"", "hour_window = \"3s\""),
-        ],
-        &[],
-    );
-    let reason = run.waiting_for("budget iterations_per_hour");
-    assert!(
-        reason.contains("2 of 2 iterations started in the last 3s"),
-        "{reason}"
-    );
-    assert_eq!(run.jobs(), 2);
-    poll_until("the run to go on when the hour frees", WAIT, || {
-        (run.jobs() > 2).then_some(())
-    });
-    run.stop();
 }
 
 fn send(daemon: &Daemon, args: &[&str]) -> Value {

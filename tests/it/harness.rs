@@ -138,15 +138,28 @@ impl Daemon {
         env: &[(&str, &str)],
     ) -> Daemon {
         let iterations = iterations.to_string();
-        let args = [
+        let mut args = Daemon::run_args(config, workspace);
+        args.extend(["--max-iterations", &iterations]);
+        Daemon::start(state, &args, env)
+    }
+
+    /// Starts a run of `workspace` with `config` that goes on until stopped.
+    pub fn unbounded(
+        state: &Path,
+        config: &Path,
+        workspace: &Path,
+        env: &[(&str, &str)],
+    ) -> Daemon {
+        Daemon::start(state, &Daemon::run_args(config, workspace), env)
+    }
+
+    fn run_args<'a>(config: &'a Path, workspace: &'a Path) -> Vec<&'a str> {
+        vec![
             "--config",
             config.to_str().unwrap(),
             "--workspace",
             workspace.to_str().unwrap(),
-            "--max-iterations",
-            &iterations,
-        ];
-        Daemon::start(state, &args, env)
+        ]
     }
 
     /// Starts `agent run --state <state> <args>` with extra environment.

@@ -648,6 +648,13 @@ fn an_alert_reaches_the_log_and_the_webhook_and_a_dead_webhook_blocks_nothing() 
                 ("command = \"true\"", "command = \"false\""),
                 // It fails at the base too: go on rather than pause there.
                 ("failing_base = \"pause\"", "failing_base = \"proceed\""),
+                // The same change refused three times is a loop that would
+                // pause the run before its third iteration ends; this test
+                // is about the alert, not the pause.
+                (
+                    "loop_same_refused_change = 3",
+                    "loop_same_refused_change = 0",
+                ),
             ],
         );
         let workspace = tiny_crate(dir.path());
