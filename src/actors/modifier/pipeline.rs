@@ -162,7 +162,7 @@ pub(super) async fn validate(
                 commit,
                 fitness_after,
                 files_changed: changed.len(),
-                variant: kept(ctx, archived, variant),
+                variant: kept(ctx, archived, variant).await,
             })
         }
         Err(refusal) => {
@@ -201,7 +201,7 @@ pub(super) async fn validate(
             Ok(Verdict::Rejected {
                 reason: refusal.reason,
                 fitness_after: refusal.fitness_after,
-                variant: kept(ctx, archived, variant),
+                variant: kept(ctx, archived, variant).await,
             })
         }
     }
@@ -218,10 +218,18 @@ async fn audit(ctx: &Context, action: &str, detail: String) -> Result<(), String
 
 /// The variant when its ref was written, with its change's identity; an
 /// archive that failed is said, not fatal: the verdict stands.
-fn kept<T>(ctx: &Context, archived: Result<T, String>, mut variant: Variant) -> Option<Variant> {
+async fn kept<T>(
+    ctx: &Context,
+    archived: Result<T, String>,
+    mut variant: Variant,
+) -> Option<Variant> {
     match archived {
         Ok(_) => {
-            variant.change_id = ctx.workspace.change_id(&variant.commit).unwrap_or_default();
+            let (workspace, commit) = (ctx.workspace.clone(), variant.commit.clone());
+            variant.change_id =
+                blocking(move || workspace.change_id(&commit).map_err(|e| e.to_string()))
+                    .await
+                    .unwrap_or_default();
             Some(variant)
         }
         Err(error) => {
