@@ -78,8 +78,8 @@ pub async fn run(
         ))
         .await?;
     let mut services = Services::start(&prepared, tree).await?;
-    let (ending, stop) = wait_for_end(&mut services).await?;
     let store = prepared.store.clone();
+    let (ending, stop) = wait_for_end(&mut services, &store).await?;
     let console = services.shut_down(&ending, stop).await;
     checkpoint(&store, &prepared.config, &ending).await?;
     console.abort();
@@ -273,7 +273,10 @@ fn reap_leftovers(state_dir: &std::path::Path) {
 
 /// Waits for whichever comes first: a signal, `agent ctl stop`, the run
 /// finishing, or an escalation of the tree.
-async fn wait_for_end(services: &mut Services) -> Result<(Ending, StopRequest), RunError> {
+async fn wait_for_end(
+    services: &mut Services,
+    store: &Store,
+) -> Result<(Ending, StopRequest), RunError> {
     let mut sigterm =
         signal(SignalKind::terminate()).map_err(|e| RunError::Failed(e.to_string()))?;
     let mut sigint =
@@ -282,13 +285,23 @@ async fn wait_for_end(services: &mut Services) -> Result<(Ending, StopRequest), 
     let mut listener = services.events.subscribe();
     let stop_file = services.config.state_dir.join(STOP_FILE);
     let mut stop_file_poll = tokio::time::interval(STOP_FILE_POLL);
+    // How a stop was asked for outside the socket (ctl commands are
+    // audited as they arrive).
+    let mut asked: Option<&str> = None;
     let ending = loop {
         tokio::select! {
-            _ = sigterm.recv() => break (Ending::Stopped, StopRequest::Graceful),
-            _ = sigint.recv() => break (Ending::Stopped, StopRequest::Graceful),
+            _ = sigterm.recv() => {
+                asked = Some("SIGTERM");
+                break (Ending::Stopped, StopRequest::Graceful);
+            }
+            _ = sigint.recv() => {
+                asked = Some("SIGINT");
+                break (Ending::Stopped, StopRequest::Graceful);
+            }
             _ = stop_file_poll.tick() => {
                 if stop_file.exists() {
                     println!("agent: {} found: stopping now", stop_file.display());
+                    asked = Some("the STOP file");
                     break (Ending::Stopped, StopRequest::Now);
                 }
             }
@@ -311,14 +324,28 @@ async fn wait_for_end(services: &mut Services) -> Result<(Ending, StopRequest), 
             }
         }
     };
+    if let Some(asked) = asked {
+        let how = if ending.1 == StopRequest::Now {
+            "now"
+        } else {
+            "gracefully"
+        };
+        store
+            .audit(Decision::new(
+                "daemon",
+                "run.stop",
+                format!("{asked}: stopping {how}"),
+            ))
+            .await?;
+    }
     if ending.1 == StopRequest::Graceful {
         // While the in-flight iteration drains, a second interrupt or the
         // STOP file means now.
-        let hurry = services.stop_sender();
+        let (hurry, store) = (services.stop_sender(), store.clone());
         tokio::spawn(async move {
-            tokio::select! {
-                _ = sigterm.recv() => {}
-                _ = sigint.recv() => {}
+            let asked = tokio::select! {
+                _ = sigterm.recv() => "a second SIGTERM",
+                _ = sigint.recv() => "a second SIGINT",
                 () = async {
                     loop {
                         stop_file_poll.tick().await;
@@ -326,9 +353,17 @@ async fn wait_for_end(services: &mut Services) -> Result<(Ending, StopRequest), 
                             break;
                         }
                     }
-                } => {}
-            }
+                } => "the STOP file",
+            };
             println!("agent: stopping now: the in-flight iteration is abandoned");
+            // Recorded first; a stop-now goes ahead even if it cannot be.
+            let _ = store
+                .audit(Decision::new(
+                    "daemon",
+                    "run.stop",
+                    format!("{asked}: stopping now"),
+                ))
+                .await;
             hurry.send_replace(Some(StopRequest::Now));
         });
     }

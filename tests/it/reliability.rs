@@ -440,14 +440,43 @@ fn sigint_during_a_slow_job_ends_the_iteration_within_the_shutdown_deadline() {
     end_during_a_slow_job(Ending::Signal(nix::sys::signal::Signal::SIGINT), "2s");
 }
 
+/// The audit chain of a stopped daemon, as JSON Lines.
+fn audit_chain(state: &Path) -> String {
+    let output = std::process::Command::new(crate::harness::agent_bin())
+        .args([
+            "audit",
+            "tail",
+            "--state",
+            state.to_str().unwrap(),
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    text(&output.stdout)
+}
+
 #[test]
 fn a_second_interrupt_during_a_slow_job_kills_the_job_at_once() {
-    end_during_a_slow_job(Ending::SecondInterrupt, "10m");
+    let (_dir, state) = end_during_a_slow_job(Ending::SecondInterrupt, "10m");
+    let chain = audit_chain(&state);
+    assert!(
+        chain.contains("\"detail\":\"SIGINT: stopping gracefully\""),
+        "{chain}"
+    );
+    assert!(
+        chain.contains("\"detail\":\"a second SIGINT: stopping now\""),
+        "{chain}"
+    );
 }
 
 #[test]
 fn a_stop_file_during_a_slow_job_kills_the_job_at_once_and_keeps_the_next_start_from_running() {
     let (_dir, state) = end_during_a_slow_job(Ending::StopFile, "10m");
+    let chain = audit_chain(&state);
+    assert!(
+        chain.contains("\"detail\":\"the STOP file: stopping now\""),
+        "{chain}"
+    );
     let config = fast_config(state.parent().unwrap(), &[UNCONFINED]);
     let workspace = state.parent().unwrap().join("workspace");
     let mut daemon = Daemon::start(&state, &args(&config, &workspace), &[]);
