@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Daemon, agent_bin, fast_config, history, text, tiny_crate};
+use crate::harness::{Daemon, agent_bin, audit_chain, fast_config, history, text, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -23,16 +23,7 @@ fn audit(args: &[&str]) -> Output {
 }
 
 fn entries(state: &Path) -> Vec<Value> {
-    let output = audit(&[
-        "tail",
-        "--state",
-        state.to_str().unwrap(),
-        "--last",
-        "100000",
-        "--json",
-    ]);
-    assert!(output.status.success(), "{}", text(&output.stderr));
-    text(&output.stdout)
+    audit_chain(state)
         .lines()
         .map(|l| serde_json::from_str(l).unwrap())
         .collect()

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Daemon, fast_config, poll_until, text, tiny_crate};
+use crate::harness::{Daemon, audit_chain, fast_config, poll_until, text, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -197,20 +197,11 @@ fn a_job_whose_worst_case_would_cross_the_dollar_budget_is_not_started_until_rai
     );
     let state = run.daemon_state();
     let _dir = run.stop();
-    let chain = std::process::Command::new(crate::harness::agent_bin())
-        .args([
-            "audit",
-            "tail",
-            "--state",
-            state.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let chain = audit_chain(&state);
     assert!(
-        text(&chain.stdout).contains("\"action\":\"budget.set\",\"detail\":\"usd_per_day = 4\""),
+        chain.contains("\"action\":\"budget.set\",\"detail\":\"usd_per_day = 4\""),
         "{}",
-        text(&chain.stdout)
+        chain
     );
 }
 
@@ -247,23 +238,14 @@ fn paused_by(limit: (&str, &str), expected: &str) {
     );
     let state = run.daemon_state();
     let _dir = run.stop();
-    let chain = std::process::Command::new(crate::harness::agent_bin())
-        .args([
-            "audit",
-            "tail",
-            "--state",
-            state.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
+    let chain = audit_chain(&state);
     assert!(
-        text(&chain.stdout).contains(&format!(
+        chain.contains(&format!(
             "\"action\":\"run.paused\",\"detail\":\"{}",
             "hard limit"
         )),
         "{}",
-        text(&chain.stdout)
+        chain
     );
 }
 

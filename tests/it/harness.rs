@@ -280,6 +280,24 @@ pub fn ctl(state: &Path, args: &[&str]) -> Output {
 }
 
 /// `agent history --json` of a stopped daemon's state.
+/// The audit chain of a stopped daemon, as JSON Lines (`agent audit tail`).
+pub fn audit_chain(state: &Path) -> String {
+    let output = Command::new(agent_bin())
+        .args([
+            "audit",
+            "tail",
+            "--state",
+            state.to_str().unwrap(),
+            "--last",
+            "100000",
+            "--json",
+        ])
+        .output()
+        .unwrap();
+    assert!(output.status.success(), "{}", text(&output.stderr));
+    text(&output.stdout)
+}
+
 pub fn history(state: &Path) -> Vec<Value> {
     let output = Command::new(agent_bin())
         .args(["history", "--last", "100000", "--json", "--state"])

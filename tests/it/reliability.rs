@@ -5,7 +5,7 @@ use std::os::unix::fs::PermissionsExt;
 use std::path::Path;
 use std::time::Duration;
 
-use crate::harness::{Daemon, UNCONFINED, fast_config, text, tiny_crate};
+use crate::harness::{Daemon, UNCONFINED, audit_chain, fast_config, text, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -438,21 +438,6 @@ fn sigterm_during_a_slow_job_ends_the_iteration_within_the_shutdown_deadline() {
 #[test]
 fn sigint_during_a_slow_job_ends_the_iteration_within_the_shutdown_deadline() {
     end_during_a_slow_job(Ending::Signal(nix::sys::signal::Signal::SIGINT), "2s");
-}
-
-/// The audit chain of a stopped daemon, as JSON Lines.
-fn audit_chain(state: &Path) -> String {
-    let output = std::process::Command::new(crate::harness::agent_bin())
-        .args([
-            "audit",
-            "tail",
-            "--state",
-            state.to_str().unwrap(),
-            "--json",
-        ])
-        .output()
-        .unwrap();
-    text(&output.stdout)
 }
 
 #[test]
