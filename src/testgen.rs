@@ -41,8 +41,14 @@ pub struct Generated {
 pub const PREFIX: &str = "agent_regression_";
 
 /// Skeletons for `changed`, given the names every test of the workspace
-/// calls (`called_by_tests`).
-pub fn generate(changed: &[Source], called_by_tests: &BTreeSet<String>) -> Vec<Generated> {
+/// calls (`called_by_tests`, asked for only when a changed public function
+/// needs it: reading every test file is the costly part).
+pub fn generate(
+    changed: &[Source],
+    called_by_tests: impl FnOnce() -> BTreeSet<String>,
+) -> Vec<Generated> {
+    let mut called_by_tests = Some(called_by_tests);
+    let mut called: Option<BTreeSet<String>> = None;
     let mut generated = Vec::new();
     for source in changed {
         let Ok(after) = syn::parse_file(&source.after) else {
@@ -59,10 +65,18 @@ pub fn generate(changed: &[Source], called_by_tests: &BTreeSet<String>) -> Vec<G
         }) {
             let name = function.sig.ident.to_string();
             if !matches!(function.vis, syn::Visibility::Public(_))
-                || called_by_tests.contains(&name)
                 || unchanged(before.as_ref(), function)
                 || has_test_attribute(function)
             {
+                continue;
+            }
+            let called = called.get_or_insert_with(|| {
+                called_by_tests
+                    .take()
+                    .map(|scan| scan())
+                    .unwrap_or_default()
+            });
+            if called.contains(&name) {
                 continue;
             }
             let Some(module) = skeleton(function) else {
@@ -298,7 +312,7 @@ mod tests {
             before: Some(BASE.into()),
             after: after.clone(),
         };
-        let generated = generate(&[source], &tested(&[&after]));
+        let generated = generate(&[source], || tested(&[&after]));
         assert_eq!(generated.len(), 1, "{generated:?}");
         let entry = &generated[0];
         assert_eq!(entry.test, "agent_regression_double");
@@ -324,7 +338,7 @@ mod tests {
                 before: Some(BASE.into()),
                 after: after.to_string(),
             };
-            assert_eq!(generate(&[source], &tested(&[after])), vec![], "{after}");
+            assert_eq!(generate(&[source], || tested(&[after])), vec![], "{after}");
         }
     }
 

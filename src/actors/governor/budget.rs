@@ -27,18 +27,30 @@ pub struct Spend {
     pub usd: f64,
 }
 
-/// What the budgets are measured on.
-#[derive(Debug, Clone, Default, PartialEq)]
-pub struct Ledger {
-    /// Spends of the last 24 hours.
-    pub spend: Vec<Spend>,
-    /// When each permit of the last hour was granted.
-    pub permits: Vec<u64>,
+/// What the budgets are measured on, borrowed from the governor's state.
+#[derive(Debug, Clone, Copy, Default, PartialEq)]
+pub struct Ledger<'a> {
+    /// Spends of the last day window.
+    pub spend: &'a [Spend],
+    /// When each permit of the last hour window was granted.
+    pub permits: &'a [u64],
     /// When the run started (for the deadline).
     pub run_started_ms: Option<u64>,
 }
 
-impl Ledger {
+/// Drops what has left every window.
+pub fn forget_before(
+    spend: &mut Vec<Spend>,
+    permits: &mut Vec<u64>,
+    budgets: &Budgets,
+    now_ms: u64,
+) {
+    let (day, hour) = (millis(budgets.day_window), millis(budgets.hour_window));
+    spend.retain(|s| s.at_ms + day > now_ms);
+    permits.retain(|at| at + hour > now_ms);
+}
+
+impl Ledger<'_> {
     fn tokens_since(&self, since: u64) -> u64 {
         self.spend
             .iter()
@@ -62,13 +74,6 @@ impl Ledger {
             .filter(|s| s.at_ms >= since && counts(s))
             .map(|s| s.at_ms + window)
             .min()
-    }
-
-    /// Drops what has left every window.
-    pub fn forget_before(&mut self, budgets: &Budgets, now_ms: u64) {
-        let (day, hour) = (millis(budgets.day_window), millis(budgets.hour_window));
-        self.spend.retain(|s| s.at_ms + day > now_ms);
-        self.permits.retain(|at| at + hour > now_ms);
     }
 
     /// Tokens spent within the day window.
@@ -353,7 +358,7 @@ mod tests {
             other => panic!("expected a wait, got {other:?}"),
         };
         let tokens = Ledger {
-            spend: vec![spend(now - 1000, 110, 0.1)],
+            spend: &[spend(now - 1000, 110, 0.1)],
             run_started_ms: started,
             ..Default::default()
         };
@@ -365,7 +370,7 @@ mod tests {
         assert_eq!(retry, Duration::from_millis(DAY_MS - 1000));
         // $0.60 spent: $0.40 left is less than a job's worst case $0.50.
         let usd = Ledger {
-            spend: vec![spend(now - 2000, 10, 0.6)],
+            spend: &[spend(now - 2000, 10, 0.6)],
             run_started_ms: started,
             ..Default::default()
         };
@@ -377,7 +382,7 @@ mod tests {
         assert!(reason.contains("$0.40 left, less than one iteration's worst case $0.50"));
         assert_eq!(retry, Duration::from_millis(DAY_MS - 2000));
         let hourly = Ledger {
-            permits: vec![now - 3000, now - 2000, now - 1000],
+            permits: &[now - 3000, now - 2000, now - 1000],
             run_started_ms: started,
             ..Default::default()
         };

@@ -112,10 +112,10 @@ pub struct GovernorState {
 }
 
 impl GovernorState {
-    fn ledger(&self) -> Ledger {
+    fn ledger(&self) -> Ledger<'_> {
         Ledger {
-            spend: self.snapshot.spend.clone(),
-            permits: self.snapshot.permits.clone(),
+            spend: &self.snapshot.spend,
+            permits: &self.snapshot.permits,
             run_started_ms: self.run_started_ms,
         }
     }
@@ -507,21 +507,14 @@ fn iteration_worst_usd(ctx: &Context) -> Option<f64> {
 }
 
 fn record_usage(snapshot: &mut GovernorSnapshot, budgets: &Budgets, usage: Usage, now_ms: u64) {
-    let mut ledger = Ledger {
-        spend: std::mem::take(&mut snapshot.spend),
-        permits: std::mem::take(&mut snapshot.permits),
-        run_started_ms: None,
-    };
-    ledger.forget_before(budgets, now_ms);
+    budget::forget_before(&mut snapshot.spend, &mut snapshot.permits, budgets, now_ms);
     if usage.tokens() > 0 || usage.cost_usd > 0.0 {
-        ledger.spend.push(Spend {
+        snapshot.spend.push(Spend {
             at_ms: now_ms,
             tokens: usage.tokens(),
             usd: usage.cost_usd,
         });
     }
-    snapshot.spend = ledger.spend;
-    snapshot.permits = ledger.permits;
     snapshot.tokens_total += usage.tokens();
     snapshot.cost_usd_total += usage.cost_usd;
 }

@@ -11,17 +11,12 @@ use std::collections::HashSet;
 
 use crate::domain::{Iteration, Outcome, Variant};
 
-/// The variant to start the next iteration from, if the line has stalled.
-/// `recent` are the last committed iterations (oldest first), `archive`
-/// the archived variants, `failed` variants that did not apply before.
-pub fn pick<'a>(
-    after: u64,
-    recent: &[Iteration],
-    archive: &'a [Variant],
-    failed: &HashSet<u64>,
-) -> Option<&'a Variant> {
+/// Whether the last `after` iterations gained no fitness and none of them
+/// started from a variant: the one question asked every iteration, before
+/// the archive is read at all.
+pub fn stalled(after: u64, recent: &[Iteration]) -> bool {
     if after == 0 || (recent.len() as u64) < after {
-        return None;
+        return false;
     }
     let window = &recent[recent.len() - after as usize..];
     let improved = window.iter().any(|i| {
@@ -31,9 +26,12 @@ pub fn pick<'a>(
     let explored = window
         .iter()
         .any(|i| i.variant.as_ref().is_some_and(|v| v.started_from.is_some()));
-    if improved || explored {
-        return None;
-    }
+    !improved && !explored
+}
+
+/// The best refused variant to start from: passed validation, refused by
+/// fitness or an operator, never started from, known to apply.
+pub fn best<'a>(archive: &'a [Variant], failed: &HashSet<u64>) -> Option<&'a Variant> {
     let started_from: HashSet<u64> = archive.iter().filter_map(|v| v.started_from).collect();
     archive
         .iter()
@@ -60,6 +58,22 @@ mod tests {
     use std::time::Duration;
 
     use super::*;
+
+    /// The variant to start the next iteration from, if the line has stalled.
+    /// `recent` are the last committed iterations (oldest first), `archive`
+    /// the archived variants, `failed` variants that did not apply before.
+    fn pick<'a>(
+        after: u64,
+        recent: &[Iteration],
+        archive: &'a [Variant],
+        failed: &HashSet<u64>,
+    ) -> Option<&'a Variant> {
+        if stalled(after, recent) {
+            best(archive, failed)
+        } else {
+            None
+        }
+    }
     use crate::domain::Usage;
 
     fn iteration(number: u64, before: f64, after: f64, outcome: Outcome) -> Iteration {

@@ -364,12 +364,15 @@ fn start_from_variant(ctx: &Context, unappliable: &Mutex<HashSet<u64>>) -> Optio
         return None;
     }
     let recent = ctx.store.iterations(after as usize).ok()?;
+    if !explore::stalled(after, &recent) {
+        return None;
+    }
     let archive = ctx.store.variants(ARCHIVE_SEARCHED).ok()?;
     let failed = unappliable
         .lock()
         .unwrap_or_else(|p| p.into_inner())
         .clone();
-    let variant = explore::pick(after, &recent, &archive, &failed)?;
+    let variant = explore::best(&archive, &failed)?;
     match ctx.workspace.apply_change(&variant.commit) {
         Ok(()) => {
             tracing::info!(

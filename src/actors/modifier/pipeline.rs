@@ -397,16 +397,19 @@ async fn generate_tests(ctx: &Context, changes: Vec<ChangedFile>) -> Result<Vec<
         if sources.is_empty() {
             return Ok(Vec::new());
         }
-        let mut called = BTreeSet::new();
-        for (dir, whole_file) in [("src", false), ("tests", true)] {
-            for file in rust_files(&worktree.join(dir)) {
-                if let Ok(text) = std::fs::read_to_string(&file) {
-                    testgen::called_by_tests(&text, whole_file, &mut called);
+        let called_by_tests = || {
+            let mut called = BTreeSet::new();
+            for (dir, whole_file) in [("src", false), ("tests", true)] {
+                for file in rust_files(&worktree.join(dir)) {
+                    if let Ok(text) = std::fs::read_to_string(&file) {
+                        testgen::called_by_tests(&text, whole_file, &mut called);
+                    }
                 }
             }
-        }
+            called
+        };
         let mut names = Vec::new();
-        for generated in testgen::generate(&sources, &called) {
+        for generated in testgen::generate(&sources, called_by_tests) {
             let path = worktree.join(&generated.path);
             std::fs::write(&path, &generated.text)
                 .map_err(|e| format!("cannot write a generated test to {}: {e}", path.display()))?;

@@ -298,9 +298,9 @@ fn on_iteration_end(
                 state.recent.pop_front();
             }
             ctx.events.emit(Event::IterationCommitted(committed));
-            let recent: Vec<Iteration> = state.recent.iter().cloned().collect();
             if state.run_state == RunState::Running
-                && let Some(why) = logic::loop_detected(&recent, ctx.config.loops)
+                && let Some(why) =
+                    logic::loop_detected(state.recent.make_contiguous(), ctx.config.loops)
             {
                 let why =
                     format!("{why}; change the goal or the workspace, then `agent ctl resume`");
