@@ -6,6 +6,7 @@
 mod failpoints;
 
 pub mod actors;
+pub mod checks;
 pub mod claude;
 pub mod cli;
 pub mod cognition;

@@ -269,17 +269,27 @@ impl Workspace {
     /// files (ignored ones, such as `target/`, stay for the build cache).
     pub fn reset_to(&self, commit: &str) -> Result<(), WorkspaceError> {
         let repo = self.repo()?;
+        let mut options = StatusOptions::new();
+        options
+            .include_untracked(true)
+            .recurse_untracked_dirs(false)
+            .include_ignored(false);
+        // Already there (after a commit or a rollback, each iteration): a
+        // hard reset would rewrite the index and the branch for nothing.
+        let at_commit = repo
+            .head()?
+            .peel_to_commit()
+            .is_ok_and(|head| head.id().to_string() == commit);
+        if at_commit && repo.statuses(Some(&mut options))?.is_empty() {
+            crash_point!("worktree.reset");
+            return Ok(());
+        }
         let object = repo.find_object(Oid::from_str(commit)?, None)?;
         let mut checkout = CheckoutBuilder::new();
         checkout.force();
         repo.reset(&object, ResetType::Hard, Some(&mut checkout))?;
         crash_point!("worktree.reset");
         // A hard reset leaves untracked files; remove them (not ignored ones).
-        let mut options = StatusOptions::new();
-        options
-            .include_untracked(true)
-            .recurse_untracked_dirs(false)
-            .include_ignored(false);
         let untracked: Vec<PathBuf> = repo
             .statuses(Some(&mut options))?
             .iter()
@@ -371,6 +381,20 @@ impl Workspace {
         let name = self.variant_ref(iteration)?;
         repo.reference(&name, Oid::from_str(commit)?, true, "agent: variant")?;
         Ok(name)
+    }
+
+    /// Deletes the variant refs of `iterations` (those that exist): the
+    /// store no longer keeps their records.
+    pub fn forget_variants(&self, iterations: &[u64]) -> Result<(), WorkspaceError> {
+        let repo = self.repo()?;
+        for iteration in iterations {
+            match repo.find_reference(&self.variant_ref(*iteration)?) {
+                Ok(mut reference) => reference.delete()?,
+                Err(error) if error.code() == git2::ErrorCode::NotFound => {}
+                Err(error) => return Err(error.into()),
+            }
+        }
+        Ok(())
     }
 
     /// The variant ref of `iteration` for this worktree's instance.

@@ -19,7 +19,7 @@ use crate::cognition::{Job, StartHook, Started};
 use crate::domain::{ActorKind, JobOutcome, JobStatus, Plan, Usage};
 use crate::messages::{ActorError, ExecutorMsg};
 use crate::process;
-use crate::store::{JobRecord, JobSession, now_ms};
+use crate::store::{Durable, JobRecord, JobSession, now_ms};
 
 const KIND: ActorKind = ActorKind::Executor;
 const SCHEMA: u32 = 1;
@@ -99,31 +99,27 @@ impl Actor for Executor {
                     job.id = tracing::field::Empty,
                     job.status = tracing::field::Empty,
                 );
+                let iteration = plan.iteration;
                 state.jobs.spawn(
                     async move {
                         let outcome = execute(&ctx, slots, plan, cancel).await;
                         let span = tracing::Span::current();
                         span.record("job.id", outcome.job_id as i64);
                         span.record("job.status", outcome.status.as_str());
-                        let _ = myself.cast(ExecutorMsg::JobDone { outcome, reply });
+                        let _ = myself.cast(ExecutorMsg::JobDone {
+                            iteration,
+                            outcome,
+                            reply,
+                        });
                     }
                     .instrument(span),
                 );
             }
             ExecutorMsg::Jobs { last, reply } => {
-                let mut jobs = state.ctx.store.jobs().unwrap_or_default();
-                let skip = jobs.len().saturating_sub(last);
-                jobs.drain(..skip);
-                let _ = reply.send(jobs);
+                let _ = reply.send(state.ctx.store.last_jobs(last).unwrap_or_default());
             }
             ExecutorMsg::KillJob { job, reply } => {
-                let record = state
-                    .ctx
-                    .store
-                    .jobs()
-                    .unwrap_or_default()
-                    .into_iter()
-                    .find(|j| j.id == job);
+                let record = state.ctx.store.job(job).ok().flatten();
                 let result = match record {
                     None => Err(ActorError::Refused(format!("there is no job {job}"))),
                     Some(record) if !record.status.is_running() => Err(ActorError::Refused(
@@ -141,8 +137,12 @@ impl Actor for Executor {
                 };
                 let _ = reply.send(result);
             }
-            ExecutorMsg::JobDone { outcome, reply } => {
-                state.cancels.retain(|_, cancel| !cancel.is_cancelled());
+            ExecutorMsg::JobDone {
+                iteration,
+                outcome,
+                reply,
+            } => {
+                state.cancels.remove(&iteration);
                 let s = &mut state.snapshot;
                 match outcome.status {
                     JobStatus::Completed => s.jobs_completed += 1,
@@ -212,7 +212,14 @@ async fn execute(
         error: None,
         session: JobSession::default(),
     };
-    if let Err(error) = ctx.store.put_job(&record).await {
+    // A job on the MCP server must be on record before it is asked for: a
+    // restart finds it by that record instead of paying for it twice.
+    let durable = if ctx.backend.name() == "mcp" {
+        Durable::Now
+    } else {
+        Durable::AtCommit
+    };
+    if let Err(error) = ctx.store.put_job(&record, durable).await {
         return failed(id, format!("cannot record the job: {error}"));
     }
     let job = Job {
@@ -250,7 +257,9 @@ async fn execute(
             Started::Process(group) => running.process_group = Some(*group),
             Started::Remote(id) => running.remote_id = Some(id.clone()),
         }
-        if let Err(error) = ctx.store.put_job(&running).await {
+        // Where it runs is durable before the job goes on: a process group
+        // must be found and killed after a crash, a remote id re-attached to.
+        if let Err(error) = ctx.store.put_job(&running, Durable::Now).await {
             tracing::warn!(job = running.id, %error, "cannot record where a job runs");
         }
         let _ = ack.send(());
@@ -290,7 +299,9 @@ async fn execute(
         permission_denials: outcome.claude.permission_denials,
         api_error_status: outcome.claude.api_error_status.clone(),
     };
-    if let Err(error) = ctx.store.put_job(&record).await {
+    // Durable with the iteration's commit: a crash before it leaves the job
+    // marked running, and the next executor records it as abandoned.
+    if let Err(error) = ctx.store.put_job(&record, Durable::AtCommit).await {
         tracing::warn!(job = id, %error, "cannot record the end of a job");
     }
     tracing::info!(
@@ -308,11 +319,10 @@ async fn execute(
 /// and never saw finish.
 fn pending_remote_job(ctx: &Context, iteration: u64) -> Option<JobRecord> {
     ctx.store
-        .jobs()
+        .jobs_of(iteration)
         .ok()?
         .into_iter()
-        .rev()
-        .find(|j| j.iteration == iteration && j.status.is_running() && is_remote(j))
+        .find(|j| j.status.is_running() && is_remote(j))
 }
 
 /// A job on the MCP server: it outlives the agent and can be found again,
@@ -350,7 +360,7 @@ async fn reattach(ctx: &Context, plan: &Plan, cancel: &CancellationToken) -> Opt
             record.error = Some(format!("cannot re-attach to remote job {remote_id}"));
         }
     }
-    let _ = ctx.store.put_job(&record).await;
+    let _ = ctx.store.put_job(&record, Durable::Now).await;
     outcome
 }
 
@@ -375,6 +385,6 @@ async fn abandon_leftover_jobs(ctx: &Context) {
             job = job.id,
             "abandoned a job left running by an earlier executor"
         );
-        let _ = ctx.store.put_job(&job).await;
+        let _ = ctx.store.put_job(&job, Durable::Now).await;
     }
 }

@@ -40,6 +40,9 @@ pub struct Shared {
     pub prompt_template: String,
     /// Confines validation and fitness when there is one.
     pub sandbox: Option<crate::sandbox::Sandbox>,
+    /// In-process validation and fitness, when embedded; `None` runs the
+    /// configured commands.
+    pub checks: Option<Arc<dyn crate::checks::Checks>>,
 }
 
 pub type Context = Arc<Shared>;

@@ -70,7 +70,16 @@ struct RawConfig {
     #[serde(default)]
     limits: RawLimits,
     #[serde(default)]
+    retention: RawRetention,
+    #[serde(default)]
     debug: RawDebug,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawRetention {
+    iterations: Option<Positive>,
+    audit_entries: Option<Positive>,
 }
 
 /// `[sandbox] enabled` as written.
@@ -315,6 +324,8 @@ pub struct Config {
     pub start_from_variant_after: u64,
     /// What loop detection pauses the run on.
     pub loops: crate::domain::LoopRules,
+    /// How much history the store keeps (`[retention]`).
+    pub retention: crate::store::Retention,
     pub backend: BackendChoice,
     pub claude_bin: PathBuf,
     pub permission_mode: String,
@@ -498,6 +509,19 @@ impl Config {
                 same_plan: raw.run.loop_same_plan.unwrap_or(8),
                 same_refused_change: raw.run.loop_same_refused_change.unwrap_or(3),
                 no_progress: raw.run.loop_no_progress.unwrap_or(30),
+            },
+            retention: {
+                let default = crate::store::Retention::default();
+                crate::store::Retention {
+                    iterations: raw
+                        .retention
+                        .iterations
+                        .map_or(default.iterations, Positive::get),
+                    audit_entries: raw
+                        .retention
+                        .audit_entries
+                        .map_or(default.audit_entries, Positive::get),
+                }
             },
             pause_after_failures: raw
                 .run

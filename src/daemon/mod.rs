@@ -51,14 +51,32 @@ pub enum Ending {
     Escalated(String),
 }
 
+/// What a program that embeds the agent hands in instead of what the
+/// configuration selects (the overhead benchmark: a cognition backend and
+/// checks that run in-process).
+pub struct Embedded {
+    pub backend: Arc<dyn Cognition>,
+    pub checks: Option<Arc<dyn crate::checks::Checks>>,
+    /// Print the one line per iteration on stdout, as `agent run` does.
+    pub console: bool,
+}
+
 /// Runs the daemon to its end.
-pub async fn run(
+pub async fn run(config: Config, tree: TreeSpec, overrides: Overrides) -> Result<Ending, RunError> {
+    run_embedded(config, tree, overrides, None).await
+}
+
+/// Runs the daemon to its end inside another program: everything as
+/// `agent run` does it (store, supervision tree, control socket, telemetry
+/// the caller installed) with what `embedded` hands in.
+pub async fn run_embedded(
     mut config: Config,
     tree: TreeSpec,
     overrides: Overrides,
+    embedded: Option<Embedded>,
 ) -> Result<Ending, RunError> {
     config.apply(&overrides);
-    let prepared = prepare(config, &overrides).await?;
+    let prepared = prepare(config, &overrides, embedded).await?;
     prepared
         .store
         .audit(Decision::new(
@@ -96,11 +114,18 @@ pub(crate) struct Prepared {
     pub sandbox: Option<Sandbox>,
     /// Iterations committed before this start.
     pub committed: u64,
+    /// In-process checks (embedded); `None` runs the configured commands.
+    pub checks: Option<Arc<dyn crate::checks::Checks>>,
+    pub console: bool,
 }
 
 /// Opens the store, resolves the run (new, resumed, refused), picks the
 /// backend and prepares the worktree; prints the banner.
-async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, RunError> {
+async fn prepare(
+    mut config: Config,
+    overrides: &Overrides,
+    embedded: Option<Embedded>,
+) -> Result<Prepared, RunError> {
     refuse_bad_input(&config, overrides)?;
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
         RunError::Failed(format!(
@@ -123,9 +148,23 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
     let sandbox = Sandbox::probe(&config.sandbox, &hidden)
         .await
         .map_err(RunError::Usage)?;
-    let selection = cognition::select(&config, sandbox.as_ref())
-        .await
-        .map_err(|e| RunError::Usage(e.to_string()))?;
+    let (selection, checks, console) = match embedded {
+        Some(embedded) => (
+            cognition::Selection {
+                reason: "handed in by the program that embeds the agent".into(),
+                backend: embedded.backend,
+            },
+            embedded.checks,
+            embedded.console,
+        ),
+        None => (
+            cognition::select(&config, sandbox.as_ref())
+                .await
+                .map_err(|e| RunError::Usage(e.to_string()))?,
+            None,
+            true,
+        ),
+    };
     tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
 
     let belongs_to = same_workspace(&store, &config).await?;
@@ -170,6 +209,8 @@ async fn prepare(mut config: Config, overrides: &Overrides) -> Result<Prepared, 
         workspace,
         sandbox,
         committed,
+        checks,
+        console,
     })
 }
 
@@ -342,7 +383,7 @@ async fn wait_for_end(
         // While the in-flight iteration drains, a second interrupt or the
         // STOP file means now.
         let (hurry, store) = (services.stop_sender(), store.clone());
-        tokio::spawn(async move {
+        services.during_shutdown(tokio::spawn(async move {
             let asked = tokio::select! {
                 _ = sigterm.recv() => "a second SIGTERM",
                 _ = sigint.recv() => "a second SIGINT",
@@ -365,7 +406,7 @@ async fn wait_for_end(
                 ))
                 .await;
             hurry.send_replace(Some(StopRequest::Now));
-        });
+        }));
     }
     Ok(ending)
 }
@@ -425,17 +466,13 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
 
 /// "12 iteration(s) committed: 5 changes kept, 4 no-change, 2 rejected, 1 failed"
 fn committed_summary(store: &Store) -> Result<String, RunError> {
-    let iterations = store.iterations(usize::MAX)?;
-    let count = |outcome: crate::domain::Outcome| {
-        iterations.iter().filter(|i| i.outcome == outcome).count()
-    };
-    use crate::domain::Outcome::{Accepted, JobFailed, NoChange, Rejected};
+    let counts = store.outcome_counts()?;
     Ok(format!(
         "{} iteration(s) committed: {} change(s) kept, {} no-change, {} rejected, {} failed",
-        iterations.len(),
-        count(Accepted),
-        count(NoChange),
-        count(Rejected),
-        count(JobFailed)
+        counts.kept + counts.no_change + counts.rejected + counts.failed,
+        counts.kept,
+        counts.no_change,
+        counts.rejected,
+        counts.failed
     ))
 }

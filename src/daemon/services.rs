@@ -45,11 +45,26 @@ impl Services {
         let config = &prepared.config;
         let events = EventBus::default();
         let backend_name = prepared.backend.name().to_string();
-        let console = tokio::spawn(console::print_iterations(events.subscribe()));
+        let console = if prepared.console {
+            tokio::spawn(console::print_iterations(events.subscribe()))
+        } else {
+            tokio::spawn(async {})
+        };
         let mut tasks = Vec::new();
 
         // Metrics follow the events; the HTTP listener serves them with health.
         let metrics = telemetry::metrics::install();
+        if let Some(handle) = metrics.clone() {
+            // Histogram samples are folded in at each scrape; without a
+            // scraper they would pile up, so fold them in regularly.
+            tasks.push(tokio::spawn(async move {
+                let mut every = tokio::time::interval(Duration::from_secs(5));
+                loop {
+                    every.tick().await;
+                    handle.run_upkeep();
+                }
+            }));
+        }
         telemetry::metrics::committed(prepared.committed);
         tasks.push(tokio::spawn(console::record_metrics(
             events.subscribe(),
@@ -84,6 +99,7 @@ impl Services {
             backend: prepared.backend.clone(),
             events: events.clone(),
             sandbox: prepared.sandbox.clone(),
+            checks: prepared.checks.clone(),
         });
         let (supervisor, supervisor_done) = Actor::spawn(
             Some(supervisor::NAME.to_string()),
@@ -149,6 +165,12 @@ impl Services {
             }
             None => std::future::pending().await,
         }
+    }
+
+    /// Runs `task` while the services shut down; it ends with them (it may
+    /// hold the store, which must be closed when the run returns).
+    pub fn during_shutdown(&mut self, task: JoinHandle<()>) {
+        self.tasks.push(task);
     }
 
     /// Stops everything in reverse order of start; returns the console

@@ -179,6 +179,7 @@ pub enum ExecutorMsg {
     },
     /// A job finished off the mailbox.
     JobDone {
+        iteration: u64,
         outcome: JobOutcome,
         reply: RpcReplyPort<JobOutcome>,
     },

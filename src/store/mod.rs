@@ -12,6 +12,7 @@ pub mod audit;
 pub mod codec;
 mod convert;
 pub mod records;
+mod retention;
 
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
@@ -26,12 +27,17 @@ pub use records::{
     RunRecord, SnapshotRecord, VariantRecord,
 };
 
-use crate::domain::{Experience, Iteration, Variant};
+pub use retention::{AUDIT_ARCHIVE, Pruned, Retention};
+
+use crate::domain::{Experience, Iteration, OutcomeCounts, Variant};
 use records::{ExperienceRecord, IterationRecord};
 
 const RUN_KEY: &[u8] = b"run";
 const PAUSE_REASON_KEY: &[u8] = b"pause_reason";
 const WORKSPACE_KEY: &[u8] = b"workspace";
+/// Committed iterations by outcome, kept beside the log so that counting
+/// them does not read it (and survives its pruning).
+const OUTCOMES_KEY: &[u8] = b"outcomes";
 /// The second witness of what was committed, beside the store: a plain file
 /// holding the last committed iteration, replaced after every flushed commit.
 /// sled can come back from a damaged file with its last records silently
@@ -82,6 +88,23 @@ impl From<sled::Error> for StoreError {
     }
 }
 
+/// The most sled keeps of the store in memory.
+const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+
+static FLUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+
+/// When a write must be durable.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Durable {
+    /// Flushed before the call returns: the write is acknowledged to
+    /// someone, or must survive a crash of the iteration it belongs to.
+    Now,
+    /// Made durable by the iteration's commit (one flush for all). A crash
+    /// before the commit loses it together with the iteration, which runs
+    /// again and writes it again.
+    AtCommit,
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> u64 {
     SystemTime::now()
@@ -123,24 +146,31 @@ impl Store {
     /// Opens (or creates) the store under `state_dir/store`.
     pub fn open(state_dir: &Path) -> Result<Store, StoreError> {
         let path = state_dir.join("store");
-        let db = sled::Config::new().path(&path).open().map_err(|error| {
-            if is_lock_error(&error) {
-                StoreError::InUse(state_dir.to_path_buf())
-            } else if matches!(error, sled::Error::Corruption { .. }) {
-                StoreError::Damaged(path.clone())
-            } else {
-                StoreError::Open {
-                    path: path.clone(),
-                    // sled's text may carry a debug dump after the cause.
-                    message: error
-                        .to_string()
-                        .split(" backtrace")
-                        .next()
-                        .unwrap_or_default()
-                        .to_string(),
+        // sled caches up to 1 GB of pages by default, so a long run's memory
+        // would grow with its store; what is read often (snapshots, the
+        // newest records) is small.
+        let db = sled::Config::new()
+            .path(&path)
+            .cache_capacity(CACHE_BYTES)
+            .open()
+            .map_err(|error| {
+                if is_lock_error(&error) {
+                    StoreError::InUse(state_dir.to_path_buf())
+                } else if matches!(error, sled::Error::Corruption { .. }) {
+                    StoreError::Damaged(path.clone())
+                } else {
+                    StoreError::Open {
+                        path: path.clone(),
+                        // sled's text may carry a debug dump after the cause.
+                        message: error
+                            .to_string()
+                            .split(" backtrace")
+                            .next()
+                            .unwrap_or_default()
+                            .to_string(),
+                    }
                 }
-            }
-        })?;
+            })?;
         Ok(Store {
             state_dir: state_dir.to_path_buf(),
             writes: Arc::new(RwLock::new(())),
@@ -168,8 +198,15 @@ impl Store {
 
     /// Makes everything written so far durable.
     pub async fn flush(&self) -> Result<(), StoreError> {
+        FLUSHES.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         self.db.flush_async().await?;
         Ok(())
+    }
+
+    /// How many flushes this process has asked for, every store counted:
+    /// the overhead benchmark divides it by the iterations.
+    pub fn flushes() -> u64 {
+        FLUSHES.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     // ------------------------------------------------------------- run --
@@ -260,15 +297,25 @@ impl Store {
             .as_ref()
             .map(|v| codec::encode(&VariantRecord::from(&**v)))
             .transpose()?;
+        // Commits come one at a time (the planner's), so the counts read here
+        // are the ones this transaction replaces; a repeated commit of the
+        // same iteration does not count twice.
+        let mut outcomes = self.outcome_counts()?;
+        if !self.iterations.contains_key(key)? {
+            outcomes.add(iteration.outcome);
+        }
+        let outcome_bytes = codec::encode(&records::OutcomesRecord::from(outcomes))?;
         let writing = self.writing();
         (
             &self.iterations,
             &self.experiences,
             &self.snapshots,
             &self.variants,
+            &self.meta,
         )
-            .transaction(|(iterations, experiences, snapshots, variants)| {
+            .transaction(|(iterations, experiences, snapshots, variants, meta)| {
                 iterations.insert(&key, record_bytes.as_slice())?;
+                meta.insert(OUTCOMES_KEY, outcome_bytes.as_slice())?;
                 if let Some(bytes) = &experience_bytes {
                     experiences.insert(&key, bytes.as_slice())?;
                 }
@@ -312,6 +359,22 @@ impl Store {
             .ok()
     }
 
+    /// Committed iterations by outcome. A store written before the counts
+    /// were kept counts its log once.
+    pub fn outcome_counts(&self) -> Result<OutcomeCounts, StoreError> {
+        if let Some(record) =
+            self.get::<records::OutcomesRecord>(&self.meta, OUTCOMES_KEY, "outcome counts")?
+        {
+            return Ok(record.into());
+        }
+        let mut counts = OutcomeCounts::default();
+        for entry in self.iterations.iter() {
+            let (_, bytes) = entry?;
+            counts.add(decode::<IterationRecord>(&bytes, "iteration record")?.outcome);
+        }
+        Ok(counts)
+    }
+
     pub fn last_iteration(&self) -> Result<Option<Iteration>, StoreError> {
         match self.iterations.last()? {
             Some((_, bytes)) => Ok(Some(
@@ -341,6 +404,23 @@ impl Store {
         let mut variants: Vec<Variant> = self
             .variants
             .iter()
+            .rev()
+            .take(count)
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                decode::<VariantRecord>(&bytes, "variant").map(Variant::from)
+            })
+            .collect::<Result<_, StoreError>>()?;
+        variants.reverse();
+        Ok(variants)
+    }
+
+    /// Up to `count` archived variants of iterations after `iteration`,
+    /// oldest first (the newest `count` when there are more).
+    pub fn variants_after(&self, iteration: u64, count: usize) -> Result<Vec<Variant>, StoreError> {
+        let mut variants: Vec<Variant> = self
+            .variants
+            .range((iteration + 1).to_be_bytes()..)
             .rev()
             .take(count)
             .map(|entry| {
@@ -389,6 +469,17 @@ impl Store {
     /// Appends a decision to the audit chain and makes it durable; call it
     /// before the decision is acknowledged.
     pub async fn audit(&self, decision: audit::Decision) -> Result<audit::AuditEntry, StoreError> {
+        self.audit_with(decision, Durable::Now).await
+    }
+
+    /// Appends a decision to the audit chain; with `Durable::AtCommit` it is
+    /// made durable by the iteration's commit (a decision taken inside an
+    /// iteration, which a crash before the commit makes again).
+    pub async fn audit_with(
+        &self,
+        decision: audit::Decision,
+        durable: Durable,
+    ) -> Result<audit::AuditEntry, StoreError> {
         let entry = {
             let _writing = self.writing();
             let _chaining = self.chaining.lock().unwrap_or_else(|p| p.into_inner());
@@ -401,19 +492,26 @@ impl Store {
                 .insert(entry.seq.to_be_bytes(), codec::encode(&entry)?)?;
             entry
         };
-        self.flush().await?;
+        if durable == Durable::Now {
+            self.flush().await?;
+        }
         Ok(entry)
     }
 
-    /// The whole audit chain, oldest first.
+    /// The whole audit chain, oldest first: the archived part (see
+    /// `retention`), then what the store holds.
     pub fn audit_entries(&self) -> Result<Vec<audit::AuditEntry>, StoreError> {
-        self.audit
-            .iter()
-            .map(|entry| {
-                let (_, bytes) = entry?;
-                decode(&bytes, "audit entry")
-            })
-            .collect()
+        let mut entries = self.archived_audit()?;
+        let archived = entries.last().map_or(0, |e| e.seq);
+        for entry in self.audit.iter() {
+            let (_, bytes) = entry?;
+            let entry: audit::AuditEntry = decode(&bytes, "audit entry")?;
+            // Archived just before a crash and still here: once is enough.
+            if entry.seq > archived {
+                entries.push(entry);
+            }
+        }
+        Ok(entries)
     }
 
     // ------------------------------------------------------------- jobs --
@@ -423,27 +521,61 @@ impl Store {
         Ok(self.db.generate_id()?)
     }
 
-    pub async fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+    pub async fn put_job(&self, job: &JobRecord, durable: Durable) -> Result<(), StoreError> {
         {
             let _writing = self.writing();
             self.jobs
                 .insert(job.id.to_be_bytes(), codec::encode(job)?)?;
         }
-        self.flush().await
+        if durable == Durable::Now {
+            self.flush().await?;
+        }
+        Ok(())
     }
 
+    /// Every kept job, oldest first.
     pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
         self.jobs
             .iter()
-            .map(|entry| {
-                let (_, bytes) = entry?;
-                decode(&bytes, "job record").or_else(|error| {
-                    decode::<JobRecordV1>(&bytes, "job record")
-                        .map(JobRecord::from)
-                        .map_err(|_| error)
-                })
-            })
+            .map(|entry| decode_job(&entry?.1))
             .collect()
+    }
+
+    /// The newest `count` jobs, oldest first.
+    pub fn last_jobs(&self, count: usize) -> Result<Vec<JobRecord>, StoreError> {
+        let mut jobs: Vec<JobRecord> = self
+            .jobs
+            .iter()
+            .rev()
+            .take(count)
+            .map(|entry| decode_job(&entry?.1))
+            .collect::<Result<_, _>>()?;
+        jobs.reverse();
+        Ok(jobs)
+    }
+
+    pub fn job(&self, id: u64) -> Result<Option<JobRecord>, StoreError> {
+        self.jobs
+            .get(id.to_be_bytes())?
+            .map(|bytes| decode_job(&bytes))
+            .transpose()
+    }
+
+    /// The jobs of `iteration`, newest first. Job ids grow with time and an
+    /// iteration's jobs are the newest when it runs, so this reads from the
+    /// end and stops at the first job of an earlier iteration.
+    pub fn jobs_of(&self, iteration: u64) -> Result<Vec<JobRecord>, StoreError> {
+        let mut found = Vec::new();
+        for entry in self.jobs.iter().rev() {
+            let job = decode_job(&entry?.1)?;
+            if job.iteration < iteration {
+                break;
+            }
+            if job.iteration == iteration {
+                found.push(job);
+            }
+        }
+        Ok(found)
     }
 
     // --------------------------------------------------------- mcp jobs --
@@ -605,6 +737,15 @@ pub fn write_backup(to: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .and_then(|()| file.sync_all())
         .map_err(io)?;
     std::fs::rename(&aside, to).map_err(io)
+}
+
+/// A job record in the current layout or the first one.
+fn decode_job(bytes: &[u8]) -> Result<JobRecord, StoreError> {
+    decode(bytes, "job record").or_else(|error| {
+        decode::<JobRecordV1>(bytes, "job record")
+            .map(JobRecord::from)
+            .map_err(|_| error)
+    })
 }
 
 fn decode<T: serde::de::DeserializeOwned>(

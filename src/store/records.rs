@@ -247,3 +247,34 @@ pub mod as_name {
         name.parse().map_err(D::Error::custom)
     }
 }
+
+/// Committed iterations by outcome, updated in each iteration's commit.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct OutcomesRecord {
+    pub kept: u64,
+    pub no_change: u64,
+    pub rejected: u64,
+    pub failed: u64,
+}
+
+impl From<OutcomesRecord> for crate::domain::OutcomeCounts {
+    fn from(r: OutcomesRecord) -> Self {
+        crate::domain::OutcomeCounts {
+            kept: r.kept,
+            no_change: r.no_change,
+            rejected: r.rejected,
+            failed: r.failed,
+        }
+    }
+}
+
+impl From<crate::domain::OutcomeCounts> for OutcomesRecord {
+    fn from(c: crate::domain::OutcomeCounts) -> Self {
+        OutcomesRecord {
+            kept: c.kept,
+            no_change: c.no_change,
+            rejected: c.rejected,
+            failed: c.failed,
+        }
+    }
+}

@@ -37,8 +37,11 @@ pub struct Intensity {
     pub within: Duration,
 }
 
-/// Delay before a restart: `initial` doubled for every earlier restart of the
-/// same child inside the intensity window, never more than `max`.
+/// Delay before a restart. A child that had been running for a while is
+/// restarted at once (one failure now and then must not stall the run); a
+/// child that fails again soon after its restart (it ran for less than
+/// twice the delay it was given, or less than `initial`) waits `initial`,
+/// doubled for each such failure in a row, never more than `max`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Backoff {
     pub initial: Duration,
@@ -46,11 +49,21 @@ pub struct Backoff {
 }
 
 impl Backoff {
-    pub fn delay(&self, earlier_restarts: u32) -> Duration {
-        let factor = 1u32
-            .checked_shl(earlier_restarts.min(31))
-            .unwrap_or(u32::MAX);
+    /// The delay of the `quick`-th quick failure in a row (0: none).
+    pub fn delay(&self, quick: u32) -> Duration {
+        let Some(doublings) = quick.checked_sub(1) else {
+            return Duration::ZERO;
+        };
+        let factor = 1u32.checked_shl(doublings.min(31)).unwrap_or(u32::MAX);
         self.initial.saturating_mul(factor).min(self.max)
+    }
+
+    /// Whether a child restarted at `restarted_at` after `delay` and
+    /// failing at `now` failed soon (it did not run long enough to count as
+    /// recovered).
+    fn failed_soon(&self, restarted_at: Instant, delay: Duration, now: Instant) -> bool {
+        let ran = now.saturating_duration_since(restarted_at + delay);
+        ran < (delay * 2).max(self.initial)
     }
 }
 
@@ -79,10 +92,14 @@ pub enum Decision {
     Escalate { reason: String },
 }
 
-/// Restart times within the intensity window, oldest first.
+/// Restart times within the intensity window, oldest first, and each
+/// child's last restart for the backoff.
 #[derive(Debug, Default, Clone)]
 pub struct RestartWindow {
     restarts: VecDeque<(Instant, usize)>,
+    /// By child: when it was last restarted, the delay it was given, and
+    /// how many quick failures in a row led to it.
+    last: std::collections::HashMap<usize, (Instant, Duration, u32)>,
 }
 
 impl RestartWindow {
@@ -94,11 +111,6 @@ impl RestartWindow {
                 break;
             }
         }
-    }
-
-    /// Restarts of one child still inside the window.
-    fn count_for(&self, child: usize) -> u32 {
-        self.restarts.iter().filter(|(_, c)| *c == child).count() as u32
     }
 
     pub fn len(&self) -> usize {
@@ -148,8 +160,13 @@ impl Policy {
                 ),
             };
         }
-        let delay = self.backoff.delay(window.count_for(child));
+        let quick = match window.last.get(&child) {
+            Some(&(at, delay, quick)) if self.backoff.failed_soon(at, delay, now) => quick + 1,
+            _ => 0,
+        };
+        let delay = self.backoff.delay(quick);
         window.restarts.push_back((now, child));
+        window.last.insert(child, (now, delay, quick));
         let affected: Vec<usize> = match self.strategy {
             Strategy::OneForOne => vec![child],
             Strategy::OneForAll => (0..self.restart_types.len()).collect(),
@@ -208,7 +225,7 @@ mod tests {
             Exit::Failed,
             Instant::now(),
         );
-        assert_eq!(d, restart(&[], &[2], 100));
+        assert_eq!(d, restart(&[], &[2], 0));
     }
 
     #[test]
@@ -220,7 +237,7 @@ mod tests {
             Exit::Failed,
             Instant::now(),
         );
-        assert_eq!(d, restart(&[3, 2, 0], &[0, 1, 2, 3], 100));
+        assert_eq!(d, restart(&[3, 2, 0], &[0, 1, 2, 3], 0));
     }
 
     #[test]
@@ -232,7 +249,7 @@ mod tests {
             Exit::Failed,
             Instant::now(),
         );
-        assert_eq!(d, restart(&[3, 2], &[1, 2, 3], 100));
+        assert_eq!(d, restart(&[3, 2], &[1, 2, 3], 0));
     }
 
     #[test]
@@ -244,7 +261,7 @@ mod tests {
             Exit::Failed,
             Instant::now(),
         );
-        assert_eq!(d, restart(&[2, 1], &[0, 2], 100));
+        assert_eq!(d, restart(&[2, 1], &[0, 2], 0));
     }
 
     #[test]
@@ -300,20 +317,48 @@ mod tests {
         assert!(matches!(again, Decision::Escalate { .. }), "{again:?}");
     }
 
+    fn delay_ms(p: &Policy, w: &mut RestartWindow, child: usize, at: Instant) -> u128 {
+        match p.decide(w, child, Exit::Failed, at) {
+            Decision::Restart { delay, .. } => delay.as_millis(),
+            other => panic!("expected a restart, got {other:?}"),
+        }
+    }
+
     #[test]
-    fn backoff_doubles_per_restart_of_the_same_child_and_is_capped() {
-        let p = policy(Strategy::OneForOne, &[Permanent; 2]);
+    fn a_child_failing_right_after_each_restart_backs_off_doubling_and_capped() {
+        let mut p = policy(Strategy::OneForOne, &[Permanent; 2]);
+        p.intensity.max_restarts = 10;
         let now = Instant::now();
         let mut w = RestartWindow::default();
-        let delays: Vec<Duration> = (0..3)
-            .map(|_| match p.decide(&mut w, 0, Exit::Failed, now) {
-                Decision::Restart { delay, .. } => delay,
-                other => panic!("expected a restart, got {other:?}"),
-            })
-            .collect();
-        let ms: Vec<u128> = delays.iter().map(Duration::as_millis).collect();
-        assert_eq!(ms, vec![100, 200, 350]);
-        assert_eq!(p.backoff.delay(40), Duration::from_millis(350));
+        // Each failure comes as soon as the delay before it has passed.
+        let mut at = now;
+        let mut delays = Vec::new();
+        for _ in 0..5 {
+            let ms = delay_ms(&p, &mut w, 0, at);
+            delays.push(ms);
+            at += Duration::from_millis(ms as u64 + 1);
+        }
+        assert_eq!(delays, vec![0, 100, 200, 350, 350]);
+    }
+
+    #[test]
+    fn a_child_that_ran_a_while_is_restarted_at_once_however_often_it_failed() {
+        let mut p = policy(Strategy::OneForOne, &[Permanent; 2]);
+        p.intensity.max_restarts = 100;
+        p.intensity.within = Duration::from_secs(3600);
+        let mut w = RestartWindow::default();
+        let start = Instant::now();
+        // A failure every 3 s for a minute: never a wait.
+        for n in 0..20 {
+            let at = start + Duration::from_secs(3 * n);
+            assert_eq!(delay_ms(&p, &mut w, 0, at), 0, "failure {n}");
+        }
+        // Two quick failures, then a long run: the streak starts over.
+        let at = start + Duration::from_secs(60);
+        assert_eq!(delay_ms(&p, &mut w, 0, at), 0);
+        assert_eq!(delay_ms(&p, &mut w, 0, at + Duration::from_millis(10)), 100);
+        let later = at + Duration::from_secs(5);
+        assert_eq!(delay_ms(&p, &mut w, 0, later), 0);
     }
 
     #[test]
@@ -322,7 +367,8 @@ mod tests {
         let now = Instant::now();
         let mut w = RestartWindow::default();
         p.decide(&mut w, 0, Exit::Failed, now);
+        assert_eq!(delay_ms(&p, &mut w, 0, now), 100);
         let other = p.decide(&mut w, 1, Exit::Failed, now);
-        assert_eq!(other, restart(&[], &[1], 100));
+        assert_eq!(other, restart(&[], &[1], 0));
     }
 }

@@ -165,6 +165,16 @@ pub fn init(format: LogFormat, export: Option<&Export>) -> Result<Telemetry, Str
         init_logs(format);
         return Ok(Telemetry { provider: None });
     };
+    init_to(format, export, std::io::stderr)
+}
+
+/// Logs to `writer` and OTLP traces to `export`: what `init` installs for
+/// `agent run`, for a program that embeds the agent and keeps its own
+/// stderr (the overhead benchmark).
+pub fn init_to<W>(format: LogFormat, export: &Export, writer: W) -> Result<Telemetry, String>
+where
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + Send + Sync + 'static,
+{
     let provider = provider(export)?;
     let tracer = provider.tracer("agent");
     // Only the agent's own spans: ractor's actor-lifetime spans would make
@@ -174,7 +184,7 @@ pub fn init(format: LogFormat, export: Option<&Export>) -> Result<Telemetry, Str
         .with_tracer(tracer)
         .with_filter(ours);
     let fmt = tracing_subscriber::fmt::layer()
-        .with_writer(std::io::stderr)
+        .with_writer(writer)
         .with_ansi(colours())
         .with_target(false);
     let registry = tracing_subscriber::registry().with(otel);

@@ -126,6 +126,7 @@ async fn start_tree(
         prompt_template: "{goal}".into(),
         // In-process: the fault tests watch the stand-in's own pids.
         sandbox: None,
+        checks: None,
     });
     let (supervisor, handle) = Actor::spawn(
         Some(agent::supervisor::NAME.into()),

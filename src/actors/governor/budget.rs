@@ -27,27 +27,69 @@ pub struct Spend {
     pub usd: f64,
 }
 
+/// Permits granted within one slice of the hour window.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Permits {
+    /// When the latest of them was granted.
+    pub at_ms: u64,
+    pub count: u64,
+}
+
+/// A window is kept in this many slices at most: what happens within one
+/// slice is one entry, so the ledger's size does not grow with the rate of
+/// iterations. An entry is dated by its latest member, so it counts in its
+/// window a little longer than its earliest would: a budget may free up
+/// one slice late (a day window's slice is 6 minutes), never early.
+const SLICES: u64 = 240;
+
+fn slice_of(at_ms: u64, window: Duration) -> u64 {
+    at_ms / (millis(window) / SLICES).max(1)
+}
+
+/// Adds a spend to the ledger (into the newest entry when it is of the same
+/// slice) and drops what has left the day window.
+pub fn note_spend(spend: &mut Vec<Spend>, budgets: &Budgets, now_ms: u64, tokens: u64, usd: f64) {
+    let window = budgets.day_window;
+    spend.retain(|s| s.at_ms + millis(window) > now_ms);
+    match spend.last_mut() {
+        Some(last) if slice_of(last.at_ms, window) == slice_of(now_ms, window) => {
+            last.at_ms = now_ms;
+            last.tokens += tokens;
+            last.usd += usd;
+        }
+        _ => spend.push(Spend {
+            at_ms: now_ms,
+            tokens,
+            usd,
+        }),
+    }
+}
+
+/// Counts a granted permit and drops what has left the hour window.
+pub fn note_permit(permits: &mut Vec<Permits>, budgets: &Budgets, now_ms: u64) {
+    let window = budgets.hour_window;
+    permits.retain(|p| p.at_ms + millis(window) > now_ms);
+    match permits.last_mut() {
+        Some(last) if slice_of(last.at_ms, window) == slice_of(now_ms, window) => {
+            last.at_ms = now_ms;
+            last.count += 1;
+        }
+        _ => permits.push(Permits {
+            at_ms: now_ms,
+            count: 1,
+        }),
+    }
+}
+
 /// What the budgets are measured on, borrowed from the governor's state.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Ledger<'a> {
-    /// Spends of the last day window.
+    /// Spends of the last day window, by slice.
     pub spend: &'a [Spend],
-    /// When each permit of the last hour window was granted.
-    pub permits: &'a [u64],
+    /// Permits granted in the last hour window, by slice.
+    pub permits: &'a [Permits],
     /// When the run started (for the deadline).
     pub run_started_ms: Option<u64>,
-}
-
-/// Drops what has left every window.
-pub fn forget_before(
-    spend: &mut Vec<Spend>,
-    permits: &mut Vec<u64>,
-    budgets: &Budgets,
-    now_ms: u64,
-) {
-    let (day, hour) = (millis(budgets.day_window), millis(budgets.hour_window));
-    spend.retain(|s| s.at_ms + day > now_ms);
-    permits.retain(|at| at + hour > now_ms);
 }
 
 impl Ledger<'_> {
@@ -74,6 +116,14 @@ impl Ledger<'_> {
             .filter(|s| s.at_ms >= since && counts(s))
             .map(|s| s.at_ms + window)
             .min()
+    }
+
+    /// Permits granted since `since`, and when the oldest of them leaves a
+    /// window of `window` ms.
+    fn permits_since(&self, since: u64, window: u64) -> (u64, Option<u64>) {
+        let within = self.permits.iter().filter(|p| p.at_ms >= since);
+        let count = within.clone().map(|p| p.count).sum();
+        (count, within.map(|p| p.at_ms + window).min())
     }
 
     /// Tokens spent within the day window.
@@ -162,14 +212,8 @@ pub fn decide(ledger: &Ledger, asked: &Asked) -> Permit {
     }
     if let Some(limit) = budgets.iterations_per_hour {
         let hour = now.saturating_sub(hour_ms);
-        let started = ledger.permits.iter().filter(|at| **at >= hour).count() as u64;
+        let (started, frees) = ledger.permits_since(hour, hour_ms);
         if started >= limit {
-            let frees = ledger
-                .permits
-                .iter()
-                .filter(|at| **at >= hour)
-                .min()
-                .map(|at| at + hour_ms);
             return wait(
                 format!(
                     "budget iterations_per_hour: {started} of {limit} iterations started in the last {}, 0 left; frees up {}",
@@ -202,7 +246,7 @@ pub fn rows(ledger: &Ledger, budgets: &Budgets, live: &[String], now_ms: u64) ->
     let hour = now_ms.saturating_sub(hour_ms);
     let tokens = ledger.tokens_since(day) as f64;
     let usd = ledger.usd_since(day);
-    let started = ledger.permits.iter().filter(|at| **at >= hour).count() as f64;
+    let (started, permits_free_at) = ledger.permits_since(hour, hour_ms);
     let row =
         |name: &'static str, limit: Option<f64>, spent: f64, resets_at_ms: Option<u64>| BudgetRow {
             name,
@@ -231,13 +275,8 @@ pub fn rows(ledger: &Ledger, budgets: &Budgets, live: &[String], now_ms: u64) ->
         row(
             "iterations_per_hour",
             budgets.iterations_per_hour.map(|n| n as f64),
-            started,
-            ledger
-                .permits
-                .iter()
-                .filter(|at| **at >= hour)
-                .min()
-                .map(|at| at + hour_ms),
+            started as f64,
+            permits_free_at,
         ),
         row(
             "deadline",
@@ -381,8 +420,12 @@ mod tests {
         );
         assert!(reason.contains("$0.40 left, less than one iteration's worst case $0.50"));
         assert_eq!(retry, Duration::from_millis(DAY_MS - 2000));
+        let mut permits = Vec::new();
+        for at in [now - 3000, now - 2000, now - 1000] {
+            note_permit(&mut permits, &b, at);
+        }
         let hourly = Ledger {
-            permits: &[now - 3000, now - 2000, now - 1000],
+            permits: &permits,
             run_started_ms: started,
             ..Default::default()
         };
@@ -391,12 +434,42 @@ mod tests {
             reason.starts_with("budget iterations_per_hour: 3 of 3"),
             "{reason}"
         );
-        assert_eq!(retry, Duration::from_millis(HOUR_MS - 3000));
+        // The three fall in one slice of the hour (15 s), dated by the latest:
+        // the budget frees up when that one leaves the window.
+        assert_eq!(permits.len(), 1);
+        assert_eq!(retry, Duration::from_millis(HOUR_MS - 1000));
         // Once the window has moved on, each is granted again.
         for ledger in [&tokens, &usd] {
             assert_eq!(decide(ledger, &asked(&b, now + DAY_MS)), Permit::Granted);
         }
         assert_eq!(decide(&hourly, &asked(&b, now + HOUR_MS)), Permit::Granted);
+    }
+
+    #[test]
+    fn the_ledger_holds_a_bounded_number_of_slices_whatever_the_rate() {
+        let b = budgets();
+        let (mut spend, mut permits) = (Vec::new(), Vec::new());
+        // One permit and one spend every 100 ms for two days.
+        let start = 10 * DAY_MS;
+        for step in 0..(2 * DAY_MS / 100) {
+            let now = start + step * 100;
+            note_permit(&mut permits, &b, now);
+            note_spend(&mut spend, &b, now, 1, 0.001);
+        }
+        assert!(permits.len() <= SLICES as usize + 1, "{}", permits.len());
+        assert!(spend.len() <= SLICES as usize + 1, "{}", spend.len());
+        let now = start + 2 * DAY_MS - 100;
+        let ledger = Ledger {
+            spend: &spend,
+            permits: &permits,
+            run_started_ms: None,
+        };
+        // Counted conservatively: at least what the window really holds, and
+        // at most one slice more.
+        let (started, _) = ledger.permits_since(now - HOUR_MS, HOUR_MS);
+        assert!((36_000..=36_000 + 150).contains(&started), "{started}");
+        let tokens = ledger.tokens_in_day(&b, now);
+        assert!((864_000..=864_000 + 3_600).contains(&tokens), "{tokens}");
     }
 
     #[test]

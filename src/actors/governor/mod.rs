@@ -22,11 +22,11 @@ use crate::domain::{
 use crate::events::Event;
 use crate::messages::{self, ActorError, GovernorMsg, PlannerMsg};
 use crate::store::audit::Decision;
-use crate::store::{ApprovalRecord, now_ms};
-use budget::{Asked, Ledger, Spend};
+use crate::store::{ApprovalRecord, Durable, now_ms};
+use budget::{Asked, Ledger, Permits, Spend};
 
 const KIND: ActorKind = ActorKind::Governor;
-const SCHEMA: u32 = 2;
+const SCHEMA: u32 = 3;
 /// The longest a denied planner waits before it asks again.
 const LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 
@@ -34,15 +34,45 @@ const LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct GovernorSnapshot {
     pub paused: bool,
-    /// Spends of the last 24 hours.
+    /// Spends of the day window, by slice (see `budget::note_spend`).
     pub spend: Vec<Spend>,
-    /// When each permit of the last hour was granted.
-    pub permits: Vec<u64>,
+    /// Permits of the hour window, by slice.
+    pub permits: Vec<Permits>,
     pub cost_usd_total: f64,
     pub tokens_total: u64,
     pub permits_granted: u64,
     /// Budgets set live (`set-budget`), by name, as given.
     pub live_budgets: Vec<(String, String)>,
+}
+
+/// The snapshot as schema 2 wrote it (one entry per spend and per permit).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct GovernorSnapshotV2 {
+    pub paused: bool,
+    pub spend: Vec<Spend>,
+    pub permits: Vec<u64>,
+    pub cost_usd_total: f64,
+    pub tokens_total: u64,
+    pub permits_granted: u64,
+    pub live_budgets: Vec<(String, String)>,
+}
+
+impl From<GovernorSnapshotV2> for GovernorSnapshot {
+    fn from(old: GovernorSnapshotV2) -> Self {
+        GovernorSnapshot {
+            paused: old.paused,
+            spend: old.spend,
+            permits: old
+                .permits
+                .into_iter()
+                .map(|at_ms| Permits { at_ms, count: 1 })
+                .collect(),
+            cost_usd_total: old.cost_usd_total,
+            tokens_total: old.tokens_total,
+            permits_granted: old.permits_granted,
+            live_budgets: old.live_budgets,
+        }
+    }
 }
 
 /// The snapshot as schema 1 wrote it (tokens only, no live budgets).
@@ -85,6 +115,11 @@ fn load(store: &crate::store::Store) -> Result<Option<GovernorSnapshot>, ActorEr
     match record {
         Some(record) if record.schema == 1 => {
             crate::store::codec::decode::<GovernorSnapshotV1>(&record.body)
+                .map(|old| Some(old.into()))
+                .map_err(|e| ActorError::Store(format!("cannot read the governor snapshot: {e}")))
+        }
+        Some(record) if record.schema == 2 => {
+            crate::store::codec::decode::<GovernorSnapshotV2>(&record.body)
                 .map(|old| Some(old.into()))
                 .map_err(|e| ActorError::Store(format!("cannot read the governor snapshot: {e}")))
         }
@@ -133,9 +168,18 @@ impl GovernorState {
     /// Appends a decision to the audit chain, durably, before it is
     /// acknowledged.
     async fn audit(&self, action: &str, detail: String) -> Result<(), ActorError> {
+        self.audit_with(action, detail, Durable::Now).await
+    }
+
+    async fn audit_with(
+        &self,
+        action: &str,
+        detail: String,
+        durable: Durable,
+    ) -> Result<(), ActorError> {
         self.ctx
             .store
-            .audit(Decision::new(KIND.name(), action, detail))
+            .audit_with(Decision::new(KIND.name(), action, detail), durable)
             .await
             .map(|_| ())
             .map_err(|e| ActorError::Store(format!("cannot audit {action}: {e}")))
@@ -225,7 +269,7 @@ impl Actor for Governor {
                 let permit = match permit {
                     Permit::Granted => {
                         state.snapshot.permits_granted += 1;
-                        state.snapshot.permits.push(now);
+                        budget::note_permit(&mut state.snapshot.permits, &state.budgets, now);
                         Permit::Granted
                     }
                     // Asked again at least every minute: a budget raised
@@ -266,8 +310,15 @@ impl Actor for Governor {
                 let repeated = action != "permit.granted"
                     && state.last_denial.as_deref() == Some(detail.as_str());
                 if !repeated {
+                    // A grant starts an iteration and is durable with its
+                    // commit; a crash before that asks for the permit again.
+                    let durable = if action == "permit.granted" {
+                        Durable::AtCommit
+                    } else {
+                        Durable::Now
+                    };
                     let audited = state
-                        .audit(action, detail.clone())
+                        .audit_with(action, detail.clone(), durable)
                         .instrument(span.clone())
                         .await;
                     if let Err(error) = audited {
@@ -507,13 +558,14 @@ fn iteration_worst_usd(ctx: &Context) -> Option<f64> {
 }
 
 fn record_usage(snapshot: &mut GovernorSnapshot, budgets: &Budgets, usage: Usage, now_ms: u64) {
-    budget::forget_before(&mut snapshot.spend, &mut snapshot.permits, budgets, now_ms);
     if usage.tokens() > 0 || usage.cost_usd > 0.0 {
-        snapshot.spend.push(Spend {
-            at_ms: now_ms,
-            tokens: usage.tokens(),
-            usd: usage.cost_usd,
-        });
+        budget::note_spend(
+            &mut snapshot.spend,
+            budgets,
+            now_ms,
+            usage.tokens(),
+            usage.cost_usd,
+        );
     }
     snapshot.tokens_total += usage.tokens();
     snapshot.cost_usd_total += usage.cost_usd;

@@ -7,9 +7,44 @@
 //! is judged against the head as usual, so nothing worse than the head is
 //! ever kept. Pure choice; the modifier applies it.
 
-use std::collections::HashSet;
+use std::collections::{HashSet, VecDeque};
 
 use crate::domain::{Iteration, Outcome, Variant};
+use crate::store::{Store, StoreError};
+
+/// How many of the newest variants a stalled line chooses among.
+const ARCHIVE_SEARCHED: usize = 500;
+
+/// What the modifier keeps between iterations to choose a variant: the
+/// newest archived variants (read from the store once, then only those
+/// committed since: a stalled line asks every iteration) and the variants
+/// found not to apply.
+#[derive(Debug, Default)]
+pub struct Exploration {
+    window: VecDeque<Variant>,
+    read_through: u64,
+    pub unappliable: HashSet<u64>,
+}
+
+impl Exploration {
+    /// Reads the variants committed since the last time.
+    pub fn refresh(&mut self, store: &Store) -> Result<(), StoreError> {
+        for variant in store.variants_after(self.read_through, ARCHIVE_SEARCHED)? {
+            self.read_through = variant.iteration;
+            self.window.push_back(variant);
+            if self.window.len() > ARCHIVE_SEARCHED {
+                self.window.pop_front();
+            }
+        }
+        self.window.make_contiguous();
+        Ok(())
+    }
+
+    /// The best variant to start from among the newest (see [`best`]).
+    pub fn best(&self) -> Option<&Variant> {
+        best(self.window.as_slices().0, &self.unappliable)
+    }
+}
 
 /// Whether the last `after` iterations gained no fitness and none of them
 /// started from a variant: the one question asked every iteration, before

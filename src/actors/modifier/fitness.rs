@@ -14,6 +14,9 @@ use crate::sandbox::Reach;
 /// `reach`: `Baseline` on the unchanged head (it may fetch dependencies),
 /// `Check` on a change.
 pub async fn measure_fitness(ctx: &Context, cwd: &Path, reach: Reach) -> Result<f64, String> {
+    if let Some(checks) = &ctx.checks {
+        return checks.fitness(cwd).await;
+    }
     let timeout = ctx.config.validation_timeout;
     match &ctx.config.fitness {
         Fitness::CargoWarnings => {

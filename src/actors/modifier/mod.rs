@@ -6,7 +6,6 @@
 //! rolls back to the base commit, leaving `git status` clean; either way the
 //! change stays in the variant archive. git and commands run off the mailbox.
 
-use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
 
 use ractor::{Actor, ActorProcessingErr, ActorRef};
@@ -49,7 +48,8 @@ pub struct ModifierState {
     work: JoinSet<()>,
     /// Variants whose change did not apply to the head (not tried again
     /// while this actor lives). std Mutex: never held across an await.
-    unappliable: Arc<Mutex<HashSet<u64>>>,
+    /// The variant archive as a stalled line reads it.
+    exploration: Arc<Mutex<explore::Exploration>>,
 }
 
 impl ModifierState {
@@ -83,7 +83,7 @@ impl Actor for Modifier {
             ctx,
             snapshot: ModifierSnapshot::default(),
             work: JoinSet::new(),
-            unappliable: Arc::default(),
+            exploration: Arc::default(),
         };
         state.restore()?;
         Ok(state)
@@ -105,7 +105,7 @@ impl Actor for Modifier {
                 let ctx = state.ctx.clone();
                 let head = state.snapshot.head.clone();
                 let known = state.snapshot.head_fitness;
-                let unappliable = state.unappliable.clone();
+                let exploration = state.exploration.clone();
                 let span = tracing::info_span!(
                     "modifier.prepare",
                     actor = KIND.name(),
@@ -114,7 +114,7 @@ impl Actor for Modifier {
                     started_from = tracing::field::Empty,
                 );
                 state.work.spawn(async move {
-                    let result = prepare(&ctx, &head, known, keep_worktree, &unappliable)
+                    let result = prepare(&ctx, &head, known, keep_worktree, &exploration)
                         .instrument(span)
                         .await
                         .map_err(ActorError::Workspace);
@@ -327,7 +327,7 @@ async fn prepare(
     head: &str,
     known: Option<f64>,
     keep_worktree: bool,
-    unappliable: &Arc<Mutex<HashSet<u64>>>,
+    exploration: &Arc<Mutex<explore::Exploration>>,
 ) -> Result<Prepared, String> {
     if !keep_worktree {
         let ctx = ctx.clone();
@@ -342,8 +342,8 @@ async fn prepare(
     let started_from = if keep_worktree {
         None
     } else {
-        let (ctx, unappliable) = (ctx.clone(), unappliable.clone());
-        blocking(move || Ok(start_from_variant(&ctx, &unappliable))).await?
+        let (ctx, exploration) = (ctx.clone(), exploration.clone());
+        blocking(move || Ok(start_from_variant(&ctx, &exploration))).await?
     };
     if let Some(variant) = started_from {
         tracing::Span::current().record("started_from", variant as i64);
@@ -358,7 +358,7 @@ async fn prepare(
 /// Applies the best earlier variant's change when the line has stalled
 /// (see `explore.rs`); returns its iteration. A variant that does not apply
 /// is said and skipped from then on.
-fn start_from_variant(ctx: &Context, unappliable: &Mutex<HashSet<u64>>) -> Option<u64> {
+fn start_from_variant(ctx: &Context, exploration: &Mutex<explore::Exploration>) -> Option<u64> {
     let after = ctx.config.start_from_variant_after;
     if after == 0 {
         return None;
@@ -367,12 +367,9 @@ fn start_from_variant(ctx: &Context, unappliable: &Mutex<HashSet<u64>>) -> Optio
     if !explore::stalled(after, &recent) {
         return None;
     }
-    let archive = ctx.store.variants(ARCHIVE_SEARCHED).ok()?;
-    let failed = unappliable
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .clone();
-    let variant = explore::best(&archive, &failed)?;
+    let mut exploration = exploration.lock().unwrap_or_else(|p| p.into_inner());
+    exploration.refresh(&ctx.store).ok()?;
+    let variant = exploration.best()?.clone();
     match ctx.workspace.apply_change(&variant.commit) {
         Ok(()) => {
             tracing::info!(
@@ -385,17 +382,11 @@ fn start_from_variant(ctx: &Context, unappliable: &Mutex<HashSet<u64>>) -> Optio
         }
         Err(error) => {
             tracing::warn!(variant = variant.iteration, %error, "the variant's change does not apply to the head; not trying it again");
-            unappliable
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .insert(variant.iteration);
+            exploration.unappliable.insert(variant.iteration);
             None
         }
     }
 }
-
-/// How many of the newest variants a stalled line chooses among.
-const ARCHIVE_SEARCHED: usize = 500;
 
 /// Puts the worktree back at the committed head `head`. The only agent
 /// commit this may drop is the one of the iteration after the last committed
@@ -489,6 +480,10 @@ async fn rebase(ctx: &Context, head: &str) -> Result<(String, String), String> {
 /// The validation command on the worktree as prepared (the base): `Some`
 /// with what failed, in one line.
 async fn baseline(ctx: &Context) -> Result<Option<String>, String> {
+    if let Some(checks) = &ctx.checks {
+        let failed = checks.validate(&ctx.workspace.path).await.err();
+        return Ok(failed.map(|why| format!("validation fails at the base: {why}")));
+    }
     let spec = CommandSpec::shell(
         &ctx.config.validation_command,
         &ctx.workspace.path,

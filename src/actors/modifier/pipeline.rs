@@ -20,6 +20,7 @@ use crate::messages::{self, GovernorMsg, PeerError};
 use crate::process::{self, CommandSpec, Ending};
 use crate::safety::{self, ChangedFile, Rules};
 use crate::sandbox::Reach;
+use crate::store::Durable;
 use crate::store::audit::Decision;
 use crate::testgen;
 
@@ -207,10 +208,15 @@ pub(super) async fn validate(
     }
 }
 
-/// Appends the verdict to the audit chain before it is acknowledged.
+/// Appends the verdict to the audit chain before it is acknowledged; it is
+/// durable with the iteration's commit (a crash before that judges the
+/// iteration's change again).
 async fn audit(ctx: &Context, action: &str, detail: String) -> Result<(), String> {
     ctx.store
-        .audit(Decision::new(ActorKind::Modifier.name(), action, detail))
+        .audit_with(
+            Decision::new(ActorKind::Modifier.name(), action, detail),
+            Durable::AtCommit,
+        )
         .await
         .map(|_| ())
         .map_err(|e| format!("cannot audit {action}: {e}"))
@@ -441,6 +447,12 @@ fn rust_files(dir: &Path) -> Vec<std::path::PathBuf> {
 
 /// The validation command, under its timeout.
 async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
+    if let Some(checks) = &ctx.checks {
+        return checks
+            .validate(&ctx.workspace.path)
+            .await
+            .map_err(|why| Refusal::new("validation", why, None));
+    }
     let spec = CommandSpec::shell(
         &ctx.config.validation_command,
         &ctx.workspace.path,

@@ -438,7 +438,23 @@ async fn commit(
         .commit_iteration(committed, Some(experience), &snapshots)
         .await?;
     step(ctx, committed.number, "commit", committed.summary.clone());
+    forget_old(ctx, committed.number);
     Ok(())
+}
+
+/// What the retention no longer keeps goes after each commit: a few records
+/// a time, so the store's size is bounded by the retention, not the run's
+/// length. A failure is said and tried again at the next commit.
+fn forget_old(ctx: &Context, committed: u64) {
+    match ctx.store.prune(ctx.config.retention, committed) {
+        Ok(pruned) if !pruned.variants.is_empty() => {
+            if let Err(error) = ctx.workspace.forget_variants(&pruned.variants) {
+                tracing::warn!(%error, "cannot delete the variant refs beyond the retention");
+            }
+        }
+        Ok(_) => {}
+        Err(error) => tracing::warn!(%error, "cannot prune records beyond the retention"),
+    }
 }
 
 /// Announces one step of an iteration (for `agent ctl watch` and the log).

@@ -87,13 +87,8 @@ impl Actor for Planner {
         ctx: Context,
     ) -> Result<Self::State, ActorProcessingErr> {
         let committed = ctx.store.last_iteration()?.map_or(0, |r| r.number);
-        let mut outcomes = OutcomeCounts::default();
-        let all = ctx.store.iterations(usize::MAX)?;
-        for iteration in &all {
-            outcomes.add(iteration.outcome);
-        }
-        let window = loop_window(&ctx);
-        let recent = all.into_iter().rev().take(window).rev().collect();
+        let outcomes = ctx.store.outcome_counts()?;
+        let recent = ctx.store.iterations(loop_window(&ctx))?.into();
         let mut snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or(PlannerSnapshot {
             goal: ctx.config.goal.clone(),
             committed,

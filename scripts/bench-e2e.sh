@@ -1,0 +1,87 @@
+#!/usr/bin/env bash
+# The real binary against its floor: `agent run` with the stand-in claude at
+# zero delay and `true` / `echo 1` as validation and fitness, for N
+# iterations, next to the same process spawns and a `git commit` done by a
+# shell loop for N iterations (the floor). The ratio is the figure. Then the
+# `agent ctl status` process's round trip while the agent iterates.
+#
+#   scripts/bench-e2e.sh [--iterations N] [--json]     (default 200)
+#
+# AGENT_BIN=path runs that binary instead of a fresh release build;
+# SANDBOX=on runs jobs and checks in bubblewrap as shipped (`auto`), so its
+# own cost shows (the floor does not use it).
+source "$(dirname "$0")/common.sh"
+
+iterations=200
+json=0
+while [[ $# -gt 0 ]]; do
+    case $1 in
+    --iterations) iterations=$2; shift 2 ;;
+    --json) json=1; shift ;;
+    *) echo "usage: $0 [--iterations N] [--json]" >&2; exit 2 ;;
+    esac
+done
+
+work=$(mktemp -d)
+trap 'rm -rf "$work"' EXIT
+make_crate "$work/crate"
+sandbox=off
+[[ "${SANDBOX:-off}" == on ]] && sandbox=auto
+write_config "$work/agent.toml" "$work/crate" "$work/state" \
+    'enabled = "auto"' "enabled = \"$sandbox\""
+
+# --- the agent: N iterations, from its start to its exit ------------------
+started=$(now_ns)
+"$AGENT" run --config "$work/agent.toml" --max-iterations "$iterations" >"$work/run.log" 2>&1 || {
+    echo "agent run failed:" >&2
+    tail -5 "$work/run.log" >&2
+    exit 1
+}
+agent_ns=$(($(now_ns) - started))
+committed=$(last_committed "$work/state")
+[[ "$committed" == "$iterations" ]] || { echo "expected $iterations iterations, the store holds $committed" >&2; exit 1; }
+
+# --- the floor: the same process spawns and a git commit, by a shell -------
+make_crate "$work/floor"
+started=$(now_ns)
+(
+    cd "$work/floor"
+    for ((i = 1; i <= iterations; i++)); do
+        "$STANDIN" -p "floor $i" --output-format json --permission-mode acceptEdits >/dev/null
+        sh -c true
+        sh -c 'echo 1' >/dev/null
+        git -c user.name=bench -c user.email=bench@localhost commit -qam "floor $i"
+    done
+)
+floor_ns=$(($(now_ns) - started))
+
+# --- `agent ctl status` as a process, while the agent iterates -------------
+"$AGENT" run --config "$work/agent.toml" --max-iterations 1000000000 >"$work/ctl-run.log" 2>&1 &
+daemon=$!
+for _ in $(seq 200); do
+    "$AGENT" ctl --state "$work/state" status >/dev/null 2>&1 && break
+    sleep 0.05
+done
+for _ in $(seq 100); do
+    t=$(now_ns)
+    "$AGENT" ctl --state "$work/state" status >/dev/null
+    echo $((($(now_ns) - t) / 1000))
+done >"$work/ctl-us"
+"$AGENT" ctl --state "$work/state" stop --now >/dev/null
+wait "$daemon" || true
+
+agent_ms=$(awk -v ns="$agent_ns" -v n="$iterations" 'BEGIN {printf "%.2f", ns/n/1e6}')
+floor_ms=$(awk -v ns="$floor_ns" -v n="$iterations" 'BEGIN {printf "%.2f", ns/n/1e6}')
+ratio=$(awk -v a="$agent_ns" -v f="$floor_ns" 'BEGIN {printf "%.2f", a/f}')
+ctl_p50=$(percentile 50 <"$work/ctl-us" | awk '{printf "%.2f", $1/1000}')
+ctl_p99=$(percentile 99 <"$work/ctl-us" | awk '{printf "%.2f", $1/1000}')
+
+echo "bench-e2e: $iterations iterations, stand-in claude at zero delay, sandbox $sandbox"
+printf '  %-44s %s ms (%.1f iterations/s)\n' "agent run, per iteration (start to exit)" "$agent_ms" "$(awk -v m="$agent_ms" 'BEGIN {print 1000/m}')"
+printf '  %-44s %s ms (%.1f iterations/s)\n' "floor: the same spawns + git commit, by sh" "$floor_ms" "$(awk -v m="$floor_ms" 'BEGIN {print 1000/m}')"
+printf '  %-44s %s\n' "ratio agent / floor" "$ratio"
+printf '  %-44s %s ms / %s ms\n' "agent ctl status process p50 / p99" "$ctl_p50" "$ctl_p99"
+if [[ $json == 1 ]]; then
+    printf '{"iterations":%s,"agent_ms_per_iteration":%s,"floor_ms_per_iteration":%s,"ratio":%s,"ctl_process_p50_ms":%s,"ctl_process_p99_ms":%s,"sandbox":"%s"}\n' \
+        "$iterations" "$agent_ms" "$floor_ms" "$ratio" "$ctl_p50" "$ctl_p99" "$sandbox"
+fi
