@@ -16,7 +16,7 @@ fi
 [[ -x "$AGENT" ]] || { echo "no agent binary at $AGENT" >&2; exit 2; }
 
 # The stand-in replaces src/lib.rs with one line that differs every call.
-export FAKE_CLAUDE_MODE=edit FAKE_CLAUDE_EDIT_REPLACE=1
+export FAKE_CLAUDE_MODE=${FAKE_CLAUDE_MODE:-edit} FAKE_CLAUDE_EDIT_REPLACE=1
 export FAKE_CLAUDE_EDIT_TEXT='pub const JOB: u64 = {pid};'
 # What a test environment could leak into the runs.
 unset OTEL_EXPORTER_OTLP_ENDPOINT FAILPOINTS RUST_LOG || true
@@ -103,4 +103,18 @@ last_committed() {
 branch_iterations() {
     git -C "$1" log --format=%B --branches='agent/*' 2>/dev/null |
         sed -n 's/^Iteration: \([0-9]*\)$/\1/p'
+}
+
+# marked_pids STATE: processes carrying the mark of the run of STATE (every
+# child the agent starts has AGENT_INSTANCE=<state directory>), the agent
+# itself not included.
+marked_pids() {
+    local mark="AGENT_INSTANCE=$(cd "$1" && pwd -P)"
+    local environ
+    for environ in /proc/[0-9]*/environ; do
+        if { tr '\0' '\n' <"$environ"; } 2>/dev/null | grep -qxF "$mark"; then
+            environ=${environ#/proc/}
+            echo "${environ%/environ}"
+        fi
+    done
 }

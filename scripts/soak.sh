@@ -65,11 +65,16 @@ mark=$((iterations / 10))
 [[ -n "$duration" ]] && mark=$retention
 started=$(date +%s)
 committed=0
+faulted_at=0
 while kill -0 "$daemon" 2>/dev/null; do
     # A random moment: 0 to 2×fault_every seconds.
     sleep "$(awk -v e="$fault_every" -v r="$RANDOM" 'BEGIN {printf "%.2f", e*2*r/32768}')"
     status=$(ctl --json status 2>/dev/null) || continue
-    committed=$(python3 -c 'import json,sys; print(json.load(sys.stdin)["status"]["iteration"])' <<<"$status" 2>/dev/null || echo "$committed")
+    read -r committed run_state < <(python3 -c 'import json,sys; s=json.load(sys.stdin); print(s["iteration"], s["run_state"])' <<<"$status")
+    if [[ "$run_state" == paused ]]; then
+        echo "soak FAILED: the run paused: $(python3 -c 'import json,sys; print(json.load(sys.stdin).get("pause_reason"))' <<<"$status")" >&2
+        exit 1
+    fi
     rss=$(rss_mb "$daemon")
     [[ -n "$rss" ]] && rss_samples+=("$committed:$rss")
     if [[ -z "$rss_at_mark" && $committed -ge $mark ]]; then rss_at_mark=$rss; fi
@@ -78,8 +83,14 @@ while kill -0 "$daemon" 2>/dev/null; do
         ctl stop >/dev/null 2>&1 || true
         break
     fi
-    actor=${actors[$((RANDOM % 6))]}
-    ctl fault "$actor" panic >/dev/null 2>&1 && faults=$((faults + 1))
+    # One fault per committed stretch: faults that land before the run has
+    # committed again would be one failure repeated, which pauses the run
+    # on purpose (`pause_after_failures`), not what is soaked here.
+    if ((committed > faulted_at)); then
+        actor=${actors[$((RANDOM % 6))]}
+        ctl fault "$actor" panic >/dev/null 2>&1 && faults=$((faults + 1))
+        faulted_at=$committed
+    fi
 done
 rss_end=${rss_samples[-1]#*:}
 wait "$daemon" && exit_status=0 || exit_status=$?

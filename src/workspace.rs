@@ -254,6 +254,48 @@ impl Workspace {
         )))
     }
 
+    /// Removes the git lock files a killed run of this worktree left: the
+    /// worktree's index and HEAD locks, its branch's and its variant refs'
+    /// locks. Left behind, each fails every later git operation ("the index
+    /// is locked"). Call it only while holding the instance's store lock,
+    /// which proves that no live run of this worktree is writing them.
+    /// Returns the files removed.
+    pub fn clear_stale_locks(&self) -> Result<Vec<PathBuf>, WorkspaceError> {
+        if !self.path.exists() {
+            return Ok(Vec::new());
+        }
+        let repo = self.repo()?;
+        let mut candidates = vec![
+            repo.path().join("index.lock"),
+            repo.path().join("HEAD.lock"),
+        ];
+        let common = repo.commondir().to_path_buf();
+        if let Ok(head) = repo.find_reference("HEAD")
+            && let Some(branch) = head.symbolic_target()
+        {
+            candidates.push(common.join(format!("{branch}.lock")));
+        }
+        if let Ok(variants) = self.variant_ref(0) {
+            let folder = common.join(variants.trim_end_matches("/0"));
+            if let Ok(entries) = std::fs::read_dir(&folder) {
+                candidates.extend(
+                    entries
+                        .flatten()
+                        .map(|e| e.path())
+                        .filter(|p| p.extension().is_some_and(|x| x == "lock")),
+                );
+            }
+        }
+        let mut removed = Vec::new();
+        for lock in candidates {
+            if lock.is_file() {
+                std::fs::remove_file(&lock)?;
+                removed.push(lock);
+            }
+        }
+        Ok(removed)
+    }
+
     fn repo(&self) -> Result<Repository, WorkspaceError> {
         Ok(Repository::open(&self.path)?)
     }

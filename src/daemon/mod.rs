@@ -142,6 +142,7 @@ async fn prepare(
     }
     let store = Store::open(&config.state_dir)?;
     reap_leftovers(&config.state_dir);
+    clear_stale_locks(&config.state_dir);
     config.goal = resume::resolve_run(&store, &config, overrides).await?;
 
     let hidden = [config.state_dir.clone(), config.workspace.clone()];
@@ -309,6 +310,27 @@ fn reap_leftovers(state_dir: &std::path::Path) {
             "agent: killed {} process(es) left running by an earlier run of this state directory",
             reaped.len()
         );
+    }
+}
+
+/// Removes the git locks a killed run of this state directory left in its
+/// worktree (the store's lock, held now, proves no live run holds them);
+/// says which.
+fn clear_stale_locks(state_dir: &std::path::Path) {
+    let worktree = Workspace {
+        path: state_dir.join("worktree"),
+    };
+    match worktree.clear_stale_locks() {
+        Ok(removed) => {
+            for lock in removed {
+                tracing::warn!(lock = %lock.display(), "removed a git lock left by a killed run");
+                println!(
+                    "agent: removed {} (left by a killed run of this state directory)",
+                    lock.display()
+                );
+            }
+        }
+        Err(error) => tracing::warn!(%error, "cannot look for git locks left by a killed run"),
     }
 }
 

@@ -481,3 +481,40 @@ fn stop_now_during_a_slow_job_kills_the_job_at_once() {
     // A deadline longer than the test's patience: only "now" can end it in time.
     end_during_a_slow_job(Ending::StopNow, "10m");
 }
+
+/// A `kill -9` in the middle of a git write leaves git's lock files in the
+/// agent's worktree; left there, every later iteration fails ("the index is
+/// locked") until the run pauses. The next start removes them, says so, and
+/// the run goes on.
+#[test]
+fn git_locks_left_by_a_killed_run_are_removed_at_the_next_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), &[UNCONFINED]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let args = args(&config, &workspace);
+    let first = run_to_exit(&state, &[&args[..], &["--max-iterations", "1"]].concat());
+    assert!(first.status.success(), "{}", text(&first.stderr));
+    // What a run killed inside `git commit` leaves: the worktree's index
+    // lock and its branch's ref lock.
+    let repo = git2::Repository::open(state.join("worktree")).unwrap();
+    let branch = repo.head().unwrap().name().unwrap().to_string();
+    let locks = [
+        repo.path().join("index.lock"),
+        repo.commondir().join(format!("{branch}.lock")),
+    ];
+    for lock in &locks {
+        std::fs::write(lock, "").unwrap();
+    }
+    let second = run_to_exit(&state, &[&args[..], &["--max-iterations", "2"]].concat());
+    let said = text(&second.stdout);
+    assert!(second.status.success(), "{said}\n{}", text(&second.stderr));
+    for lock in &locks {
+        assert!(!lock.exists(), "{} is still there", lock.display());
+        assert!(
+            said.contains(&format!("removed {}", lock.display())),
+            "the start says what it removed: {said}"
+        );
+    }
+    assert_eq!(branch_iterations(&state), vec![2, 1], "{said}");
+}
