@@ -89,7 +89,7 @@ impl From<sled::Error> for StoreError {
 }
 
 /// The most sled keeps of the store in memory.
-const CACHE_BYTES: u64 = 4 * 1024 * 1024;
+const CACHE_BYTES: u64 = 1024 * 1024;
 
 static FLUSHES: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 

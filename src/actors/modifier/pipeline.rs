@@ -270,7 +270,7 @@ async fn steps(
     }
 
     let syntax = step_span!("modifier.syntax", trial.iteration);
-    let checked = syntax.in_scope(|| safety::syntax(&rules, &changes));
+    let checked = syntax.in_scope(|| safety::parsing(|| safety::syntax(&rules, &changes)));
     trial
         .rules_checked
         .extend(safety::SYNTAX_RULES.map(String::from));
@@ -415,7 +415,8 @@ async fn generate_tests(ctx: &Context, changes: Vec<ChangedFile>) -> Result<Vec<
             called
         };
         let mut names = Vec::new();
-        for generated in testgen::generate(&sources, called_by_tests) {
+        let written = safety::parsing(|| testgen::generate(&sources, called_by_tests));
+        for generated in written {
             let path = worktree.join(&generated.path);
             std::fs::write(&path, &generated.text)
                 .map_err(|e| format!("cannot write a generated test to {}: {e}", path.display()))?;
