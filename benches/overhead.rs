@@ -608,23 +608,21 @@ impl Figures {
         let it50 = percentile(&self.iteration_ms, 50.0);
         let floor50 = percentile(&self.floor_ms, 50.0);
         let row = |name: &str, value: String| format!("  {name:<42} {value}\n");
+        let p50_p99 = |values: &[f64]| {
+            format!(
+                "{:.3} ms / {:.3} ms",
+                percentile(values, 50.0),
+                percentile(values, 99.0)
+            )
+        };
         let mut out = format!(
             "overhead: {} iterations in {:.1} s, in-process instant backend, tracing at info with OTLP export\n",
             self.iterations, self.seconds
         );
-        out += &row(
-            "iteration p50 / p99",
-            format!(
-                "{it50:.3} ms / {:.3} ms",
-                percentile(&self.iteration_ms, 99.0)
-            ),
-        );
+        out += &row("iteration p50 / p99", p50_p99(&self.iteration_ms));
         out += &row(
             "floor p50 / p99 (same work, done directly)",
-            format!(
-                "{floor50:.3} ms / {:.3} ms",
-                percentile(&self.floor_ms, 99.0)
-            ),
+            p50_p99(&self.floor_ms),
         );
         out += &row(
             "overhead ratio (iteration p50 / floor p50)",
@@ -639,22 +637,14 @@ impl Figures {
                 "restart after a panic p50 / p99 ({})",
                 self.restart_ms.len()
             ),
-            format!(
-                "{:.3} ms / {:.3} ms",
-                percentile(&self.restart_ms, 50.0),
-                percentile(&self.restart_ms, 99.0)
-            ),
+            p50_p99(&self.restart_ms),
         );
         out += &row(
             &format!(
                 "ctl status round trip p50 / p99 ({})",
                 self.ctl_rtt_ms.len()
             ),
-            format!(
-                "{:.3} ms / {:.3} ms",
-                percentile(&self.ctl_rtt_ms, 50.0),
-                percentile(&self.ctl_rtt_ms, 99.0)
-            ),
+            p50_p99(&self.ctl_rtt_ms),
         );
         out += &row(
             &format!("RSS at {} / at the end", self.sample_at),

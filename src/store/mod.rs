@@ -401,18 +401,7 @@ impl Store {
 
     /// The last `count` archived variants, oldest first.
     pub fn variants(&self, count: usize) -> Result<Vec<Variant>, StoreError> {
-        let mut variants: Vec<Variant> = self
-            .variants
-            .iter()
-            .rev()
-            .take(count)
-            .map(|entry| {
-                let (_, bytes) = entry?;
-                decode::<VariantRecord>(&bytes, "variant").map(Variant::from)
-            })
-            .collect::<Result<_, StoreError>>()?;
-        variants.reverse();
-        Ok(variants)
+        self.variants_after(0, count)
     }
 
     /// Up to `count` archived variants of iterations after `iteration`,
