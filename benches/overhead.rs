@@ -73,31 +73,25 @@ fn args() -> Args {
     while let Some(arg) = given.next() {
         match arg.as_str() {
             "--json" => args.json = true,
-            "--iterations" => {
-                args.iterations = given
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| *n >= 20)
-                    .unwrap_or_else(|| {
-                        eprintln!("overhead: --iterations takes a number of at least 20");
-                        std::process::exit(2);
-                    });
-            }
-            "--retention" => {
-                args.retention = given
-                    .next()
-                    .and_then(|n| n.parse().ok())
-                    .filter(|n| *n >= 1)
-                    .unwrap_or_else(|| {
-                        eprintln!("overhead: --retention takes a positive number");
-                        std::process::exit(2);
-                    });
-            }
+            "--iterations" => args.iterations = number(&mut given, "--iterations", 20),
+            "--retention" => args.retention = number(&mut given, "--retention", 1),
             // `cargo bench` passes `--bench`; filters are not used here.
             _ => {}
         }
     }
     args
+}
+
+/// The number after `flag`, at least `least`; else the usage, exit 2.
+fn number(given: &mut impl Iterator<Item = String>, flag: &str, least: u64) -> u64 {
+    given
+        .next()
+        .and_then(|n| n.parse().ok())
+        .filter(|n| *n >= least)
+        .unwrap_or_else(|| {
+            eprintln!("overhead: {flag} takes a number of at least {least}");
+            std::process::exit(2);
+        })
 }
 
 fn main() {
