@@ -214,7 +214,7 @@ async fn execute(
     };
     // A job on the MCP server must be on record before it is asked for: a
     // restart finds it by that record instead of paying for it twice.
-    let durable = if ctx.backend.name() == "mcp" {
+    let durable = if is_remote(&record) {
         Durable::Now
     } else {
         Durable::AtCommit
