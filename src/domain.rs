@@ -9,6 +9,7 @@
 //! and convert at their edge. Every status that is stored or shown as text
 //! has one `as_str` and one `FromStr`, so nothing compares status strings.
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::str::FromStr;
 use std::time::Duration;
@@ -150,6 +151,10 @@ pub struct Plan {
     pub capability: String,
     /// The prompt for a model backend; `None` for local capabilities.
     pub prompt: Option<String>,
+    /// The template the prompt was made from.
+    pub prompt_name: Option<String>,
+    /// The prompt's estimated size in tokens (0 without a prompt).
+    pub prompt_tokens: usize,
     /// Why this capability was chosen (learner's scores).
     pub rationale: String,
     /// How a model backend runs it.
@@ -205,6 +210,8 @@ pub struct ClaudeFacts {
 pub struct Prepared {
     pub base_commit: String,
     pub fitness: Option<f64>,
+    /// What the measure showed (warning codes, the error that stops it).
+    pub signals: Signals,
     /// The earlier variant whose change the worktree starts from.
     pub started_from: Option<u64>,
 }
@@ -216,6 +223,8 @@ pub enum Verdict {
     Accepted {
         commit: String,
         fitness_after: f64,
+        /// What the fitness measure showed after the change.
+        signals_after: Signals,
         files_changed: usize,
         variant: Option<Variant>,
     },
@@ -287,14 +296,92 @@ named_enum! {
     }
 }
 
+/// What the workspace shows before an iteration: the situation a
+/// capability is chosen for, and what past experiences are matched by.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Signals {
+    /// Warning codes and how many of each (`unused_imports`,
+    /// `clippy::needless_return`); a code whose warnings are all in test
+    /// code ends in `@tests`.
+    pub warnings: BTreeMap<String, u32>,
+    /// Tests that fail at the base, by name.
+    pub failing_tests: Vec<String>,
+    /// What stops the build or the measure: its first line.
+    pub error: Option<String>,
+}
+
+impl Signals {
+    /// The situation as terms, the learner's features: each warning code
+    /// (`warn:<code>`), its family (`family:rustc-lib`, `family:clippy-tests`,
+    /// …), `build-fails` with the error code when there is one, each failing
+    /// test (`test:<name>`) and `tests-fail`.
+    pub fn terms(&self) -> Vec<String> {
+        let mut terms = Vec::new();
+        let mut families = std::collections::BTreeSet::new();
+        for code in self.warnings.keys() {
+            terms.push(format!("warn:{code}"));
+            let (lint, place) = match code.strip_suffix("@tests") {
+                Some(lint) => (lint, "tests"),
+                None => (code.as_str(), "lib"),
+            };
+            let tool = if lint.starts_with("clippy::") {
+                "clippy"
+            } else {
+                "rustc"
+            };
+            families.insert(format!("family:{tool}-{place}"));
+        }
+        terms.extend(families);
+        if let Some(error) = &self.error {
+            terms.push("build-fails".into());
+            if let Some(code) = error_code(error) {
+                terms.push(format!("error:{code}"));
+            }
+        }
+        if !self.failing_tests.is_empty() {
+            terms.push("tests-fail".into());
+            terms.extend(self.failing_tests.iter().map(|t| format!("test:{t}")));
+        }
+        terms
+    }
+
+    /// How many warnings in all.
+    pub fn warning_count(&self) -> u32 {
+        self.warnings.values().sum()
+    }
+}
+
+/// A rustc error code (`E0554`) in a message, if it names one.
+pub fn error_code(text: &str) -> Option<&str> {
+    text.match_indices('E').find_map(|(at, _)| {
+        let code = text.get(at..at + 5)?;
+        let digits = code[1..].bytes().all(|b| b.is_ascii_digit());
+        let bounded = text[at + 5..]
+            .chars()
+            .next()
+            .is_none_or(|c| !c.is_ascii_alphanumeric());
+        let starts = text[..at]
+            .chars()
+            .next_back()
+            .is_none_or(|c| !c.is_ascii_alphanumeric());
+        (digits && bounded && starts).then_some(code)
+    })
+}
+
 /// One finished iteration as the learner keeps it.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Experience {
     pub iteration: u64,
     pub capability: String,
+    /// The prompt template a model capability was asked with.
+    pub prompt: Option<String>,
+    /// What the workspace showed before the iteration.
+    pub signals: Signals,
     pub outcome: Outcome,
     pub fitness_before: Option<f64>,
     pub fitness_after: Option<f64>,
+    /// Files the change touched (0 when nothing was kept or changed).
+    pub files_changed: u32,
     pub usage: Usage,
     pub duration: Duration,
     /// A short, stable description of the failure, if any.
@@ -342,6 +429,32 @@ pub struct RankedCapability {
     pub score: f64,
     pub attempts: u64,
     pub mean_reward: f64,
+    /// Why it ranks where it does, in a few words (the rule that backs it,
+    /// or how the bandit scored it).
+    pub why: String,
+}
+
+/// A learned rule: under `term`, `capability` works, with a weight in
+/// [0, 1] that evidence raises and lowers.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Rule {
+    pub term: String,
+    pub capability: String,
+    pub weight: f64,
+    /// Observations behind the weight (decayed).
+    pub evidence: f64,
+    /// Whether it holds now (enough evidence, weight high enough).
+    pub holds: bool,
+}
+
+impl Rule {
+    /// The rule as a sentence.
+    pub fn sentence(&self) -> String {
+        format!(
+            "when {} is present, {} works (weight {:.2} over {:.1} observation(s))",
+            self.term, self.capability, self.weight, self.evidence
+        )
+    }
 }
 
 /// The learner's advice for the next plan.
@@ -349,8 +462,10 @@ pub struct RankedCapability {
 pub struct Advice {
     /// Best first.
     pub ranked: Vec<RankedCapability>,
-    /// The most recent experiences, newest first.
-    pub recent: Vec<Experience>,
+    /// Past experiences most relevant to the situation, best first.
+    pub relevant: Vec<Experience>,
+    /// The rules that hold in the situation, strongest first.
+    pub rules: Vec<Rule>,
 }
 
 /// What the learner knows of one capability, for status.
@@ -362,6 +477,16 @@ pub struct CapabilitySummary {
     pub mean_reward: f64,
     pub fitness_gain: f64,
     pub tokens: u64,
+    /// What it costs: seconds per attempt, files per kept change.
+    pub mean_seconds: f64,
+    pub mean_files_changed: f64,
+}
+
+/// Every rule the learner keeps, and how many it dropped.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LearnedRules {
+    pub rules: Vec<Rule>,
+    pub dropped: u64,
 }
 
 /// The learner's statistics and the ranking they give.
@@ -376,6 +501,8 @@ pub struct LearnerStats {
 pub struct Research {
     pub topic: String,
     pub notes: String,
+    /// Where the notes came from: files, `rustc --explain E…`, the model.
+    pub sources: Vec<String>,
     pub from_cache: bool,
     pub usage: Usage,
 }
@@ -385,6 +512,9 @@ pub struct Research {
 pub struct ResearcherStatus {
     pub hits: u64,
     pub misses: u64,
+    /// Answers in the cache, and their size in bytes.
+    pub entries: u64,
+    pub bytes: u64,
 }
 
 // ------------------------------------------------------------- governance --

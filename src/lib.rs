@@ -15,6 +15,7 @@ pub mod ctl;
 pub mod daemon;
 pub mod domain;
 pub mod events;
+pub mod learning;
 pub mod mcp;
 pub mod messages;
 pub mod process;

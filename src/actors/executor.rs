@@ -77,7 +77,12 @@ impl Actor for Executor {
         while state.jobs.try_join_next().is_some() {}
         match message {
             ExecutorMsg::Capabilities(reply) => {
-                let _ = reply.send(state.ctx.backend.capabilities());
+                let backend = &state.ctx.backend;
+                let _ = reply.send(if backend.takes_prompts() {
+                    state.ctx.prompts.capabilities()
+                } else {
+                    backend.capabilities()
+                });
             }
             ExecutorMsg::PendingJob { iteration, reply } => {
                 let pending = pending_remote_job(&state.ctx, iteration);

@@ -36,8 +36,8 @@ pub struct Shared {
     pub workspace: Workspace,
     pub backend: Arc<dyn Cognition>,
     pub events: EventBus,
-    /// The prompt template for model backends.
-    pub prompt_template: String,
+    /// The prompt templates model backends offer as capabilities.
+    pub prompts: crate::cognition::prompt::Prompts,
     /// Confines validation and fitness when there is one.
     pub sandbox: Option<crate::sandbox::Sandbox>,
     /// In-process validation and fitness, when embedded; `None` runs the

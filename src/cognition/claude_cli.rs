@@ -92,6 +92,10 @@ impl Cognition for ClaudeCli {
         }]
     }
 
+    fn takes_prompts(&self) -> bool {
+        true
+    }
+
     async fn run(&self, job: Job, started: super::StartHook) -> JobOutcome {
         let task = job.prompt.clone().unwrap_or_default();
         let invocation = self.invocation(

@@ -385,6 +385,10 @@ impl Cognition for Mcp {
         }]
     }
 
+    fn takes_prompts(&self) -> bool {
+        true
+    }
+
     async fn run(&self, job: Job, started: StartHook) -> JobOutcome {
         let task = job.prompt.clone().unwrap_or_default();
         // Stable for this job of this agent: a restarted agent that never saw

@@ -6,6 +6,7 @@
 pub mod claude_cli;
 pub mod mcp;
 pub mod offline;
+pub mod prompt;
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -38,8 +39,16 @@ pub trait Cognition: Send + Sync {
     /// The backend's name in config, logs and records.
     fn name(&self) -> &'static str;
 
-    /// What the planner may choose from.
+    /// What the planner may choose from (for a backend that takes prompts,
+    /// the prompt templates are its capabilities instead: see
+    /// [`Cognition::takes_prompts`]).
     fn capabilities(&self) -> Vec<Capability>;
+
+    /// Whether a job is a prompt to a model: then each configured prompt
+    /// template is a capability (`prompt::Prompts`).
+    fn takes_prompts(&self) -> bool {
+        false
+    }
 
     /// Runs a job to its end. As soon as the job runs, the backend tells
     /// `started` where, and waits until that is recorded before waiting for

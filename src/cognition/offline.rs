@@ -1,6 +1,8 @@
 //! The offline backend: no model, capabilities are local cargo commands that
-//! improve a Rust workspace. Which one runs is the planner's choice, made
-//! from the learner's statistics; this module only knows how to run them.
+//! improve a Rust workspace, from the broad (`cargo clippy --fix` on every
+//! target) to the narrow (one clippy lint group). Which one runs is the
+//! planner's choice, made from what the learner learned of the workspace's
+//! situation; this module only knows how to run them.
 
 use async_trait::async_trait;
 
@@ -9,11 +11,18 @@ use crate::domain::{Capability, JobOutcome, JobStatus, Usage};
 use crate::process::{self, CommandSpec, Ending};
 use crate::sandbox::{self, Reach, Sandbox};
 
-/// (id, description, command line)
-const CAPABILITIES: [(&str, &str, &[&str]); 4] = [
+/// Flags every fixing command passes: fix whatever the worktree's state.
+const FIX: [&str; 4] = ["--fix", "--allow-dirty", "--allow-staged", "--allow-no-vcs"];
+
+/// (id, description, command line). Which one pays depends on the
+/// workspace: rustc lints want `cargo fix`, clippy lints in the library
+/// `clippy --fix`, warnings in test code `--all-targets`; a lint group alone
+/// (style, complexity, perf) fixes less but cannot break what the other
+/// groups' fixes would.
+const CAPABILITIES: [(&str, &str, &[&str]); 8] = [
     (
         "cargo-fix",
-        "apply the compiler's suggested fixes (cargo fix)",
+        "apply the compiler's suggested fixes to every target (cargo fix)",
         &[
             "cargo",
             "fix",
@@ -25,16 +34,8 @@ const CAPABILITIES: [(&str, &str, &[&str]); 4] = [
     ),
     (
         "clippy-fix",
-        "apply clippy's machine-applicable fixes to the library (cargo clippy --fix)",
-        &[
-            "cargo",
-            "clippy",
-            "--fix",
-            "--allow-dirty",
-            "--allow-staged",
-            "--allow-no-vcs",
-            "--lib",
-        ],
+        "apply clippy's machine-applicable fixes to the library (cargo clippy --fix --lib)",
+        &["cargo", "clippy", FIX[0], FIX[1], FIX[2], FIX[3], "--lib"],
     ),
     (
         "clippy-fix-all-targets",
@@ -42,7 +43,74 @@ const CAPABILITIES: [(&str, &str, &[&str]); 4] = [
         &[
             "cargo",
             "clippy",
-            "--fix",
+            FIX[0],
+            FIX[1],
+            FIX[2],
+            FIX[3],
+            "--all-targets",
+        ],
+    ),
+    (
+        "clippy-fix-style",
+        "apply only clippy's style-group fixes (and rustc's), every target",
+        &[
+            "cargo",
+            "clippy",
+            FIX[0],
+            FIX[1],
+            FIX[2],
+            FIX[3],
+            "--all-targets",
+            "--",
+            "-A",
+            "clippy::all",
+            "-W",
+            "clippy::style",
+        ],
+    ),
+    (
+        "clippy-fix-complexity",
+        "apply only clippy's complexity-group fixes (and rustc's), every target",
+        &[
+            "cargo",
+            "clippy",
+            FIX[0],
+            FIX[1],
+            FIX[2],
+            FIX[3],
+            "--all-targets",
+            "--",
+            "-A",
+            "clippy::all",
+            "-W",
+            "clippy::complexity",
+        ],
+    ),
+    (
+        "clippy-fix-perf",
+        "apply only clippy's perf-group fixes (and rustc's), every target",
+        &[
+            "cargo",
+            "clippy",
+            FIX[0],
+            FIX[1],
+            FIX[2],
+            FIX[3],
+            "--all-targets",
+            "--",
+            "-A",
+            "clippy::all",
+            "-W",
+            "clippy::perf",
+        ],
+    ),
+    (
+        "cargo-fix-edition-idioms",
+        "apply the fixes of the edition's idiom lints (cargo fix --edition-idioms)",
+        &[
+            "cargo",
+            "fix",
+            "--edition-idioms",
             "--allow-dirty",
             "--allow-staged",
             "--allow-no-vcs",
@@ -51,7 +119,7 @@ const CAPABILITIES: [(&str, &str, &[&str]); 4] = [
     ),
     (
         "fmt",
-        "format the code (cargo fmt)",
+        "format the code (cargo fmt); pays only where formatting is what is wrong",
         &["cargo", "fmt", "--all"],
     ),
 ];

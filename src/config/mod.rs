@@ -72,7 +72,19 @@ struct RawConfig {
     #[serde(default)]
     retention: RawRetention,
     #[serde(default)]
+    learning: RawLearning,
+    #[serde(default)]
     debug: RawDebug,
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawLearning {
+    enabled: Option<bool>,
+    seed: Option<u64>,
+    exploration: Option<f64>,
+    relevant: Option<Positive>,
+    context_tokens: Option<Positive>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -144,6 +156,7 @@ struct RawCognition {
     mcp_max_concurrent: Positive,
     max_turns: Option<Positive>,
     max_budget_usd: Option<f64>,
+    prompts: Vec<String>,
 }
 
 /// `[cognition] execution` as written; checked into [`Execution`].
@@ -326,6 +339,8 @@ pub struct Config {
     pub loops: crate::domain::LoopRules,
     /// How much history the store keeps (`[retention]`).
     pub retention: crate::store::Retention,
+    /// How capabilities are chosen and what the planner is told (`[learning]`).
+    pub learning: crate::learning::Settings,
     pub backend: BackendChoice,
     pub claude_bin: PathBuf,
     pub permission_mode: String,
@@ -336,6 +351,9 @@ pub struct Config {
     pub mcp_command: Option<Vec<String>>,
     pub mcp_call_timeout: Duration,
     pub mcp_max_concurrent: usize,
+    /// The prompt templates (`config/prompts/<name>.md`) a model backend
+    /// offers as capabilities.
+    pub prompts: Vec<String>,
     /// Shell command that must succeed for a change to be kept.
     pub validation_command: String,
     pub fitness: Fitness,
@@ -450,6 +468,31 @@ impl Config {
                 "[cognition] max_budget_usd must be a positive number of dollars, e.g. 2.5",
             ));
         }
+        let learning = {
+            let default = crate::learning::Settings::default();
+            let exploration = raw.learning.exploration.unwrap_or(default.exploration);
+            if !(exploration >= 0.0 && exploration.is_finite()) {
+                return Err(ConfigError::whole_file(
+                    file,
+                    format!(
+                        "[learning] exploration must be a number of 0 or more, e.g. 0.5, found {exploration}"
+                    ),
+                ));
+            }
+            crate::learning::Settings {
+                enabled: raw.learning.enabled.unwrap_or(default.enabled),
+                seed: raw.learning.seed.unwrap_or(default.seed),
+                exploration,
+                relevant: raw
+                    .learning
+                    .relevant
+                    .map_or(default.relevant, |n| n.get() as usize),
+                context_tokens: raw
+                    .learning
+                    .context_tokens
+                    .map_or(default.context_tokens, |n| n.get() as usize),
+            }
+        };
         let fraction = raw.alerts.budget_warn_fraction.unwrap_or(0.8);
         if !(fraction > 0.0 && fraction <= 1.0) {
             return Err(ConfigError::whole_file(
@@ -523,6 +566,7 @@ impl Config {
                         .map_or(default.audit_entries, Positive::get),
                 }
             },
+            learning,
             pause_after_failures: raw
                 .run
                 .pause_after_failures
@@ -536,6 +580,7 @@ impl Config {
             mcp_command: raw.cognition.mcp_command,
             mcp_call_timeout: raw.cognition.mcp_call_timeout.0,
             mcp_max_concurrent: raw.cognition.mcp_max_concurrent.get() as usize,
+            prompts: raw.cognition.prompts,
             validation_command: raw
                 .validation
                 .command

@@ -14,7 +14,7 @@ use serde_json::{Map, Value, json};
 
 use super::operations::{self, actor_error, peer_error};
 use super::protocol::{ArgInfo, ErrorKind, MessageInfo, WireError};
-use crate::domain::ActorKind;
+use crate::domain::{ActorKind, Signals};
 use crate::messages::{
     self, Common, ExecutorMsg, GovernorMsg, LearnerMsg, ModifierMsg, PeerError, PlannerMsg,
     ResearcherMsg,
@@ -111,15 +111,34 @@ static CATALOG: &[Spec] = &[
         name: "stats",
         kind: Kind::Query,
         args: &[],
-        description: "per-capability attempts, acceptances, mean reward, fitness gain and tokens",
+        description: "per-capability attempts, acceptances, mean reward, fitness gain, tokens and cost (seconds per attempt, files per kept change)",
         handler: |args| Box::pin(learner_stats(args)),
+    },
+    Spec {
+        actor: ActorKind::Learner,
+        name: "rules",
+        kind: Kind::Query,
+        args: &[],
+        description: "the learned rules (\"for warning X, capability Y works\"): weight, evidence, whether each holds; how many were dropped",
+        handler: |args| Box::pin(learner_rules(args)),
+    },
+    Spec {
+        actor: ActorKind::Learner,
+        name: "experiences",
+        kind: Kind::Query,
+        args: &[arg("last", ArgKind::Integer, false)],
+        description: "the latest experiences with the situation each was in (default 10)",
+        handler: |args| Box::pin(learner_experiences(args)),
     },
     Spec {
         actor: ActorKind::Learner,
         name: "advise",
         kind: Kind::Query,
-        args: &[arg("candidates", ArgKind::TextList, true)],
-        description: "rank capabilities as the next plan would",
+        args: &[
+            arg("candidates", ArgKind::TextList, true),
+            arg("warnings", ArgKind::TextList, false),
+        ],
+        description: "rank capabilities as the next plan would, in a situation given as warning codes (code or code=count)",
         handler: |args| Box::pin(learner_advise(args)),
     },
     Spec {
@@ -136,6 +155,14 @@ static CATALOG: &[Spec] = &[
         kind: Kind::Query,
         args: &[],
         description: "cache hits and misses filled",
+        handler: |args| Box::pin(researcher_status(args)),
+    },
+    Spec {
+        actor: ActorKind::Researcher,
+        name: "cache",
+        kind: Kind::Query,
+        args: &[],
+        description: "the research cache: hits, misses, entries and bytes",
         handler: |args| Box::pin(researcher_status(args)),
     },
     Spec {
@@ -471,16 +498,73 @@ async fn learner_stats(_: Args) -> Reply {
         .iter()
         .map(|c| {
             json!({"capability": c.capability, "attempts": c.attempts, "accepted": c.accepted,
-                   "mean_reward": c.mean_reward, "fitness_gain": c.fitness_gain, "tokens": c.tokens})
+                   "mean_reward": c.mean_reward, "fitness_gain": c.fitness_gain, "tokens": c.tokens,
+                   "mean_seconds": c.mean_seconds, "mean_files_changed": c.mean_files_changed})
         })
         .collect();
     Ok(json!({"experiences": stats.experiences, "capabilities": capabilities}))
 }
 
+async fn learner_rules(_: Args) -> Reply {
+    let learned = messages::call(ActorKind::Learner, QUICK, LearnerMsg::Rules)
+        .await
+        .map_err(peer_error)?;
+    let rules: Vec<Value> = learned
+        .rules
+        .iter()
+        .map(|r| {
+            json!({"term": r.term, "capability": r.capability, "weight": r.weight,
+                   "evidence": r.evidence, "holds": r.holds, "rule": r.sentence()})
+        })
+        .collect();
+    Ok(json!({"rules": rules, "dropped": learned.dropped}))
+}
+
+async fn learner_experiences(args: Args) -> Reply {
+    let last = args.integer("last").unwrap_or(10) as usize;
+    let experiences = messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Experiences {
+        last,
+        reply,
+    })
+    .await
+    .map_err(peer_error)?
+    .map_err(actor_error)?;
+    let list: Vec<Value> = experiences
+        .iter()
+        .map(|e| {
+            json!({"iteration": e.iteration, "capability": e.capability, "prompt": e.prompt,
+                   "outcome": e.outcome.as_str(), "fitness_before": e.fitness_before,
+                   "fitness_after": e.fitness_after, "warnings": e.signals.warnings,
+                   "failing_tests": e.signals.failing_tests, "error": e.signals.error,
+                   "files_changed": e.files_changed, "seconds": e.duration.as_secs_f64(),
+                   "tokens": e.usage.tokens(), "cost_usd": e.usage.cost_usd,
+                   "error_signature": e.error_signature})
+        })
+        .collect();
+    Ok(json!({"experiences": list}))
+}
+
 async fn learner_advise(args: Args) -> Reply {
     let candidates = args.list("candidates");
+    let mut signals = Signals::default();
+    for warning in args.list("warnings") {
+        let (code, count) = match warning.split_once('=') {
+            Some((code, count)) => (
+                code.to_string(),
+                count.parse().map_err(|_| {
+                    refused(format!(
+                        "warnings: \"{warning}\" is not code=count with a whole count"
+                    ))
+                })?,
+            ),
+            None => (warning.clone(), 1),
+        };
+        signals.warnings.insert(code, count);
+    }
     let advice = messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Advise {
+        iteration: 0,
         candidates,
+        signals,
         reply,
     })
     .await
@@ -488,9 +572,15 @@ async fn learner_advise(args: Args) -> Reply {
     let ranked: Vec<Value> = advice
         .ranked
         .iter()
-        .map(|r| json!({"capability": r.id, "score": if r.score.is_finite() { json!(r.score) } else { json!("untried") }, "attempts": r.attempts, "mean_reward": r.mean_reward}))
+        .map(|r| json!({"capability": r.id, "score": r.score, "attempts": r.attempts, "mean_reward": r.mean_reward, "why": r.why}))
         .collect();
-    Ok(json!({"ranked": ranked}))
+    let rules: Vec<String> = advice.rules.iter().map(|r| r.sentence()).collect();
+    let relevant: Vec<Value> = advice
+        .relevant
+        .iter()
+        .map(|e| json!({"iteration": e.iteration, "capability": e.capability, "outcome": e.outcome.as_str()}))
+        .collect();
+    Ok(json!({"ranked": ranked, "rules": rules, "relevant": relevant}))
 }
 
 async fn learner_forget(args: Args) -> Reply {
@@ -515,7 +605,9 @@ async fn researcher_status(_: Args) -> Reply {
     let status = messages::call(ActorKind::Researcher, QUICK, ResearcherMsg::Status)
         .await
         .map_err(peer_error)?;
-    Ok(json!({"hits": status.hits, "misses": status.misses}))
+    Ok(
+        json!({"hits": status.hits, "misses": status.misses, "entries": status.entries, "bytes": status.bytes}),
+    )
 }
 
 async fn researcher_research(args: Args) -> Reply {
@@ -526,7 +618,7 @@ async fn researcher_research(args: Args) -> Reply {
     .await
     .map_err(peer_error)?;
     Ok(
-        json!({"topic": research.topic, "from_cache": research.from_cache, "notes": research.notes,
+        json!({"topic": research.topic, "from_cache": research.from_cache, "notes": research.notes, "sources": research.sources,
               "input_tokens": research.usage.input_tokens, "output_tokens": research.usage.output_tokens}),
     )
 }
@@ -681,7 +773,9 @@ mod tests {
             .unwrap_err();
         assert_eq!(unknown.kind, ErrorKind::UnknownMessage);
         assert!(
-            unknown.message.contains("stats, advise, forget"),
+            unknown
+                .message
+                .contains("stats, rules, experiences, advise, forget"),
             "{}",
             unknown.message
         );

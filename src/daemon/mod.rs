@@ -117,6 +117,8 @@ pub(crate) struct Prepared {
     /// In-process checks (embedded); `None` runs the configured commands.
     pub checks: Option<Arc<dyn crate::checks::Checks>>,
     pub console: bool,
+    /// The prompt templates model backends offer as capabilities.
+    pub prompts: cognition::prompt::Prompts,
 }
 
 /// Opens the store, resolves the run (new, resumed, refused), picks the
@@ -127,6 +129,11 @@ async fn prepare(
     embedded: Option<Embedded>,
 ) -> Result<Prepared, RunError> {
     refuse_bad_input(&config, overrides)?;
+    let prompts = cognition::prompt::Prompts::load(
+        std::path::Path::new(cognition::prompt::PROMPTS_DIR),
+        &config.prompts,
+    )
+    .map_err(RunError::Usage)?;
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
         RunError::Failed(format!(
             "cannot create the state directory {}: {e}",
@@ -212,6 +219,7 @@ async fn prepare(
         committed,
         checks,
         console,
+        prompts,
     })
 }
 

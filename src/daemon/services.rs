@@ -91,7 +91,7 @@ impl Services {
         )));
 
         let shared = Arc::new(Shared {
-            prompt_template: load_prompt_template(),
+            prompts: prepared.prompts.clone(),
             config: config.clone(),
             tree: tree.clone(),
             store: prepared.store.clone(),
@@ -241,11 +241,4 @@ async fn drain(
         )
         .await;
     }
-}
-
-/// The prompt template: `config/prompts/iteration.md` when present, else the
-/// embedded copy.
-fn load_prompt_template() -> String {
-    std::fs::read_to_string("config/prompts/iteration.md")
-        .unwrap_or_else(|_| include_str!("../../config/prompts/iteration.md").to_string())
 }

@@ -14,8 +14,9 @@ use ractor::{ActorRef, RpcReplyPort};
 
 use crate::domain::{
     ActorKind, Advice, ApprovalDecision, ApprovalRequest, BudgetRow, Capability, Experience,
-    FaultKind, GovernorStatus, Iteration, JobOutcome, LearnerStats, ModifierStatus, Permit, Plan,
-    PlannerStatus, Prepared, Research, ResearcherStatus, Usage, Variant, Verdict,
+    FaultKind, GovernorStatus, Iteration, JobOutcome, LearnedRules, LearnerStats, ModifierStatus,
+    Permit, Plan, PlannerStatus, Prepared, Research, ResearcherStatus, Signals, Usage, Variant,
+    Verdict,
 };
 use crate::store::{ApprovalRecord, JobRecord, SnapshotRecord};
 
@@ -120,17 +121,30 @@ pub enum GovernorMsg {
 pub enum LearnerMsg {
     Common(Common),
     Stats(RpcReplyPort<LearnerStats>),
+    /// Every rule, holding or not, and how many were dropped.
+    Rules(RpcReplyPort<LearnedRules>),
+    /// The last `last` experiences, oldest first.
+    Experiences {
+        last: usize,
+        reply: RpcReplyPort<Result<Vec<Experience>, ActorError>>,
+    },
     /// Forget what was learned about a capability (durable with the next commit).
     Forget {
         capability: String,
         reply: RpcReplyPort<bool>,
     },
+    /// Rank `candidates` for iteration `iteration` in the situation `signals`.
     Advise {
+        iteration: u64,
         candidates: Vec<String>,
+        signals: Signals,
         reply: RpcReplyPort<Advice>,
     },
+    /// Learn from an experience; `after` is what the workspace showed once
+    /// its change was kept.
     Record {
         experience: Experience,
+        after: Option<Signals>,
         reply: RpcReplyPort<()>,
     },
 }
@@ -227,6 +241,8 @@ pub enum ModifierMsg {
     Settled {
         head: String,
         fitness: Option<f64>,
+        /// What the measure showed at `head`, when it was measured.
+        signals: Option<Signals>,
         rolled_back: bool,
     },
 }

@@ -5,7 +5,7 @@
 use std::time::Duration;
 
 use super::records::{ExperienceRecord, IterationRecord, VariantRecord};
-use crate::domain::{Experience, Iteration, Usage, Variant};
+use crate::domain::{Experience, Iteration, Signals, Usage, Variant};
 
 impl From<&Iteration> for IterationRecord {
     fn from(i: &Iteration) -> Self {
@@ -102,6 +102,16 @@ impl From<&Experience> for ExperienceRecord {
             cost_usd: e.usage.cost_usd,
             duration_ms: e.duration.as_millis() as u64,
             error_signature: e.error_signature.clone(),
+            prompt: e.prompt.clone(),
+            warnings: e
+                .signals
+                .warnings
+                .iter()
+                .map(|(code, count)| (code.clone(), *count))
+                .collect(),
+            failing_tests: e.signals.failing_tests.clone(),
+            error: e.signals.error.clone(),
+            files_changed: e.files_changed,
         }
     }
 }
@@ -121,6 +131,13 @@ impl From<ExperienceRecord> for Experience {
             },
             duration: Duration::from_millis(r.duration_ms),
             error_signature: r.error_signature,
+            prompt: r.prompt,
+            signals: Signals {
+                warnings: r.warnings.into_iter().collect(),
+                failing_tests: r.failing_tests,
+                error: r.error,
+            },
+            files_changed: r.files_changed,
         }
     }
 }

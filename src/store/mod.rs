@@ -24,13 +24,13 @@ use sled::transaction::ConflictableTransactionError;
 pub use codec::CodecError;
 pub use records::{
     ApprovalRecord, BackupRecord, JobRecord, JobRecordV1, JobSession, McpJobRecord, ResearchRecord,
-    RunRecord, SnapshotRecord, VariantRecord,
+    ResearchRecordV1, RunRecord, SnapshotRecord, VariantRecord,
 };
 
 pub use retention::{AUDIT_ARCHIVE, Pruned, Retention};
 
 use crate::domain::{Experience, Iteration, OutcomeCounts, Variant};
-use records::{ExperienceRecord, IterationRecord};
+use records::{ExperienceRecord, ExperienceRecordV1, IterationRecord};
 
 const RUN_KEY: &[u8] = b"run";
 const PAUSE_REASON_KEY: &[u8] = b"pause_reason";
@@ -446,7 +446,7 @@ impl Store {
             .take(count)
             .map(|entry| {
                 let (_, bytes) = entry?;
-                decode::<ExperienceRecord>(&bytes, "experience").map(Experience::from)
+                decode_experience(&bytes).map(Experience::from)
             })
             .collect::<Result<_, StoreError>>()?;
         records.reverse();
@@ -630,7 +630,28 @@ impl Store {
     }
 
     pub fn research(&self, topic: &str) -> Result<Option<ResearchRecord>, StoreError> {
-        self.get(&self.research, topic.as_bytes(), "research entry")
+        let Some(bytes) = self.research.get(topic.as_bytes())? else {
+            return Ok(None);
+        };
+        decode(&bytes, "research entry")
+            .or_else(|error| {
+                decode::<ResearchRecordV1>(&bytes, "research entry")
+                    .map(ResearchRecord::from)
+                    .map_err(|_| error)
+            })
+            .map(Some)
+    }
+
+    /// How many answers the research cache holds and their size in bytes.
+    pub fn research_size(&self) -> Result<(u64, u64), StoreError> {
+        let mut entries = 0;
+        let mut bytes = 0;
+        for entry in self.research.iter() {
+            let (key, value) = entry?;
+            entries += 1;
+            bytes += (key.len() + value.len()) as u64;
+        }
+        Ok((entries, bytes))
     }
 
     pub async fn put_research(&self, entry: &ResearchRecord) -> Result<(), StoreError> {
@@ -726,6 +747,15 @@ pub fn write_backup(to: &Path, bytes: &[u8]) -> Result<(), StoreError> {
         .and_then(|()| file.sync_all())
         .map_err(io)?;
     std::fs::rename(&aside, to).map_err(io)
+}
+
+/// An experience record in the current layout or the first one.
+fn decode_experience(bytes: &[u8]) -> Result<ExperienceRecord, StoreError> {
+    decode(bytes, "experience").or_else(|error| {
+        decode::<ExperienceRecordV1>(bytes, "experience")
+            .map(ExperienceRecord::from)
+            .map_err(|_| error)
+    })
 }
 
 /// A job record in the current layout or the first one.

@@ -88,6 +88,52 @@ pub struct ExperienceRecord {
     pub cost_usd: f64,
     pub duration_ms: u64,
     pub error_signature: Option<String>,
+    /// Added after the first layout (records without them read back
+    /// through [`ExperienceRecordV1`]): the prompt template, the situation,
+    /// the size of the change.
+    pub prompt: Option<String>,
+    pub warnings: Vec<(String, u32)>,
+    pub failing_tests: Vec<String>,
+    pub error: Option<String>,
+    pub files_changed: u32,
+}
+
+/// An experience as the first layout stored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperienceRecordV1 {
+    pub iteration: u64,
+    pub capability: String,
+    #[serde(with = "as_name")]
+    pub outcome: Outcome,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: Option<f64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+    pub error_signature: Option<String>,
+}
+
+impl From<ExperienceRecordV1> for ExperienceRecord {
+    fn from(v1: ExperienceRecordV1) -> Self {
+        ExperienceRecord {
+            iteration: v1.iteration,
+            capability: v1.capability,
+            outcome: v1.outcome,
+            fitness_before: v1.fitness_before,
+            fitness_after: v1.fitness_after,
+            input_tokens: v1.input_tokens,
+            output_tokens: v1.output_tokens,
+            cost_usd: v1.cost_usd,
+            duration_ms: v1.duration_ms,
+            error_signature: v1.error_signature,
+            prompt: None,
+            warnings: Vec::new(),
+            failing_tests: Vec::new(),
+            error: None,
+            files_changed: 0,
+        }
+    }
 }
 
 /// A cognition job, written before it starts and when it ends.
@@ -160,6 +206,28 @@ pub struct ResearchRecord {
     pub topic: String,
     pub notes: String,
     pub fetched_at_ms: u64,
+    /// Where the notes came from (added after the first layout: records
+    /// without it read back through [`ResearchRecordV1`]).
+    pub sources: Vec<String>,
+}
+
+/// A cached research answer as the first layout stored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ResearchRecordV1 {
+    pub topic: String,
+    pub notes: String,
+    pub fetched_at_ms: u64,
+}
+
+impl From<ResearchRecordV1> for ResearchRecord {
+    fn from(v1: ResearchRecordV1) -> Self {
+        ResearchRecord {
+            topic: v1.topic,
+            notes: v1.notes,
+            fetched_at_ms: v1.fetched_at_ms,
+            sources: Vec::new(),
+        }
+    }
 }
 
 /// A job of `agent mcp-serve`, kept in its own store so a restarted server

@@ -74,6 +74,11 @@ pub fn fast_config(dir: &Path, extra: &[(&str, &str)]) -> PathBuf {
         .replace("retry_after = \"2s\"", "retry_after = \"100ms\"")
         .replace("shutdown_timeout = \"30s\"", "shutdown_timeout = \"10s\"")
         .replace("max_iterations = 4\n", "")
+        // One model capability (`claude-edit`), so plans are predictable.
+        .replace(
+            "prompts = [\"iteration\", \"fix-warning\", \"add-test\"]",
+            "prompts = [\"iteration\"]",
+        )
         // The stand-in's logs and marks live in the test's directory.
         .replace(
             "writable = []",

@@ -123,7 +123,7 @@ async fn start_tree(
         workspace,
         backend: Arc::new(backend),
         events: events.clone(),
-        prompt_template: "{goal}".into(),
+        prompts: agent::cognition::prompt::Prompts::single("{goal}"),
         // In-process: the fault tests watch the stand-in's own pids.
         sandbox: None,
         checks: None,

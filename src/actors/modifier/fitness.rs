@@ -1,21 +1,40 @@
 //! The fitness of a worktree (lower is better): distinct compiler and
-//! clippy warnings, or the number a configured command prints last; and the
-//! one line that says why a build failed.
+//! clippy warnings, or the number a configured command prints last; the
+//! signals the same measure shows (warning codes and counts, what stops the
+//! build); and the one line that says why a build failed.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 
 use super::confine;
 use crate::actors::Context;
 use crate::config::Fitness;
+use crate::domain::Signals;
 use crate::process::{self, CommandSpec};
 use crate::sandbox::Reach;
+
+/// A worktree's fitness and what the measure showed of it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Measure {
+    pub fitness: f64,
+    pub signals: Signals,
+}
 
 /// Measures the worktree's fitness (lower is better).
 /// `reach`: `Baseline` on the unchanged head (it may fetch dependencies),
 /// `Check` on a change.
 pub async fn measure_fitness(ctx: &Context, cwd: &Path, reach: Reach) -> Result<f64, String> {
+    measure(ctx, cwd, reach).await.map(|m| m.fitness)
+}
+
+/// Measures the worktree: its fitness and its signals. A workspace that
+/// does not build is an error whose text is the compiler's first error.
+pub async fn measure(ctx: &Context, cwd: &Path, reach: Reach) -> Result<Measure, String> {
     if let Some(checks) = &ctx.checks {
-        return checks.fitness(cwd).await;
+        return checks.fitness(cwd).await.map(|fitness| Measure {
+            fitness,
+            signals: Signals::default(),
+        });
     }
     let timeout = ctx.config.validation_timeout;
     match &ctx.config.fitness {
@@ -44,7 +63,13 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path, reach: Reach) -> Result<
                     "fitness: `cargo clippy` failed, the workspace does not build: {why}"
                 ));
             }
-            Ok(count_warnings(&finished.stdout) as f64)
+            Ok(Measure {
+                fitness: count_warnings(&finished.stdout) as f64,
+                signals: Signals {
+                    warnings: warning_codes(&finished.stdout),
+                    ..Signals::default()
+                },
+            })
         }
         Fitness::Command(command) => {
             let spec = CommandSpec::shell(command, cwd, timeout);
@@ -63,8 +88,12 @@ pub async fn measure_fitness(ctx: &Context, cwd: &Path, reach: Reach) -> Result<
                 .rev()
                 .find(|l| !l.trim().is_empty())
                 .unwrap_or("");
-            last.trim().parse::<f64>().map_err(|_| {
+            let fitness = last.trim().parse::<f64>().map_err(|_| {
                 format!("fitness command `{command}` must print a number on its last line, printed {last:?}")
+            })?;
+            Ok(Measure {
+                fitness,
+                signals: Signals::default(),
             })
         }
     }
@@ -120,6 +149,57 @@ pub fn count_warnings(json_lines: &str) -> usize {
         }
     }
     seen.len()
+}
+
+/// The distinct warnings of `cargo --message-format=json` output by code,
+/// with how many of each. A warning seen only where test code is built (an
+/// integration test, or a `#[cfg(test)]` item: the lib's own warnings
+/// appear in both its builds, these in one) is counted under `<code>@tests`.
+pub fn warning_codes(json_lines: &str) -> BTreeMap<String, u32> {
+    // rendered text → (code, times seen in lib builds, seen in a test target)
+    let mut seen: BTreeMap<String, (String, u32, bool)> = BTreeMap::new();
+    for line in json_lines.lines() {
+        let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
+            continue;
+        };
+        let message = &value["message"];
+        let has_spans = message["spans"].as_array().is_some_and(|s| !s.is_empty());
+        if value["reason"] != "compiler-message" || message["level"] != "warning" || !has_spans {
+            continue;
+        }
+        let code = message["code"]["code"]
+            .as_str()
+            .unwrap_or("warning")
+            .to_string();
+        let in_test_target = value["target"]["kind"]
+            .as_array()
+            .is_some_and(|kinds| kinds.iter().any(|k| k == "test" || k == "bench"))
+            || message["spans"][0]["file_name"]
+                .as_str()
+                .is_some_and(|f| f.starts_with("tests/"));
+        let entry = seen
+            .entry(message["rendered"].as_str().unwrap_or_default().to_string())
+            .or_insert((code, 0, false));
+        if in_test_target {
+            entry.2 = true;
+        } else {
+            entry.1 += 1;
+        }
+    }
+    // With `--all-targets` the lib is built twice (as itself and with its
+    // tests); a lib warning seen once comes from code only the test build has.
+    let lib_built_twice = seen.values().any(|(_, lib, _)| *lib >= 2);
+    let mut codes = BTreeMap::new();
+    for (code, lib, test_target) in seen.into_values() {
+        let only_tests = test_target || (lib_built_twice && lib == 1);
+        let key = if only_tests {
+            format!("{code}@tests")
+        } else {
+            code
+        };
+        *codes.entry(key).or_insert(0) += 1;
+    }
+    codes
 }
 
 #[cfg(test)]

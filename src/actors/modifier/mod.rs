@@ -20,7 +20,7 @@ mod pipeline;
 pub use fitness::{count_warnings, first_compiler_error, measure_fitness};
 
 use super::{Context, inject, load_snapshot, make_snapshot};
-use crate::domain::{ActorKind, ModifierStatus, Prepared, Verdict};
+use crate::domain::{ActorKind, ModifierStatus, Prepared, Signals, Verdict};
 use crate::messages::{ActorError, Common, ModifierMsg};
 use crate::process::{self, CommandSpec};
 use crate::sandbox::Reach;
@@ -50,6 +50,9 @@ pub struct ModifierState {
     /// while this actor lives). std Mutex: never held across an await.
     /// The variant archive as a stalled line reads it.
     exploration: Arc<Mutex<explore::Exploration>>,
+    /// What the measure showed at the head, when this actor measured it
+    /// (not persisted: after a restart the head is measured again).
+    head_signals: Option<Signals>,
 }
 
 impl ModifierState {
@@ -84,6 +87,7 @@ impl Actor for Modifier {
             snapshot: ModifierSnapshot::default(),
             work: JoinSet::new(),
             exploration: Arc::default(),
+            head_signals: None,
         };
         state.restore()?;
         Ok(state)
@@ -104,7 +108,8 @@ impl Actor for Modifier {
             } => {
                 let ctx = state.ctx.clone();
                 let head = state.snapshot.head.clone();
-                let known = state.snapshot.head_fitness;
+                // The head's fitness is reused only with its signals.
+                let known = state.snapshot.head_fitness.zip(state.head_signals.clone());
                 let exploration = state.exploration.clone();
                 let span = tracing::info_span!(
                     "modifier.prepare",
@@ -122,6 +127,7 @@ impl Actor for Modifier {
                         let _ = myself.cast(ModifierMsg::Settled {
                             head: prepared.base_commit.clone(),
                             fitness: prepared.fitness,
+                            signals: Some(prepared.signals.clone()),
                             rolled_back: false,
                         });
                     }
@@ -196,11 +202,13 @@ impl Actor for Modifier {
                         Ok(Verdict::Accepted {
                             commit,
                             fitness_after,
+                            signals_after,
                             ..
                         }) => {
                             let _ = myself.cast(ModifierMsg::Settled {
                                 head: commit.clone(),
                                 fitness: Some(*fitness_after),
+                                signals: Some(signals_after.clone()),
                                 rolled_back: false,
                             });
                         }
@@ -208,6 +216,7 @@ impl Actor for Modifier {
                             let _ = myself.cast(ModifierMsg::Settled {
                                 head: base,
                                 fitness: fitness_before,
+                                signals: None,
                                 rolled_back: matches!(verdict, Verdict::Rejected { .. }),
                             });
                         }
@@ -277,10 +286,15 @@ impl Actor for Modifier {
             ModifierMsg::Settled {
                 head,
                 fitness,
+                signals,
                 rolled_back,
             } => {
                 if head != state.snapshot.head {
                     state.snapshot.accepted += 1;
+                    state.head_signals = None;
+                }
+                if signals.is_some() {
+                    state.head_signals = signals;
                 }
                 if rolled_back {
                     state.snapshot.rolled_back += 1;
@@ -325,7 +339,7 @@ async fn blocking<T: Send + 'static>(
 async fn prepare(
     ctx: &Context,
     head: &str,
-    known: Option<f64>,
+    known: Option<(f64, Signals)>,
     keep_worktree: bool,
     exploration: &Arc<Mutex<explore::Exploration>>,
 ) -> Result<Prepared, String> {
@@ -335,9 +349,12 @@ async fn prepare(
         blocking(move || reset_to_committed(&ctx, &base)).await?;
     }
     // Measured at the head, before any earlier change is applied.
-    let fitness = match known {
-        Some(fitness) => Some(fitness),
-        None => Some(measure_fitness(ctx, &ctx.workspace.path, Reach::Baseline).await?),
+    let (fitness, signals) = match known {
+        Some(known) => known,
+        None => {
+            let measured = fitness::measure(ctx, &ctx.workspace.path, Reach::Baseline).await?;
+            (measured.fitness, measured.signals)
+        }
     };
     let started_from = if keep_worktree {
         None
@@ -350,7 +367,8 @@ async fn prepare(
     }
     Ok(Prepared {
         base_commit: head.to_string(),
-        fitness,
+        fitness: Some(fitness),
+        signals,
         started_from,
     })
 }

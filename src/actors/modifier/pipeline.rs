@@ -11,7 +11,7 @@ use std::path::Path;
 
 use tracing::Instrument;
 
-use super::fitness::measure_fitness;
+use super::fitness::{self, Measure};
 use super::{blocking, confine};
 use crate::actors::Context;
 use crate::config::Mode;
@@ -127,7 +127,10 @@ pub(super) async fn validate(
         started_from,
     };
     match steps(ctx, &mut trial, summary, &changed).await? {
-        Ok(fitness_after) => {
+        Ok(Measure {
+            fitness: fitness_after,
+            signals: signals_after,
+        }) => {
             let message = commit_message(&trial, summary, fitness_after, changed.len());
             let (workspace, parent) = (ctx.workspace.clone(), base.to_string());
             let commit = blocking(move || {
@@ -162,6 +165,7 @@ pub(super) async fn validate(
             Ok(Verdict::Accepted {
                 commit,
                 fitness_after,
+                signals_after,
                 files_changed: changed.len(),
                 variant: kept(ctx, archived, variant).await,
             })
@@ -252,7 +256,7 @@ async fn steps(
     trial: &mut Trial,
     summary: &str,
     changed: &[String],
-) -> Result<Result<f64, Refusal>, String> {
+) -> Result<Result<Measure, Refusal>, String> {
     let changes = read_changes(ctx, &trial.base, changed).await?;
     let rules = rules_for(ctx);
 
@@ -300,10 +304,11 @@ async fn steps(
     let measured = run_fitness(ctx, trial.fitness_before)
         .instrument(fitness.clone())
         .await;
-    let fitness_after = match ended(&fitness, measured) {
+    let after = match ended(&fitness, measured) {
         Ok(after) => after,
         Err(refusal) => return Ok(Err(refusal)),
     };
+    let fitness_after = after.fitness;
 
     if ctx.config.mode == Mode::Supervised {
         let span = step_span!("modifier.approval", trial.iteration);
@@ -314,7 +319,7 @@ async fn steps(
             return Ok(Err(refusal));
         }
     }
-    Ok(Ok(fitness_after))
+    Ok(Ok(after))
 }
 
 /// Records a step's result on its span: `passed` or `refused`.
@@ -486,15 +491,15 @@ async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
 }
 
 /// The fitness command; refused when it fails or gets worse.
-async fn run_fitness(ctx: &Context, before: Option<f64>) -> Result<f64, Refusal> {
-    let after = measure_fitness(ctx, &ctx.workspace.path, Reach::Check)
+async fn run_fitness(ctx: &Context, before: Option<f64>) -> Result<Measure, Refusal> {
+    let after = fitness::measure(ctx, &ctx.workspace.path, Reach::Check)
         .await
         .map_err(|reason| Refusal::new("fitness", reason, None))?;
     match before {
-        Some(before) if after > before => Err(Refusal::new(
+        Some(before) if after.fitness > before => Err(Refusal::new(
             "fitness",
-            format!("fitness got worse: {before} → {after}"),
-            Some(after),
+            format!("fitness got worse: {before} → {}", after.fitness),
+            Some(after.fitness),
         )),
         _ => Ok(after),
     }

@@ -15,7 +15,7 @@ use crate::actors::{Context, make_snapshot};
 use crate::config::Mode;
 use crate::domain::{
     ActorKind, Advice, Capability, Experience, Iteration, JobOutcome, JobStatus, Outcome, Permit,
-    Plan, Prepared, Research, Usage, Verdict,
+    Plan, Prepared, Research, Signals, Usage, Verdict,
 };
 use crate::events::Event;
 use crate::messages::{
@@ -117,7 +117,7 @@ async fn run_steps(
     if check_base {
         baseline(ctx, iteration).await?;
     }
-    let (capabilities, advice) = advise().await?;
+    let (capabilities, advice) = advise(iteration, &prepared.signals).await?;
     let research = research(ctx, &snapshot.goal).await?;
     let plan = plan(
         ctx,
@@ -133,6 +133,12 @@ async fn run_steps(
     let experience = Experience {
         iteration,
         capability: plan.capability.clone(),
+        prompt: plan.prompt_name.clone(),
+        signals: prepared.signals.clone(),
+        files_changed: match &verdict {
+            Some(Verdict::Accepted { files_changed, .. }) => *files_changed as u32,
+            _ => 0,
+        },
         outcome: verdict
             .as_ref()
             .map_or(Outcome::JobFailed, Verdict::outcome),
@@ -148,7 +154,11 @@ async fn run_steps(
         "validate",
         experience.outcome.as_str().into(),
     );
-    learn(ctx, &experience).await?;
+    let after = match &verdict {
+        Some(Verdict::Accepted { signals_after, .. }) => Some(signals_after.clone()),
+        _ => None,
+    };
+    learn(ctx, &experience, after).await?;
     let committed = Iteration {
         number: iteration,
         goal: snapshot.goal.clone(),
@@ -268,13 +278,17 @@ async fn baseline(ctx: &Context, iteration: u64) -> Result<(), StepError> {
     }
 }
 
-/// The backend's capabilities, ranked by the learner.
-async fn advise() -> Result<(Vec<Capability>, Advice), StepError> {
+/// The backend's capabilities, ranked by the learner for the situation
+/// the workspace is in.
+async fn advise(iteration: u64, signals: &Signals) -> Result<(Vec<Capability>, Advice), StepError> {
     let capabilities: Vec<Capability> =
         messages::call(ActorKind::Executor, QUICK, ExecutorMsg::Capabilities).await?;
     let candidates: Vec<String> = capabilities.iter().map(|c| c.id.clone()).collect();
+    let signals = signals.clone();
     let advice = messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Advise {
+        iteration,
         candidates,
+        signals,
         reply,
     })
     .await?;
@@ -312,15 +326,28 @@ fn plan(
         goal,
         iteration,
         fitness: prepared.fitness,
-        template: &ctx.prompt_template,
+        signals: &prepared.signals,
+        prompts: &ctx.prompts,
+        budget: ctx.config.learning.context_tokens,
         execution: ctx.config.execution,
     };
-    let plan = tracing::info_span!(
+    let span = tracing::info_span!(
         "planner.plan",
         actor = KIND.name(),
-        iteration = iteration as i64
-    )
-    .in_scope(|| logic::make_plan(&situation, advice, capabilities, research))?;
+        iteration = iteration as i64,
+        capability = tracing::field::Empty,
+        prompt.template = tracing::field::Empty,
+        prompt.tokens = tracing::field::Empty,
+        prompt.budget = situation.budget as i64,
+        rules = advice.rules.len() as i64,
+        relevant = advice.relevant.len() as i64,
+    );
+    let plan = span.in_scope(|| logic::make_plan(&situation, advice, capabilities, research))?;
+    span.record("capability", plan.capability.as_str());
+    if let Some(name) = &plan.prompt_name {
+        span.record("prompt.template", name.as_str());
+        span.record("prompt.tokens", plan.prompt_tokens as i64);
+    }
     step(
         ctx,
         iteration,
@@ -395,11 +422,17 @@ async fn validate(
     Ok(Some(verdict))
 }
 
-/// The learner records the experience.
-async fn learn(ctx: &Context, experience: &Experience) -> Result<(), StepError> {
+/// The learner records the experience; `after` is what the workspace
+/// showed once its change was kept.
+async fn learn(
+    ctx: &Context,
+    experience: &Experience,
+    after: Option<Signals>,
+) -> Result<(), StepError> {
     let recorded = experience.clone();
     messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Record {
         experience: recorded,
+        after,
         reply,
     })
     .await?;

@@ -5,10 +5,10 @@
 
 use std::time::Duration;
 
-use crate::cognition::claude_cli::CAPABILITY as MODEL_CAPABILITY;
+use crate::cognition::prompt::{self, Item, Prompts, Slot};
 use crate::domain::{
     Advice, Capability, Execution, Experience, Iteration, JobOutcome, LoopRules, Outcome, Plan,
-    Prepared, Research, Verdict,
+    Prepared, Research, Signals, Verdict,
 };
 
 /// What the planner knows when it plans an iteration.
@@ -17,8 +17,12 @@ pub struct Situation<'a> {
     pub goal: &'a str,
     pub iteration: u64,
     pub fitness: Option<f64>,
-    /// The prompt template for model backends.
-    pub template: &'a str,
+    /// What the workspace shows.
+    pub signals: &'a Signals,
+    /// The prompt templates of the model capabilities.
+    pub prompts: &'a Prompts,
+    /// The token budget of a prompt.
+    pub budget: usize,
     pub execution: Execution,
 }
 
@@ -30,7 +34,8 @@ pub enum PlanError {
 }
 
 /// Turns the goal, the fitness, the learner's advice and any research into a
-/// plan: the best-ranked capability, with a prompt for model backends.
+/// plan: the best-ranked capability, with a prompt from its template for
+/// model capabilities.
 pub fn make_plan(
     situation: &Situation<'_>,
     advice: &Advice,
@@ -38,70 +43,122 @@ pub fn make_plan(
     research: Option<&Research>,
 ) -> Result<Plan, PlanError> {
     let best = advice.ranked.first().ok_or(PlanError::NoCapability)?;
-    let rationale = if best.attempts == 0 {
-        "not tried yet".to_string()
-    } else {
-        format!(
-            "score {:.2}: mean reward {:.2} over {} attempt(s)",
-            best.score, best.mean_reward, best.attempts
-        )
-    };
-    let is_model = capabilities
-        .iter()
-        .any(|c| c.id == best.id && c.id == MODEL_CAPABILITY);
-    let prompt = is_model.then(|| render_prompt(situation, advice, research));
+    let offered = capabilities.iter().any(|c| c.id == best.id);
+    let template = situation.prompts.template(&best.id).filter(|_| offered);
+    let assembled = template.map(|t| render_prompt(&t.text, situation, advice, research));
     Ok(Plan {
         iteration: situation.iteration,
         capability: best.id.clone(),
-        prompt,
-        rationale,
+        prompt_tokens: assembled.as_ref().map_or(0, |a| a.tokens),
+        prompt: assembled.map(|a| a.text),
+        prompt_name: template.map(|t| t.name.clone()),
+        rationale: best.why.clone(),
         execution: situation.execution,
     })
 }
 
-/// The prompt template with the goal, fitness, research notes and recent
-/// experiences filled in.
-fn render_prompt(
+/// A template filled with the goal, the fitness, the workspace's signals,
+/// the rules that hold, the most relevant past experiences and the research
+/// notes, within the situation's token budget: the least relevant context
+/// is dropped first (see `cognition::prompt`).
+pub fn render_prompt(
+    template: &str,
     situation: &Situation<'_>,
     advice: &Advice,
     research: Option<&Research>,
-) -> String {
-    let recent = if advice.recent.is_empty() {
-        "(none yet)".to_string()
-    } else {
-        advice
-            .recent
-            .iter()
-            .map(|e| {
-                format!(
-                    "- iteration {}: {} → {}{}",
-                    e.iteration,
-                    e.capability,
-                    e.outcome.as_str(),
-                    e.error_signature
-                        .as_ref()
-                        .map(|s| format!(" ({s})"))
-                        .unwrap_or_default()
-                )
-            })
-            .collect::<Vec<_>>()
-            .join("\n")
-    };
-    let notes = research
-        .map(|r| r.notes.as_str())
-        .filter(|notes| !notes.is_empty())
-        .unwrap_or("(no notes)");
-    situation
-        .template
-        .replace("{goal}", situation.goal)
-        .replace(
-            "{fitness}",
-            &situation
-                .fitness
-                .map_or("unknown".into(), |f| f.to_string()),
-        )
-        .replace("{research}", notes)
-        .replace("{recent}", &recent)
+) -> prompt::Assembled {
+    let fixed = template.replace("{goal}", situation.goal).replace(
+        "{fitness}",
+        &situation
+            .fitness
+            .map_or("unknown".into(), |f| f.to_string()),
+    );
+    // Relevance: rules by weight, experiences by retrieval rank, warning
+    // codes by count, research paragraphs by their order (best first).
+    let count = advice.relevant.len().max(1) as f64;
+    let recent = advice
+        .relevant
+        .iter()
+        .enumerate()
+        .map(|(rank, e)| Item {
+            text: format!(
+                "- iteration {}: {} → {}{}",
+                e.iteration,
+                e.capability,
+                e.outcome.as_str(),
+                e.error_signature
+                    .as_ref()
+                    .map(|s| format!(" ({s})"))
+                    .unwrap_or_default()
+            ),
+            relevance: 0.9 - 0.5 * rank as f64 / count,
+        })
+        .collect();
+    let rules = advice
+        .rules
+        .iter()
+        .map(|r| Item {
+            text: format!("- {}", r.sentence()),
+            relevance: r.weight,
+        })
+        .collect();
+    let total = situation.signals.warning_count().max(1) as f64;
+    let mut signals: Vec<Item> = situation
+        .signals
+        .warnings
+        .iter()
+        .map(|(code, n)| Item {
+            text: format!("- {code}: {n}"),
+            relevance: 0.5 + 0.5 * f64::from(*n) / total,
+        })
+        .collect();
+    signals.extend(situation.signals.error.iter().map(|e| Item {
+        text: format!("- the build fails: {e}"),
+        relevance: 1.0,
+    }));
+    signals.extend(situation.signals.failing_tests.iter().map(|t| Item {
+        text: format!("- failing test: {t}"),
+        relevance: 0.95,
+    }));
+    let paragraphs: Vec<&str> = research
+        .map(|r| {
+            r.notes
+                .split("\n\n")
+                .filter(|p| !p.trim().is_empty())
+                .collect()
+        })
+        .unwrap_or_default();
+    let notes = paragraphs
+        .iter()
+        .enumerate()
+        .map(|(rank, p)| Item {
+            text: p.trim().to_string(),
+            relevance: 0.8 - 0.6 * rank as f64 / paragraphs.len().max(1) as f64,
+        })
+        .collect();
+    let slots = [
+        Slot {
+            placeholder: "{signals}",
+            items: signals,
+            empty: "(no warnings)",
+        },
+        Slot {
+            placeholder: "{rules}",
+            items: rules,
+            empty: "(none yet)",
+        },
+        Slot {
+            placeholder: "{recent}",
+            items: recent,
+            empty: "(none yet)",
+        },
+        Slot {
+            placeholder: "{research}",
+            items: notes,
+            empty: "(no notes)",
+        },
+    ];
+    prompt::assemble(&fixed, &slots, situation.budget)
 }
 
 /// How long to wait before the next attempt after `failures` abandoned
@@ -258,19 +315,31 @@ mod tests {
     use super::*;
     use crate::domain::{JobStatus, RankedCapability, Usage};
 
-    fn situation<'a>(
-        goal: &'a str,
-        iteration: u64,
+    const MODEL_CAPABILITY: &str = crate::cognition::claude_cli::CAPABILITY;
+
+    fn plan_with(
+        template: &str,
         fitness: Option<f64>,
-        template: &'a str,
-    ) -> Situation<'a> {
-        Situation {
-            goal,
-            iteration,
+        best: &str,
+        attempts: u64,
+        research: Option<&Research>,
+    ) -> Result<Plan, PlanError> {
+        let prompts = Prompts::single(template);
+        let signals = Signals::default();
+        let situation = Situation {
+            goal: "fewer warnings",
+            iteration: 3,
             fitness,
-            template,
+            signals: &signals,
+            prompts: &prompts,
+            budget: 1000,
             execution: Execution::Async,
-        }
+        };
+        let caps = vec![Capability {
+            id: best.into(),
+            description: String::new(),
+        }];
+        make_plan(&situation, &advice(best, attempts), &caps, research)
     }
 
     fn advice(best: &str, attempts: u64) -> Advice {
@@ -280,68 +349,68 @@ mod tests {
                 score: 0.9,
                 attempts,
                 mean_reward: 0.7,
+                why: format!("predicted reward 0.70 here, {attempts} attempt(s)"),
             }],
-            recent: Vec::new(),
+            relevant: Vec::new(),
+            rules: Vec::new(),
         }
     }
 
     #[test]
     fn a_local_capability_has_no_prompt() {
-        let caps = vec![Capability {
-            id: "fmt".into(),
-            description: String::new(),
-        }];
-        let plan = make_plan(
-            &situation("g", 3, Some(4.0), "{goal}"),
-            &advice("fmt", 2),
-            &caps,
-            None,
-        )
-        .unwrap();
+        let plan = plan_with("{goal}", Some(4.0), "fmt", 2, None).unwrap();
         assert_eq!(plan.capability, "fmt");
         assert_eq!(plan.iteration, 3);
         assert!(plan.prompt.is_none());
+        assert_eq!(plan.prompt_tokens, 0);
         assert!(plan.rationale.contains("2 attempt"));
     }
 
     #[test]
     fn a_model_capability_gets_the_rendered_prompt() {
-        let caps = vec![Capability {
-            id: MODEL_CAPABILITY.into(),
-            description: String::new(),
-        }];
         let research = Research {
             topic: "g".into(),
             notes: "uses median".into(),
+            sources: Vec::new(),
             from_cache: true,
             usage: Usage::default(),
         };
-        let plan = make_plan(
-            &situation(
-                "fewer warnings",
-                1,
-                Some(7.0),
-                "G={goal} F={fitness} R={research}",
-            ),
-            &advice(MODEL_CAPABILITY, 0),
-            &caps,
+        let plan = plan_with(
+            "G={goal} F={fitness} R={research} S={signals}",
+            Some(7.0),
+            MODEL_CAPABILITY,
+            0,
             Some(&research),
         )
         .unwrap();
         assert_eq!(
             plan.prompt.as_deref(),
-            Some("G=fewer warnings F=7 R=uses median")
+            Some("G=fewer warnings F=7 R=uses median S=(no warnings)")
         );
+        assert_eq!(plan.prompt_name.as_deref(), Some("iteration"));
+        assert!(plan.prompt_tokens > 0);
     }
 
     #[test]
     fn no_capability_is_an_error() {
+        let prompts = Prompts::default();
+        let signals = Signals::default();
+        let situation = Situation {
+            goal: "g",
+            iteration: 1,
+            fitness: None,
+            signals: &signals,
+            prompts: &prompts,
+            budget: 100,
+            execution: Execution::Async,
+        };
         let empty = Advice {
             ranked: vec![],
-            recent: vec![],
+            relevant: vec![],
+            rules: vec![],
         };
         assert_eq!(
-            make_plan(&situation("g", 1, None, ""), &empty, &[], None),
+            make_plan(&situation, &empty, &[], None),
             Err(PlanError::NoCapability)
         );
     }
@@ -370,6 +439,7 @@ mod tests {
         let prepared = Prepared {
             base_commit: "abc".into(),
             fitness: Some(5.0),
+            signals: Signals::default(),
             started_from: None,
         };
         let job = JobOutcome {
