@@ -133,6 +133,32 @@ pub struct Capability {
     pub description: String,
 }
 
+/// An MCP server whose tools are discovered at start (`[[mcp_servers]]`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct ToolServer {
+    pub name: String,
+    /// Program and arguments; it speaks MCP on stdio.
+    pub command: Vec<String>,
+    /// Per tool, the arguments (a JSON object, as text) of the call that
+    /// validates it. A listed tool without one is not registered.
+    pub probes: std::collections::BTreeMap<String, String>,
+    /// Deadline of starting the server and of each call.
+    pub timeout: Duration,
+}
+
+/// A tool an MCP server listed, and whether it was registered.
+#[derive(Debug, Clone, PartialEq)]
+pub struct DiscoveredTool {
+    pub server: String,
+    pub tool: String,
+    pub description: String,
+    /// Registered: its validation call succeeded.
+    pub registered: bool,
+    /// What the validation call answered, or why there was none.
+    pub detail: String,
+    pub checked_at_ms: u64,
+}
+
 named_enum! {
     /// How a plan runs on the MCP backend.
     pub enum Execution ("execution") {

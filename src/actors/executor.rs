@@ -76,6 +76,14 @@ impl Actor for Executor {
     ) -> Result<(), ActorProcessingErr> {
         while state.jobs.try_join_next().is_some() {}
         match message {
+            ExecutorMsg::Tools(reply) => {
+                let tools = state
+                    .ctx
+                    .store
+                    .tools()
+                    .map_err(|e| ActorError::Store(e.to_string()));
+                let _ = reply.send(tools);
+            }
             ExecutorMsg::Capabilities(reply) => {
                 let backend = &state.ctx.backend;
                 let _ = reply.send(if backend.takes_prompts() {

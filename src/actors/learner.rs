@@ -35,6 +35,12 @@ const RETRIEVAL_WINDOW: usize = 500;
 /// enough to prefer a capability that worked for a code present now over
 /// one never tried.
 const RULE_LIFT: f64 = 0.5;
+/// How far back an advice looks for attempts in the very same situation.
+const SAME_SITUATION_WINDOW: usize = 30;
+/// What a capability loses for having gained nothing in the very situation
+/// the workspace is in now: the tools are deterministic, so it would gain
+/// nothing again. Larger than any score, so it goes last.
+const FRUITLESS: f64 = 10.0;
 
 /// What the learner knows of one capability, for operators.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -123,8 +129,14 @@ fn load(store: &Store) -> Result<Option<LearnerSnapshot>, ActorError> {
 }
 
 /// Folds one experience into everything the learner keeps. `after` is what
-/// the workspace showed once the change was kept (`None`: nothing kept).
-pub fn learn(snapshot: &mut LearnerSnapshot, experience: &Experience, after: Option<&Signals>) {
+/// the workspace showed once the change was kept (`None`: nothing kept);
+/// `previous` is the experience before it.
+pub fn learn(
+    snapshot: &mut LearnerSnapshot,
+    experience: &Experience,
+    after: Option<&Signals>,
+    previous: Option<&Experience>,
+) {
     let reward = crate::learning::reward(experience);
     let entry = snapshot
         .stats
@@ -141,7 +153,7 @@ pub fn learn(snapshot: &mut LearnerSnapshot, experience: &Experience, after: Opt
             entry.fitness_gain += before - after;
         }
     }
-    let x = situation_features(&experience.signals);
+    let x = situation_features(&experience.signals, previous);
     snapshot.bandit.update(&experience.capability, &x, reward);
     let kept = (experience.outcome == Outcome::Accepted)
         .then_some(after)
@@ -158,10 +170,18 @@ pub fn learn(snapshot: &mut LearnerSnapshot, experience: &Experience, after: Opt
     snapshot.experiences += 1;
 }
 
-/// The bandit's view of a situation: its terms, hashed, at unit length (so
-/// an untried capability's exploration bonus is the exploration weight).
-fn situation_features(signals: &Signals) -> Vec<f64> {
-    let mut x = bandit::features(&signals.terms());
+/// The bandit's view of a situation: its terms, and what produced the
+/// head when the last iteration kept a gain (`after:<capability>`: a fixer
+/// run again right after its own fix has usually nothing left to do, which
+/// the bandit learns like anything else), hashed, at unit length (so an
+/// untried capability's exploration bonus is the exploration weight,
+/// whatever the number of terms).
+fn situation_features(signals: &Signals, previous: Option<&Experience>) -> Vec<f64> {
+    let mut terms = signals.terms();
+    if let Some(previous) = previous.filter(|p| crate::learning::gain(p) > 0.0) {
+        terms.push(format!("after:{}", previous.capability));
+    }
+    let mut x = bandit::features(&terms);
     let norm = x.iter().map(|v| v * v).sum::<f64>().sqrt();
     for v in &mut x {
         *v /= norm;
@@ -172,13 +192,15 @@ fn situation_features(signals: &Signals) -> Vec<f64> {
 /// Ranks `candidates` for iteration `iteration` in the situation `signals`,
 /// best first. Ties (and the whole order, with learning off) are drawn with
 /// a generator seeded by the seed and the iteration: the same run makes the
-/// same choices after a restart.
+/// same choices after a restart. `recent` are the latest experiences: a
+/// capability that gained nothing in this very situation goes last.
 pub fn rank(
     settings: &Settings,
     snapshot: &LearnerSnapshot,
     candidates: &[String],
     signals: &Signals,
     iteration: u64,
+    recent: &[Experience],
 ) -> Vec<RankedCapability> {
     let mut rng = ChaCha8Rng::seed_from_u64(
         settings
@@ -213,28 +235,40 @@ pub fn rank(
     }
     let terms = signals.terms();
     let rules = snapshot.rules.holding(&terms);
-    let x = situation_features(signals);
+    let x = situation_features(signals, recent.last());
     let mut ranked: Vec<RankedCapability> = order
         .into_iter()
         .map(|id| {
             let (bound, predicted) = snapshot.bandit.score(id, &x, settings.exploration);
             let rule = rules.iter().find(|r| &r.capability == id);
             let lift = rule.map_or(0.0, |r| RULE_LIFT * r.weight);
+            let fruitless = recent.iter().rev().find(|e| {
+                &e.capability == id
+                    && e.signals.warnings == signals.warnings
+                    && !e.signals.warnings.is_empty()
+                    && crate::learning::gain(e) == 0.0
+            });
+            let penalty = if fruitless.is_some() { FRUITLESS } else { 0.0 };
             let s = stats(id);
-            let why = match rule {
-                Some(rule) => format!(
+            let why = match (fruitless, rule) {
+                (Some(e), _) => format!(
+                    "gained nothing in this very situation at iteration {} ({})",
+                    e.iteration,
+                    e.outcome.as_str()
+                ),
+                (None, Some(rule)) => format!(
                     "rule: {} (predicted reward {predicted:.2})",
                     rule.sentence()
                 ),
-                None if s.attempts == 0 => "not tried yet".to_string(),
-                None => format!(
+                (None, None) if s.attempts == 0 => "not tried yet".to_string(),
+                (None, None) => format!(
                     "predicted reward {predicted:.2} here, bound {bound:.2}, {} attempt(s)",
                     s.attempts
                 ),
             };
             RankedCapability {
                 id: id.clone(),
-                score: bound + lift,
+                score: bound + lift - penalty,
                 attempts: s.attempts,
                 mean_reward: mean(&s),
                 why,
@@ -300,15 +334,27 @@ impl Actor for Learner {
                         .unwrap_or_default();
                     retrieval::most_relevant(&past, &terms, settings.relevant)
                 };
-                let rules = if settings.enabled {
-                    state.snapshot.rules.holding(&terms)
+                let (rules, recent) = if settings.enabled {
+                    let recent = state
+                        .ctx
+                        .store
+                        .experiences(SAME_SITUATION_WINDOW)
+                        .unwrap_or_default();
+                    (state.snapshot.rules.holding(&terms), recent)
                 } else {
-                    Vec::new()
+                    (Vec::new(), Vec::new())
                 };
                 span.record("relevant", relevant.len() as i64);
                 span.record("rules", rules.len() as i64);
                 let _ = reply.send(Advice {
-                    ranked: rank(&settings, &state.snapshot, &candidates, &signals, iteration),
+                    ranked: rank(
+                        &settings,
+                        &state.snapshot,
+                        &candidates,
+                        &signals,
+                        iteration,
+                        &recent,
+                    ),
                     relevant,
                     rules,
                 });
@@ -357,7 +403,19 @@ impl Actor for Learner {
                     outcome = experience.outcome.as_str(),
                 )
                 .entered();
-                learn(&mut state.snapshot, &experience, after.as_ref());
+                let previous = state
+                    .ctx
+                    .store
+                    .experiences(1)
+                    .unwrap_or_default()
+                    .pop()
+                    .filter(|p| p.iteration < experience.iteration);
+                learn(
+                    &mut state.snapshot,
+                    &experience,
+                    after.as_ref(),
+                    previous.as_ref(),
+                );
                 let _ = reply.send(());
             }
             LearnerMsg::Common(common) => {
@@ -438,18 +496,30 @@ mod tests {
         let candidates: Vec<String> = ["fmt", "clippy-fix", "cargo-fix"].map(String::from).into();
         let mut snapshot = LearnerSnapshot::default();
         let fixed = experience("cargo-fix", Outcome::Accepted, &["unused_imports"]);
-        learn(&mut snapshot, &fixed, Some(&signals(&[])));
+        learn(&mut snapshot, &fixed, Some(&signals(&[])), None);
         learn(
             &mut snapshot,
             &experience("fmt", Outcome::NoChange, &["unused_imports"]),
             None,
+            None,
         );
         let now = signals(&["unused_imports", "unused_mut"]);
         for iteration in 0..5 {
-            let ranked = rank(&settings, &snapshot, &candidates, &now, iteration);
+            let ranked = rank(&settings, &snapshot, &candidates, &now, iteration, &[]);
             assert_eq!(ranked[0].id, "cargo-fix", "{:?}", ids(&ranked));
             assert!(ranked[0].why.starts_with("rule:"), "{}", ranked[0].why);
         }
+        // Once it did nothing in this very situation, it goes last.
+        let mut fruitless = experience("cargo-fix", Outcome::NoChange, &[]);
+        fruitless.signals = now.clone();
+        fruitless.iteration = 7;
+        let ranked = rank(&settings, &snapshot, &candidates, &now, 8, &[fruitless]);
+        assert_eq!(ranked.last().map(|r| r.id.as_str()), Some("cargo-fix"));
+        assert!(
+            ranked.last().unwrap().why.contains("at iteration 7"),
+            "{}",
+            ranked.last().unwrap().why
+        );
     }
 
     #[test]
@@ -464,6 +534,7 @@ mod tests {
             &mut snapshot,
             &experience("a", Outcome::Accepted, &["x"]),
             Some(&signals(&[])),
+            None,
         );
         let mut firsts = BTreeMap::new();
         for iteration in 0..400 {
@@ -473,6 +544,7 @@ mod tests {
                 &candidates,
                 &signals(&["x"]),
                 iteration,
+                &[],
             );
             *firsts.entry(ranked[0].id.clone()).or_insert(0) += 1;
             let again = rank(
@@ -481,6 +553,7 @@ mod tests {
                 &candidates,
                 &signals(&["x"]),
                 iteration,
+                &[],
             );
             assert_eq!(ids(&ranked), ids(&again), "same seed, same draw");
         }

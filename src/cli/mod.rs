@@ -14,6 +14,7 @@ use crate::daemon::{self, Ending, RunError};
 use crate::store::{Store, StoreError};
 
 mod audit;
+mod experiment;
 
 /// Exit statuses of `agent` (documented in the README).
 pub mod exit {
@@ -69,6 +70,9 @@ pub enum TopCommand {
     },
     /// Show committed iterations from the store (the daemon must be stopped).
     History(HistoryArgs),
+    /// Measure whether learning pays: runs on each workspace with learning
+    /// on and off, over several seeds, and prints the table.
+    Experiment(experiment::ExperimentArgs),
     /// Write a consistent copy of the store to a file (through the daemon
     /// when it runs).
     Backup(BackupArgs),
@@ -344,6 +348,7 @@ pub fn main(cli: Cli) -> ExitCode {
                 command: ConfigCommand::Check(files),
             } => config_check(&files),
             TopCommand::History(args) => history(&args),
+            TopCommand::Experiment(args) => experiment::run(args).await,
             TopCommand::Backup(args) => backup(&args).await,
             TopCommand::Restore(args) => restore(&args).await,
             TopCommand::Audit { command } => audit::run(&command),

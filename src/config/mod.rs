@@ -74,7 +74,20 @@ struct RawConfig {
     #[serde(default)]
     learning: RawLearning,
     #[serde(default)]
+    mcp_servers: Vec<RawToolServer>,
+    #[serde(default)]
     debug: RawDebug,
+}
+
+/// One `[[mcp_servers]]` entry as written.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RawToolServer {
+    name: String,
+    command: Vec<String>,
+    #[serde(default)]
+    probes: toml::Table,
+    timeout: Option<HumanDuration>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -341,6 +354,8 @@ pub struct Config {
     pub retention: crate::store::Retention,
     /// How capabilities are chosen and what the planner is told (`[learning]`).
     pub learning: crate::learning::Settings,
+    /// MCP servers whose tools are discovered at start (`[[mcp_servers]]`).
+    pub mcp_servers: Vec<crate::domain::ToolServer>,
     pub backend: BackendChoice,
     pub claude_bin: PathBuf,
     pub permission_mode: String,
@@ -493,6 +508,43 @@ impl Config {
                     .map_or(default.context_tokens, |n| n.get() as usize),
             }
         };
+        let mut mcp_servers = Vec::new();
+        for server in &raw.mcp_servers {
+            if server.command.is_empty() || server.name.trim().is_empty() {
+                return Err(ConfigError::whole_file(
+                    file,
+                    format!(
+                        "[[mcp_servers]] \"{}\" needs a name and a command (program and arguments), e.g. command = [\"mcp-server-time\"]",
+                        server.name
+                    ),
+                ));
+            }
+            let mut probes = std::collections::BTreeMap::new();
+            for (tool, arguments) in &server.probes {
+                if !arguments.is_table() {
+                    return Err(ConfigError::whole_file(
+                        file,
+                        format!(
+                            "[[mcp_servers]] \"{}\": probes.{tool} must be a table of the call's arguments, e.g. {{ timezone = \"UTC\" }}",
+                            server.name
+                        ),
+                    ));
+                }
+                let json = serde_json::to_string(arguments).map_err(|e| {
+                    ConfigError::whole_file(file, format!("[[mcp_servers]] probes.{tool}: {e}"))
+                })?;
+                probes.insert(tool.clone(), json);
+            }
+            mcp_servers.push(crate::domain::ToolServer {
+                name: server.name.clone(),
+                command: server.command.clone(),
+                probes,
+                timeout: server
+                    .timeout
+                    .as_ref()
+                    .map_or(Duration::from_secs(30), |d| d.0),
+            });
+        }
         let fraction = raw.alerts.budget_warn_fraction.unwrap_or(0.8);
         if !(fraction > 0.0 && fraction <= 1.0) {
             return Err(ConfigError::whole_file(
@@ -567,6 +619,7 @@ impl Config {
                 }
             },
             learning,
+            mcp_servers,
             pause_after_failures: raw
                 .run
                 .pause_after_failures

@@ -186,7 +186,7 @@ static CATALOG: &[Spec] = &[
         name: "capabilities",
         kind: Kind::Query,
         args: &[],
-        description: "what the cognition backend can do",
+        description: "what the cognition backend can do, and the tools discovered on MCP servers (registered only when their validation call succeeded)",
         handler: |args| Box::pin(executor_capabilities(args)),
     },
     Spec {
@@ -647,7 +647,19 @@ async fn executor_capabilities(_: Args) -> Reply {
         .iter()
         .map(|c| json!({"id": c.id, "description": c.description}))
         .collect();
-    Ok(json!({"capabilities": list}))
+    let tools = messages::call(ActorKind::Executor, QUICK, ExecutorMsg::Tools)
+        .await
+        .map_err(peer_error)?
+        .map_err(actor_error)?;
+    let discovered: Vec<Value> = tools
+        .iter()
+        .map(|t| {
+            json!({"server": t.server, "tool": t.tool, "registered": t.registered,
+                   "description": t.description, "detail": t.detail,
+                   "checked_at_ms": t.checked_at_ms})
+        })
+        .collect();
+    Ok(json!({"capabilities": list, "discovered": discovered}))
 }
 
 async fn executor_jobs(args: Args) -> Reply {

@@ -11,6 +11,7 @@ use ractor::{Actor, ActorRef};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
+use tracing::Instrument;
 
 use super::{Ending, Prepared, RunError, console};
 use crate::actors::{Factory, Shared};
@@ -89,6 +90,11 @@ impl Services {
             config.service_name.clone(),
             config.state_dir.clone(),
         )));
+
+        for server in config.mcp_servers.clone() {
+            let store = prepared.store.clone();
+            tasks.push(tokio::spawn(discover_tools(server, store)));
+        }
 
         let shared = Arc::new(Shared {
             prompts: prepared.prompts.clone(),
@@ -240,5 +246,27 @@ async fn drain(
             PlannerMsg::Abandon,
         )
         .await;
+    }
+}
+
+/// Discovers one MCP server's tools and keeps the registry in the store; a
+/// server that cannot be reached is said once and leaves its earlier
+/// entries as they were.
+async fn discover_tools(server: crate::domain::ToolServer, store: crate::store::Store) {
+    let span = tracing::info_span!("executor.discover", server = %server.name);
+    let found = crate::mcp::discovery::discover(&server, crate::store::now_ms())
+        .instrument(span)
+        .await;
+    match found {
+        Ok(tools) => {
+            let registered = tools.iter().filter(|t| t.registered).count();
+            tracing::info!(server = %server.name, listed = tools.len(), registered, "MCP tools discovered");
+            if let Err(error) = store.put_tools(&server.name, &tools).await {
+                tracing::warn!(server = %server.name, %error, "cannot keep the discovered tools");
+            }
+        }
+        Err(error) => {
+            tracing::warn!(server = %server.name, %error, "cannot discover the MCP server's tools");
+        }
     }
 }

@@ -1,9 +1,13 @@
 //! The capability choice: a contextual bandit, LinUCB with one linear model
 //! per capability (Li et al., 2010). A situation becomes a short feature
-//! vector (a bias, then its terms hashed into buckets); each capability's
-//! model predicts the reward from it, and the choice is the best prediction
-//! plus an exploration bonus that is large where the capability has seen
-//! little of situations like this one. Updates are rank-one
+//! vector (its terms hashed into buckets); each capability's model predicts
+//! the reward from it, and the choice is the best prediction plus an
+//! exploration bonus that is large where the capability has seen little of
+//! situations like this one. There is no bias term on purpose: what a
+//! capability earned is credited to the situation's terms (its warning
+//! codes and their families), so it carries over to a workspace that shows
+//! them and not to one that shows nothing alike — there every capability
+//! looks new, and the choice is as open as it was at the start. Updates are rank-one
 //! (Sherman–Morrison), so a model is a 16×16 inverse and a vector: small
 //! enough for the learner's snapshot. Hand-written: it is thirty lines of
 //! arithmetic, and no maintained crate offers it without a matrix library.
@@ -12,15 +16,24 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
-/// Length of a feature vector: a bias and 15 buckets of hashed terms.
+/// Length of a feature vector: 16 buckets of hashed terms.
 pub const DIMENSIONS: usize = 16;
 
-/// A situation's features: `x[0]` is 1, and each term sets its bucket.
+/// What a situation that shows nothing is, as a term.
+const NOTHING: &str = "(no signals)";
+
+/// A situation's features: each term sets its bucket (a situation without
+/// terms sets the bucket of "no signals").
 pub fn features(terms: &[String]) -> Vec<f64> {
     let mut x = vec![0.0; DIMENSIONS];
-    x[0] = 1.0;
+    let nothing = [NOTHING.to_string()];
+    let terms = if terms.is_empty() {
+        &nothing[..]
+    } else {
+        terms
+    };
     for term in terms {
-        x[1 + (fnv1a(term.as_bytes()) % (DIMENSIONS as u64 - 1)) as usize] = 1.0;
+        x[(fnv1a(term.as_bytes()) % DIMENSIONS as u64) as usize] = 1.0;
     }
     x
 }

@@ -2,8 +2,10 @@
 //! as tools — synchronous, asynchronous and batch jobs that can be polled and
 //! killed. [`tools`] holds the wire types (shared with the MCP client backend
 //! in `cognition::mcp`), [`jobs`] the persisted job table, [`server`] the
-//! rmcp handler and the serve loop.
+//! rmcp handler and the serve loop. [`discovery`] is the client side of
+//! other servers: the tools they offer, validated before they are registered.
 
+pub mod discovery;
 pub mod jobs;
 pub mod server;
 pub mod tools;

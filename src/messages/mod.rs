@@ -13,10 +13,10 @@ use std::time::Duration;
 use ractor::{ActorRef, RpcReplyPort};
 
 use crate::domain::{
-    ActorKind, Advice, ApprovalDecision, ApprovalRequest, BudgetRow, Capability, Experience,
-    FaultKind, GovernorStatus, Iteration, JobOutcome, LearnedRules, LearnerStats, ModifierStatus,
-    Permit, Plan, PlannerStatus, Prepared, Research, ResearcherStatus, Signals, Usage, Variant,
-    Verdict,
+    ActorKind, Advice, ApprovalDecision, ApprovalRequest, BudgetRow, Capability, DiscoveredTool,
+    Experience, FaultKind, GovernorStatus, Iteration, JobOutcome, LearnedRules, LearnerStats,
+    ModifierStatus, Permit, Plan, PlannerStatus, Prepared, Research, ResearcherStatus, Signals,
+    Usage, Variant, Verdict,
 };
 use crate::store::{ApprovalRecord, JobRecord, SnapshotRecord};
 
@@ -170,6 +170,8 @@ pub enum ResearcherMsg {
 
 pub enum ExecutorMsg {
     Common(Common),
+    /// The registry of tools discovered on MCP servers.
+    Tools(RpcReplyPort<Result<Vec<DiscoveredTool>, ActorError>>),
     /// The latest job records, newest last.
     Jobs {
         last: usize,

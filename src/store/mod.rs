@@ -38,6 +38,8 @@ const WORKSPACE_KEY: &[u8] = b"workspace";
 /// Committed iterations by outcome, kept beside the log so that counting
 /// them does not read it (and survives its pruning).
 const OUTCOMES_KEY: &[u8] = b"outcomes";
+/// The registry of tools discovered on MCP servers.
+const TOOLS_KEY: &[u8] = b"tools";
 /// The second witness of what was committed, beside the store: a plain file
 /// holding the last committed iteration, replaced after every flushed commit.
 /// sled can come back from a damaged file with its last records silently
@@ -661,6 +663,42 @@ impl Store {
                 .insert(entry.topic.as_bytes(), codec::encode(entry)?)?;
         }
         self.flush().await
+    }
+
+    // ------------------------------------------------------------ tools --
+
+    /// Replaces one server's entries in the tool registry (durable at once).
+    pub async fn put_tools(
+        &self,
+        server: &str,
+        tools: &[crate::domain::DiscoveredTool],
+    ) -> Result<(), StoreError> {
+        {
+            let _writing = self.writing();
+            let mut records: Vec<records::ToolRecord> = self
+                .tool_records()?
+                .into_iter()
+                .filter(|r| r.server != server)
+                .collect();
+            records.extend(tools.iter().map(records::ToolRecord::from));
+            self.meta.insert(TOOLS_KEY, codec::encode(&records)?)?;
+        }
+        self.flush().await
+    }
+
+    /// The tool registry: every tool discovered, registered or not.
+    pub fn tools(&self) -> Result<Vec<crate::domain::DiscoveredTool>, StoreError> {
+        Ok(self
+            .tool_records()?
+            .into_iter()
+            .map(crate::domain::DiscoveredTool::from)
+            .collect())
+    }
+
+    fn tool_records(&self) -> Result<Vec<records::ToolRecord>, StoreError> {
+        Ok(self
+            .get(&self.meta, TOOLS_KEY, "tool registry")?
+            .unwrap_or_default())
     }
 
     // ----------------------------------------------------------- backup --

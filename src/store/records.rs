@@ -346,3 +346,41 @@ impl From<crate::domain::OutcomeCounts> for OutcomesRecord {
         }
     }
 }
+
+/// A tool discovered on an MCP server (`agent ctl send executor
+/// capabilities`), kept across restarts.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ToolRecord {
+    pub server: String,
+    pub tool: String,
+    pub description: String,
+    pub registered: bool,
+    pub detail: String,
+    pub checked_at_ms: u64,
+}
+
+impl From<&crate::domain::DiscoveredTool> for ToolRecord {
+    fn from(t: &crate::domain::DiscoveredTool) -> Self {
+        ToolRecord {
+            server: t.server.clone(),
+            tool: t.tool.clone(),
+            description: t.description.clone(),
+            registered: t.registered,
+            detail: t.detail.clone(),
+            checked_at_ms: t.checked_at_ms,
+        }
+    }
+}
+
+impl From<ToolRecord> for crate::domain::DiscoveredTool {
+    fn from(r: ToolRecord) -> Self {
+        crate::domain::DiscoveredTool {
+            server: r.server,
+            tool: r.tool,
+            description: r.description,
+            registered: r.registered,
+            detail: r.detail,
+            checked_at_ms: r.checked_at_ms,
+        }
+    }
+}

@@ -17,6 +17,7 @@ mod governance;
 mod harness;
 mod instances;
 mod kill9;
+mod learning;
 mod mcp;
 mod reliability;
 mod runtime;

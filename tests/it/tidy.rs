@@ -25,6 +25,8 @@ const SERDE_EDGES: &[&str] = &[
     "src/actors/executor.rs",
     "src/actors/modifier/mod.rs",
     "src/actors/planner/mod.rs",
+    "src/learning/bandit.rs",
+    "src/learning/rules.rs",
 ];
 
 const ACTORS: &[&str] = &[
@@ -172,6 +174,7 @@ fn layers_below_the_actors_do_not_speak_the_actor_protocol() {
         "src/workspace.rs",
         "src/cognition/",
         "src/config/",
+        "src/learning/",
         "src/mcp/",
         "src/store/",
         "src/supervisor/",

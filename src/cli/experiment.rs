@@ -1,0 +1,388 @@
+//! `agent experiment`: does learning pay? The agent runs on each workspace
+//! with the offline backend, a fresh state directory per run and the same
+//! iteration budget, once with learning on and once with learning off (a
+//! uniform draw among the same capabilities), over several seeds. In the
+//! learning-on arm what was learned on one workspace (the learner's bandit,
+//! rules and statistics) is carried into the next run: transfer is what
+//! should make it win. Each run is the real `agent run` in a process of its
+//! own; the figures are read from its store afterwards, not from its output.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use clap::Args;
+use serde_json::{Value, json};
+
+use super::exit;
+use crate::domain::{Iteration, Outcome};
+use crate::process::{self, CommandSpec};
+use crate::store::Store;
+
+/// The goal every run pursues.
+const GOAL: &str =
+    "Reduce the compiler and clippy warnings of the workspace without breaking its tests";
+/// Longest one run may take per iteration before it is given up.
+const PER_ITERATION: Duration = Duration::from_secs(600);
+
+#[derive(Debug, Args)]
+pub struct ExperimentArgs {
+    /// A workspace (a Rust crate); repeat for several, run in the order given.
+    #[arg(long = "workspace", value_name = "DIR", required = true)]
+    pub workspaces: Vec<PathBuf>,
+    /// Seeds per arm (0, 1, …).
+    #[arg(long, value_name = "N", default_value_t = 3, value_parser = clap::value_parser!(u64).range(1..))]
+    pub seeds: u64,
+    /// Iterations per run (the same budget for both arms).
+    #[arg(long, value_name = "N", default_value_t = 8, value_parser = clap::value_parser!(u64).range(1..))]
+    pub iterations: u64,
+    /// Where the runs' state directories and logs go [default: a temporary
+    /// directory, removed at the end].
+    #[arg(long, value_name = "DIR")]
+    pub out: Option<PathBuf>,
+    /// Print the results as one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// The two arms.
+const ARMS: [(&str, bool); 2] = [("learning_on", true), ("learning_off", false)];
+
+/// What one run achieved.
+#[derive(Debug, Clone, PartialEq)]
+pub struct RunResult {
+    pub start: f64,
+    pub best: f64,
+    /// The first iteration whose head had the best fitness (0: the start).
+    pub iterations_to_best: u64,
+    pub kept: u64,
+    pub refused: u64,
+}
+
+/// Reads a run's figures from its committed iterations (oldest first).
+pub fn result_of(iterations: &[Iteration]) -> Option<RunResult> {
+    let start = iterations.first()?.fitness_before?;
+    let mut best = start;
+    let mut iterations_to_best = 0;
+    for iteration in iterations {
+        if let Some(fitness) = iteration.head_fitness()
+            && fitness < best
+        {
+            best = fitness;
+            iterations_to_best = iteration.number;
+        }
+    }
+    let count = |outcome| iterations.iter().filter(|i| i.outcome == outcome).count() as u64;
+    Some(RunResult {
+        start,
+        best,
+        iterations_to_best,
+        kept: count(Outcome::Accepted),
+        refused: count(Outcome::Rejected),
+    })
+}
+
+/// Mean and (sample) standard deviation.
+fn spread(values: &[f64]) -> (f64, f64) {
+    let n = values.len() as f64;
+    if values.is_empty() {
+        return (f64::NAN, 0.0);
+    }
+    let mean = values.iter().sum::<f64>() / n;
+    let variance = if values.len() > 1 {
+        values.iter().map(|v| (v - mean).powi(2)).sum::<f64>() / (n - 1.0)
+    } else {
+        0.0
+    };
+    (mean, variance.sqrt())
+}
+
+/// One arm's results on one workspace, over the seeds.
+fn summarise(results: &[RunResult]) -> Value {
+    let field = |f: fn(&RunResult) -> f64| spread(&results.iter().map(f).collect::<Vec<_>>());
+    let (start, start_sd) = field(|r| r.start);
+    let (best, best_sd) = field(|r| r.best);
+    let (to_best, to_best_sd) = field(|r| r.iterations_to_best as f64);
+    let (kept, kept_sd) = field(|r| r.kept as f64);
+    let (refused, refused_sd) = field(|r| r.refused as f64);
+    json!({
+        "runs": results.len(),
+        "start_fitness_mean": start, "start_fitness_sd": start_sd,
+        "best_fitness_mean": best, "best_fitness_sd": best_sd,
+        "iterations_to_best_mean": to_best, "iterations_to_best_sd": to_best_sd,
+        "kept_mean": kept, "kept_sd": kept_sd,
+        "refused_mean": refused, "refused_sd": refused_sd,
+    })
+}
+
+pub async fn run(args: ExperimentArgs) -> u8 {
+    match experiment(&args).await {
+        Ok(report) => {
+            if args.json {
+                println!("{report}");
+            } else {
+                print!("{}", table(&report));
+            }
+            exit::OK
+        }
+        Err(error) => {
+            eprintln!("agent experiment: {error}");
+            exit::FAILED
+        }
+    }
+}
+
+async fn experiment(args: &ExperimentArgs) -> Result<Value, String> {
+    let own = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
+    let mut workspaces = Vec::new();
+    for dir in &args.workspaces {
+        let absolute =
+            std::path::absolute(dir).map_err(|e| format!("workspace {}: {e}", dir.display()))?;
+        if !absolute.join("Cargo.toml").is_file() {
+            return Err(format!(
+                "workspace {} has no Cargo.toml: the experiment runs on Rust crates",
+                dir.display()
+            ));
+        }
+        workspaces.push(absolute);
+    }
+    let (out, temporary) = match &args.out {
+        Some(out) => (out.clone(), false),
+        None => (
+            std::env::temp_dir().join(format!("agent-experiment-{}", std::process::id())),
+            true,
+        ),
+    };
+    std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
+    // results[workspace][arm] = one result per seed
+    let mut results: Vec<[Vec<RunResult>; 2]> = vec![[Vec::new(), Vec::new()]; workspaces.len()];
+    for seed in 0..args.seeds {
+        for (arm, (arm_name, learning)) in ARMS.iter().enumerate() {
+            let mut knowledge: Option<PathBuf> = None;
+            for (index, workspace) in workspaces.iter().enumerate() {
+                let name = label(workspace);
+                let dir = out.join(format!("seed{seed}-{arm_name}-{index}-{name}"));
+                eprintln!(
+                    "agent experiment: seed {seed}, {arm_name}, {name}: {} iteration(s)",
+                    args.iterations
+                );
+                // Both arms draw from the same seed on the same workspace
+                // (a paired comparison); each workspace has its own.
+                let run_seed = seed * 1_000 + index as u64;
+                let result = one_run(
+                    &own,
+                    workspace,
+                    &dir,
+                    *learning,
+                    run_seed,
+                    args.iterations,
+                    knowledge.as_deref(),
+                )
+                .await
+                .map_err(|e| format!("{name} ({arm_name}, seed {seed}): {e}"))?;
+                results[index][arm].push(result);
+                if *learning {
+                    knowledge = Some(dir.join("state"));
+                }
+            }
+        }
+    }
+    if temporary {
+        let _ = std::fs::remove_dir_all(&out);
+    }
+    let rows: Vec<Value> = workspaces
+        .iter()
+        .zip(&results)
+        .map(|(workspace, arms)| {
+            json!({
+                "workspace": label(workspace),
+                "learning_on": summarise(&arms[0]),
+                "learning_off": summarise(&arms[1]),
+            })
+        })
+        .collect();
+    Ok(json!({
+        "seeds": args.seeds,
+        "iterations": args.iterations,
+        "backend": "offline",
+        "workspaces": rows,
+    }))
+}
+
+fn label(workspace: &Path) -> String {
+    workspace
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_else(|| workspace.display().to_string())
+}
+
+/// One `agent run` on a fresh state directory; `knowledge` is the state
+/// directory of the run whose learning it starts from.
+async fn one_run(
+    own: &Path,
+    workspace: &Path,
+    dir: &Path,
+    learning: bool,
+    seed: u64,
+    iterations: u64,
+    knowledge: Option<&Path>,
+) -> Result<RunResult, String> {
+    let state = dir.join("state");
+    if dir.exists() {
+        std::fs::remove_dir_all(dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
+    }
+    std::fs::create_dir_all(&state)
+        .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
+    let config = dir.join("agent.toml");
+    let text = format!(
+        "[run]\ngoal = {goal:?}\nworkspace = {workspace:?}\nstate = {state:?}\nmax_iterations = {iterations}\n\
+         loop_same_plan = 0\nloop_same_refused_change = 0\nloop_no_progress = 0\nstart_from_variant_after = 0\n\
+         [cognition]\nbackend = \"offline\"\n\
+         [validation]\nfailing_base = \"proceed\"\n\
+         [learning]\nenabled = {learning}\nseed = {seed}\n",
+        goal = GOAL,
+        workspace = workspace.display().to_string(),
+        state = state.display().to_string(),
+    );
+    std::fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    if let Some(from) = knowledge {
+        carry_learning(from, &state).await?;
+    }
+    let spec = CommandSpec {
+        program: own.to_path_buf(),
+        args: vec![
+            "run".into(),
+            "--config".into(),
+            config.display().to_string(),
+        ],
+        cwd: dir.to_path_buf(),
+        env: Vec::new(),
+        timeout: PER_ITERATION * (iterations as u32 + 1),
+    };
+    let finished = process::run(&spec)
+        .await
+        .map_err(|e| format!("cannot start `agent run`: {e}"))?;
+    let log = dir.join("run.log");
+    let _ = std::fs::write(&log, format!("{}{}", finished.stdout, finished.stderr));
+    if !finished.success() {
+        return Err(format!(
+            "`agent run` failed: {} (log: {})",
+            finished.first_error_line(),
+            log.display()
+        ));
+    }
+    let store = Store::open(&state).map_err(|e| e.to_string())?;
+    let committed = store.iterations(usize::MAX).map_err(|e| e.to_string())?;
+    result_of(&committed).ok_or_else(|| {
+        format!(
+            "the run committed no iteration with a measured fitness (log: {})",
+            log.display()
+        )
+    })
+}
+
+/// Seeds a fresh store with what the learner learned in an earlier run.
+async fn carry_learning(from: &Path, to: &Path) -> Result<(), String> {
+    let learned = {
+        let earlier = Store::open(from).map_err(|e| e.to_string())?;
+        earlier.snapshot("learner").map_err(|e| e.to_string())?
+    };
+    if let Some(record) = learned {
+        let store = Store::open(to).map_err(|e| e.to_string())?;
+        store
+            .put_snapshot(&record)
+            .await
+            .map_err(|e| e.to_string())?;
+    }
+    Ok(())
+}
+
+/// The report as a table: per workspace and arm, mean ± sd over seeds.
+pub fn table(report: &Value) -> String {
+    let mut out = format!(
+        "{} seed(s), {} iteration(s) per run, offline backend\n\n{:<18} {:<13} {:>12} {:>12} {:>14} {:>11} {:>11}\n",
+        report["seeds"],
+        report["iterations"],
+        "workspace",
+        "arm",
+        "start",
+        "best",
+        "iters to best",
+        "kept",
+        "refused"
+    );
+    let cell = |arm: &Value, field: &str| {
+        format!(
+            "{:.1} ± {:.1}",
+            arm[format!("{field}_mean")].as_f64().unwrap_or(f64::NAN),
+            arm[format!("{field}_sd")].as_f64().unwrap_or(f64::NAN)
+        )
+    };
+    for row in report["workspaces"].as_array().into_iter().flatten() {
+        for (arm, name) in [
+            ("learning_on", "learning on"),
+            ("learning_off", "learning off"),
+        ] {
+            let a = &row[arm];
+            out.push_str(&format!(
+                "{:<18} {:<13} {:>12} {:>12} {:>14} {:>11} {:>11}\n",
+                row["workspace"].as_str().unwrap_or("?"),
+                name,
+                cell(a, "start_fitness"),
+                cell(a, "best_fitness"),
+                cell(a, "iterations_to_best"),
+                cell(a, "kept"),
+                cell(a, "refused"),
+            ));
+        }
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn iteration(number: u64, outcome: Outcome, before: f64, after: f64) -> Iteration {
+        Iteration {
+            number,
+            goal: GOAL.into(),
+            capability: "c".into(),
+            outcome,
+            fitness_before: Some(before),
+            fitness_after: Some(after),
+            usage: Default::default(),
+            duration: Duration::ZERO,
+            commit: None,
+            summary: String::new(),
+            finished_at_ms: 0,
+            variant: None,
+        }
+    }
+
+    #[test]
+    fn a_run_is_read_from_its_committed_iterations() {
+        let log = [
+            iteration(1, Outcome::Rejected, 10.0, 12.0),
+            iteration(2, Outcome::Accepted, 10.0, 6.0),
+            iteration(3, Outcome::NoChange, 6.0, 6.0),
+            iteration(4, Outcome::Accepted, 6.0, 6.0),
+        ];
+        assert_eq!(
+            result_of(&log),
+            Some(RunResult {
+                start: 10.0,
+                best: 6.0,
+                iterations_to_best: 2,
+                kept: 2,
+                refused: 1,
+            })
+        );
+        assert_eq!(result_of(&[]), None);
+    }
+
+    #[test]
+    fn spread_is_mean_and_sample_deviation() {
+        assert_eq!(spread(&[2.0, 4.0]), (3.0, 2f64.sqrt()));
+        assert_eq!(spread(&[5.0]), (5.0, 0.0));
+    }
+}
