@@ -38,8 +38,9 @@ const RULE_LIFT: f64 = 0.5;
 /// How far back an advice looks for attempts in the very same situation.
 const SAME_SITUATION_WINDOW: usize = 30;
 /// What a capability loses for having gained nothing in the very situation
-/// the workspace is in now: the tools are deterministic, so it would gain
-/// nothing again. Larger than any score, so it goes last.
+/// the workspace is in now (or for a refused change where the same warnings
+/// were there): the tools are deterministic, so it would gain nothing
+/// again. Larger than any score, so it goes last.
 const FRUITLESS: f64 = 10.0;
 
 /// What the learner knows of one capability, for operators.
@@ -189,6 +190,25 @@ fn situation_features(signals: &Signals, previous: Option<&Experience>) -> Vec<f
     x
 }
 
+/// Whether `earlier` says its capability would gain nothing now: it gained
+/// nothing in this very situation, or its change was refused where most of
+/// the warning codes shown now were already there (whatever made it fail
+/// is likely still there: a fix elsewhere removes some codes and may add
+/// one, but rarely the one that broke the tests).
+fn fruitless_here(earlier: &Experience, now: &Signals) -> bool {
+    if now.warnings.is_empty() || crate::learning::gain(earlier) > 0.0 {
+        return false;
+    }
+    let same = earlier.signals.warnings == now.warnings;
+    let shared = now
+        .warnings
+        .keys()
+        .filter(|code| earlier.signals.warnings.contains_key(*code))
+        .count();
+    let refused_on_most = earlier.outcome == Outcome::Rejected && 2 * shared > now.warnings.len();
+    same || refused_on_most
+}
+
 /// Ranks `candidates` for iteration `iteration` in the situation `signals`,
 /// best first. Ties (and the whole order, with learning off) are drawn with
 /// a generator seeded by the seed and the iteration: the same run makes the
@@ -242,17 +262,15 @@ pub fn rank(
             let (bound, predicted) = snapshot.bandit.score(id, &x, settings.exploration);
             let rule = rules.iter().find(|r| &r.capability == id);
             let lift = rule.map_or(0.0, |r| RULE_LIFT * r.weight);
-            let fruitless = recent.iter().rev().find(|e| {
-                &e.capability == id
-                    && e.signals.warnings == signals.warnings
-                    && !e.signals.warnings.is_empty()
-                    && crate::learning::gain(e) == 0.0
-            });
+            let fruitless = recent
+                .iter()
+                .rev()
+                .find(|e| &e.capability == id && fruitless_here(e, signals));
             let penalty = if fruitless.is_some() { FRUITLESS } else { 0.0 };
             let s = stats(id);
             let why = match (fruitless, rule) {
                 (Some(e), _) => format!(
-                    "gained nothing in this very situation at iteration {} ({})",
+                    "gained nothing in this situation at iteration {} ({})",
                     e.iteration,
                     e.outcome.as_str()
                 ),
@@ -520,6 +538,22 @@ mod tests {
             "{}",
             ranked.last().unwrap().why
         );
+        // A change refused where most of these warnings were shown: still
+        // last; where most codes are new, not.
+        let mut refused = experience("cargo-fix", Outcome::Rejected, &[]);
+        refused.signals = signals(&["unused_imports", "unused_mut", "dead_code"]);
+        let ranked = rank(
+            &settings,
+            &snapshot,
+            &candidates,
+            &now,
+            9,
+            &[refused.clone()],
+        );
+        assert_eq!(ranked.last().map(|r| r.id.as_str()), Some("cargo-fix"));
+        let elsewhere = signals(&["unused_imports", "unused_parens"]);
+        let ranked = rank(&settings, &snapshot, &candidates, &elsewhere, 9, &[refused]);
+        assert_eq!(ranked[0].id, "cargo-fix", "{:?}", ids(&ranked));
     }
 
     #[test]

@@ -122,7 +122,12 @@ pub async fn run(args: ExperimentArgs) -> u8 {
             } else {
                 print!("{}", table(&report));
             }
-            exit::OK
+            let failed = report["workspaces"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .any(|row| row["failed"].as_array().is_some_and(|f| !f.is_empty()));
+            if failed { exit::FAILED } else { exit::OK }
         }
         Err(error) => {
             eprintln!("agent experiment: {error}");
@@ -153,8 +158,10 @@ async fn experiment(args: &ExperimentArgs) -> Result<Value, String> {
         ),
     };
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    // results[workspace][arm] = one result per seed
+    // results[workspace][arm] = one result per seed; failures[workspace] =
+    // why runs on it ended without one.
     let mut results: Vec<[Vec<RunResult>; 2]> = vec![[Vec::new(), Vec::new()]; workspaces.len()];
+    let mut failures: Vec<Vec<String>> = vec![Vec::new(); workspaces.len()];
     for seed in 0..args.seeds {
         for (arm, (arm_name, learning)) in ARMS.iter().enumerate() {
             let mut knowledge: Option<PathBuf> = None;
@@ -177,11 +184,20 @@ async fn experiment(args: &ExperimentArgs) -> Result<Value, String> {
                     args.iterations,
                     knowledge.as_deref(),
                 )
-                .await
-                .map_err(|e| format!("{name} ({arm_name}, seed {seed}): {e}"))?;
-                results[index][arm].push(result);
-                if *learning {
-                    knowledge = Some(dir.join("state"));
+                .await;
+                match result {
+                    Ok(result) => {
+                        results[index][arm].push(result);
+                        if *learning {
+                            knowledge = Some(dir.join("state"));
+                        }
+                    }
+                    // One workspace that cannot be run does not end the
+                    // experiment: it is reported, and the others go on.
+                    Err(error) => {
+                        eprintln!("agent experiment: {name} ({arm_name}, seed {seed}): {error}");
+                        failures[index].push(format!("{arm_name}, seed {seed}: {error}"));
+                    }
                 }
             }
         }
@@ -192,11 +208,13 @@ async fn experiment(args: &ExperimentArgs) -> Result<Value, String> {
     let rows: Vec<Value> = workspaces
         .iter()
         .zip(&results)
-        .map(|(workspace, arms)| {
+        .zip(&failures)
+        .map(|((workspace, arms), failed)| {
             json!({
                 "workspace": label(workspace),
                 "learning_on": summarise(&arms[0]),
                 "learning_off": summarise(&arms[1]),
+                "failed": failed,
             })
         })
         .collect();
@@ -258,11 +276,22 @@ async fn one_run(
         env: Vec::new(),
         timeout: PER_ITERATION * (iterations as u32 + 1),
     };
-    let finished = process::run(&spec)
-        .await
-        .map_err(|e| format!("cannot start `agent run`: {e}"))?;
+    let running = process::start(&spec).map_err(|e| format!("cannot start `agent run`: {e}"))?;
+    // A run that pauses (a workspace that does not build, failures that do
+    // not go away) would wait for an operator forever: it is stopped, and
+    // the pause is this run's result.
+    let paused = std::sync::Mutex::new(None::<String>);
+    let finished = running
+        .wait_or_cancel(async {
+            let reason = wait_for_pause(&state.join("agent.sock")).await;
+            *paused.lock().unwrap_or_else(|p| p.into_inner()) = Some(reason);
+        })
+        .await;
     let log = dir.join("run.log");
     let _ = std::fs::write(&log, format!("{}{}", finished.stdout, finished.stderr));
+    if let Some(reason) = paused.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        return Err(format!("the run paused: {reason} (log: {})", log.display()));
+    }
     if !finished.success() {
         return Err(format!(
             "`agent run` failed: {} (log: {})",
@@ -278,6 +307,23 @@ async fn one_run(
             log.display()
         )
     })
+}
+
+/// Asks the run for its status every second until it is paused; its reason.
+async fn wait_for_pause(socket: &Path) -> String {
+    loop {
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let asked =
+            crate::ctl::client::request(socket, crate::ctl::protocol::Command::Status).await;
+        if let Ok(crate::ctl::protocol::Outcome::Ok(crate::ctl::protocol::Reply::Status(status))) =
+            asked
+            && status.run_state == "paused"
+        {
+            return status
+                .pause_reason
+                .unwrap_or_else(|| "paused without a reason".into());
+        }
+    }
 }
 
 /// Seeds a fresh store with what the learner learned in an earlier run.

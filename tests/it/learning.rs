@@ -277,6 +277,7 @@ fn the_experiment_measures_learning_on_against_learning_off() {
         rows.iter().map(|r| r[arm][field].as_f64().unwrap()).sum()
     };
     for row in rows {
+        assert_eq!(row["failed"], serde_json::json!([]), "{row}");
         for arm in ["learning_on", "learning_off"] {
             assert_eq!(row[arm]["runs"], 1, "{row}");
             let start = row[arm]["start_fitness_mean"].as_f64().unwrap();
