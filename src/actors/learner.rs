@@ -353,11 +353,14 @@ impl Actor for Learner {
                     retrieval::most_relevant(&past, &terms, settings.relevant)
                 };
                 let (rules, recent) = if settings.enabled {
-                    let recent = state
-                        .ctx
-                        .store
-                        .experiences(SAME_SITUATION_WINDOW)
-                        .unwrap_or_default();
+                    // Without warnings there is no same situation to look
+                    // for: only the last experience matters (`after:`).
+                    let window = if signals.warnings.is_empty() {
+                        1
+                    } else {
+                        SAME_SITUATION_WINDOW
+                    };
+                    let recent = state.ctx.store.experiences(window).unwrap_or_default();
                     (state.snapshot.rules.holding(&terms), recent)
                 } else {
                     (Vec::new(), Vec::new())

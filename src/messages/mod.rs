@@ -213,7 +213,8 @@ pub enum ModifierMsg {
     },
     /// Run validation on the prepared base, before any change: `Some` with
     /// the first error line when it fails there.
-    Baseline(RpcReplyPort<Result<Option<String>, ActorError>>),
+    /// Validation at the head: why it fails and what that shows, if it does.
+    Baseline(RpcReplyPort<Result<Option<(String, Signals)>, ActorError>>),
     /// Move the branch onto the repository's HEAD when validation passes
     /// there (the run must be paused and idle); answers what was done.
     Rebase(RpcReplyPort<Result<String, ActorError>>),

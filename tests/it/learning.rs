@@ -307,3 +307,61 @@ fn the_experiment_measures_learning_on_against_learning_off() {
         2 * EXAMPLES.len()
     );
 }
+
+/// What the workspace shows reaches the learner: an offline run on a crate
+/// with warnings and a failing test records, with its experience, the
+/// warning codes (test code's marked `@tests`) and the failing test; the
+/// learner lists it.
+#[test]
+fn an_experience_carries_the_situation_the_workspace_was_in() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(
+        dir.path(),
+        &[
+            ("backend = \"claude-cli\"", "backend = \"offline\""),
+            ("command = \"true\"", "command = \"cargo test --quiet\""),
+            ("fitness = \"echo 1\"", "fitness = \"cargo-warnings\""),
+            ("failing_base = \"pause\"", "failing_base = \"proceed\""),
+        ],
+    );
+    let workspace = tiny_crate(dir.path());
+    std::fs::write(
+        workspace.join("src/lib.rs"),
+        "use std::collections::HashMap;\n\npub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n\n\
+         #[cfg(test)]\nmod tests {\n    #[test]\n    fn adds_wrong() {\n        let mut x = 1;\n        x += 1;\n        assert_eq!(super::add(1, 2), x);\n    }\n}\n",
+    )
+    .unwrap();
+    let committed = std::process::Command::new("git")
+        .args([
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@localhost",
+            "commit",
+            "-qam",
+            "failing",
+        ])
+        .current_dir(&workspace)
+        .status()
+        .unwrap();
+    assert!(committed.success());
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::bounded(&state, &config, &workspace, 1, &[]);
+    let status = daemon.wait_exit(Duration::from_secs(300));
+    assert!(status.success(), "{}", daemon.logs());
+    let store = agent::store::Store::open(&state).unwrap();
+    let experiences = store.experiences(10).unwrap();
+    assert_eq!(experiences.len(), 1, "{experiences:?}");
+    let signals = &experiences[0].signals;
+    assert_eq!(
+        signals.warnings.get("unused_imports"),
+        Some(&1),
+        "{signals:?}"
+    );
+    assert_eq!(signals.failing_tests, ["tests::adds_wrong"], "{signals:?}");
+    assert!(
+        signals.terms().contains(&"family:rustc-lib".to_string()),
+        "{:?}",
+        signals.terms()
+    );
+}

@@ -151,6 +151,37 @@ pub fn count_warnings(json_lines: &str) -> usize {
     seen.len()
 }
 
+/// The tests a `cargo test` output names as failed, in order, each once:
+/// `test <name> ... FAILED` lines and the indented names under the closing
+/// `failures:` heading (what `--quiet` prints).
+pub fn failing_tests(output: &str) -> Vec<String> {
+    let mut names: Vec<String> = Vec::new();
+    let mut push = |name: &str| {
+        if !name.is_empty() && !names.iter().any(|n| n == name) {
+            names.push(name.to_string());
+        }
+    };
+    let lines: Vec<&str> = output.lines().collect();
+    for line in &lines {
+        if let Some(name) = line
+            .strip_prefix("test ")
+            .and_then(|rest| rest.strip_suffix(" ... FAILED"))
+        {
+            push(name.trim());
+        }
+    }
+    if let Some(heading) = lines.iter().rposition(|l| l.trim_end() == "failures:") {
+        for line in &lines[heading + 1..] {
+            match line.strip_prefix("    ") {
+                Some(name) if !name.trim().is_empty() => push(name.trim()),
+                _ if line.trim().is_empty() => continue,
+                _ => break,
+            }
+        }
+    }
+    names
+}
+
 /// The distinct warnings of `cargo --message-format=json` output by code,
 /// with how many of each. A warning seen only where test code is built (an
 /// integration test, or a `#[cfg(test)]` item: the lib's own warnings
@@ -217,6 +248,19 @@ mod tests {
             )
         );
         assert_eq!(first_compiler_error(warning), None);
+    }
+
+    #[test]
+    fn failing_tests_are_read_from_cargo_tests_output() {
+        let verbose =
+            "running 2 tests\ntest tests::adds ... ok\ntest tests::median_of_one ... FAILED\n";
+        assert_eq!(failing_tests(verbose), ["tests::median_of_one"]);
+        let quiet = "running 3 tests\n.F.\nfailures:\n\n---- tests::median_of_one stdout ----\nassertion failed\n\n\nfailures:\n    tests::median_of_one\n    tests::mean\n\ntest result: FAILED. 1 passed; 2 failed\n";
+        assert_eq!(
+            failing_tests(quiet),
+            ["tests::median_of_one", "tests::mean"]
+        );
+        assert!(failing_tests("test result: ok. 3 passed").is_empty());
     }
 
     #[test]

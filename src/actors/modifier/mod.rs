@@ -53,6 +53,11 @@ pub struct ModifierState {
     /// What the measure showed at the head, when this actor measured it
     /// (not persisted: after a restart the head is measured again).
     head_signals: Option<Signals>,
+    /// What validation showed failing at the base (head, failing tests and
+    /// error) while it is the head: part of the signals until a change is
+    /// kept (which validation must pass). std Mutex: never held across an
+    /// await.
+    failing_base: Arc<Mutex<Option<(String, Signals)>>>,
 }
 
 impl ModifierState {
@@ -88,6 +93,7 @@ impl Actor for Modifier {
             work: JoinSet::new(),
             exploration: Arc::default(),
             head_signals: None,
+            failing_base: Arc::default(),
         };
         state.restore()?;
         Ok(state)
@@ -111,6 +117,13 @@ impl Actor for Modifier {
                 // The head's fitness is reused only with its signals.
                 let known = state.snapshot.head_fitness.zip(state.head_signals.clone());
                 let exploration = state.exploration.clone();
+                let failing = state
+                    .failing_base
+                    .lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .clone()
+                    .filter(|(at, _)| *at == head)
+                    .map(|(_, signals)| signals);
                 let span = tracing::info_span!(
                     "modifier.prepare",
                     actor = KIND.name(),
@@ -122,6 +135,13 @@ impl Actor for Modifier {
                     let result = prepare(&ctx, &head, known, keep_worktree, &exploration)
                         .instrument(span)
                         .await
+                        .map(|mut prepared| {
+                            if let Some(failing) = failing {
+                                prepared.signals.failing_tests = failing.failing_tests;
+                                prepared.signals.error = failing.error;
+                            }
+                            prepared
+                        })
                         .map_err(ActorError::Workspace);
                     if let Ok(prepared) = &result {
                         let _ = myself.cast(ModifierMsg::Settled {
@@ -253,10 +273,17 @@ impl Actor for Modifier {
             }
             ModifierMsg::Baseline(reply) => {
                 let ctx = state.ctx.clone();
+                let head = state.snapshot.head.clone();
+                let failing_base = state.failing_base.clone();
                 let span = tracing::info_span!("modifier.baseline", actor = KIND.name());
                 state.work.spawn(
                     async move {
-                        let _ = reply.send(baseline(&ctx).await.map_err(ActorError::Workspace));
+                        let result = baseline(&ctx).await.map_err(ActorError::Workspace);
+                        if let Ok(found) = &result {
+                            *failing_base.lock().unwrap_or_else(|p| p.into_inner()) =
+                                found.as_ref().map(|(_, signals)| (head, signals.clone()));
+                        }
+                        let _ = reply.send(result);
                     }
                     .instrument(span),
                 );
@@ -470,7 +497,7 @@ async fn rebase(ctx: &Context, head: &str) -> Result<(String, String), String> {
     }
     let (workspace, new_head) = (ctx.workspace.clone(), replayed.new_head.clone());
     blocking(move || workspace.reset_to(&new_head).map_err(|e| e.to_string())).await?;
-    if let Some(fails) = baseline(ctx).await? {
+    if let Some((fails, _)) = baseline(ctx).await? {
         let (workspace, old) = (ctx.workspace.clone(), replayed.old_head.clone());
         blocking(move || workspace.reset_to(&old).map_err(|e| e.to_string())).await?;
         return Err(format!(
@@ -497,10 +524,18 @@ async fn rebase(ctx: &Context, head: &str) -> Result<(String, String), String> {
 
 /// The validation command on the worktree as prepared (the base): `Some`
 /// with what failed, in one line.
-async fn baseline(ctx: &Context) -> Result<Option<String>, String> {
+/// Validation on the head: why it fails, if it does, and what the failure
+/// shows as signals (the failing tests; the compiler's error line when the
+/// tests do not build).
+async fn baseline(ctx: &Context) -> Result<Option<(String, Signals)>, String> {
     if let Some(checks) = &ctx.checks {
         let failed = checks.validate(&ctx.workspace.path).await.err();
-        return Ok(failed.map(|why| format!("validation fails at the base: {why}")));
+        return Ok(failed.map(|why| {
+            (
+                format!("validation fails at the base: {why}"),
+                Signals::default(),
+            )
+        }));
     }
     let spec = CommandSpec::shell(
         &ctx.config.validation_command,
@@ -510,13 +545,23 @@ async fn baseline(ctx: &Context) -> Result<Option<String>, String> {
     let finished = process::run(&confine(ctx, spec, Reach::Baseline))
         .await
         .map_err(|e| e.to_string())?;
-    Ok((!finished.success()).then(|| {
+    if finished.success() {
+        return Ok(None);
+    }
+    let first = finished.first_error_line();
+    let output = format!("{}\n{}", finished.stdout, finished.stderr);
+    let signals = Signals {
+        failing_tests: fitness::failing_tests(&output),
+        error: first.starts_with("error").then(|| first.clone()),
+        ..Signals::default()
+    };
+    Ok(Some((
         format!(
-            "validation `{}` fails at the base, before any change: {}",
-            ctx.config.validation_command,
-            finished.first_error_line()
-        )
-    }))
+            "validation `{}` fails at the base, before any change: {first}",
+            ctx.config.validation_command
+        ),
+        signals,
+    )))
 }
 
 /// A check as it runs: in the sandbox when there is one.

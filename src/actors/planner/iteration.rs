@@ -113,12 +113,14 @@ async fn run_steps(
     check_base: bool,
 ) -> Result<Iteration, StepError> {
     let started = Instant::now();
-    let prepared = prepare(ctx, iteration).await?;
-    if check_base {
-        baseline(ctx, iteration).await?;
+    let mut prepared = prepare(ctx, iteration).await?;
+    if check_base && let Some(failing) = baseline(ctx, iteration).await? {
+        // What fails at the base is part of the situation.
+        prepared.signals.failing_tests = failing.failing_tests;
+        prepared.signals.error = failing.error;
     }
     let (capabilities, advice) = advise(iteration, &prepared.signals).await?;
-    let research = research(ctx, &snapshot.goal).await?;
+    let research = research(ctx, &research_topic(&snapshot.goal, &prepared.signals)).await?;
     let plan = plan(
         ctx,
         &snapshot.goal,
@@ -257,23 +259,24 @@ async fn prepare(ctx: &Context, iteration: u64) -> Result<Prepared, StepError> {
 /// Validation on the base, once per run (and goal): a base that already
 /// fails cannot judge a change. With `failing_base = "pause"` the attempt
 /// ends there; with `"proceed"` it is said and the run goes on.
-async fn baseline(ctx: &Context, iteration: u64) -> Result<(), StepError> {
+/// Returns what the failure shows (failing tests, the compiler's error).
+async fn baseline(ctx: &Context, iteration: u64) -> Result<Option<Signals>, StepError> {
     let fails = messages::call(ActorKind::Modifier, slow(ctx), ModifierMsg::Baseline).await??;
-    let Some(reason) = fails else {
+    let Some((reason, signals)) = fails else {
         step(
             ctx,
             iteration,
             "baseline",
             "validation passes at the base".into(),
         );
-        return Ok(());
+        return Ok(None);
     };
     step(ctx, iteration, "baseline", reason.clone());
     match ctx.config.failing_base {
         crate::config::FailingBase::Pause => Err(StepError::BaseFails(reason)),
         crate::config::FailingBase::Proceed => {
             tracing::warn!(%reason, "proceeding: the goal is to make validation pass");
-            Ok(())
+            Ok(Some(signals))
         }
     }
 }
@@ -293,6 +296,15 @@ async fn advise(iteration: u64, signals: &Signals) -> Result<(Vec<Capability>, A
     })
     .await?;
     Ok((capabilities, advice))
+}
+
+/// What the researcher is asked: the goal, and what stops the build when
+/// something does (its error code brings `rustc --explain` in).
+fn research_topic(goal: &str, signals: &Signals) -> String {
+    match &signals.error {
+        Some(error) => format!("{goal}; the build fails: {error}"),
+        None => goal.to_string(),
+    }
 }
 
 /// Notes on the goal from the researcher, for model backends only: the
