@@ -118,9 +118,9 @@ pub async fn run(args: ExperimentArgs) -> u8 {
     match experiment(&args).await {
         Ok(report) => {
             if args.json {
-                println!("{report}");
+                super::say(&report.to_string());
             } else {
-                print!("{}", table(&report));
+                super::say(table(&report).trim_end());
             }
             let failed = report["workspaces"]
                 .as_array()

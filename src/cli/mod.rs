@@ -332,7 +332,16 @@ pub fn main(cli: Cli) -> ExitCode {
     };
     #[cfg(feature = "failpoints")]
     let _failpoints = crate::failpoints::setup();
-    if !matches!(cli.command, TopCommand::Run(_) | TopCommand::McpServe(_)) {
+    // Commands that talk to a socket keep SIGPIPE ignored: a daemon that
+    // closes the connection mid-request must be an error they report, not
+    // a signal that ends them without a word. They print through `say`.
+    if !matches!(
+        cli.command,
+        TopCommand::Run(_)
+            | TopCommand::McpServe(_)
+            | TopCommand::Ctl(_)
+            | TopCommand::Experiment(_)
+    ) {
         crate::process::quiet_on_closed_pipe();
     }
     let format = cli.log_format;
@@ -437,9 +446,9 @@ async fn ctl(args: CtlArgs) -> u8 {
         }
         Ok(Outcome::Ok(reply)) => {
             if args.json {
-                println!("{}", client::json(&reply));
+                say(&client::json(&reply).to_string());
             } else {
-                println!("{}", client::render(&reply));
+                say(&client::render(&reply));
             }
             exit::OK
         }
@@ -447,9 +456,21 @@ async fn ctl(args: CtlArgs) -> u8 {
     }
 }
 
+/// Prints one line to stdout; a reader that went away (`| head`) ends the
+/// command quietly, as it ends `cat`.
+pub(crate) fn say(line: &str) {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    if let Err(error) = writeln!(out, "{line}").and_then(|()| out.flush())
+        && error.kind() == std::io::ErrorKind::BrokenPipe
+    {
+        std::process::exit(i32::from(exit::OK));
+    }
+}
+
 fn refused(error: &crate::ctl::protocol::WireError, json: bool) -> u8 {
     if json {
-        println!("{}", serde_json::json!({ "error": error }));
+        say(&serde_json::json!({ "error": error }).to_string());
     }
     let retry = error
         .retry_after_ms
@@ -540,9 +561,9 @@ async fn watch(socket: &Path, json: bool) -> u8 {
             Ok(None) => return exit::OK,
             Ok(Some(Outcome::Ok(reply))) => {
                 if json {
-                    println!("{}", client::json(&reply));
+                    say(&client::json(&reply).to_string());
                 } else {
-                    println!("{}", client::render(&reply));
+                    say(&client::render(&reply));
                 }
                 if let crate::ctl::protocol::Reply::Event(event) = &reply
                     && event.event == "daemon_stopping"

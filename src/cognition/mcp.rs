@@ -233,12 +233,7 @@ impl Mcp {
                     return Err(CallError::Server(why));
                 }
             };
-        let text: String = result
-            .content
-            .iter()
-            .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-            .collect::<Vec<_>>()
-            .join(" ");
+        let text = crate::mcp::result_text(&result);
         match result.structured_content {
             Some(value) => serde_json::from_value(value).map_err(|e| {
                 CallError::Server(format!("{tool} returned an unexpected shape: {e}"))

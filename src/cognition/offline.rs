@@ -11,116 +11,106 @@ use crate::domain::{Capability, JobOutcome, JobStatus, Usage};
 use crate::process::{self, CommandSpec, Ending};
 use crate::sandbox::{self, Reach, Sandbox};
 
-/// Flags every fixing command passes: fix whatever the worktree's state.
-const FIX: [&str; 4] = ["--fix", "--allow-dirty", "--allow-staged", "--allow-no-vcs"];
+/// How a capability's command line is made.
+#[derive(Debug, Clone, Copy)]
+enum Line {
+    /// `cargo <args>`, with the flags that let a fix run on any worktree.
+    CargoFix(&'static [&'static str]),
+    /// `cargo clippy --fix` on `targets`; with a lint group, only that
+    /// group's fixes (and rustc's), the rest of clippy allowed.
+    ClippyFix {
+        targets: &'static str,
+        group: Option<&'static str>,
+    },
+    /// `cargo <args>` as written.
+    Cargo(&'static [&'static str]),
+}
+
+impl Line {
+    fn argv(self) -> Vec<String> {
+        const ANY_WORKTREE: [&str; 3] = ["--allow-dirty", "--allow-staged", "--allow-no-vcs"];
+        let mut argv: Vec<&str> = Vec::new();
+        match self {
+            Line::CargoFix(args) => {
+                argv.extend(["fix"]);
+                argv.extend(args);
+                argv.extend(ANY_WORKTREE);
+                argv.push("--all-targets");
+            }
+            Line::ClippyFix { targets, group } => {
+                argv.extend(["clippy", "--fix"]);
+                argv.extend(ANY_WORKTREE);
+                argv.push(targets);
+                if let Some(group) = group {
+                    argv.extend(["--", "-A", "clippy::all", "-W", group]);
+                }
+            }
+            Line::Cargo(args) => argv.extend(args),
+        }
+        argv.into_iter().map(String::from).collect()
+    }
+}
 
 /// (id, description, command line). Which one pays depends on the
 /// workspace: rustc lints want `cargo fix`, clippy lints in the library
 /// `clippy --fix`, warnings in test code `--all-targets`; a lint group alone
 /// (style, complexity, perf) fixes less but cannot break what the other
 /// groups' fixes would.
-const CAPABILITIES: [(&str, &str, &[&str]); 8] = [
+const CAPABILITIES: [(&str, &str, Line); 8] = [
     (
         "cargo-fix",
         "apply the compiler's suggested fixes to every target (cargo fix)",
-        &[
-            "cargo",
-            "fix",
-            "--allow-dirty",
-            "--allow-staged",
-            "--allow-no-vcs",
-            "--all-targets",
-        ],
+        Line::CargoFix(&[]),
     ),
     (
         "clippy-fix",
         "apply clippy's machine-applicable fixes to the library (cargo clippy --fix --lib)",
-        &["cargo", "clippy", FIX[0], FIX[1], FIX[2], FIX[3], "--lib"],
+        Line::ClippyFix {
+            targets: "--lib",
+            group: None,
+        },
     ),
     (
         "clippy-fix-all-targets",
         "apply clippy's fixes to every target, tests included",
-        &[
-            "cargo",
-            "clippy",
-            FIX[0],
-            FIX[1],
-            FIX[2],
-            FIX[3],
-            "--all-targets",
-        ],
+        Line::ClippyFix {
+            targets: "--all-targets",
+            group: None,
+        },
     ),
     (
         "clippy-fix-style",
         "apply only clippy's style-group fixes (and rustc's), every target",
-        &[
-            "cargo",
-            "clippy",
-            FIX[0],
-            FIX[1],
-            FIX[2],
-            FIX[3],
-            "--all-targets",
-            "--",
-            "-A",
-            "clippy::all",
-            "-W",
-            "clippy::style",
-        ],
+        Line::ClippyFix {
+            targets: "--all-targets",
+            group: Some("clippy::style"),
+        },
     ),
     (
         "clippy-fix-complexity",
         "apply only clippy's complexity-group fixes (and rustc's), every target",
-        &[
-            "cargo",
-            "clippy",
-            FIX[0],
-            FIX[1],
-            FIX[2],
-            FIX[3],
-            "--all-targets",
-            "--",
-            "-A",
-            "clippy::all",
-            "-W",
-            "clippy::complexity",
-        ],
+        Line::ClippyFix {
+            targets: "--all-targets",
+            group: Some("clippy::complexity"),
+        },
     ),
     (
         "clippy-fix-perf",
         "apply only clippy's perf-group fixes (and rustc's), every target",
-        &[
-            "cargo",
-            "clippy",
-            FIX[0],
-            FIX[1],
-            FIX[2],
-            FIX[3],
-            "--all-targets",
-            "--",
-            "-A",
-            "clippy::all",
-            "-W",
-            "clippy::perf",
-        ],
+        Line::ClippyFix {
+            targets: "--all-targets",
+            group: Some("clippy::perf"),
+        },
     ),
     (
         "cargo-fix-edition-idioms",
         "apply the fixes of the edition's idiom lints (cargo fix --edition-idioms)",
-        &[
-            "cargo",
-            "fix",
-            "--edition-idioms",
-            "--allow-dirty",
-            "--allow-staged",
-            "--allow-no-vcs",
-            "--all-targets",
-        ],
+        Line::CargoFix(&["--edition-idioms"]),
     ),
     (
         "fmt",
         "format the code (cargo fmt); pays only where formatting is what is wrong",
-        &["cargo", "fmt", "--all"],
+        Line::Cargo(&["fmt", "--all"]),
     ),
 ];
 
@@ -156,7 +146,7 @@ impl Cognition for Offline {
             usage: Usage::default(),
             claude: Default::default(),
         };
-        let Some((_, _, argv)) = CAPABILITIES.iter().find(|(id, _, _)| *id == job.capability)
+        let Some((_, _, line)) = CAPABILITIES.iter().find(|(id, _, _)| *id == job.capability)
         else {
             return failed(format!(
                 "the offline backend has no capability `{}`",
@@ -164,8 +154,8 @@ impl Cognition for Offline {
             ));
         };
         let spec = CommandSpec {
-            program: argv[0].into(),
-            args: argv[1..].iter().map(|a| (*a).to_string()).collect(),
+            program: "cargo".into(),
+            args: line.argv(),
             cwd: job.cwd.clone(),
             env: Vec::new(),
             timeout: job.timeout,
@@ -211,5 +201,35 @@ impl Cognition for Offline {
             usage: Usage::default(),
             claude: Default::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn command_lines_are_the_cargo_commands_they_name() {
+        let line = |id: &str| {
+            let (_, _, line) = CAPABILITIES.iter().find(|(c, _, _)| *c == id).unwrap();
+            line.argv().join(" ")
+        };
+        assert_eq!(
+            line("cargo-fix"),
+            "fix --allow-dirty --allow-staged --allow-no-vcs --all-targets"
+        );
+        assert_eq!(
+            line("clippy-fix"),
+            "clippy --fix --allow-dirty --allow-staged --allow-no-vcs --lib"
+        );
+        assert_eq!(
+            line("clippy-fix-perf"),
+            "clippy --fix --allow-dirty --allow-staged --allow-no-vcs --all-targets -- -A clippy::all -W clippy::perf"
+        );
+        assert_eq!(
+            line("cargo-fix-edition-idioms"),
+            "fix --edition-idioms --allow-dirty --allow-staged --allow-no-vcs --all-targets"
+        );
+        assert_eq!(line("fmt"), "fmt --all");
     }
 }

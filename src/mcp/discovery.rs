@@ -122,12 +122,7 @@ async fn validate(
         Ok(Err(error)) => return (false, format!("validation call failed: {error}")),
         Ok(Ok(result)) => result,
     };
-    let text: String = result
-        .content
-        .iter()
-        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
-        .collect::<Vec<_>>()
-        .join(" ");
+    let text = crate::mcp::result_text(&result);
     // One line: the answer with its whitespace collapsed, shortened.
     let first = text
         .split_whitespace()

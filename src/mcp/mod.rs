@@ -20,3 +20,13 @@ pub const REQUIRED_TOOLS: [&str; 7] = [
     "claude_kill_job",
     "claude_list_jobs",
 ];
+
+/// The text parts of a tool's result, joined by spaces.
+pub fn result_text(result: &rmcp::model::CallToolResult) -> String {
+    result
+        .content
+        .iter()
+        .filter_map(|c| c.as_text().map(|t| t.text.clone()))
+        .collect::<Vec<_>>()
+        .join(" ")
+}

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Daemon, agent_bin, fast_config, poll_until, text, tiny_crate};
+use crate::harness::{Daemon, agent_bin, fast_config, json_of, poll_until, send, text, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -43,29 +43,6 @@ impl Setup {
         let args: Vec<&str> = self.args.iter().map(String::as_str).collect();
         Daemon::start(&self.state, &args, env)
     }
-}
-
-fn json_of(output: &std::process::Output) -> Value {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}{}",
-        output.status.code(),
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output.stdout)))
-}
-
-fn send(daemon: &Daemon, actor: &str, message: &str, args: &[&str]) -> Value {
-    let mut argv = vec!["send", actor, message, "--json"];
-    for arg in args {
-        argv.extend(["--arg", arg]);
-    }
-    let reply = json_of(&daemon.ctl(&argv));
-    assert_eq!(reply["actor"], actor);
-    assert_eq!(reply["message"], message);
-    reply["reply"].clone()
 }
 
 /// `send governor pause|resume` and `ctl pause|resume` are one action each:
@@ -679,4 +656,36 @@ fn a_peer_of_another_user_is_refused() {
     );
     assert!(daemon.ctl(&["stop"]).status.success());
     assert!(daemon.wait_exit(WAIT).success());
+}
+
+/// A daemon that closes the connection before answering (it is shutting
+/// down) is an error `agent ctl` reports, not a SIGPIPE that ends it without
+/// a word (exit 141, as it did while short commands reset SIGPIPE).
+#[test]
+fn a_connection_closed_by_the_daemon_is_reported_not_a_silent_death() {
+    let dir = tempfile::tempdir().unwrap();
+    let socket = dir.path().join("agent.sock");
+    let listener = std::os::unix::net::UnixListener::bind(&socket).unwrap();
+    let closer = std::thread::spawn(move || {
+        for _ in 0..2 {
+            if let Ok((stream, _)) = listener.accept() {
+                drop(stream);
+            }
+        }
+    });
+    for command in [["status"].as_slice(), &["watch"]] {
+        let output = Command::new(agent_bin())
+            .args(["ctl", "--socket"])
+            .arg(&socket)
+            .args(command)
+            .output()
+            .unwrap();
+        assert_eq!(output.status.code(), Some(3), "{command:?}: {output:?}");
+        let stderr = text(&output.stderr);
+        assert!(
+            stderr.contains(socket.to_str().unwrap()) && stderr.lines().count() == 1,
+            "{command:?}: {stderr}"
+        );
+    }
+    closer.join().unwrap();
 }

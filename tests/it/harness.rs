@@ -363,3 +363,28 @@ pub fn processes_with(needles: &[&str]) -> Vec<i32> {
         })
         .collect()
 }
+
+/// The JSON a successful `agent ctl … --json` printed.
+pub fn json_of(output: &std::process::Output) -> Value {
+    assert!(
+        output.status.success(),
+        "exit {:?}: {}{}",
+        output.status.code(),
+        text(&output.stdout),
+        text(&output.stderr)
+    );
+    serde_json::from_slice(&output.stdout)
+        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output.stdout)))
+}
+
+/// `agent ctl send <actor> <message> --arg …` and the actor's reply.
+pub fn send(daemon: &Daemon, actor: &str, message: &str, args: &[&str]) -> Value {
+    let mut argv = vec!["send", actor, message, "--json"];
+    for arg in args {
+        argv.extend(["--arg", arg]);
+    }
+    let reply = json_of(&daemon.ctl(&argv));
+    assert_eq!(reply["actor"], actor);
+    assert_eq!(reply["message"], message);
+    reply["reply"].clone()
+}

@@ -7,9 +7,7 @@
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use serde_json::Value;
-
-use crate::harness::{Daemon, fast_config, poll_until, text, tiny_crate};
+use crate::harness::{Daemon, fast_config, json_of, poll_until, send, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -23,24 +21,27 @@ const EXAMPLES: [&str; 5] = [
     "complexity-perf",
 ];
 
-fn json_of(output: &std::process::Output) -> Value {
-    assert!(
-        output.status.success(),
-        "exit {:?}: {}{}",
-        output.status.code(),
-        text(&output.stdout),
-        text(&output.stderr)
-    );
-    serde_json::from_slice(&output.stdout)
-        .unwrap_or_else(|e| panic!("not JSON ({e}): {}", text(&output.stdout)))
-}
-
-fn send(daemon: &Daemon, actor: &str, message: &str, args: &[&str]) -> Value {
-    let mut argv = vec!["send", actor, message, "--json"];
-    for arg in args {
-        argv.extend(["--arg", arg]);
+/// Commits every change of `workspace` with git, as its user would.
+fn commit_all(workspace: &Path, message: &str) {
+    for args in [
+        vec!["add", "-A"],
+        vec![
+            "-c",
+            "user.name=test",
+            "-c",
+            "user.email=test@localhost",
+            "commit",
+            "-qm",
+            message,
+        ],
+    ] {
+        let status = std::process::Command::new("git")
+            .args(&args)
+            .current_dir(workspace)
+            .status()
+            .unwrap();
+        assert!(status.success(), "git {args:?}");
     }
-    json_of(&daemon.ctl(&argv))["reply"].clone()
 }
 
 /// The stand-in's calls whose prompt names `topic`.
@@ -62,26 +63,7 @@ fn a_repeated_research_query_is_a_cache_hit_and_an_expired_one_is_not() {
         "# Tiny\n\nThe frobnicator computes the median of samples.\n\nNothing else here.\n",
     )
     .unwrap();
-    let added = std::process::Command::new("git")
-        .args(["add", "README.md"])
-        .current_dir(&workspace)
-        .status()
-        .unwrap();
-    assert!(added.success());
-    let committed = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@localhost",
-            "commit",
-            "-qm",
-            "readme",
-        ])
-        .current_dir(&workspace)
-        .status()
-        .unwrap();
-    assert!(committed.success());
+    commit_all(&workspace, "readme");
     let log = dir.path().join("claude.log");
     let state = dir.path().join("state");
     let mut daemon = Daemon::unbounded(
@@ -331,20 +313,7 @@ fn an_experience_carries_the_situation_the_workspace_was_in() {
          #[cfg(test)]\nmod tests {\n    #[test]\n    fn adds_wrong() {\n        let mut x = 1;\n        x += 1;\n        assert_eq!(super::add(1, 2), x);\n    }\n}\n",
     )
     .unwrap();
-    let committed = std::process::Command::new("git")
-        .args([
-            "-c",
-            "user.name=test",
-            "-c",
-            "user.email=test@localhost",
-            "commit",
-            "-qam",
-            "failing",
-        ])
-        .current_dir(&workspace)
-        .status()
-        .unwrap();
-    assert!(committed.success());
+    commit_all(&workspace, "failing");
     let state = dir.path().join("state");
     let mut daemon = Daemon::bounded(&state, &config, &workspace, 1, &[]);
     let status = daemon.wait_exit(Duration::from_secs(300));
