@@ -330,6 +330,9 @@ pub struct Signals {
     /// `clippy::needless_return`); a code whose warnings are all in test
     /// code ends in `@tests`.
     pub warnings: BTreeMap<String, u32>,
+    /// Where each code's first warning is (`src/lib.rs:12`), for prompts;
+    /// not part of the situation's identity, and not stored.
+    pub places: BTreeMap<String, String>,
     /// Tests that fail at the base, by name.
     pub failing_tests: Vec<String>,
     /// What stops the build or the measure: its first line.
@@ -458,7 +461,14 @@ pub struct RankedCapability {
     /// Why it ranks where it does, in a few words (the rule that backs it,
     /// or how the bandit scored it).
     pub why: String,
+    /// It gained nothing in this very situation before, and being a local
+    /// command (no prompt) it would do the same again.
+    pub fruitless: bool,
 }
+
+/// How the reason of a pause starts when every capability has been tried in
+/// the workspace's situation and none gained anything: nothing is left.
+pub const NOTHING_LEFT: &str = "nothing left to try";
 
 /// A learned rule: under `term`, `capability` works, with a weight in
 /// [0, 1] that evidence raises and lowers.

@@ -196,7 +196,9 @@ fn situation_features(signals: &Signals, previous: Option<&Experience>) -> Vec<f
 /// is likely still there: a fix elsewhere removes some codes and may add
 /// one, but rarely the one that broke the tests).
 fn fruitless_here(earlier: &Experience, now: &Signals) -> bool {
-    if now.warnings.is_empty() || crate::learning::gain(earlier) > 0.0 {
+    // A model's answer differs from one ask to the next: only a local
+    // command (no prompt) is known to do again what it did.
+    if now.warnings.is_empty() || earlier.prompt.is_some() || crate::learning::gain(earlier) > 0.0 {
         return false;
     }
     let same = earlier.signals.warnings == now.warnings;
@@ -249,6 +251,7 @@ pub fn rank(
                     attempts: s.attempts,
                     mean_reward: mean(&s),
                     why: "learning off: drawn at random".into(),
+                    fruitless: false,
                 }
             })
             .collect();
@@ -290,6 +293,7 @@ pub fn rank(
                 attempts: s.attempts,
                 mean_reward: mean(&s),
                 why,
+                fruitless: fruitless.is_some(),
             }
         })
         .collect();
@@ -434,7 +438,7 @@ impl Actor for Learner {
                 learn(
                     &mut state.snapshot,
                     &experience,
-                    after.as_ref(),
+                    after.as_deref(),
                     previous.as_ref(),
                 );
                 let _ = reply.send(());
@@ -554,6 +558,13 @@ mod tests {
             &[refused.clone()],
         );
         assert_eq!(ranked.last().map(|r| r.id.as_str()), Some("cargo-fix"));
+        // A model capability (a prompt) may answer differently next time:
+        // never written off.
+        let mut asked = experience("cargo-fix", Outcome::NoChange, &[]);
+        asked.signals = now.clone();
+        asked.prompt = Some("fix-warning".into());
+        let ranked = rank(&settings, &snapshot, &candidates, &now, 9, &[asked]);
+        assert!(ranked.iter().all(|r| !r.fruitless), "{:?}", ids(&ranked));
         let elsewhere = signals(&["unused_imports", "unused_parens"]);
         let ranked = rank(&settings, &snapshot, &candidates, &elsewhere, 9, &[refused]);
         assert_eq!(ranked[0].id, "cargo-fix", "{:?}", ids(&ranked));

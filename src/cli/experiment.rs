@@ -289,15 +289,21 @@ async fn one_run(
         .await;
     let log = dir.join("run.log");
     let _ = std::fs::write(&log, format!("{}{}", finished.stdout, finished.stderr));
-    if let Some(reason) = paused.into_inner().unwrap_or_else(|p| p.into_inner()) {
-        return Err(format!("the run paused: {reason} (log: {})", log.display()));
-    }
-    if !finished.success() {
-        return Err(format!(
-            "`agent run` failed: {} (log: {})",
-            finished.first_error_line(),
-            log.display()
-        ));
+    match paused.into_inner().unwrap_or_else(|p| p.into_inner()) {
+        // Every capability was tried in the situation the run reached and
+        // none gained anything: the run is over, its figures stand.
+        Some(reason) if reason.starts_with(crate::domain::NOTHING_LEFT) => {}
+        Some(reason) => {
+            return Err(format!("the run paused: {reason} (log: {})", log.display()));
+        }
+        None if !finished.success() => {
+            return Err(format!(
+                "`agent run` failed: {} (log: {})",
+                finished.first_error_line(),
+                log.display()
+            ));
+        }
+        None => {}
     }
     let store = Store::open(&state).map_err(|e| e.to_string())?;
     let committed = store.iterations(usize::MAX).map_err(|e| e.to_string())?;

@@ -70,6 +70,9 @@ pub enum IterationEnd {
     /// Validation fails on the base itself, before any change (and the
     /// configuration says to pause then).
     BaseFails { reason: String },
+    /// Every capability gained nothing in the workspace's situation: the
+    /// run pauses instead of trying them again.
+    NothingLeft { reason: String },
     /// Every actor is back at its committed state.
     Reverted,
 }
@@ -143,8 +146,8 @@ pub enum LearnerMsg {
     /// Learn from an experience; `after` is what the workspace showed once
     /// its change was kept.
     Record {
-        experience: Experience,
-        after: Option<Signals>,
+        experience: Box<Experience>,
+        after: Option<Box<Signals>>,
         reply: RpcReplyPort<()>,
     },
 }

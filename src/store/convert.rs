@@ -134,6 +134,7 @@ impl From<ExperienceRecord> for Experience {
             prompt: r.prompt,
             signals: Signals {
                 warnings: r.warnings.into_iter().collect(),
+                places: Default::default(),
                 failing_tests: r.failing_tests,
                 error: r.error,
             },

@@ -334,3 +334,48 @@ fn an_experience_carries_the_situation_the_workspace_was_in() {
         signals.terms()
     );
 }
+
+/// No spinning: on a crate whose only warning no local command removes
+/// (`dead_code`), the run tries each capability once, then pauses with
+/// "nothing left to try" and the warning that remains, instead of cycling
+/// through commands that will do nothing again.
+#[test]
+fn a_run_with_nothing_left_to_try_pauses_instead_of_cycling() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(
+        dir.path(),
+        &[
+            ("backend = \"claude-cli\"", "backend = \"offline\""),
+            ("command = \"true\"", "command = \"cargo test --quiet\""),
+            ("fitness = \"echo 1\"", "fitness = \"cargo-warnings\""),
+        ],
+    );
+    let workspace = tiny_crate(dir.path());
+    std::fs::write(
+        workspace.join("src/lib.rs"),
+        "pub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n\nfn unused() -> i32 {\n    1\n}\n",
+    )
+    .unwrap();
+    commit_all(&workspace, "dead code");
+    let state = dir.path().join("state");
+    let mut daemon = Daemon::unbounded(&state, &config, &workspace, &[]);
+    let status = daemon.wait_status("the run to pause", Duration::from_secs(300), |s| {
+        s["run_state"] == "paused"
+    });
+    let reason = status["pause_reason"].as_str().unwrap_or_default();
+    assert!(
+        reason.starts_with("nothing left to try") && reason.contains("dead_code ×1"),
+        "{status}"
+    );
+    let capabilities = send(&daemon, "executor", "capabilities", &[])["capabilities"]
+        .as_array()
+        .unwrap()
+        .len() as u64;
+    assert_eq!(
+        Daemon::committed(&status),
+        capabilities,
+        "each capability once, then the pause: {status}"
+    );
+    assert!(daemon.ctl(&["stop"]).status.success());
+    daemon.wait_exit(WAIT);
+}

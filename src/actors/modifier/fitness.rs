@@ -63,10 +63,12 @@ pub async fn measure(ctx: &Context, cwd: &Path, reach: Reach) -> Result<Measure,
                     "fitness: `cargo clippy` failed, the workspace does not build: {why}"
                 ));
             }
+            let (warnings, places) = warning_codes(&finished.stdout);
             Ok(Measure {
                 fitness: count_warnings(&finished.stdout) as f64,
                 signals: Signals {
-                    warnings: warning_codes(&finished.stdout),
+                    warnings,
+                    places,
                     ..Signals::default()
                 },
             })
@@ -186,9 +188,10 @@ pub fn failing_tests(output: &str) -> Vec<String> {
 /// with how many of each. A warning seen only where test code is built (an
 /// integration test, or a `#[cfg(test)]` item: the lib's own warnings
 /// appear in both its builds, these in one) is counted under `<code>@tests`.
-pub fn warning_codes(json_lines: &str) -> BTreeMap<String, u32> {
-    // rendered text → (code, times seen in lib builds, seen in a test target)
-    let mut seen: BTreeMap<String, (String, u32, bool)> = BTreeMap::new();
+/// Also where each code's first warning is (`file:line`).
+pub fn warning_codes(json_lines: &str) -> (BTreeMap<String, u32>, BTreeMap<String, String>) {
+    // rendered text → (code, times seen in lib builds, seen in a test target, place)
+    let mut seen: BTreeMap<String, (String, u32, bool, (String, u64))> = BTreeMap::new();
     for line in json_lines.lines() {
         let Ok(value) = serde_json::from_str::<serde_json::Value>(line) else {
             continue;
@@ -208,9 +211,14 @@ pub fn warning_codes(json_lines: &str) -> BTreeMap<String, u32> {
             || message["spans"][0]["file_name"]
                 .as_str()
                 .is_some_and(|f| f.starts_with("tests/"));
+        let span = &message["spans"][0];
+        let place = (
+            span["file_name"].as_str().unwrap_or("?").to_string(),
+            span["line_start"].as_u64().unwrap_or(0),
+        );
         let entry = seen
             .entry(message["rendered"].as_str().unwrap_or_default().to_string())
-            .or_insert((code, 0, false));
+            .or_insert((code, 0, false, place));
         if in_test_target {
             entry.2 = true;
         } else {
@@ -219,18 +227,27 @@ pub fn warning_codes(json_lines: &str) -> BTreeMap<String, u32> {
     }
     // With `--all-targets` the lib is built twice (as itself and with its
     // tests); a lib warning seen once comes from code only the test build has.
-    let lib_built_twice = seen.values().any(|(_, lib, _)| *lib >= 2);
+    let lib_built_twice = seen.values().any(|(_, lib, _, _)| *lib >= 2);
     let mut codes = BTreeMap::new();
-    for (code, lib, test_target) in seen.into_values() {
+    let mut first: BTreeMap<String, (String, u64)> = BTreeMap::new();
+    for (code, lib, test_target, place) in seen.into_values() {
         let only_tests = test_target || (lib_built_twice && lib == 1);
         let key = if only_tests {
             format!("{code}@tests")
         } else {
             code
         };
-        *codes.entry(key).or_insert(0) += 1;
+        *codes.entry(key.clone()).or_insert(0) += 1;
+        // The earliest place in file order, whatever order rustc said them.
+        if first.get(&key).is_none_or(|seen| place < *seen) {
+            first.insert(key, place);
+        }
     }
-    codes
+    let places = first
+        .into_iter()
+        .map(|(code, (file, line))| (code, format!("{file}:{line}")))
+        .collect();
+    (codes, places)
 }
 
 #[cfg(test)]
@@ -248,6 +265,36 @@ mod tests {
             )
         );
         assert_eq!(first_compiler_error(warning), None);
+    }
+
+    #[test]
+    fn warning_codes_are_counted_with_their_first_place_and_test_code_marked() {
+        let lib = |rendered: &str, code: &str, line: u64| {
+            format!(
+                r#"{{"reason":"compiler-message","target":{{"kind":["lib"]}},"message":{{"level":"warning","rendered":"{rendered}","code":{{"code":"{code}"}},"spans":[{{"file_name":"src/lib.rs","line_start":{line}}}]}}}}"#
+            )
+        };
+        let output = [
+            // The lib build, then the lib's test build: its own warnings twice.
+            lib("w: unused a", "unused_imports", 10),
+            lib("w: unused b", "unused_imports", 9),
+            lib("w: unused a", "unused_imports", 10),
+            lib("w: unused b", "unused_imports", 9),
+            // Only in the test build: a #[cfg(test)] item.
+            lib("w: mut x", "unused_mut", 40),
+        ]
+        .join("\n");
+        let (codes, places) = warning_codes(&output);
+        assert_eq!(
+            codes,
+            [
+                ("unused_imports".to_string(), 2),
+                ("unused_mut@tests".to_string(), 1)
+            ]
+            .into()
+        );
+        assert_eq!(places["unused_imports"], "src/lib.rs:9");
+        assert_eq!(places["unused_mut@tests"], "src/lib.rs:40");
     }
 
     #[test]

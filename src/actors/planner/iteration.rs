@@ -47,6 +47,9 @@ pub enum StepError {
     /// Validation fails on the base: no change can be judged.
     #[error("{0}")]
     BaseFails(String),
+    /// Every capability gained nothing in this situation before.
+    #[error("{0}")]
+    NothingLeft(String),
 }
 
 /// One attempt at iteration `iteration`, from the permit to the commit.
@@ -95,6 +98,10 @@ pub(super) async fn drive(
             root.record("outcome", "base-fails");
             IterationEnd::BaseFails { reason }
         }
+        Err(StepError::NothingLeft(reason)) => {
+            root.record("outcome", "nothing-left");
+            IterationEnd::NothingLeft { reason }
+        }
         Err(error) => {
             let reason = error.to_string();
             root.record("outcome", "abandoned");
@@ -120,6 +127,9 @@ async fn run_steps(
         prepared.signals.error = failing.error;
     }
     let (capabilities, advice) = advise(iteration, &prepared.signals).await?;
+    if let Some(reason) = logic::nothing_left(&advice, &prepared.signals) {
+        return Err(StepError::NothingLeft(reason));
+    }
     let research = research(ctx, &research_topic(&snapshot.goal, &prepared.signals)).await?;
     let plan = plan(
         ctx,
@@ -441,7 +451,8 @@ async fn learn(
     experience: &Experience,
     after: Option<Signals>,
 ) -> Result<(), StepError> {
-    let recorded = experience.clone();
+    let recorded = Box::new(experience.clone());
+    let after = after.map(Box::new);
     messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Record {
         experience: recorded,
         after,

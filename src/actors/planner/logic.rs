@@ -108,7 +108,10 @@ pub fn render_prompt(
         .warnings
         .iter()
         .map(|(code, n)| Item {
-            text: format!("- {code}: {n}"),
+            text: match situation.signals.places.get(code) {
+                Some(place) => format!("- {code}: {n} (the first at {place})"),
+                None => format!("- {code}: {n}"),
+            },
             relevance: 0.5 + 0.5 * f64::from(*n) / total,
         })
         .collect();
@@ -159,6 +162,27 @@ pub fn render_prompt(
         },
     ];
     prompt::assemble(&fixed, &slots, situation.budget)
+}
+
+/// When every capability has gained nothing in the situation the workspace
+/// is in (and would do the same again), the reason to stop: nothing is left
+/// to try until the goal or the workspace changes.
+pub fn nothing_left(advice: &Advice, signals: &Signals) -> Option<String> {
+    if advice.ranked.is_empty() || !advice.ranked.iter().all(|r| r.fruitless) {
+        return None;
+    }
+    let warnings: Vec<String> = signals
+        .warnings
+        .iter()
+        .map(|(code, n)| format!("{code} ×{n}"))
+        .collect();
+    Some(format!(
+        "{}: each of the {} capabilities gained nothing with the warnings that remain ({}); \
+         they need another kind of change: change the goal or the workspace, then `agent ctl resume`",
+        crate::domain::NOTHING_LEFT,
+        advice.ranked.len(),
+        warnings.join(", ")
+    ))
 }
 
 /// How long to wait before the next attempt after `failures` abandoned
@@ -350,6 +374,7 @@ mod tests {
                 attempts,
                 mean_reward: 0.7,
                 why: format!("predicted reward 0.70 here, {attempts} attempt(s)"),
+                fruitless: false,
             }],
             relevant: Vec::new(),
             rules: Vec::new(),
@@ -413,6 +438,41 @@ mod tests {
             make_plan(&situation, &empty, &[], None),
             Err(PlanError::NoCapability)
         );
+    }
+
+    #[test]
+    fn nothing_is_left_only_when_every_capability_was_fruitless_here() {
+        let signals = Signals {
+            warnings: [("dead_code".to_string(), 1)].into(),
+            ..Signals::default()
+        };
+        let mut advice = advice("fmt", 3);
+        advice.ranked.push(RankedCapability {
+            id: "cargo-fix".into(),
+            score: -9.0,
+            attempts: 2,
+            mean_reward: 0.0,
+            why: String::new(),
+            fruitless: true,
+        });
+        assert_eq!(
+            nothing_left(&advice, &signals),
+            None,
+            "fmt is still worth a try"
+        );
+        advice.ranked[0].fruitless = true;
+        let reason = nothing_left(&advice, &signals).unwrap();
+        assert!(reason.starts_with(crate::domain::NOTHING_LEFT), "{reason}");
+        assert!(
+            reason.contains("dead_code ×1") && reason.contains("2 capabilities"),
+            "{reason}"
+        );
+        let empty = Advice {
+            ranked: vec![],
+            relevant: vec![],
+            rules: vec![],
+        };
+        assert_eq!(nothing_left(&empty, &signals), None);
     }
 
     #[test]

@@ -377,18 +377,10 @@ fn on_iteration_end(
             let why = format!(
                 "{reason}; fix the workspace (or set [validation] failing_base = \"proceed\" when the goal is to make it pass), then `agent ctl resume`"
             );
-            tracing::error!(iteration, reason = %why, "pausing the run");
-            state.run_state = RunState::Paused;
-            state.pause_reason = Some(why.clone());
-            ctx.events.emit(Event::RunPaused {
-                rule: "persistent_failure",
-                reason: why.clone(),
-            });
-            let task = tokio::spawn(revert_all(myself.clone(), iteration, Some(why)));
-            state.in_flight = Some(InFlight {
-                iteration,
-                _task: AbortOnDrop(task),
-            });
+            pause_at_once(myself, state, iteration, "persistent_failure", why);
+        }
+        IterationEnd::NothingLeft { reason } => {
+            pause_at_once(myself, state, iteration, "loop", reason);
         }
         IterationEnd::Reverted => {
             if state.run_state != RunState::Running {
@@ -405,6 +397,30 @@ fn on_iteration_end(
             }
         }
     }
+}
+
+/// Pauses the run now, with `why` (raised as the alert `rule`): what ended
+/// the attempt would end the next one the same way. Every peer drops the
+/// attempt's state first.
+fn pause_at_once(
+    myself: &ActorRef<PlannerMsg>,
+    state: &mut PlannerState,
+    iteration: u64,
+    rule: &'static str,
+    why: String,
+) {
+    tracing::error!(iteration, reason = %why, "pausing the run");
+    state.run_state = RunState::Paused;
+    state.pause_reason = Some(why.clone());
+    state.ctx.events.emit(Event::RunPaused {
+        rule,
+        reason: why.clone(),
+    });
+    let task = tokio::spawn(revert_all(myself.clone(), iteration, Some(why)));
+    state.in_flight = Some(InFlight {
+        iteration,
+        _task: AbortOnDrop(task),
+    });
 }
 
 /// Asks every peer to drop uncommitted state, then reports `Reverted`; with
