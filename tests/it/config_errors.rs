@@ -273,3 +273,91 @@ fn a_refused_run_leaves_no_state_behind() {
         assert!(!state.exists(), "{bad:?} left {} behind", state.display());
     }
 }
+
+/// The keys `docs/configuration.md` documents, by file and section: rows
+/// whose first cell is a key in backquotes, under `### `[section]`` headings.
+fn documented_keys() -> std::collections::BTreeMap<(String, String), Vec<String>> {
+    let doc = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("docs/configuration.md"),
+    )
+    .unwrap();
+    let mut keys: std::collections::BTreeMap<(String, String), Vec<String>> = Default::default();
+    let (mut file, mut section) = (String::new(), String::new());
+    for line in doc.lines() {
+        if let Some(name) = line.strip_prefix("## ") {
+            file = name.trim().to_string();
+        } else if let Some(heading) = line.strip_prefix("### `") {
+            section = heading.trim_end_matches('`').to_string();
+            keys.entry((file.clone(), section.clone())).or_default();
+        } else if let Some(row) = line.strip_prefix("| `")
+            && !section.is_empty()
+        {
+            let key = row.split('`').next().unwrap().to_string();
+            keys.entry((file.clone(), section.clone()))
+                .or_default()
+                .push(key);
+        }
+    }
+    keys
+}
+
+/// What the program accepts, read from its own refusal of an unknown key:
+/// serde lists every field it expected.
+fn accepted(file: &str, text: &str) -> Vec<String> {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(file);
+    std::fs::write(&path, text).unwrap();
+    let error = match file {
+        "agent.toml" => agent::config::load_all(Some(&path), None),
+        _ => agent::config::load_all(None, Some(&path)),
+    }
+    .map(|_| ())
+    .unwrap_err()
+    .to_string();
+    // "expected one of `a`, `b`", "expected `a` or `b`" or "expected `a`".
+    let list = error
+        .split(", expected ")
+        .nth(1)
+        .unwrap_or_else(|| panic!("{file}: no list of accepted keys in: {error}"));
+    list.split('`')
+        .skip(1)
+        .step_by(2)
+        .map(String::from)
+        .collect()
+}
+
+/// `docs/configuration.md` and the keys the program accepts are the same,
+/// section by section, in both files: a key added to the code and not to
+/// the page (or documented and gone) fails here.
+#[test]
+fn the_configuration_page_documents_exactly_the_accepted_keys() {
+    let documented = documented_keys();
+    for (file, probe) in [
+        ("agent.toml", "[zzz_unknown]\na = 1\n"),
+        ("actors.toml", "zzz_unknown = 1\n"),
+    ] {
+        let mut sections: Vec<String> = accepted(file, probe);
+        sections.sort();
+        let mut on_page: Vec<String> = documented
+            .keys()
+            .filter(|(f, _)| f == file)
+            .map(|(_, s)| s.trim_matches(['[', ']']).to_string())
+            .collect();
+        on_page.sort();
+        assert_eq!(
+            on_page, sections,
+            "{file}: the sections on the page vs accepted"
+        );
+        for ((_, section), keys) in documented.iter().filter(|((f, _), _)| f == file) {
+            let name = section.trim_matches(['[', ']']);
+            let mut expected = accepted(file, &format!("{section}\nzzz_unknown = 1\n"));
+            expected.sort();
+            let mut keys = keys.clone();
+            keys.sort();
+            assert_eq!(
+                keys, expected,
+                "{file} [{name}]: the keys on the page vs accepted"
+            );
+        }
+    }
+}
