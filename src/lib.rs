@@ -13,6 +13,7 @@ pub mod cognition;
 pub mod config;
 pub mod ctl;
 pub mod daemon;
+pub mod dashboard;
 pub mod domain;
 pub mod events;
 pub mod learning;

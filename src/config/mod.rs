@@ -257,6 +257,8 @@ pub enum OtlpProtocol {
 #[serde(deny_unknown_fields)]
 struct RawHttp {
     listen: Option<String>,
+    read_only: Option<bool>,
+    jaeger_url: Option<String>,
 }
 
 #[derive(Debug, Default, Deserialize)]
@@ -388,6 +390,10 @@ pub struct Config {
     pub service_name: String,
     /// Address of the HTTP listener (metrics, health); `None` is off.
     pub http_listen: Option<std::net::SocketAddr>,
+    /// The dashboard only shows: approve and reject are hidden and refused.
+    pub dashboard_read_only: bool,
+    /// A Jaeger UI the dashboard links each iteration's trace to.
+    pub jaeger_url: Option<String>,
     pub alerts: AlertRules,
     /// The safety rules every change passes before any build runs.
     pub safety: crate::safety::Rules,
@@ -664,6 +670,8 @@ impl Config {
             otlp_protocol: raw.telemetry.otlp_protocol.unwrap_or(OtlpProtocol::Grpc),
             service_name: raw.telemetry.service_name.unwrap_or_else(|| "agent".into()),
             http_listen,
+            dashboard_read_only: raw.http.read_only.unwrap_or(false),
+            jaeger_url: raw.http.jaeger_url.clone().filter(|u| !u.trim().is_empty()),
             alerts,
             safety: crate::safety::Rules {
                 protected_paths: raw.safety.protected_paths,

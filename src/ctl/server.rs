@@ -289,7 +289,8 @@ async fn stream_events(frames: &mut Frames, id: u64, context: &ServerContext) {
     }
 }
 
-fn wire_event(event: &Event) -> WireEvent {
+/// An event as `watch` streams it (and the dashboard's event stream).
+pub fn wire_event(event: &Event) -> WireEvent {
     let mut wire = WireEvent {
         event: String::new(),
         iteration: None,
@@ -442,12 +443,22 @@ fn audited(command: &Command) -> Option<String> {
 }
 
 async fn dispatch(command: Command, context: &ServerContext) -> Result<Reply, WireError> {
+    answer(command, context, "ctl").await
+}
+
+/// Carries out one command for `who` (`ctl`, `dashboard`): the one path of
+/// every operator action, audited under that name before it is carried out.
+pub async fn answer(
+    command: Command,
+    context: &ServerContext,
+    who: &str,
+) -> Result<Reply, WireError> {
     // Recorded before it is carried out: a command the chain cannot hold
     // is refused.
     if let Some(detail) = audited(&command) {
         context
             .store
-            .audit(Decision::new("ctl", "ctl.command", detail))
+            .audit(Decision::new(who, "ctl.command", detail))
             .await
             .map_err(|e| {
                 WireError::new(

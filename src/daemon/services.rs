@@ -72,14 +72,24 @@ impl Services {
             backend_name.clone(),
         )));
         let readiness = Readiness::default();
+        let dashboard = crate::dashboard::Dashboard::new(crate::dashboard::Settings {
+            read_only: config.dashboard_read_only,
+            jaeger_url: config.jaeger_url.clone(),
+            service_name: config.service_name.clone(),
+        });
         let http = match config.http_listen {
             Some(address) => {
-                let listener = telemetry::http::start(address, metrics.clone(), readiness.clone())
-                    .await
-                    .map_err(|e| {
-                        RunError::Failed(format!("cannot listen for HTTP on {address}: {e}"))
-                    })?;
-                tracing::info!(address = %listener.address, "serving /metrics, /healthz and /readyz");
+                let listener = telemetry::http::start(
+                    address,
+                    metrics.clone(),
+                    readiness.clone(),
+                    dashboard.routes(),
+                )
+                .await
+                .map_err(|e| {
+                    RunError::Failed(format!("cannot listen for HTTP on {address}: {e}"))
+                })?;
+                tracing::info!(address = %listener.address, "serving the dashboard at /, /metrics, /healthz and /readyz");
                 Some(listener)
             }
             None => None,
@@ -130,6 +140,7 @@ impl Services {
             events: events.clone(),
             closing: CancellationToken::new(),
         });
+        dashboard.attach(server_context.clone());
         let socket_path = config.socket_path();
         let socket = server::start(&socket_path, server_context).map_err(|e| {
             RunError::Failed(format!("cannot listen on {}: {e}", socket_path.display()))

@@ -1,7 +1,8 @@
 //! The HTTP listener (`[http] listen`, off when not configured): Prometheus
 //! text at `/metrics`, liveness at `/healthz` (the process answers) and
 //! readiness at `/readyz` (tree started, store open, not escalating or
-//! stopping) for Kubernetes probes and scrapers.
+//! stopping) for Kubernetes probes and scrapers; the routes of the layers
+//! above (the dashboard) are merged in.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -96,11 +97,13 @@ impl HttpListener {
     }
 }
 
-/// Binds `address` and serves until stopped.
+/// Binds `address` and serves until stopped; `more` adds routes of the
+/// layers above (the dashboard).
 pub async fn start(
     address: SocketAddr,
     metrics: Option<PrometheusHandle>,
     readiness: Readiness,
+    more: Router,
 ) -> std::io::Result<HttpListener> {
     let listener = tokio::net::TcpListener::bind(address).await?;
     let address = listener.local_addr()?;
@@ -108,7 +111,8 @@ pub async fn start(
         .route("/metrics", get(metrics_text))
         .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(Shared { metrics, readiness });
+        .with_state(Shared { metrics, readiness })
+        .merge(more);
     let task = tokio::spawn(async move {
         if let Err(error) = axum::serve(listener, app).await {
             tracing::error!(%error, "the HTTP listener stopped");

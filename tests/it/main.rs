@@ -13,6 +13,7 @@ mod config_errors;
 mod crash;
 mod ctl;
 mod daemon;
+mod dashboard;
 mod governance;
 mod harness;
 mod instances;

@@ -1,0 +1,309 @@
+//! The dashboard: a live page at `/` of the HTTP listener (`[http] listen`),
+//! embedded in the binary. `GET /api/state` answers what the page shows —
+//! status, the tree, recent iterations, budgets, approvals, variants — each
+//! through the control plane's own commands; `GET /api/events` streams the
+//! event bus as server-sent events (what `agent ctl watch` streams), and the
+//! page refreshes what it shows on each. Approvals are decided by `POST
+//! /api/approvals/<id>/approve|reject`, the same path as `agent ctl approve`
+//! (audited as `dashboard`), and only with the page's token in
+//! `X-Agent-Token` and, when the browser sends one, an `Origin` of this
+//! listener: another site's page can neither read the token nor set the
+//! header. `[http] read_only = true` hides and refuses them.
+
+use std::convert::Infallible;
+use std::sync::{Arc, OnceLock};
+
+use axum::Router;
+use axum::extract::{Path, State};
+use axum::http::{HeaderMap, StatusCode, header};
+use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::{get, post};
+use futures::Stream;
+use serde_json::{Value, json};
+
+use crate::ctl::client;
+use crate::ctl::protocol::{Command, ErrorKind, Reply};
+use crate::ctl::server::{ServerContext, answer, wire_event};
+
+const PAGE: &str = include_str!("page.html");
+
+/// What the dashboard is configured with.
+#[derive(Debug, Clone, Default)]
+pub struct Settings {
+    /// Approve and reject are hidden and refused.
+    pub read_only: bool,
+    /// A Jaeger UI the page links each iteration's trace to.
+    pub jaeger_url: Option<String>,
+    /// The traces' service name, for those links.
+    pub service_name: String,
+}
+
+/// The dashboard's shared state: the control plane once it runs.
+#[derive(Clone)]
+pub struct Dashboard {
+    settings: Settings,
+    /// Shown in the page, required on every change it asks for.
+    token: String,
+    context: Arc<OnceLock<Arc<ServerContext>>>,
+}
+
+impl Dashboard {
+    pub fn new(settings: Settings) -> Dashboard {
+        Dashboard {
+            settings,
+            token: new_token(),
+            context: Arc::default(),
+        }
+    }
+
+    /// The control plane the dashboard speaks to, once it exists.
+    pub fn attach(&self, context: Arc<ServerContext>) {
+        let _ = self.context.set(context);
+    }
+
+    /// The routes to merge into the HTTP listener.
+    pub fn routes(&self) -> Router {
+        Router::new()
+            .route("/", get(page))
+            .route("/api/state", get(state))
+            .route("/api/events", get(events))
+            .route("/api/approvals/{id}/{decision}", post(decide))
+            .with_state(self.clone())
+    }
+
+    fn context(&self) -> Option<Arc<ServerContext>> {
+        self.context.get().cloned()
+    }
+}
+
+/// 128 random bits as hex, from the kernel.
+fn new_token() -> String {
+    let mut bytes = [0u8; 16];
+    if let Ok(mut random) = std::fs::File::open("/dev/urandom") {
+        use std::io::Read;
+        let _ = random.read_exact(&mut bytes);
+    }
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}
+
+async fn page(State(dashboard): State<Dashboard>) -> impl IntoResponse {
+    let config = json!({
+        "token": if dashboard.settings.read_only { String::new() } else { dashboard.token.clone() },
+        "read_only": dashboard.settings.read_only,
+        "jaeger_url": dashboard.settings.jaeger_url,
+        "service_name": dashboard.settings.service_name,
+    });
+    (
+        [
+            (header::CACHE_CONTROL, "no-store"),
+            (header::X_FRAME_OPTIONS, "DENY"),
+        ],
+        Html(PAGE.replace("/*CONFIG*/null", &config.to_string())),
+    )
+}
+
+/// Runs a query through the control plane; its reply as JSON, or the error.
+async fn query(context: &ServerContext, command: Command) -> Value {
+    match answer(command, context, "dashboard").await {
+        Ok(reply) => client::json(&reply),
+        Err(error) => json!({ "error": error.message }),
+    }
+}
+
+async fn state(State(dashboard): State<Dashboard>) -> Response {
+    let Some(context) = dashboard.context() else {
+        return starting();
+    };
+    let send = |actor: &str, message: &str, args: Value| Command::Send {
+        actor: actor.into(),
+        message: message.into(),
+        args: args.as_object().cloned().unwrap_or_default(),
+    };
+    let (status, tree, history, approvals, budgets, variants) = tokio::join!(
+        query(&context, Command::Status),
+        query(&context, Command::Tree),
+        query(&context, Command::History { last: Some(50) }),
+        query(&context, Command::Approvals),
+        query(&context, send("governor", "budgets", json!({}))),
+        query(&context, send("modifier", "variants", json!({"last": 12}))),
+    );
+    (
+        [(header::CACHE_CONTROL, "no-store")],
+        axum::Json(json!({
+            "status": status,
+            "tree": tree,
+            "history": history,
+            "approvals": approvals,
+            "budgets": budgets,
+            "variants": variants,
+        })),
+    )
+        .into_response()
+}
+
+async fn events(
+    State(dashboard): State<Dashboard>,
+) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Response> {
+    let context = dashboard.context().ok_or_else(starting)?;
+    let mut receiver = context.events.subscribe();
+    let closing = context.closing.clone();
+    let stream = async_stream(move |sender| async move {
+        loop {
+            let event = tokio::select! {
+                () = closing.cancelled() => break,
+                event = receiver.recv() => event,
+            };
+            let wire = match event {
+                Ok(event) => wire_event(&event),
+                // Fell behind: the page refreshes everything anyway.
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
+            };
+            let data = serde_json::to_string(&wire).unwrap_or_default();
+            if sender
+                .send(Ok(SseEvent::default().data(data)))
+                .await
+                .is_err()
+            {
+                break;
+            }
+        }
+    });
+    Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
+}
+
+/// A stream fed by a task, ended when the task ends or the client goes.
+fn async_stream<F, Fut>(
+    produce: F,
+) -> impl Stream<Item = Result<SseEvent, Infallible>> + use<F, Fut>
+where
+    F: FnOnce(tokio::sync::mpsc::Sender<Result<SseEvent, Infallible>>) -> Fut,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
+    let (sender, receiver) = tokio::sync::mpsc::channel(64);
+    tokio::spawn(produce(sender));
+    tokio_stream_from(receiver)
+}
+
+fn tokio_stream_from<T>(mut receiver: tokio::sync::mpsc::Receiver<T>) -> impl Stream<Item = T> {
+    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
+}
+
+async fn decide(
+    State(dashboard): State<Dashboard>,
+    Path((id, decision)): Path<(String, String)>,
+    headers: HeaderMap,
+    body: String,
+) -> Response {
+    if dashboard.settings.read_only {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "the dashboard is read-only ([http] read_only)",
+        );
+    }
+    if let Err(why) = same_origin(&headers) {
+        return refuse(StatusCode::FORBIDDEN, &why);
+    }
+    let token = headers
+        .get("x-agent-token")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    if token.is_empty() || token != dashboard.token {
+        return refuse(
+            StatusCode::FORBIDDEN,
+            "missing or wrong X-Agent-Token: decisions come from the dashboard's own page",
+        );
+    }
+    let command = match decision.as_str() {
+        "approve" => Command::Approve { id },
+        "reject" => Command::Reject {
+            id,
+            reason: serde_json::from_str::<Value>(&body)
+                .ok()
+                .and_then(|v| v["reason"].as_str().map(String::from))
+                .or_else(|| Some("rejected in the dashboard".into())),
+        },
+        other => {
+            return refuse(
+                StatusCode::NOT_FOUND,
+                &format!("no decision \"{other}\": approve or reject"),
+            );
+        }
+    };
+    let Some(context) = dashboard.context() else {
+        return starting();
+    };
+    match answer(command, &context, "dashboard").await {
+        Ok(Reply::Done { message }) => axum::Json(json!({ "done": message })).into_response(),
+        Ok(other) => axum::Json(client::json(&other)).into_response(),
+        Err(error) => {
+            let status = match error.kind {
+                ErrorKind::BadArguments | ErrorKind::Refused => StatusCode::CONFLICT,
+                ErrorKind::NotPermitted => StatusCode::FORBIDDEN,
+                _ => StatusCode::SERVICE_UNAVAILABLE,
+            };
+            refuse(status, &error.message)
+        }
+    }
+}
+
+/// A browser sends `Origin` with every POST; it must be this listener
+/// (`Host`). A request without one is not from a browser page.
+fn same_origin(headers: &HeaderMap) -> Result<(), String> {
+    let Some(origin) = headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) else {
+        return Ok(());
+    };
+    let host = headers
+        .get(header::HOST)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or_default();
+    let bare = origin
+        .strip_prefix("http://")
+        .or_else(|| origin.strip_prefix("https://"))
+        .unwrap_or(origin);
+    if !host.is_empty() && bare == host {
+        Ok(())
+    } else {
+        Err(format!(
+            "a request from {origin} is refused: decisions come from this dashboard's own page"
+        ))
+    }
+}
+
+/// What is answered before the control plane runs.
+fn starting() -> Response {
+    (StatusCode::SERVICE_UNAVAILABLE, "the agent is starting\n").into_response()
+}
+
+fn refuse(status: StatusCode, why: &str) -> Response {
+    (status, axum::Json(json!({ "error": why }))).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_this_listeners_origin_or_none_is_accepted() {
+        let headers = |origin: Option<&str>| {
+            let mut map = HeaderMap::new();
+            map.insert(header::HOST, "127.0.0.1:9464".parse().unwrap());
+            if let Some(origin) = origin {
+                map.insert(header::ORIGIN, origin.parse().unwrap());
+            }
+            map
+        };
+        assert!(same_origin(&headers(None)).is_ok());
+        assert!(same_origin(&headers(Some("http://127.0.0.1:9464"))).is_ok());
+        assert!(same_origin(&headers(Some("http://evil.example"))).is_err());
+        assert!(same_origin(&headers(Some("http://127.0.0.1:9465"))).is_err());
+    }
+
+    #[test]
+    fn tokens_are_fresh_and_long() {
+        let (a, b) = (new_token(), new_token());
+        assert_eq!(a.len(), 32);
+        assert_ne!(a, b);
+    }
+}
