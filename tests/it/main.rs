@@ -14,6 +14,7 @@ mod crash;
 mod ctl;
 mod daemon;
 mod dashboard;
+mod deploy;
 mod governance;
 mod harness;
 mod instances;
