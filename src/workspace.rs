@@ -363,6 +363,48 @@ impl Workspace {
             .collect())
     }
 
+    /// The worktree's change against the last commit as a unified diff
+    /// (new files included), cut at `max` bytes with a note saying so.
+    pub fn diff_against_head(&self, max: usize) -> Result<String, WorkspaceError> {
+        let repo = self.repo()?;
+        let head = repo.head()?.peel_to_tree()?;
+        let mut options = git2::DiffOptions::new();
+        options
+            .include_untracked(true)
+            .recurse_untracked_dirs(true)
+            .show_untracked_content(true);
+        let diff = repo.diff_tree_to_workdir_with_index(Some(&head), Some(&mut options))?;
+        let mut text = String::new();
+        let mut cut = false;
+        diff.print(git2::DiffFormat::Patch, |_, _, line| {
+            if text.len() >= max {
+                cut = true;
+                return false;
+            }
+            if matches!(line.origin(), '+' | '-' | ' ') {
+                text.push(line.origin());
+            }
+            text.push_str(&String::from_utf8_lossy(line.content()));
+            true
+        })
+        .or_else(|error| if cut { Ok(()) } else { Err(error) })?;
+        if cut {
+            text.push_str("\n… (cut: the change is longer)\n");
+        }
+        Ok(text)
+    }
+
+    /// What a commit changed against its first parent: (files, lines
+    /// added, lines removed).
+    pub fn commit_stat(&self, commit: &str) -> Result<(usize, usize, usize), WorkspaceError> {
+        let repo = self.repo()?;
+        let commit = repo.find_commit(git2::Oid::from_str(commit)?)?;
+        let parent = commit.parent(0).ok().map(|p| p.tree()).transpose()?;
+        let diff = repo.diff_tree_to_tree(parent.as_ref(), Some(&commit.tree()?), None)?;
+        let stats = diff.stats()?;
+        Ok((stats.files_changed(), stats.insertions(), stats.deletions()))
+    }
+
     /// Commits every change on the agent's branch on top of `parent` and
     /// returns the commit id. The branch moves only if it still points at
     /// `parent` (a compare-and-swap of the ref): a commit made by a task

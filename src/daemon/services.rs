@@ -140,7 +140,7 @@ impl Services {
             events: events.clone(),
             closing: CancellationToken::new(),
         });
-        dashboard.attach(server_context.clone());
+        dashboard.attach(server_context.clone(), prepared.workspace.clone());
         let socket_path = config.socket_path();
         let socket = server::start(&socket_path, server_context).map_err(|e| {
             RunError::Failed(format!("cannot listen on {}: {e}", socket_path.display()))

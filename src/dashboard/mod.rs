@@ -25,6 +25,10 @@ use serde_json::{Value, json};
 use crate::ctl::client;
 use crate::ctl::protocol::{Command, ErrorKind, Reply};
 use crate::ctl::server::{ServerContext, answer, wire_event};
+use crate::workspace::Workspace;
+
+/// The most of a pending change's diff the page is sent.
+const MAX_DIFF: usize = 64 * 1024;
 
 const PAGE: &str = include_str!("page.html");
 
@@ -46,6 +50,8 @@ pub struct Dashboard {
     /// Shown in the page, required on every change it asks for.
     token: String,
     context: Arc<OnceLock<Arc<ServerContext>>>,
+    /// The agent's worktree: the pending change's diff, each commit's stat.
+    workspace: Arc<OnceLock<Workspace>>,
 }
 
 impl Dashboard {
@@ -54,12 +60,15 @@ impl Dashboard {
             settings,
             token: new_token(),
             context: Arc::default(),
+            workspace: Arc::default(),
         }
     }
 
-    /// The control plane the dashboard speaks to, once it exists.
-    pub fn attach(&self, context: Arc<ServerContext>) {
+    /// The control plane the dashboard speaks to, and the agent's worktree,
+    /// once they exist.
+    pub fn attach(&self, context: Arc<ServerContext>, workspace: Workspace) {
         let _ = self.context.set(context);
+        let _ = self.workspace.set(workspace);
     }
 
     /// The routes to merge into the HTTP listener.
@@ -128,6 +137,23 @@ async fn state(State(dashboard): State<Dashboard>) -> Response {
         query(&context, send("governor", "budgets", json!({}))),
         query(&context, send("modifier", "variants", json!({"last": 12}))),
     );
+    let pending = approvals["approvals"]
+        .as_array()
+        .is_some_and(|list| list.iter().any(|a| a["state"] == "pending"));
+    let commits: Vec<(u64, String)> = history["iterations"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|i| Some((i["iteration"].as_u64()?, i["commit"].as_str()?.to_string())))
+        .collect();
+    let (diff, stats) = match dashboard.workspace.get().cloned() {
+        Some(workspace) => {
+            tokio::task::spawn_blocking(move || worktree_facts(&workspace, pending, &commits))
+                .await
+                .unwrap_or_default()
+        }
+        None => Default::default(),
+    };
     (
         [(header::CACHE_CONTROL, "no-store")],
         axum::Json(json!({
@@ -137,9 +163,34 @@ async fn state(State(dashboard): State<Dashboard>) -> Response {
             "approvals": approvals,
             "budgets": budgets,
             "variants": variants,
+            "diff": diff,
+            "stats": stats,
         })),
     )
         .into_response()
+}
+
+/// The pending change's diff (while one waits: the worktree holds it) and
+/// each kept iteration's diff stat, by iteration.
+fn worktree_facts(
+    workspace: &Workspace,
+    pending: bool,
+    commits: &[(u64, String)],
+) -> (Option<String>, serde_json::Map<String, Value>) {
+    let diff = pending
+        .then(|| workspace.diff_against_head(MAX_DIFF).ok())
+        .flatten();
+    let stats = commits
+        .iter()
+        .filter_map(|(iteration, commit)| {
+            let (files, added, removed) = workspace.commit_stat(commit).ok()?;
+            Some((
+                iteration.to_string(),
+                json!(format!("{files} file(s) +{added} −{removed}")),
+            ))
+        })
+        .collect();
+    (diff, stats)
 }
 
 async fn events(

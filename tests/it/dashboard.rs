@@ -212,6 +212,23 @@ async fn the_dashboard_follows_the_run_live_and_applies_an_approval_in_a_real_br
         item.text().await.unwrap().contains("file(s)"),
         "the change's files are shown"
     );
+    // The change itself, as a diff (folded in a <details>: read its text).
+    client
+        .find(Locator::Css("#approvals li[data-approval] pre.diff"))
+        .await
+        .expect("the pending change's diff");
+    let shown = client
+        .execute(
+            "return document.querySelector('#approvals pre.diff').textContent;",
+            vec![],
+        )
+        .await
+        .unwrap();
+    let shown = shown.as_str().unwrap_or_default();
+    assert!(
+        shown.contains("src/lib.rs") && shown.contains("+"),
+        "{shown}"
+    );
     approve.click().await.unwrap();
     until("the approved iteration in the page", || async {
         let committed: u64 = client
