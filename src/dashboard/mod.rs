@@ -197,48 +197,31 @@ async fn events(
     State(dashboard): State<Dashboard>,
 ) -> Result<Sse<impl Stream<Item = Result<SseEvent, Infallible>>>, Response> {
     let context = dashboard.context().ok_or_else(starting)?;
-    let mut receiver = context.events.subscribe();
+    let receiver = context.events.subscribe();
     let closing = context.closing.clone();
-    let stream = async_stream(move |sender| async move {
-        loop {
-            let event = tokio::select! {
-                () = closing.cancelled() => break,
-                event = receiver.recv() => event,
-            };
-            let wire = match event {
-                Ok(event) => wire_event(&event),
-                // Fell behind: the page refreshes everything anyway.
-                Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
-                Err(tokio::sync::broadcast::error::RecvError::Closed) => break,
-            };
-            let data = serde_json::to_string(&wire).unwrap_or_default();
-            if sender
-                .send(Ok(SseEvent::default().data(data)))
-                .await
-                .is_err()
-            {
-                break;
+    // Ends when the daemon closes or the bus does; a client that goes away
+    // drops the stream, and the receiver with it.
+    let stream = futures::stream::unfold(receiver, move |mut receiver| {
+        let closing = closing.clone();
+        async move {
+            loop {
+                let event = tokio::select! {
+                    () = closing.cancelled() => return None,
+                    event = receiver.recv() => event,
+                };
+                match event {
+                    Ok(event) => {
+                        let data = serde_json::to_string(&wire_event(&event)).unwrap_or_default();
+                        return Some((Ok(SseEvent::default().data(data)), receiver));
+                    }
+                    // Fell behind: the page refreshes everything anyway.
+                    Err(tokio::sync::broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(tokio::sync::broadcast::error::RecvError::Closed) => return None,
+                }
             }
         }
     });
     Ok(Sse::new(stream).keep_alive(KeepAlive::default()))
-}
-
-/// A stream fed by a task, ended when the task ends or the client goes.
-fn async_stream<F, Fut>(
-    produce: F,
-) -> impl Stream<Item = Result<SseEvent, Infallible>> + use<F, Fut>
-where
-    F: FnOnce(tokio::sync::mpsc::Sender<Result<SseEvent, Infallible>>) -> Fut,
-    Fut: std::future::Future<Output = ()> + Send + 'static,
-{
-    let (sender, receiver) = tokio::sync::mpsc::channel(64);
-    tokio::spawn(produce(sender));
-    tokio_stream_from(receiver)
-}
-
-fn tokio_stream_from<T>(mut receiver: tokio::sync::mpsc::Receiver<T>) -> impl Stream<Item = T> {
-    futures::stream::poll_fn(move |cx| receiver.poll_recv(cx))
 }
 
 async fn decide(

@@ -44,6 +44,23 @@ fn commit_all(workspace: &Path, message: &str) {
     }
 }
 
+/// A crate whose `src/lib.rs` is `lib_rs`, committed, and a configuration
+/// that runs the offline backend on it with the real checks (`cargo test`,
+/// the warning count); `extra` replaces more of the configuration.
+fn offline_crate(dir: &Path, lib_rs: &str, extra: &[(&str, &str)]) -> (PathBuf, PathBuf) {
+    let mut replacements = vec![
+        ("backend = \"claude-cli\"", "backend = \"offline\""),
+        ("command = \"true\"", "command = \"cargo test --quiet\""),
+        ("fitness = \"echo 1\"", "fitness = \"cargo-warnings\""),
+    ];
+    replacements.extend_from_slice(extra);
+    let config = fast_config(dir, &replacements);
+    let workspace = tiny_crate(dir);
+    std::fs::write(workspace.join("src/lib.rs"), lib_rs).unwrap();
+    commit_all(&workspace, "the crate under test");
+    (config, workspace)
+}
+
 /// The stand-in's calls whose prompt names `topic`.
 fn calls_about(log: &Path, topic: &str) -> usize {
     std::fs::read_to_string(log)
@@ -297,23 +314,12 @@ fn the_experiment_measures_learning_on_against_learning_off() {
 #[test]
 fn an_experience_carries_the_situation_the_workspace_was_in() {
     let dir = tempfile::tempdir().unwrap();
-    let config = fast_config(
+    let (config, workspace) = offline_crate(
         dir.path(),
-        &[
-            ("backend = \"claude-cli\"", "backend = \"offline\""),
-            ("command = \"true\"", "command = \"cargo test --quiet\""),
-            ("fitness = \"echo 1\"", "fitness = \"cargo-warnings\""),
-            ("failing_base = \"pause\"", "failing_base = \"proceed\""),
-        ],
-    );
-    let workspace = tiny_crate(dir.path());
-    std::fs::write(
-        workspace.join("src/lib.rs"),
         "use std::collections::HashMap;\n\npub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n\n\
          #[cfg(test)]\nmod tests {\n    #[test]\n    fn adds_wrong() {\n        let mut x = 1;\n        x += 1;\n        assert_eq!(super::add(1, 2), x);\n    }\n}\n",
-    )
-    .unwrap();
-    commit_all(&workspace, "failing");
+        &[("failing_base = \"pause\"", "failing_base = \"proceed\"")],
+    );
     let state = dir.path().join("state");
     let mut daemon = Daemon::bounded(&state, &config, &workspace, 1, &[]);
     let status = daemon.wait_exit(Duration::from_secs(300));
@@ -342,21 +348,11 @@ fn an_experience_carries_the_situation_the_workspace_was_in() {
 #[test]
 fn a_run_with_nothing_left_to_try_pauses_instead_of_cycling() {
     let dir = tempfile::tempdir().unwrap();
-    let config = fast_config(
+    let (config, workspace) = offline_crate(
         dir.path(),
-        &[
-            ("backend = \"claude-cli\"", "backend = \"offline\""),
-            ("command = \"true\"", "command = \"cargo test --quiet\""),
-            ("fitness = \"echo 1\"", "fitness = \"cargo-warnings\""),
-        ],
-    );
-    let workspace = tiny_crate(dir.path());
-    std::fs::write(
-        workspace.join("src/lib.rs"),
         "pub fn add(a: i32, b: i32) -> i32 {\n    a + b\n}\n\nfn unused() -> i32 {\n    1\n}\n",
-    )
-    .unwrap();
-    commit_all(&workspace, "dead code");
+        &[],
+    );
     let state = dir.path().join("state");
     let mut daemon = Daemon::unbounded(&state, &config, &workspace, &[]);
     let status = daemon.wait_status("the run to pause", Duration::from_secs(300), |s| {
