@@ -346,28 +346,22 @@ impl Actor for Learner {
                 );
                 let _entered = span.enter();
                 let terms = signals.terms();
-                let relevant = if terms.is_empty() {
-                    Vec::new()
+                // One read of the store serves retrieval and the memory of
+                // the same situation (the newest of the same window). With
+                // no terms there is nothing to match: only the last
+                // experience matters (`after:`).
+                let window = if terms.is_empty() {
+                    1
                 } else {
-                    let past = state
-                        .ctx
-                        .store
-                        .experiences(RETRIEVAL_WINDOW)
-                        .unwrap_or_default();
-                    retrieval::most_relevant(&past, &terms, settings.relevant)
+                    RETRIEVAL_WINDOW
                 };
+                let past = state.ctx.store.experiences(window).unwrap_or_default();
+                let relevant = retrieval::most_relevant(&past, &terms, settings.relevant);
                 let (rules, recent) = if settings.enabled {
-                    // Without warnings there is no same situation to look
-                    // for: only the last experience matters (`after:`).
-                    let window = if signals.warnings.is_empty() {
-                        1
-                    } else {
-                        SAME_SITUATION_WINDOW
-                    };
-                    let recent = state.ctx.store.experiences(window).unwrap_or_default();
-                    (state.snapshot.rules.holding(&terms), recent)
+                    let newest = past.len().saturating_sub(SAME_SITUATION_WINDOW);
+                    (state.snapshot.rules.holding(&terms), &past[newest..])
                 } else {
-                    (Vec::new(), Vec::new())
+                    (Vec::new(), &past[..0])
                 };
                 span.record("relevant", relevant.len() as i64);
                 span.record("rules", rules.len() as i64);
@@ -378,7 +372,7 @@ impl Actor for Learner {
                         &candidates,
                         &signals,
                         iteration,
-                        &recent,
+                        recent,
                     ),
                     relevant,
                     rules,
