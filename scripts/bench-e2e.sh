@@ -32,9 +32,9 @@ write_config "$work/agent.toml" "$work/crate" "$work/state" \
 
 # --- the agent: N iterations, from its start to its exit ------------------
 started=$(now_ns)
-"$AGENT" run --config "$work/agent.toml" --max-iterations "$iterations" >"$work/run.log" 2>&1 || {
-    echo "agent run failed:" >&2
-    tail -5 "$work/run.log" >&2
+"$AGENT" run --config "$work/agent.toml" --max-iterations "$iterations" --exit-on-pause \
+    >"$work/run.log" 2>&1 || {
+    echo "bench-e2e FAILED: $(run_failure $? "$work/run.log")" >&2
     exit 1
 }
 agent_ns=$(($(now_ns) - started))
@@ -56,7 +56,8 @@ started=$(now_ns)
 floor_ns=$(($(now_ns) - started))
 
 # --- `agent ctl status` as a process, while the agent iterates -------------
-"$AGENT" run --config "$work/agent.toml" --max-iterations 1000000000 >"$work/ctl-run.log" 2>&1 &
+"$AGENT" run --config "$work/agent.toml" --max-iterations 1000000000 --exit-on-pause \
+    >"$work/ctl-run.log" 2>&1 &
 daemon=$!
 for _ in $(seq 200); do
     "$AGENT" ctl --state "$work/state" status >/dev/null 2>&1 && break
@@ -64,7 +65,11 @@ for _ in $(seq 200); do
 done
 for _ in $(seq 100); do
     t=$(now_ns)
-    "$AGENT" ctl --state "$work/state" status >/dev/null
+    "$AGENT" ctl --state "$work/state" status >/dev/null || {
+        wait "$daemon" && status=0 || status=$?
+        echo "bench-e2e FAILED: the run ended under agent ctl status: $(run_failure "$status" "$work/ctl-run.log")" >&2
+        exit 1
+    }
     echo $((($(now_ns) - t) / 1000))
 done >"$work/ctl-us"
 "$AGENT" ctl --state "$work/state" stop --now >/dev/null

@@ -15,9 +15,10 @@ else
 fi
 [[ -x "$AGENT" ]] || { echo "no agent binary at $AGENT" >&2; exit 2; }
 
-# The stand-in replaces src/lib.rs with one line that differs every call.
+# The stand-in replaces src/lib.rs with one line that differs every call: by
+# the clock, since in the sandbox's PID namespace every job has the same pid.
 export FAKE_CLAUDE_MODE=${FAKE_CLAUDE_MODE:-edit} FAKE_CLAUDE_EDIT_REPLACE=1
-export FAKE_CLAUDE_EDIT_TEXT='pub const JOB: u64 = {pid};'
+export FAKE_CLAUDE_EDIT_TEXT='pub const JOB: u64 = {nonce};'
 # What a test environment could leak into the runs.
 unset OTEL_EXPORTER_OTLP_ENDPOINT FAILPOINTS RUST_LOG || true
 
@@ -75,6 +76,21 @@ for old, new in zip(pairs[::2], pairs[1::2]):
     text = text.replace(old, new)
 open(target, "w").write(text)
 PY
+}
+
+# Every run a script drives is started with --exit-on-pause: a run that
+# pauses exits with this status instead of waiting for an operator forever.
+EXIT_PAUSED=4
+
+# run_failure STATUS LOG: why `agent run` ended with STATUS, from its log:
+# the pause line when it paused, else its last line.
+run_failure() {
+    local status=$1 log=$2
+    if [[ $status == "$EXIT_PAUSED" ]]; then
+        echo "the run paused: $(grep -m1 '^agent: paused: ' "$log" | sed 's/^agent: paused: //')"
+    else
+        echo "agent run exited with status $status: $(tail -1 "$log")"
+    fi
 }
 
 # percentile P < numbers (one per line): the P-th percentile, nearest rank.

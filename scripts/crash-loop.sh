@@ -37,7 +37,7 @@ finished=0
 started=$(date +%s)
 for ((round = 1; round <= rounds; round++)); do
     "$AGENT" run --config "$work/agent.toml" --max-iterations $((previous + 1000)) \
-        >"$work/round.log" 2>&1 &
+        --exit-on-pause >"$work/round.log" 2>&1 &
     daemon=$!
     # A random moment from 0.1 to 1.6 s: before, during or between iterations.
     sleep "$(awk -v r="$RANDOM" 'BEGIN {printf "%.3f", 0.1 + 1.5*r/32768}')"
@@ -46,6 +46,11 @@ for ((round = 1; round <= rounds; round++)); do
     else
         # It had finished its iterations before the kill.
         wait "$daemon" && finished=$((finished + 1)) || {
+            status=$?
+            if [[ $status == "$EXIT_PAUSED" ]]; then
+                echo "crash-loop FAILED in round $round: $(run_failure "$status" "$work/round.log")" >&2
+                exit 1
+            fi
             refused=$((refused + 1))
             echo "round $round: the agent did not run: $(grep -m1 -i 'error\|refus' "$work/round.log" || tail -1 "$work/round.log")" >&2
         }
@@ -85,8 +90,9 @@ done
 
 # A last run to its end: it recovers whatever the last kill left, then the
 # worktree is clean at the branch's head.
-timeout 120 "$AGENT" run --config "$work/agent.toml" --max-iterations $((previous + 1)) >"$work/last.log" 2>&1 ||
-    { losses=$((losses + 1)); echo "the last run failed: $(tail -1 "$work/last.log")" >&2; }
+timeout 120 "$AGENT" run --config "$work/agent.toml" --max-iterations $((previous + 1)) \
+    --exit-on-pause >"$work/last.log" 2>&1 ||
+    { status=$?; losses=$((losses + 1)); echo "the last run failed: $(run_failure "$status" "$work/last.log")" >&2; }
 dirty=$(git -C "$state/worktree" status --porcelain | wc -l)
 branch_head=$(git -C "$work/crate" rev-parse "$(git -C "$state/worktree" symbolic-ref HEAD)")
 worktree_head=$(git -C "$state/worktree" rev-parse HEAD)

@@ -55,7 +55,7 @@ write_config "$work/agent.toml" "$work/crate" "$state" \
 write_actors "$work/actors.toml" 'max_restarts = 5' 'max_restarts = 1000' 'within = "30s"' 'within = "60s"'
 
 "$AGENT" run --config "$work/agent.toml" --actors "$work/actors.toml" \
-    --max-iterations "$iterations" >"$work/run.log" 2>&1 &
+    --max-iterations "$iterations" --exit-on-pause >"$work/run.log" 2>&1 &
 daemon=$!
 ctl() { "$AGENT" ctl --state "$state" "$@"; }
 for _ in $(seq 200); do ctl status >/dev/null 2>&1 && break; sleep 0.05; done
@@ -113,7 +113,7 @@ elapsed=$(($(date +%s) - started))
 # --- checks ---------------------------------------------------------------
 failures=()
 last=$(last_committed "$state")
-[[ $exit_status == 0 ]] || failures+=("agent run exited with status $exit_status: $(tail -1 "$work/run.log")")
+[[ $exit_status == 0 ]] || failures+=("$(run_failure "$exit_status" "$work/run.log")")
 if [[ -z "$duration" && "$last" != "$iterations" ]]; then
     failures+=("lost iterations: $iterations asked for, the store holds $last as the newest")
 fi

@@ -148,7 +148,7 @@ impl Run {
 /// The configured claude executable.
 #[derive(Debug, Clone)]
 pub struct Cli {
-    pub binary: PathBuf,
+    pub binary: crate::domain::Program,
     /// Extra environment for every claude process.
     pub env: Vec<(String, String)>,
     /// Where each job gets its own `CLAUDE_CONFIG_DIR`; `None` shares the
@@ -158,7 +158,7 @@ pub struct Cli {
 }
 
 impl Cli {
-    pub fn new(binary: PathBuf) -> Cli {
+    pub fn new(binary: crate::domain::Program) -> Cli {
         Cli {
             binary,
             env: Vec::new(),
@@ -212,7 +212,7 @@ impl Cli {
             args.extend(["--append-system-prompt".to_string(), prompt.clone()]);
         }
         CommandSpec {
-            program: self.binary.clone(),
+            program: self.binary.to_path_buf(),
             args,
             cwd: invocation.cwd.clone(),
             env: self.env.clone(),
@@ -241,6 +241,10 @@ impl Cli {
             started(group).await;
         }
         let finished = running.wait_or_cancel(cancel).await;
+        if let Some(failure) = crate::sandbox::start_failure(self.sandbox.as_ref(), &spec, &finished)
+        {
+            return Run::failed(JobStatus::Failed, failure.to_string());
+        }
         match finished.ending {
             Ending::TimedOut => Run::failed(
                 JobStatus::Timeout,

@@ -1,6 +1,7 @@
 //! The project's vocabulary: plain values that every layer speaks — the
 //! actors and their faults, capabilities and plans, jobs and their statuses,
-//! verdicts, outcomes and experiences, permits, approvals and run states.
+//! verdicts, outcomes and experiences, permits, approvals and run states,
+//! and the absolute paths the configuration hands to everything below it.
 //!
 //! This module is a leaf: it imports nothing else from the crate, so
 //! `config`, `store`, `mcp`, `cognition`, `messages` and the actors can all
@@ -11,6 +12,7 @@
 
 use std::collections::BTreeMap;
 use std::fmt;
+use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
@@ -551,6 +553,123 @@ pub struct ResearcherStatus {
     /// Answers in the cache, and their size in bytes.
     pub entries: u64,
     pub bytes: u64,
+}
+
+// ------------------------------------------------------------------ paths --
+
+/// A path that is absolute: made so once, where the configuration is
+/// checked, against the directory the agent was started in. Everything
+/// below the configuration holds these, never a relative path, because the
+/// commands they reach run elsewhere — bubblewrap's `--chdir` into the
+/// worktree, validation in the worktree, `agent mcp-serve` in its own
+/// process — where a relative path names another file or none.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct AbsolutePath(PathBuf);
+
+impl AbsolutePath {
+    /// `path` made absolute against the current directory (lexically:
+    /// symbolic links are kept, so the path need not exist yet).
+    pub fn resolve(path: &Path) -> std::io::Result<AbsolutePath> {
+        if path.as_os_str().is_empty() {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "the path is empty",
+            ));
+        }
+        let absolute = std::path::absolute(path)?;
+        // `absolute` keeps `..`; the sandbox compares prefixes, so fold them.
+        let mut folded = PathBuf::new();
+        for component in absolute.components() {
+            match component {
+                std::path::Component::ParentDir => {
+                    folded.pop();
+                }
+                std::path::Component::CurDir => {}
+                other => folded.push(other),
+            }
+        }
+        Ok(AbsolutePath(folded))
+    }
+
+    /// `path` if it is absolute already.
+    pub fn given(path: PathBuf) -> Option<AbsolutePath> {
+        path.is_absolute().then_some(AbsolutePath(path))
+    }
+
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+
+    /// The path below this one (`join` of an absolute path stays absolute).
+    pub fn child(&self, name: impl AsRef<Path>) -> AbsolutePath {
+        let name = name.as_ref();
+        debug_assert!(name.is_relative(), "child of {self:?}: {name:?} is absolute");
+        AbsolutePath(self.0.join(name))
+    }
+}
+
+impl std::ops::Deref for AbsolutePath {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for AbsolutePath {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl From<AbsolutePath> for PathBuf {
+    fn from(path: AbsolutePath) -> PathBuf {
+        path.0
+    }
+}
+
+/// A program to run: a bare name is looked up on `PATH` when it runs (which
+/// does not depend on the working directory); anything with a `/` in it is
+/// a path, made absolute like every other.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Program(PathBuf);
+
+impl Program {
+    pub fn resolve(program: &Path) -> std::io::Result<Program> {
+        if program.components().count() == 1 && !program.is_absolute() {
+            let name = program.as_os_str();
+            if name.is_empty() || name == "." || name == ".." {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidInput,
+                    "expected a program name or a path to one",
+                ));
+            }
+            return Ok(Program(program.to_path_buf()));
+        }
+        AbsolutePath::resolve(program).map(|path| Program(path.into()))
+    }
+
+    pub fn as_path(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl std::ops::Deref for Program {
+    type Target = Path;
+    fn deref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl AsRef<Path> for Program {
+    fn as_ref(&self) -> &Path {
+        &self.0
+    }
+}
+
+impl From<Program> for PathBuf {
+    fn from(program: Program) -> PathBuf {
+        program.0
+    }
 }
 
 // ------------------------------------------------------------- governance --

@@ -7,14 +7,25 @@
 //! `.git` stays readable (read-only) so `git diff` and `git log` work in
 //! the worktree, whose `.git` file points into it.
 //!
-//! Whether bubblewrap works is probed once at start: `auto` turns the
-//! sandbox off with one warning where it cannot run (no user namespaces, no
-//! `bwrap`), `on` refuses to start there, `off` is the operator's choice.
+//! Whether bubblewrap works is probed once at start, by running `true`
+//! confined exactly as the run's commands will be (in the worktree, with the
+//! state directory and the checkout hidden and every writable path bound,
+//! for each kind of reach): `auto` turns the sandbox off with one warning
+//! where that fails (no user namespaces, no `bwrap`, a bind it refuses),
+//! `on` refuses to start there, `off` is the operator's choice.
+//!
+//! Every path given here is absolute (the configuration made it so): a
+//! confined command runs in another directory (`--chdir`), where a relative
+//! bind source would name another path or none. When bubblewrap itself
+//! cannot set up a confined command later, [`start_failure`] tells that
+//! apart from the command's own failure, so it is reported as the sandbox's
+//! and never blamed on the workspace.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use crate::process::{self, CommandSpec};
+use crate::domain::{AbsolutePath, Program};
+use crate::process::{self, CommandSpec, Ending, Finished};
 
 /// `[sandbox] enabled`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -31,13 +42,13 @@ pub enum Enabled {
 pub struct SandboxConfig {
     pub enabled: Enabled,
     /// The bubblewrap executable.
-    pub program: PathBuf,
+    pub program: Program,
     /// Claude Code jobs reach the network (they need their API).
     pub job_network: bool,
     /// Validation, fitness and offline capabilities reach the network.
     pub check_network: bool,
     /// More paths every confined command may write (e.g. a shared cache).
-    pub writable: Vec<PathBuf>,
+    pub writable: Vec<AbsolutePath>,
 }
 
 /// What a confined command may reach.
@@ -64,7 +75,7 @@ fn cargo_home() -> Option<PathBuf> {
 /// A working bubblewrap and what it hides.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Sandbox {
-    program: PathBuf,
+    program: Program,
     /// Directories hidden under empty tmpfs mounts.
     hidden: Vec<PathBuf>,
     /// Directories whose `.git` stays readable inside a hidden one.
@@ -75,29 +86,29 @@ pub struct Sandbox {
 }
 
 impl Sandbox {
-    /// Probes bubblewrap as configured. `Ok(None)`: off, by choice or
+    /// Probes bubblewrap as configured, with the run's own binds: `true`
+    /// confined in `worktree` for each reach. `Ok(None)`: off, by choice or
     /// (with `auto`) because it cannot run here, which is logged once.
     /// `hidden` are the state directory and the user's checkout.
     pub async fn probe(
         config: &SandboxConfig,
-        hidden: &[PathBuf],
+        hidden: &[AbsolutePath],
+        worktree: &Path,
     ) -> Result<Option<Sandbox>, String> {
         if config.enabled == Enabled::Off {
             tracing::info!("sandbox off ([sandbox] enabled = \"off\")");
             return Ok(None);
         }
-        let absolute = |path: &Path| std::path::absolute(path).unwrap_or_else(|_| path.into());
-        let hidden: Vec<PathBuf> = hidden.iter().map(|p| absolute(p)).collect();
         let sandbox = Sandbox {
             check_network: config.check_network,
             ..Sandbox::given(
                 config.program.clone(),
-                hidden,
-                config.writable.iter().map(|p| absolute(p)).collect(),
+                hidden.to_vec(),
+                config.writable.clone(),
                 config.job_network,
             )
         };
-        match sandbox.works().await {
+        match sandbox.works(worktree).await {
             Ok(()) => Ok(Some(sandbox)),
             Err(why) if config.enabled == Enabled::On => Err(format!(
                 "[sandbox] enabled = \"on\" but bubblewrap cannot run here: {why}"
@@ -111,30 +122,62 @@ impl Sandbox {
         }
     }
 
-    async fn works(&self) -> Result<(), String> {
-        let cwd = std::env::temp_dir();
-        let spec = self.wrap(
-            CommandSpec {
-                program: "true".into(),
-                args: Vec::new(),
-                cwd: cwd.clone(),
-                env: Vec::new(),
-                timeout: Duration::from_secs(15),
-            },
-            Reach::Check,
-            &[],
-        );
-        let finished = process::run(&spec).await.map_err(|e| e.to_string())?;
-        if finished.success() {
-            Ok(())
-        } else {
-            Err(finished.first_error_line())
+    /// Runs `true` confined in `worktree` as each reach confines, so that
+    /// what would fail later (a bind source that is missing, a refused
+    /// option, no network namespace) fails here, once, with its reason.
+    async fn works(&self, worktree: &Path) -> Result<(), String> {
+        for reach in [Reach::Check, Reach::Job, Reach::Baseline] {
+            let spec = self.wrap(
+                CommandSpec {
+                    program: "true".into(),
+                    args: Vec::new(),
+                    cwd: worktree.to_path_buf(),
+                    env: Vec::new(),
+                    timeout: Duration::from_secs(15),
+                },
+                reach,
+                &[],
+            );
+            let finished = process::run(&spec).await.map_err(|e| {
+                format!("cannot start {}: {e}", self.program.display())
+            })?;
+            if let Some(failure) = self.failed_to_start(&spec, &finished) {
+                return Err(failure.why_and_where());
+            }
+            if !finished.success() {
+                return Err(finished.first_error_line());
+            }
         }
+        Ok(())
+    }
+
+    /// bubblewrap's own failure to set up `wrapped` (this sandbox's
+    /// wrapping of a command), told apart from the command's: bubblewrap
+    /// reports every setup error as one `bwrap: …` line on stderr and exits
+    /// with status 1 before the command runs, and a command it started
+    /// never has its stderr begin with bubblewrap's prefix unless it runs
+    /// bubblewrap itself.
+    pub fn failed_to_start(&self, wrapped: &CommandSpec, finished: &Finished) -> Option<StartFailure> {
+        if wrapped.program != self.program.as_path() || finished.ending != Ending::Exited(Some(1)) {
+            return None;
+        }
+        let first = finished.stderr.lines().find(|line| !line.trim().is_empty())?;
+        let message = first.strip_prefix("bwrap: ")?.trim().to_string();
+        Some(StartFailure {
+            refused: refused_argument(&wrapped.args, &message),
+            command: command_of(&wrapped.args),
+            message,
+        })
     }
 
     /// `spec` confined: its working directory and `extra` writable, the rest
     /// as described in the module's documentation.
     pub fn wrap(&self, spec: CommandSpec, reach: Reach, extra: &[&Path]) -> CommandSpec {
+        debug_assert!(
+            spec.cwd.is_absolute() && extra.iter().all(|path| path.is_absolute()),
+            "a confined command's paths must be absolute: {:?} {extra:?}",
+            spec.cwd
+        );
         let mut args: Vec<String> = Vec::new();
         let mut push = |flag: &str, paths: &[&Path]| {
             args.push(flag.into());
@@ -186,7 +229,7 @@ impl Sandbox {
         args.push(spec.program.display().to_string());
         args.extend(spec.args);
         CommandSpec {
-            program: self.program.clone(),
+            program: self.program.to_path_buf(),
             args,
             cwd: spec.cwd,
             env,
@@ -235,9 +278,9 @@ impl Sandbox {
     /// offline; also the one `agent mcp-serve` is given by
     /// [`Sandbox::serve_args`], which the agent probed already.
     pub fn given(
-        program: PathBuf,
-        hidden: Vec<PathBuf>,
-        writable: Vec<PathBuf>,
+        program: Program,
+        hidden: Vec<AbsolutePath>,
+        writable: Vec<AbsolutePath>,
         job_network: bool,
     ) -> Sandbox {
         Sandbox {
@@ -247,12 +290,88 @@ impl Sandbox {
                 .map(|dir| dir.join(".git"))
                 .filter(|git| git.exists())
                 .collect(),
-            hidden,
-            writable,
+            hidden: hidden.into_iter().map(PathBuf::from).collect(),
+            writable: writable.into_iter().map(PathBuf::from).collect(),
             job_network,
             check_network: false,
         }
     }
+}
+
+/// bubblewrap could not set up a confined command: the sandbox failed, not
+/// the command, and not the workspace it would have run on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StartFailure {
+    /// bubblewrap's message, without its `bwrap: ` prefix.
+    pub message: String,
+    /// The option it refused, with its arguments, when the message names one.
+    pub refused: Option<String>,
+    /// The confined command line.
+    pub command: String,
+}
+
+impl StartFailure {
+    /// bubblewrap's message and the argument it names.
+    fn why_and_where(&self) -> String {
+        match &self.refused {
+            Some(argument) => format!("bwrap: {} (at `{argument}`)", self.message),
+            None => format!("bwrap: {}", self.message),
+        }
+    }
+}
+
+impl std::fmt::Display for StartFailure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "sandbox: bubblewrap could not start `{}`: {}; the command did not run. Check [sandbox] (writable paths, program) or set [sandbox] enabled = \"off\"",
+            self.command,
+            self.why_and_where()
+        )
+    }
+}
+
+/// The option of bubblewrap's command line (with its arguments) that its
+/// message names: the one with the longest argument found in the message.
+fn refused_argument(args: &[String], message: &str) -> Option<String> {
+    let options = args.iter().position(|arg| arg == "--").map_or(args, |end| &args[..end]);
+    let mut groups: Vec<Vec<&str>> = Vec::new();
+    for arg in options {
+        if arg.starts_with("--") || groups.is_empty() {
+            groups.push(vec![arg]);
+        } else if let Some(group) = groups.last_mut() {
+            group.push(arg);
+        }
+    }
+    groups
+        .into_iter()
+        .filter_map(|group| {
+            let named = group
+                .iter()
+                .filter(|arg| arg.len() > 1 && message.contains(**arg))
+                .map(|arg| arg.len())
+                .max()?;
+            Some((named, group.join(" ")))
+        })
+        .max_by_key(|(named, _)| *named)
+        .map(|(_, group)| group)
+}
+
+/// The confined command line: what follows bubblewrap's `--`.
+fn command_of(args: &[String]) -> String {
+    args.iter()
+        .position(|arg| arg == "--")
+        .map_or_else(String::new, |end| args[end + 1..].join(" "))
+}
+
+/// When `finished` is `wrapped` failing because the sandbox could not start
+/// it, why; `None` when it ran (or there is no sandbox).
+pub fn start_failure(
+    sandbox: Option<&Sandbox>,
+    wrapped: &CommandSpec,
+    finished: &Finished,
+) -> Option<StartFailure> {
+    sandbox.and_then(|sandbox| sandbox.failed_to_start(wrapped, finished))
 }
 
 /// Wraps `spec` when there is a sandbox.
@@ -298,7 +417,12 @@ mod tests {
         .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&script, std::fs::Permissions::from_mode(0o755)).unwrap();
-        let sandbox = Sandbox::given("bwrap".into(), vec![hidden.clone()], Vec::new(), false);
+        let sandbox = Sandbox::given(
+            Program::resolve(Path::new("bwrap")).unwrap(),
+            vec![AbsolutePath::given(hidden.clone()).unwrap()],
+            Vec::new(),
+            false,
+        );
         let spec = CommandSpec {
             program: script.clone(),
             args: Vec::new(),

@@ -26,6 +26,9 @@ pub mod exit {
     pub const USAGE: u8 = 2;
     /// The state directory is in use, or the daemon cannot be reached.
     pub const UNAVAILABLE: u8 = 3;
+    /// `agent run --exit-on-pause`: the run paused by itself and exited,
+    /// checkpointed; it needs the cause fixed before it is started again.
+    pub const PAUSED: u8 = 4;
 }
 
 /// The exit status of a run that could not run.
@@ -186,6 +189,11 @@ pub struct RunArgs {
     /// Stop once this many iterations are committed (in total for the run).
     #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
     pub max_iterations: Option<u64>,
+    /// When the run pauses by itself (failures that persist, a loop),
+    /// checkpoint and exit with status 4 instead of waiting for `agent ctl
+    /// resume`; starting it again resumes it. For scripts and CI jobs.
+    #[arg(long)]
+    pub exit_on_pause: bool,
 }
 
 #[derive(Debug, Args)]
@@ -406,10 +414,12 @@ async fn run(args: RunArgs, format: LogFormat) -> u8 {
         claude_bin: args.claude_bin,
         mode: args.mode,
         max_iterations: args.max_iterations,
+        exit_on_pause: args.exit_on_pause,
     };
     let code = match daemon::run(config, tree, overrides).await {
         Ok(Ending::Finished(_) | Ending::Stopped) => exit::OK,
         Ok(Ending::Escalated(_)) => exit::FAILED,
+        Ok(Ending::Paused(_)) => exit::PAUSED,
         Err(error) => {
             eprintln!("agent: {error}");
             run_exit_code(&error)
@@ -588,25 +598,12 @@ async fn mcp_serve(args: McpServeArgs) -> u8 {
             return exit::USAGE;
         }
     };
-    let options = crate::mcp::server::ServeOptions {
-        state_dir: args.state.unwrap_or(config.state_dir),
-        claude_bin: args.claude_bin.unwrap_or(config.claude_bin),
-        job_timeout: args.job_timeout.unwrap_or(config.job_timeout),
-        max_concurrent: args
-            .max_concurrent
-            .map_or(config.mcp_max_concurrent, |n| n as usize),
-        permission_mode: args.permission_mode.unwrap_or(config.permission_mode),
-        model: args.model.or(config.model),
-        max_turns: args.max_turns.or(config.max_turns),
-        max_budget_usd: args.max_budget_usd.or(config.max_budget_usd),
-        sandbox: args.sandbox_bwrap.map(|program| {
-            crate::sandbox::Sandbox::given(
-                program,
-                args.sandbox_hide,
-                args.sandbox_writable,
-                !args.sandbox_no_network,
-            )
-        }),
+    let options = match serve_options(args, config) {
+        Ok(options) => options,
+        Err(error) => {
+            eprintln!("agent mcp-serve: {error}");
+            return exit::USAGE;
+        }
     };
     match crate::mcp::server::serve_stdio(options).await {
         Ok(()) => exit::OK,
@@ -615,6 +612,55 @@ async fn mcp_serve(args: McpServeArgs) -> u8 {
             exit::FAILED
         }
     }
+}
+
+/// `mcp-serve`'s flags over the configuration, every path made absolute as
+/// the configuration's are.
+fn serve_options(
+    args: McpServeArgs,
+    config: config::Config,
+) -> Result<crate::mcp::server::ServeOptions, String> {
+    use crate::domain::{AbsolutePath, Program};
+    let absolute = |flag: &str, path: &Path| {
+        AbsolutePath::resolve(path).map_err(|e| format!("{flag} \"{}\": {e}", path.display()))
+    };
+    let program = |flag: &str, path: &Path| {
+        Program::resolve(path).map_err(|e| format!("{flag} \"{}\": {e}", path.display()))
+    };
+    let all = |flag: &str, paths: &[PathBuf]| {
+        paths
+            .iter()
+            .map(|path| absolute(flag, path))
+            .collect::<Result<Vec<_>, _>>()
+    };
+    let sandbox = match &args.sandbox_bwrap {
+        Some(bwrap) => Some(crate::sandbox::Sandbox::given(
+            program("--sandbox-bwrap", bwrap)?,
+            all("--sandbox-hide", &args.sandbox_hide)?,
+            all("--sandbox-writable", &args.sandbox_writable)?,
+            !args.sandbox_no_network,
+        )),
+        None => None,
+    };
+    Ok(crate::mcp::server::ServeOptions {
+        state_dir: match &args.state {
+            Some(state) => absolute("--state", state)?,
+            None => config.state_dir,
+        },
+        claude_bin: match &args.claude_bin {
+            Some(bin) => program("--claude-bin", bin)?,
+            None => config.claude_bin,
+        },
+        job_timeout: args.job_timeout.unwrap_or(config.job_timeout),
+        max_concurrent: args
+            .max_concurrent
+            .map_or(config.mcp_max_concurrent, |n| n as usize),
+        permission_mode: args.permission_mode.unwrap_or(config.permission_mode),
+        model: args.model.or(config.model),
+        max_turns: args.max_turns.or(config.max_turns),
+        max_budget_usd: args.max_budget_usd.or(config.max_budget_usd),
+        sandbox,
+    })
 }
 
 fn config_check(files: &FileArgs) -> u8 {

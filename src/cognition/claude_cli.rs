@@ -2,7 +2,7 @@
 //! through [`crate::claude`], one job per plan. It is what `auto` falls back
 //! to when MCP cannot be used, and what `--backend claude-cli` asks for.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::Duration;
 
 use async_trait::async_trait;
@@ -26,7 +26,9 @@ pub struct ClaudeCli {
 }
 
 impl ClaudeCli {
-    pub fn new(binary: PathBuf, permission_mode: String, model: Option<String>) -> Self {
+    pub fn new(
+        binary: crate::domain::Program,
+        permission_mode: String, model: Option<String>) -> Self {
         ClaudeCli {
             cli: Cli::new(binary),
             permission_mode,

@@ -163,12 +163,11 @@ pub fn mcp_server_command(
         return Ok(command.clone());
     }
     let own = std::env::current_exe().map_err(|e| SelectError::NoOwnPath(e.to_string()))?;
-    let state = std::path::absolute(&config.state_dir).unwrap_or_else(|_| config.state_dir.clone());
     let mut command = vec![
         own.display().to_string(),
         "mcp-serve".into(),
         "--state".into(),
-        state.display().to_string(),
+        config.state_dir.display().to_string(),
         "--claude-bin".into(),
         config.claude_bin.display().to_string(),
         "--permission-mode".into(),

@@ -169,6 +169,9 @@ impl Cognition for Offline {
             started.started(super::Started::Process(group)).await;
         }
         let finished = running.wait_or_cancel(job.cancel.cancelled()).await;
+        if let Some(failure) = sandbox::start_failure(self.sandbox.as_ref(), &confined, &finished) {
+            return failed(failure.to_string());
+        }
         let (status, error) = match finished.ending {
             Ending::Exited(Some(0)) => (JobStatus::Completed, None),
             Ending::Exited(code) => (

@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::domain::Execution;
+use crate::domain::{AbsolutePath, Execution, Program};
 
 pub use actors::{ChildSpec, DEFAULT_ACTORS_TOML, TreeSpec};
 pub use error::ConfigError;
@@ -144,6 +144,7 @@ struct RawRun {
     workspace: PathBuf,
     state: PathBuf,
     max_iterations: Option<Positive>,
+    exit_on_pause: Option<bool>,
     mode: Mode,
     shutdown_timeout: HumanDuration,
     retry_initial: Option<HumanDuration>,
@@ -336,9 +337,13 @@ pub enum Fitness {
 #[derive(Debug, Clone)]
 pub struct Config {
     pub goal: String,
-    pub workspace: PathBuf,
-    pub state_dir: PathBuf,
+    /// Absolute, like every path here (see [`AbsolutePath`]).
+    pub workspace: AbsolutePath,
+    pub state_dir: AbsolutePath,
     pub max_iterations: Option<u64>,
+    /// A pause the run makes by itself ends the process (checkpointed, exit
+    /// status 4) instead of waiting for `agent ctl resume`.
+    pub exit_on_pause: bool,
     pub mode: Mode,
     pub shutdown_timeout: Duration,
     /// Abandoned attempts in a row back off from `retry_initial`, doubling,
@@ -359,7 +364,7 @@ pub struct Config {
     /// MCP servers whose tools are discovered at start (`[[mcp_servers]]`).
     pub mcp_servers: Vec<crate::domain::ToolServer>,
     pub backend: BackendChoice,
-    pub claude_bin: PathBuf,
+    pub claude_bin: Program,
     pub permission_mode: String,
     pub model: Option<String>,
     pub job_timeout: Duration,
@@ -382,7 +387,7 @@ pub struct Config {
     /// How long a change waits for an operator in supervised mode.
     pub approval_timeout: Duration,
     pub research_ttl: Duration,
-    pub socket: Option<PathBuf>,
+    pub socket: Option<AbsolutePath>,
     pub fault_injection: bool,
     /// OTLP trace export; `None` keeps traces in the logs only.
     pub otlp_endpoint: Option<String>,
@@ -543,7 +548,11 @@ impl Config {
             }
             mcp_servers.push(crate::domain::ToolServer {
                 name: server.name.clone(),
-                command: server.command.clone(),
+                command: command_line(
+                    file,
+                    &format!("[[mcp_servers]] \"{}\" command", server.name),
+                    server.command.clone(),
+                )?,
                 probes,
                 timeout: server
                     .timeout
@@ -595,9 +604,10 @@ impl Config {
         };
         Ok(Config {
             goal: raw.run.goal,
-            workspace: raw.run.workspace,
-            state_dir: raw.run.state,
+            workspace: absolute(file, "[run] workspace", &raw.run.workspace)?,
+            state_dir: absolute(file, "[run] state", &raw.run.state)?,
             max_iterations: raw.run.max_iterations.map(Positive::get),
+            exit_on_pause: raw.run.exit_on_pause.unwrap_or(false),
             mode: raw.run.mode,
             shutdown_timeout: raw.run.shutdown_timeout.0,
             retry_initial: raw
@@ -631,12 +641,16 @@ impl Config {
                 .pause_after_failures
                 .map_or(5, |n| n.get().min(u64::from(u32::MAX)) as u32),
             backend: raw.cognition.backend,
-            claude_bin: raw.cognition.claude_bin,
+            claude_bin: program(file, "[cognition] claude_bin", &raw.cognition.claude_bin)?,
             permission_mode: raw.cognition.permission_mode,
             model: raw.cognition.model.filter(|m| !m.is_empty()),
             job_timeout: raw.cognition.job_timeout.0,
             execution: raw.cognition.execution.into(),
-            mcp_command: raw.cognition.mcp_command,
+            mcp_command: raw
+                .cognition
+                .mcp_command
+                .map(|command| command_line(file, "[cognition] mcp_command", command))
+                .transpose()?,
             mcp_call_timeout: raw.cognition.mcp_call_timeout.0,
             mcp_max_concurrent: raw.cognition.mcp_max_concurrent.get() as usize,
             prompts: raw.cognition.prompts,
@@ -664,7 +678,11 @@ impl Config {
             permit_retry_after: raw.governor.retry_after.0,
             approval_timeout: raw.governor.approval_timeout.0,
             research_ttl: raw.researcher.cache_ttl.0,
-            socket: raw.ctl.socket,
+            socket: raw
+                .ctl
+                .socket
+                .map(|socket| absolute(file, "[ctl] socket", &socket))
+                .transpose()?,
             fault_injection: raw.debug.fault_injection,
             otlp_endpoint: raw.telemetry.otlp_endpoint.filter(|e| !e.trim().is_empty()),
             otlp_protocol: raw.telemetry.otlp_protocol.unwrap_or(OtlpProtocol::Grpc),
@@ -690,10 +708,19 @@ impl Config {
                     .sandbox
                     .enabled
                     .map_or(crate::sandbox::Enabled::Auto, Into::into),
-                program: raw.sandbox.program.unwrap_or_else(|| "bwrap".into()),
+                program: program(
+                    file,
+                    "[sandbox] program",
+                    &raw.sandbox.program.unwrap_or_else(|| "bwrap".into()),
+                )?,
                 job_network: raw.sandbox.job_network.unwrap_or(true),
                 check_network: raw.sandbox.check_network.unwrap_or(false),
-                writable: raw.sandbox.writable,
+                writable: raw
+                    .sandbox
+                    .writable
+                    .iter()
+                    .map(|path| absolute(file, "[sandbox] writable", path))
+                    .collect::<Result<_, _>>()?,
             },
             max_turns: raw
                 .cognition
@@ -717,9 +744,43 @@ impl Config {
     /// The control socket path.
     pub fn socket_path(&self) -> PathBuf {
         self.socket
-            .clone()
-            .unwrap_or_else(|| self.state_dir.join("agent.sock"))
+            .as_deref()
+            .map_or_else(|| self.state_dir.join("agent.sock"), Path::to_path_buf)
     }
+}
+
+/// `path` (the value of `key`) made absolute against the directory the
+/// agent was started in: the one place a relative path is read.
+fn absolute(file: &Path, key: &str, path: &Path) -> Result<AbsolutePath, ConfigError> {
+    AbsolutePath::resolve(path).map_err(|error| {
+        ConfigError::whole_file(
+            file,
+            format!("{key} \"{}\": {error}", path.display()),
+        )
+    })
+}
+
+/// A program's name (looked up on `PATH`) or its path, made absolute.
+fn program(file: &Path, key: &str, program: &Path) -> Result<Program, ConfigError> {
+    Program::resolve(program).map_err(|error| {
+        ConfigError::whole_file(
+            file,
+            format!("{key} \"{}\": {error}", program.display()),
+        )
+    })
+}
+
+/// A command line whose program, when given as a path, is made absolute.
+fn command_line(
+    file: &Path,
+    key: &str,
+    mut command: Vec<String>,
+) -> Result<Vec<String>, ConfigError> {
+    if let Some(first) = command.first_mut() {
+        let resolved = program(file, key, Path::new(first.as_str()))?;
+        *first = resolved.display().to_string();
+    }
+    Ok(command)
 }
 
 /// Flags of `agent run` that override the configuration.
@@ -737,24 +798,32 @@ pub struct Overrides {
     pub claude_bin: Option<PathBuf>,
     pub mode: Option<Mode>,
     pub max_iterations: Option<u64>,
+    pub exit_on_pause: bool,
 }
 
 impl Config {
-    /// Applies the command line's flags on top of the checked file. The goal
-    /// is not applied here: whether `--goal` may replace a stored run's goal
-    /// is decided against the store (`daemon`).
-    pub fn apply(&mut self, overrides: &Overrides) {
+    /// Applies the command line's flags on top of the checked file, their
+    /// paths made absolute as the file's are. The goal is not applied here:
+    /// whether `--goal` may replace a stored run's goal is decided against
+    /// the store (`daemon`).
+    pub fn apply(&mut self, overrides: &Overrides) -> Result<(), String> {
+        let flag = |name: &str, path: &Path, error: std::io::Error| {
+            format!("{name} \"{}\": {error}", path.display())
+        };
         if let Some(workspace) = &overrides.workspace {
-            self.workspace = workspace.clone();
+            self.workspace = AbsolutePath::resolve(workspace)
+                .map_err(|e| flag("--workspace", workspace, e))?;
         }
         if let Some(state) = &overrides.state {
-            self.state_dir = state.clone();
+            self.state_dir =
+                AbsolutePath::resolve(state).map_err(|e| flag("--state", state, e))?;
         }
         if let Some(backend) = overrides.backend {
             self.backend = backend;
         }
         if let Some(bin) = &overrides.claude_bin {
-            self.claude_bin = bin.clone();
+            self.claude_bin =
+                Program::resolve(bin).map_err(|e| flag("--claude-bin", bin, e))?;
         }
         if let Some(mode) = overrides.mode {
             self.mode = mode;
@@ -762,6 +831,8 @@ impl Config {
         if let Some(max) = overrides.max_iterations {
             self.max_iterations = Some(max);
         }
+        self.exit_on_pause |= overrides.exit_on_pause;
+        Ok(())
     }
 }
 

@@ -2,7 +2,8 @@
 //! run record, backend, worktree), start the services (event consumers,
 //! HTTP, the supervision tree, the control socket), wait for the end (the run
 //! finishing, a stop request from SIGINT, SIGTERM or `agent ctl stop`, or an
-//! escalation), shut down, and write the final checkpoint.
+//! escalation, or — with `--exit-on-pause` — the run pausing by itself),
+//! shut down, and write the final checkpoint.
 //!
 //! Shutdown is designed: no new iteration starts, the in-flight one gets the
 //! shutdown deadline to commit and is abandoned after it, the tree stops in
@@ -27,6 +28,7 @@ use crate::domain::RunPhase;
 use crate::events::Event;
 use crate::sandbox::Sandbox;
 use crate::store::audit::Decision;
+use crate::telemetry::alerts::RESOURCE_LIMIT;
 use crate::store::{Store, StoreError};
 use crate::workspace::{Workspace, WorkspaceError};
 use services::Services;
@@ -49,6 +51,9 @@ pub enum Ending {
     Finished(String),
     Stopped,
     Escalated(String),
+    /// The run paused by itself, with this reason, and `exit_on_pause` is
+    /// set: it exits checkpointed instead of waiting for an operator.
+    Paused(String),
 }
 
 /// What a program that embeds the agent hands in instead of what the
@@ -75,7 +80,7 @@ pub async fn run_embedded(
     overrides: Overrides,
     embedded: Option<Embedded>,
 ) -> Result<Ending, RunError> {
-    config.apply(&overrides);
+    config.apply(&overrides).map_err(RunError::Usage)?;
     let prepared = prepare(config, &overrides, embedded).await?;
     prepared
         .store
@@ -97,6 +102,7 @@ pub async fn run_embedded(
         .await?;
     let mut services = Services::start(&prepared, tree).await?;
     let store = prepared.store.clone();
+    own_pause_at_start(&store, &prepared.config).await?;
     let (ending, stop) = wait_for_end(&mut services, &store).await?;
     let console = services.shut_down(&ending, stop).await;
     checkpoint(&store, &prepared.config, &ending).await?;
@@ -152,8 +158,11 @@ async fn prepare(
     clear_stale_locks(&config.state_dir);
     config.goal = resume::resolve_run(&store, &config, overrides).await?;
 
+    let (workspace, notices) = prepare_worktree(&config, &store, overrides).await?;
+    // Probed with the run's own binds, so a bind it would refuse later is
+    // refused here, once.
     let hidden = [config.state_dir.clone(), config.workspace.clone()];
-    let sandbox = Sandbox::probe(&config.sandbox, &hidden)
+    let sandbox = Sandbox::probe(&config.sandbox, &hidden, &workspace.path)
         .await
         .map_err(RunError::Usage)?;
     let (selection, checks, console) = match embedded {
@@ -175,36 +184,23 @@ async fn prepare(
     };
     tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
 
-    let belongs_to = same_workspace(&store, &config).await?;
-    let source = config.workspace.clone();
-    let state_dir = config.state_dir.clone();
-    let base = overrides.base.clone();
-    let (workspace, notices) = tokio::task::spawn_blocking(move || {
-        Workspace::prepare_with_notices(&source, &state_dir, base.as_deref())
-    })
-    .await
-    .map_err(|e| RunError::Failed(e.to_string()))?
-    .map_err(|e| match e {
-        WorkspaceError::Missing(_)
-        | WorkspaceError::Held { .. }
-        | WorkspaceError::UnknownBase(_) => RunError::Usage(e.to_string()),
-        other => RunError::Failed(format!("cannot prepare the worktree: {other}")),
-    })?;
     for notice in notices {
         println!("agent: {notice}");
-    }
-    if let Some(path) = belongs_to {
-        store.put_workspace_source(&path).await?;
     }
     committed::check(&store, &workspace, &config.goal, overrides.recover_from_git).await?;
     committed::keep_the_users_work(&store, &workspace)?;
     check_toolchain(&config, &workspace).await?;
     let committed = store.last_iteration()?.map_or(0, |r| r.number);
     println!(
-        "agent: goal \"{}\"\nagent: backend {} — {}\nagent: worktree {} (from {}), state {}, {} iteration(s) committed so far",
+        "agent: goal \"{}\"\nagent: backend {} — {}\nagent: sandbox {}\nagent: worktree {} (from {}), state {}, {} iteration(s) committed so far",
         config.goal,
         selection.backend.name(),
         selection.reason,
+        if sandbox.is_some() {
+            "on: jobs and checks run in bubblewrap"
+        } else {
+            "off: jobs and checks run unconfined"
+        },
         workspace.path.display(),
         config.workspace.display(),
         config.state_dir.display(),
@@ -223,6 +219,35 @@ async fn prepare(
     })
 }
 
+/// The agent's worktree of the workspace (made on a fresh run), once the
+/// state directory is known to belong to this workspace; with the notices
+/// to print about the user's work.
+async fn prepare_worktree(
+    config: &Config,
+    store: &Store,
+    overrides: &Overrides,
+) -> Result<(Workspace, Vec<String>), RunError> {
+    let belongs_to = same_workspace(store, config).await?;
+    let source = config.workspace.clone();
+    let state_dir = config.state_dir.clone();
+    let base = overrides.base.clone();
+    let prepared = tokio::task::spawn_blocking(move || {
+        Workspace::prepare_with_notices(&source, &state_dir, base.as_deref())
+    })
+    .await
+    .map_err(|e| RunError::Failed(e.to_string()))?
+    .map_err(|e| match e {
+        WorkspaceError::Missing(_)
+        | WorkspaceError::Held { .. }
+        | WorkspaceError::UnknownBase(_) => RunError::Usage(e.to_string()),
+        other => RunError::Failed(format!("cannot prepare the worktree: {other}")),
+    })?;
+    if let Some(path) = belongs_to {
+        store.put_workspace_source(&path).await?;
+    }
+    Ok(prepared)
+}
+
 /// What the command line got wrong is refused before anything is created:
 /// a refused run leaves no state directory behind.
 fn refuse_bad_input(config: &Config, overrides: &Overrides) -> Result<(), RunError> {
@@ -238,7 +263,7 @@ fn refuse_bad_input(config: &Config, overrides: &Overrides) -> Result<(), RunErr
     let fresh = !config.state_dir.join("worktree").exists();
     if fresh && !config.workspace.is_dir() {
         return Err(RunError::Usage(
-            WorkspaceError::Missing(config.workspace.clone()).to_string(),
+            WorkspaceError::Missing(config.workspace.to_path_buf()).to_string(),
         ));
     }
     if let Some(base) = overrides.base.as_deref().filter(|_| fresh)
@@ -383,6 +408,12 @@ async fn wait_for_end(
             }
             event = listener.recv() => match event {
                 Ok(Event::RunFinished { reason }) => break (Ending::Finished(reason), StopRequest::Graceful),
+                Ok(Event::RunPaused { reason, .. }
+                    | Event::Alert { rule: RESOURCE_LIMIT, message: reason })
+                    if services.config.exit_on_pause =>
+                {
+                    break (Ending::Paused(reason), StopRequest::Graceful);
+                }
                 Ok(Event::Escalated { reason }) => {
                     services.readiness.escalating();
                     break (Ending::Escalated(reason), StopRequest::Now);
@@ -441,6 +472,32 @@ async fn wait_for_end(
     Ok(ending)
 }
 
+/// A run that paused by itself and is started again: with `exit_on_pause`
+/// the start is the operator's word that the cause is fixed (the run exited
+/// so that they could fix it), so it resumes, audited; without it the run
+/// stays paused, as a restart after a crash must, and says so at once
+/// instead of waiting silently. A pause an operator made stays either way.
+async fn own_pause_at_start(store: &Store, config: &Config) -> Result<(), RunError> {
+    let Some(reason) = store.pause_reason()? else {
+        return Ok(());
+    };
+    if !config.exit_on_pause {
+        println!("{}", console::PauseHint::of(config).line(&reason));
+        return Ok(());
+    }
+    println!("agent: the run had paused ({reason}); started again with --exit-on-pause, it resumes");
+    store
+        .audit(Decision::new(
+            "daemon",
+            "run.resume",
+            format!("started again with --exit-on-pause after the pause: {reason}"),
+        ))
+        .await?;
+    crate::ctl::operations::set_paused(false)
+        .await
+        .map_err(|e| RunError::Failed(format!("cannot resume the paused run: {}", e.message)))
+}
+
 /// A file an operator without the socket creates to stop the daemon at
 /// once; it stays, and keeps the next start from running, until removed.
 pub const STOP_FILE: &str = "STOP";
@@ -467,7 +524,7 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
     match ending {
         Ending::Finished(_) => run.state = RunPhase::Finished,
         Ending::Escalated(reason) => run.last_escalation = Some(reason.clone()),
-        Ending::Stopped => {}
+        Ending::Stopped | Ending::Paused(_) => {}
     }
     store.put_run(&run).await?;
     let committed = committed_summary(store)?;
@@ -475,6 +532,7 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
         Ending::Finished(reason) => format!("finished: {reason}"),
         Ending::Stopped => "stopped".to_string(),
         Ending::Escalated(reason) => format!("escalated: {reason}"),
+        Ending::Paused(reason) => format!("paused (--exit-on-pause): {reason}"),
     };
     store
         .audit(Decision::new(
@@ -486,6 +544,10 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
     match ending {
         Ending::Finished(reason) => println!("agent: run finished ({reason}); {committed}"),
         Ending::Stopped => println!("agent: stopped, state checkpointed; {committed}"),
+        Ending::Paused(reason) => {
+            println!("{}", console::PauseHint::of(config).line(reason));
+            println!("agent: exited on the pause, state checkpointed; {committed}");
+        }
         Ending::Escalated(reason) => {
             tracing::error!(%reason, "the supervision tree escalated; state checkpointed");
             eprintln!("agent: escalated: {reason}; state checkpointed; {committed}");

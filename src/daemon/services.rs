@@ -47,7 +47,10 @@ impl Services {
         let events = EventBus::default();
         let backend_name = prepared.backend.name().to_string();
         let console = if prepared.console {
-            tokio::spawn(console::print_iterations(events.subscribe()))
+            tokio::spawn(console::print_iterations(
+                events.subscribe(),
+                console::PauseHint::of(&prepared.config),
+            ))
         } else {
             tokio::spawn(async {})
         };
@@ -98,7 +101,7 @@ impl Services {
             config.alerts.clone(),
             events.clone(),
             config.service_name.clone(),
-            config.state_dir.clone(),
+            config.state_dir.to_path_buf(),
         )));
 
         for server in config.mcp_servers.clone() {

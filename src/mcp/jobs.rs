@@ -6,7 +6,6 @@
 //! group (SIGTERM, then SIGKILL for a child that ignores it).
 
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, UNIX_EPOCH};
 
@@ -197,8 +196,10 @@ impl JobTable {
                 PERMISSION_MODES.join(", ")
             ));
         }
+        // A client's relative `cwd` is read against the server's directory,
+        // here at the edge: the job itself runs elsewhere (in its sandbox).
         let cwd = match &params.cwd {
-            Some(cwd) => PathBuf::from(cwd),
+            Some(cwd) => std::path::absolute(cwd).map_err(|e| format!("`cwd` {cwd}: {e}"))?,
             None => std::env::current_dir().map_err(|e| e.to_string())?,
         };
         if !cwd.is_dir() {

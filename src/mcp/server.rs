@@ -3,7 +3,6 @@
 //! jobs still running — their results stay in the store for whoever asks next
 //! — and exits, releasing the store.
 
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -28,8 +27,8 @@ use crate::store::{Store, StoreError};
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     /// The agent's state directory; the server's store is `<state>/mcp`.
-    pub state_dir: PathBuf,
-    pub claude_bin: PathBuf,
+    pub state_dir: crate::domain::AbsolutePath,
+    pub claude_bin: crate::domain::Program,
     pub job_timeout: Duration,
     pub max_concurrent: usize,
     pub permission_mode: String,

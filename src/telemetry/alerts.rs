@@ -110,6 +110,9 @@ impl Rules {
     }
 }
 
+/// The alert a hard resource limit raises as it pauses the run.
+pub const RESOURCE_LIMIT: &str = "resource_limit";
+
 /// A hard limit crossed: the run pauses with the reason, unless it is
 /// paused already (the governor audits the pause).
 async fn pause_for(reason: String) -> Option<(&'static str, String)> {
@@ -132,7 +135,7 @@ async fn pause_for(reason: String) -> Option<(&'static str, String)> {
     })
     .await;
     match paused {
-        Ok(Ok(())) => Some(("resource_limit", reason)),
+        Ok(Ok(())) => Some((RESOURCE_LIMIT, reason)),
         _ => None,
     }
 }

@@ -6,11 +6,11 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::confine;
+use super::run_confined;
 use crate::actors::Context;
 use crate::config::Fitness;
 use crate::domain::Signals;
-use crate::process::{self, CommandSpec};
+use crate::process::CommandSpec;
 use crate::sandbox::Reach;
 
 /// A worktree's fitness and what the measure showed of it.
@@ -53,9 +53,7 @@ pub async fn measure(ctx: &Context, cwd: &Path, reach: Reach) -> Result<Measure,
                 env: Vec::new(),
                 timeout,
             };
-            let finished = process::run(&confine(ctx, spec, reach))
-                .await
-                .map_err(|e| e.to_string())?;
+            let finished = run_confined(ctx, spec, reach).await?;
             if !finished.success() {
                 let why = first_compiler_error(&finished.stdout)
                     .unwrap_or_else(|| finished.first_error_line());
@@ -75,9 +73,7 @@ pub async fn measure(ctx: &Context, cwd: &Path, reach: Reach) -> Result<Measure,
         }
         Fitness::Command(command) => {
             let spec = CommandSpec::shell(command, cwd, timeout);
-            let finished = process::run(&confine(ctx, spec, reach))
-                .await
-                .map_err(|e| e.to_string())?;
+            let finished = run_confined(ctx, spec, reach).await?;
             if !finished.success() {
                 return Err(format!(
                     "fitness command `{command}` failed: {}",

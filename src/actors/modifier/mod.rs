@@ -22,7 +22,7 @@ pub use fitness::{count_warnings, first_compiler_error, measure_fitness};
 use super::{Context, inject, load_snapshot, make_snapshot};
 use crate::domain::{ActorKind, ModifierStatus, Prepared, Signals, Verdict};
 use crate::messages::{ActorError, Common, ModifierMsg};
-use crate::process::{self, CommandSpec};
+use crate::process::{self, CommandSpec, Finished};
 use crate::sandbox::Reach;
 use crate::workspace::Workspace;
 
@@ -542,9 +542,7 @@ async fn baseline(ctx: &Context) -> Result<Option<(String, Signals)>, String> {
         &ctx.workspace.path,
         ctx.config.validation_timeout,
     );
-    let finished = process::run(&confine(ctx, spec, Reach::Baseline))
-        .await
-        .map_err(|e| e.to_string())?;
+    let finished = run_confined(ctx, spec, Reach::Baseline).await?;
     if finished.success() {
         return Ok(None);
     }
@@ -567,4 +565,22 @@ async fn baseline(ctx: &Context) -> Result<Option<(String, Signals)>, String> {
 /// A check as it runs: in the sandbox when there is one.
 fn confine(ctx: &Context, spec: CommandSpec, reach: Reach) -> CommandSpec {
     crate::sandbox::confine(ctx.sandbox.as_ref(), spec, reach)
+}
+
+/// Runs a check confined, to its end. A sandbox that could not start it is
+/// the error (`sandbox: …`), so that it is never read as the check failing
+/// on the workspace.
+async fn run_confined(ctx: &Context, spec: CommandSpec, reach: Reach) -> Result<Finished, String> {
+    let confined = confine(ctx, spec, reach);
+    let finished = process::run(&confined).await.map_err(|e| e.to_string())?;
+    sandbox_started(ctx, &confined, &finished)?;
+    Ok(finished)
+}
+
+/// `Err` with the sandbox's own failure when it could not start `confined`.
+fn sandbox_started(ctx: &Context, confined: &CommandSpec, finished: &Finished) -> Result<(), String> {
+    match crate::sandbox::start_failure(ctx.sandbox.as_ref(), confined, finished) {
+        Some(failure) => Err(failure.to_string()),
+        None => Ok(()),
+    }
 }

@@ -12,7 +12,7 @@ use std::path::Path;
 use tracing::Instrument;
 
 use super::fitness::{self, Measure};
-use super::{blocking, confine};
+use super::{blocking, confine, sandbox_started};
 use crate::actors::Context;
 use crate::config::Mode;
 use crate::domain::{ActorKind, ApprovalDecision, ApprovalRequest, Outcome, Variant, Verdict};
@@ -464,10 +464,13 @@ async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
         &ctx.workspace.path,
         ctx.config.validation_timeout,
     );
-    let running = process::start(&confine(ctx, spec, Reach::Check))
+    let confined = confine(ctx, spec, Reach::Check);
+    let running = process::start(&confined)
         .map_err(|e| Refusal::new("validation", e.to_string(), None))?;
     crash_point!("validation.running");
     let finished = running.wait().await;
+    sandbox_started(ctx, &confined, &finished)
+        .map_err(|why| Refusal::new("validation", why, None))?;
     if finished.success() {
         return Ok(());
     }
