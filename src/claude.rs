@@ -241,7 +241,8 @@ impl Cli {
             started(group).await;
         }
         let finished = running.wait_or_cancel(cancel).await;
-        if let Some(failure) = crate::sandbox::start_failure(self.sandbox.as_ref(), &spec, &finished)
+        if let Some(failure) =
+            crate::sandbox::start_failure(self.sandbox.as_ref(), &spec, &finished)
         {
             return Run::failed(JobStatus::Failed, failure.to_string());
         }
@@ -491,7 +492,7 @@ mod tests {
 
     #[test]
     fn optional_flags_are_passed_through() {
-        let cli = Cli::new("claude".into());
+        let cli = Cli::new(crate::domain::Program::resolve(Path::new("claude")).unwrap());
         let spec = cli.command(&Invocation {
             task: "t".into(),
             cwd: ".".into(),

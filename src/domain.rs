@@ -603,7 +603,10 @@ impl AbsolutePath {
     /// The path below this one (`join` of an absolute path stays absolute).
     pub fn child(&self, name: impl AsRef<Path>) -> AbsolutePath {
         let name = name.as_ref();
-        debug_assert!(name.is_relative(), "child of {self:?}: {name:?} is absolute");
+        debug_assert!(
+            name.is_relative(),
+            "child of {self:?}: {name:?} is absolute"
+        );
         AbsolutePath(self.0.join(name))
     }
 }
@@ -853,6 +856,37 @@ pub struct ModifierStatus {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relative_path_is_read_against_the_current_directory_and_folded() {
+        let here = std::env::current_dir().unwrap();
+        let path = AbsolutePath::resolve(Path::new("state/../state/./worktree")).unwrap();
+        assert_eq!(path.as_path(), here.join("state/worktree"));
+        assert_eq!(
+            AbsolutePath::resolve(Path::new("/srv/agent/../state"))
+                .unwrap()
+                .as_path(),
+            Path::new("/srv/state")
+        );
+        assert!(AbsolutePath::resolve(Path::new("")).is_err());
+        assert_eq!(AbsolutePath::given("relative".into()), None);
+    }
+
+    #[test]
+    fn a_program_name_stays_a_name_and_a_program_path_is_made_absolute() {
+        let here = std::env::current_dir().unwrap();
+        assert_eq!(
+            Program::resolve(Path::new("bwrap")).unwrap().as_path(),
+            Path::new("bwrap")
+        );
+        assert_eq!(
+            Program::resolve(Path::new("./bin/claude"))
+                .unwrap()
+                .as_path(),
+            here.join("bin/claude")
+        );
+        assert!(Program::resolve(Path::new("..")).is_err());
+    }
 
     #[test]
     fn every_name_parses_back_to_its_value() {

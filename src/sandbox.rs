@@ -138,9 +138,9 @@ impl Sandbox {
                 reach,
                 &[],
             );
-            let finished = process::run(&spec).await.map_err(|e| {
-                format!("cannot start {}: {e}", self.program.display())
-            })?;
+            let finished = process::run(&spec)
+                .await
+                .map_err(|e| format!("cannot start {}: {e}", self.program.display()))?;
             if let Some(failure) = self.failed_to_start(&spec, &finished) {
                 return Err(failure.why_and_where());
             }
@@ -157,11 +157,18 @@ impl Sandbox {
     /// with status 1 before the command runs, and a command it started
     /// never has its stderr begin with bubblewrap's prefix unless it runs
     /// bubblewrap itself.
-    pub fn failed_to_start(&self, wrapped: &CommandSpec, finished: &Finished) -> Option<StartFailure> {
+    pub fn failed_to_start(
+        &self,
+        wrapped: &CommandSpec,
+        finished: &Finished,
+    ) -> Option<StartFailure> {
         if wrapped.program != self.program.as_path() || finished.ending != Ending::Exited(Some(1)) {
             return None;
         }
-        let first = finished.stderr.lines().find(|line| !line.trim().is_empty())?;
+        let first = finished
+            .stderr
+            .lines()
+            .find(|line| !line.trim().is_empty())?;
         let message = first.strip_prefix("bwrap: ")?.trim().to_string();
         Some(StartFailure {
             refused: refused_argument(&wrapped.args, &message),
@@ -187,10 +194,10 @@ impl Sandbox {
         push("--dev", &[Path::new("/dev")]);
         push("--proc", &[Path::new("/proc")]);
         push("--tmpfs", &[Path::new("/tmp")]);
+        // A writable path that is missing is bubblewrap's to refuse: the
+        // probe at start says so, instead of the path going quietly unbound.
         for path in &self.writable {
-            if path.exists() {
-                push("--bind", &[path, path]);
-            }
+            push("--bind", &[path, path]);
         }
         for dir in &self.hidden {
             if dir.exists() {
@@ -334,7 +341,10 @@ impl std::fmt::Display for StartFailure {
 /// The option of bubblewrap's command line (with its arguments) that its
 /// message names: the one with the longest argument found in the message.
 fn refused_argument(args: &[String], message: &str) -> Option<String> {
-    let options = args.iter().position(|arg| arg == "--").map_or(args, |end| &args[..end]);
+    let options = args
+        .iter()
+        .position(|arg| arg == "--")
+        .map_or(args, |end| &args[..end]);
     let mut groups: Vec<Vec<&str>> = Vec::new();
     for arg in options {
         if arg.starts_with("--") || groups.is_empty() {
@@ -436,5 +446,88 @@ mod tests {
         assert_eq!(finished.stdout, "ran\n", "{finished:?}");
         assert!(worktree.join("here").exists(), "the worktree is writable");
         assert!(!dir.path().join("outside").exists(), "nothing else is");
+    }
+
+    fn sandbox_with(writable: Vec<AbsolutePath>) -> Sandbox {
+        Sandbox::given(
+            Program::resolve(Path::new("bwrap")).unwrap(),
+            Vec::new(),
+            writable,
+            false,
+        )
+    }
+
+    fn true_in(cwd: &Path) -> CommandSpec {
+        CommandSpec {
+            program: "true".into(),
+            args: Vec::new(),
+            cwd: cwd.to_path_buf(),
+            env: Vec::new(),
+            timeout: Duration::from_secs(20),
+        }
+    }
+
+    #[tokio::test]
+    async fn bubblewrap_refusing_a_bind_is_its_own_failure_naming_the_bind() {
+        if !bwrap_works() {
+            return;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        let missing = AbsolutePath::given(dir.path().join("no-such-cache")).unwrap();
+        let sandbox = sandbox_with(vec![missing.clone()]);
+        let wrapped = sandbox.wrap(true_in(dir.path()), Reach::Check, &[]);
+        let finished = process::run(&wrapped).await.unwrap();
+        let failure = start_failure(Some(&sandbox), &wrapped, &finished)
+            .unwrap_or_else(|| panic!("a start failure: {finished:?}"));
+        assert!(
+            failure.message.starts_with("Can't find source path")
+                && failure.message.contains(&missing.display().to_string()),
+            "{failure:?}"
+        );
+        assert_eq!(
+            failure.refused.as_deref(),
+            Some(format!("--bind {0} {0}", missing.display()).as_str())
+        );
+        let said = failure.to_string();
+        assert!(
+            said.starts_with(
+                "sandbox: bubblewrap could not start `true`: bwrap: Can't find source path"
+            ),
+            "{said}"
+        );
+        // The probe finds the same before anything runs.
+        let probed = sandbox.works(dir.path()).await.unwrap_err();
+        assert!(probed.contains("Can't find source path"), "{probed}");
+    }
+
+    #[test]
+    fn a_command_that_ran_and_failed_is_not_the_sandboxs_failure() {
+        let sandbox = sandbox_with(Vec::new());
+        let wrapped = sandbox.wrap(true_in(Path::new("/tmp")), Reach::Check, &[]);
+        let ran_and_failed = Finished {
+            ending: Ending::Exited(Some(101)),
+            stdout: String::new(),
+            stderr: "error[E0433]: failed to resolve\nbwrap: not this line\n".into(),
+        };
+        assert_eq!(
+            start_failure(Some(&sandbox), &wrapped, &ran_and_failed),
+            None
+        );
+        // Status 1 with the command's own error: not bubblewrap's either.
+        let own_error = Finished {
+            ending: Ending::Exited(Some(1)),
+            ..ran_and_failed
+        };
+        assert_eq!(start_failure(Some(&sandbox), &wrapped, &own_error), None);
+        // No sandbox, no sandbox failure.
+        let bwrap_like = Finished {
+            ending: Ending::Exited(Some(1)),
+            stdout: String::new(),
+            stderr: "bwrap: No permissions to create new namespace\n".into(),
+        };
+        assert_eq!(start_failure(None, &wrapped, &bwrap_like), None);
+        let failure = start_failure(Some(&sandbox), &wrapped, &bwrap_like).unwrap();
+        assert_eq!(failure.message, "No permissions to create new namespace");
+        assert_eq!(failure.refused, None, "the message names no argument");
     }
 }

@@ -28,7 +28,9 @@ pub struct ClaudeCli {
 impl ClaudeCli {
     pub fn new(
         binary: crate::domain::Program,
-        permission_mode: String, model: Option<String>) -> Self {
+        permission_mode: String,
+        model: Option<String>,
+    ) -> Self {
         ClaudeCli {
             cli: Cli::new(binary),
             permission_mode,

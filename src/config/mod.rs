@@ -753,20 +753,14 @@ impl Config {
 /// agent was started in: the one place a relative path is read.
 fn absolute(file: &Path, key: &str, path: &Path) -> Result<AbsolutePath, ConfigError> {
     AbsolutePath::resolve(path).map_err(|error| {
-        ConfigError::whole_file(
-            file,
-            format!("{key} \"{}\": {error}", path.display()),
-        )
+        ConfigError::whole_file(file, format!("{key} \"{}\": {error}", path.display()))
     })
 }
 
 /// A program's name (looked up on `PATH`) or its path, made absolute.
 fn program(file: &Path, key: &str, program: &Path) -> Result<Program, ConfigError> {
     Program::resolve(program).map_err(|error| {
-        ConfigError::whole_file(
-            file,
-            format!("{key} \"{}\": {error}", program.display()),
-        )
+        ConfigError::whole_file(file, format!("{key} \"{}\": {error}", program.display()))
     })
 }
 
@@ -811,19 +805,17 @@ impl Config {
             format!("{name} \"{}\": {error}", path.display())
         };
         if let Some(workspace) = &overrides.workspace {
-            self.workspace = AbsolutePath::resolve(workspace)
-                .map_err(|e| flag("--workspace", workspace, e))?;
+            self.workspace =
+                AbsolutePath::resolve(workspace).map_err(|e| flag("--workspace", workspace, e))?;
         }
         if let Some(state) = &overrides.state {
-            self.state_dir =
-                AbsolutePath::resolve(state).map_err(|e| flag("--state", state, e))?;
+            self.state_dir = AbsolutePath::resolve(state).map_err(|e| flag("--state", state, e))?;
         }
         if let Some(backend) = overrides.backend {
             self.backend = backend;
         }
         if let Some(bin) = &overrides.claude_bin {
-            self.claude_bin =
-                Program::resolve(bin).map_err(|e| flag("--claude-bin", bin, e))?;
+            self.claude_bin = Program::resolve(bin).map_err(|e| flag("--claude-bin", bin, e))?;
         }
         if let Some(mode) = overrides.mode {
             self.mode = mode;
@@ -944,5 +936,58 @@ mod tests {
         let message = error_of(&bad);
         assert!(message.starts_with("agent.toml:"), "{message}");
         assert!(message.contains("found \"soon\""), "{message}");
+    }
+
+    /// The invariant of docs/ARCHITECTURE.md: every path the configuration
+    /// hands down is absolute, read against the directory the agent started
+    /// in, from the file and from the command line alike.
+    #[test]
+    fn every_path_is_made_absolute_where_the_configuration_is_checked() {
+        let here = std::env::current_dir().unwrap();
+        let text = DEFAULT_AGENT_TOML
+            .replace(
+                "writable = []",
+                "writable = [\"cache\", \"../shared/./cache\"]",
+            )
+            .replace(
+                "claude_bin = \"claude\"",
+                "claude_bin = \"tests/bin/claude\"",
+            )
+            .replace("program = \"bwrap\"", "program = \"tools/bwrap\"");
+        let mut config = Config::parse(Path::new("agent.toml"), &text).unwrap();
+        assert_eq!(config.workspace.as_path(), here.join("examples/tidy-stats"));
+        assert_eq!(config.state_dir.as_path(), here.join("state"));
+        assert_eq!(config.socket_path(), here.join("state/agent.sock"));
+        assert_eq!(config.claude_bin.as_path(), here.join("tests/bin/claude"));
+        assert_eq!(config.sandbox.program.as_path(), here.join("tools/bwrap"));
+        let parent = here.parent().unwrap();
+        assert_eq!(
+            config.sandbox.writable,
+            [
+                AbsolutePath::given(here.join("cache")).unwrap(),
+                AbsolutePath::given(parent.join("shared/cache")).unwrap()
+            ]
+        );
+        config
+            .apply(&Overrides {
+                workspace: Some("crate".into()),
+                state: Some("runs/one".into()),
+                claude_bin: Some("claude".into()),
+                ..Overrides::default()
+            })
+            .unwrap();
+        assert_eq!(config.workspace.as_path(), here.join("crate"));
+        assert_eq!(config.state_dir.as_path(), here.join("runs/one"));
+        // A bare name is looked up on PATH, wherever the command runs.
+        assert_eq!(config.claude_bin.as_path(), Path::new("claude"));
+    }
+
+    #[test]
+    fn an_empty_path_is_refused_with_its_key() {
+        let message = error_of(&DEFAULT_AGENT_TOML.replace("state = \"state\"", "state = \"\""));
+        assert!(
+            message.contains("[run] state \"\": the path is empty"),
+            "{message}"
+        );
     }
 }

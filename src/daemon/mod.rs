@@ -28,8 +28,8 @@ use crate::domain::RunPhase;
 use crate::events::Event;
 use crate::sandbox::Sandbox;
 use crate::store::audit::Decision;
-use crate::telemetry::alerts::RESOURCE_LIMIT;
 use crate::store::{Store, StoreError};
+use crate::telemetry::alerts::RESOURCE_LIMIT;
 use crate::workspace::{Workspace, WorkspaceError};
 use services::Services;
 
@@ -485,7 +485,9 @@ async fn own_pause_at_start(store: &Store, config: &Config) -> Result<(), RunErr
         println!("{}", console::PauseHint::of(config).line(&reason));
         return Ok(());
     }
-    println!("agent: the run had paused ({reason}); started again with --exit-on-pause, it resumes");
+    println!(
+        "agent: the run had paused ({reason}); started again with --exit-on-pause, it resumes"
+    );
     store
         .audit(Decision::new(
             "daemon",

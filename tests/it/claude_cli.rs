@@ -9,10 +9,10 @@ use agent::cognition::claude_cli::ClaudeCli;
 use agent::cognition::{Cognition, Job, StartHook, Started};
 use agent::domain::JobStatus;
 
-use crate::harness::fake_claude;
+use crate::harness::fake_claude_program;
 
 fn backend(pid_dir: &Path, log: &Path) -> ClaudeCli {
-    ClaudeCli::new(fake_claude(), "acceptEdits".into(), None).with_env(vec![
+    ClaudeCli::new(fake_claude_program(), "acceptEdits".into(), None).with_env(vec![
         ("FAKE_CLAUDE_PID_DIR".into(), pid_dir.display().to_string()),
         ("FAKE_CLAUDE_LOG".into(), log.display().to_string()),
     ])

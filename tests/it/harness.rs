@@ -17,6 +17,11 @@ pub fn fake_claude() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/bin/claude")
 }
 
+/// The stand-in as the program a backend runs.
+pub fn fake_claude_program() -> agent::domain::Program {
+    agent::domain::Program::resolve(&fake_claude()).unwrap()
+}
+
 /// Polls `check` every 25 ms until it returns `Some`, or panics after
 /// `timeout` naming what was awaited.
 pub fn poll_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {

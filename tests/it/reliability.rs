@@ -518,3 +518,67 @@ fn git_locks_left_by_a_killed_run_are_removed_at_the_next_start() {
     }
     assert_eq!(branch_iterations(&state), vec![2, 1], "{said}");
 }
+
+#[test]
+fn exit_on_pause_checkpoints_and_exits_with_status_4_and_a_start_after_the_fix_resumes() {
+    let dir = tempfile::tempdir().unwrap();
+    let probe = dir.path().join("fitness.sh");
+    std::fs::write(&probe, BROKEN_FITNESS).unwrap();
+    let fitness = format!("fitness = \"sh {}\"", probe.display());
+    let config = fast_config(
+        dir.path(),
+        &[
+            ("fitness = \"echo 1\"", &fitness),
+            ("retry_initial = \"1s\"", "retry_initial = \"10ms\""),
+            ("pause_after_failures = 5", "pause_after_failures = 2"),
+        ],
+    );
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut run_args = args(&config, &workspace);
+    run_args.push("--exit-on-pause");
+    let mut daemon = Daemon::start(&state, &run_args, &[]);
+    let status = daemon.wait_exit(WAIT);
+    let stdout = text(&std::fs::read(&daemon.stdout).unwrap());
+    assert_eq!(status.code(), Some(4), "{}", daemon.logs());
+    assert_eq!(
+        stdout.matches("abandoned before its commit").count(),
+        2,
+        "{stdout}"
+    );
+    let paused = stdout
+        .lines()
+        .find(|line| line.starts_with("agent: paused: "))
+        .unwrap_or_else(|| panic!("one pause line: {stdout}"));
+    assert!(
+        paused.contains("error: the fitness probe is broken")
+            && paused.contains("run `agent run` again to resume"),
+        "{paused}"
+    );
+    assert_eq!(
+        stdout.matches("agent: paused: ").count(),
+        1,
+        "said once: {stdout}"
+    );
+    assert!(
+        stdout.contains("agent: exited on the pause, state checkpointed"),
+        "{stdout}"
+    );
+    assert!(
+        audit_chain(&state).contains("paused (--exit-on-pause)"),
+        "the checkpoint's run.ended names the pause"
+    );
+
+    // Fixed, and started again the same way: it resumes and goes on.
+    std::fs::write(&probe, "echo 1\n").unwrap();
+    run_args.extend(["--max-iterations", "1"]);
+    let mut again = Daemon::start(&state, &run_args, &[]);
+    assert!(again.wait_exit(WAIT).success(), "{}", again.logs());
+    let stdout = text(&std::fs::read(&again.stdout).unwrap());
+    assert!(
+        stdout.contains("started again with --exit-on-pause, it resumes"),
+        "{stdout}"
+    );
+    assert!(stdout.contains("iteration   1  claude-edit"), "{stdout}");
+    assert!(audit_chain(&state).contains("run.resume"));
+}

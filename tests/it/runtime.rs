@@ -20,7 +20,7 @@ use agent::supervisor::{
 use agent::workspace::Workspace;
 use ractor::{Actor, ActorCell, ActorProcessingErr, ActorRef};
 
-use crate::harness::{actors_config, fake_claude, fast_config, tiny_crate};
+use crate::harness::{actors_config, fake_claude_program, fast_config, tiny_crate};
 
 static REGISTRY: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -93,8 +93,8 @@ fn start_config(dir: &Path, agent: &[(&str, &str)], actors: &[(&str, &str)]) -> 
     tree_changes.extend_from_slice(actors);
     let actors_path = actors_config(dir, &tree_changes);
     let mut config = Config::load(&config_path).unwrap();
-    config.workspace = tiny_crate(dir);
-    config.state_dir = dir.join("state");
+    config.workspace = agent::domain::AbsolutePath::given(tiny_crate(dir)).unwrap();
+    config.state_dir = agent::domain::AbsolutePath::given(dir.join("state")).unwrap();
     (config, TreeSpec::load(&actors_path).unwrap())
 }
 
@@ -114,7 +114,7 @@ async fn start_tree(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    let backend = ClaudeCli::new(fake_claude(), "acceptEdits".into(), None).with_env(env);
+    let backend = ClaudeCli::new(fake_claude_program(), "acceptEdits".into(), None).with_env(env);
     let events = EventBus::default();
     let shared = Arc::new(Shared {
         config,

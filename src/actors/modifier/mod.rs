@@ -578,7 +578,11 @@ async fn run_confined(ctx: &Context, spec: CommandSpec, reach: Reach) -> Result<
 }
 
 /// `Err` with the sandbox's own failure when it could not start `confined`.
-fn sandbox_started(ctx: &Context, confined: &CommandSpec, finished: &Finished) -> Result<(), String> {
+fn sandbox_started(
+    ctx: &Context,
+    confined: &CommandSpec,
+    finished: &Finished,
+) -> Result<(), String> {
     match crate::sandbox::start_failure(ctx.sandbox.as_ref(), confined, finished) {
         Some(failure) => Err(failure.to_string()),
         None => Ok(()),

@@ -465,8 +465,8 @@ async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
         ctx.config.validation_timeout,
     );
     let confined = confine(ctx, spec, Reach::Check);
-    let running = process::start(&confined)
-        .map_err(|e| Refusal::new("validation", e.to_string(), None))?;
+    let running =
+        process::start(&confined).map_err(|e| Refusal::new("validation", e.to_string(), None))?;
     crash_point!("validation.running");
     let finished = running.wait().await;
     sandbox_started(ctx, &confined, &finished)
