@@ -8,8 +8,10 @@
 #   scripts/bench-e2e.sh [--iterations N] [--json]     (default 200)
 #
 # AGENT_BIN=path runs that binary instead of a fresh release build;
-# SANDBOX=on runs jobs and checks in bubblewrap as shipped (`auto`), so its
-# own cost shows (the floor does not use it).
+# SANDBOX=on runs jobs and checks in bubblewrap (`[sandbox] enabled = "on"`,
+# so a machine where it cannot run fails instead of measuring nothing), so
+# its own cost shows (the floor does not use it). Every run is started with
+# --exit-on-pause: a run that pauses fails the bench with its reason.
 source "$(dirname "$0")/common.sh"
 
 iterations=200
@@ -26,7 +28,7 @@ work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 make_crate "$work/crate"
 sandbox=off
-[[ "${SANDBOX:-off}" == on ]] && sandbox=auto
+[[ "${SANDBOX:-off}" == on ]] && sandbox=on
 write_config "$work/agent.toml" "$work/crate" "$work/state" \
     'enabled = "auto"' "enabled = \"$sandbox\""
 
