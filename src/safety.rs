@@ -261,26 +261,11 @@ fn facts(text: &str) -> Result<Facts, syn::Error> {
     Ok(facts)
 }
 
+/// The AST rules on one changed Rust file, the first broken one reported.
 fn rust(rules: &Rules, change: &ChangedFile) -> Result<(), Violation> {
     let path = &change.path;
     let Some(after) = &change.after else {
-        // A deleted file: every test and protected function in it is gone.
-        let before = change
-            .before
-            .as_deref()
-            .map(facts)
-            .transpose()
-            .ok()
-            .flatten();
-        if let Some(test) = before.as_ref().and_then(|f| f.tests.first()) {
-            return Err(violation(
-                "no-removed-test",
-                path,
-                None,
-                format!("the file with test `{test}` was deleted"),
-            ));
-        }
-        return Ok(());
+        return deleted_file(change);
     };
     let new = facts(after).map_err(|error| {
         violation(
@@ -296,31 +281,8 @@ fn rust(rules: &Rules, change: &ChangedFile) -> Result<(), Violation> {
         .as_deref()
         .and_then(|text| facts(text).ok())
         .unwrap_or_default();
-    if new.unsafe_at.len() > old.unsafe_at.len() {
-        let line = new
-            .unsafe_at
-            .iter()
-            .copied()
-            .find(|l| !old.unsafe_at.contains(l));
-        return Err(violation(
-            "no-new-unsafe",
-            path,
-            line.or(new.unsafe_at.last().copied()),
-            "adds `unsafe`".into(),
-        ));
-    }
-    let may_spawn = rules.process_spawn_allowed.iter().any(|p| path == p);
-    if !may_spawn && new.spawn_at.len() > old.spawn_at.len() {
-        return Err(violation(
-            "no-process-spawn",
-            path,
-            new.spawn_at
-                .iter()
-                .copied()
-                .find(|l| !old.spawn_at.contains(l)),
-            "spawns a process (`Command::new`) outside the modules allowed to".into(),
-        ));
-    }
+    no_new_unsafe(path, &old, &new)?;
+    no_process_spawn(rules, path, &old, &new)?;
     if let Some(gone) = old.tests.iter().find(|t| !new.tests.contains(t)) {
         return Err(violation(
             "no-removed-test",
@@ -329,6 +291,63 @@ fn rust(rules: &Rules, change: &ChangedFile) -> Result<(), Violation> {
             format!("removes the test `{gone}`"),
         ));
     }
+    no_edit_protected_fn(rules, path, &old, &new)
+}
+
+/// A deleted file: every test and protected function in it is gone.
+fn deleted_file(change: &ChangedFile) -> Result<(), Violation> {
+    let before = change
+        .before
+        .as_deref()
+        .map(facts)
+        .transpose()
+        .ok()
+        .flatten();
+    match before.as_ref().and_then(|f| f.tests.first()) {
+        Some(test) => Err(violation(
+            "no-removed-test",
+            &change.path,
+            None,
+            format!("the file with test `{test}` was deleted"),
+        )),
+        None => Ok(()),
+    }
+}
+
+fn no_new_unsafe(path: &str, old: &Facts, new: &Facts) -> Result<(), Violation> {
+    if new.unsafe_at.len() <= old.unsafe_at.len() {
+        return Ok(());
+    }
+    let line = new
+        .unsafe_at
+        .iter()
+        .copied()
+        .find(|l| !old.unsafe_at.contains(l));
+    Err(violation(
+        "no-new-unsafe",
+        path,
+        line.or(new.unsafe_at.last().copied()),
+        "adds `unsafe`".into(),
+    ))
+}
+
+fn no_process_spawn(rules: &Rules, path: &str, old: &Facts, new: &Facts) -> Result<(), Violation> {
+    let may_spawn = rules.process_spawn_allowed.iter().any(|p| path == p);
+    if may_spawn || new.spawn_at.len() <= old.spawn_at.len() {
+        return Ok(());
+    }
+    Err(violation(
+        "no-process-spawn",
+        path,
+        new.spawn_at
+            .iter()
+            .copied()
+            .find(|l| !old.spawn_at.contains(l)),
+        "spawns a process (`Command::new`) outside the modules allowed to".into(),
+    ))
+}
+
+fn no_edit_protected_fn(rules: &Rules, path: &str, old: &Facts, new: &Facts) -> Result<(), Violation> {
     for protected in &rules.protected_fns {
         let Some((file, name)) = protected.rsplit_once("::") else {
             continue;

@@ -138,18 +138,7 @@ pub async fn run(args: ExperimentArgs) -> u8 {
 
 async fn experiment(args: &ExperimentArgs) -> Result<Value, String> {
     let own = std::env::current_exe().map_err(|e| format!("cannot find this program: {e}"))?;
-    let mut workspaces = Vec::new();
-    for dir in &args.workspaces {
-        let absolute =
-            std::path::absolute(dir).map_err(|e| format!("workspace {}: {e}", dir.display()))?;
-        if !absolute.join("Cargo.toml").is_file() {
-            return Err(format!(
-                "workspace {} has no Cargo.toml: the experiment runs on Rust crates",
-                dir.display()
-            ));
-        }
-        workspaces.push(absolute);
-    }
+    let workspaces = rust_workspaces(&args.workspaces)?;
     let (out, temporary) = match &args.out {
         Some(out) => (out.clone(), false),
         None => (
@@ -158,12 +147,11 @@ async fn experiment(args: &ExperimentArgs) -> Result<Value, String> {
         ),
     };
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    // results[workspace][arm] = one result per seed; failures[workspace] =
-    // why runs on it ended without one.
-    let mut results: Vec<[Vec<RunResult>; 2]> = vec![[Vec::new(), Vec::new()]; workspaces.len()];
-    let mut failures: Vec<Vec<String>> = vec![Vec::new(); workspaces.len()];
+    let mut table = Table::new(workspaces.len());
     for seed in 0..args.seeds {
         for (arm, (arm_name, learning)) in ARMS.iter().enumerate() {
+            // The learning arm carries what it learned on one workspace to
+            // the next.
             let mut knowledge: Option<PathBuf> = None;
             for (index, workspace) in workspaces.iter().enumerate() {
                 let name = label(workspace);
@@ -185,45 +173,102 @@ async fn experiment(args: &ExperimentArgs) -> Result<Value, String> {
                     knowledge.as_deref(),
                 )
                 .await;
-                match result {
-                    Ok(result) => {
-                        results[index][arm].push(result);
-                        if *learning {
-                            knowledge = Some(dir.join("state"));
-                        }
-                    }
-                    // One workspace that cannot be run does not end the
-                    // experiment: it is reported, and the others go on.
-                    Err(error) => {
-                        eprintln!("agent experiment: {name} ({arm_name}, seed {seed}): {error}");
-                        failures[index].push(format!("{arm_name}, seed {seed}: {error}"));
-                    }
+                if result.is_ok() && *learning {
+                    knowledge = Some(dir.join("state"));
                 }
+                let run = RunId {
+                    workspace: index,
+                    name: &name,
+                    arm,
+                    seed,
+                };
+                table.record(run, result);
             }
         }
     }
     if temporary {
         let _ = std::fs::remove_dir_all(&out);
     }
-    let rows: Vec<Value> = workspaces
-        .iter()
-        .zip(&results)
-        .zip(&failures)
-        .map(|((workspace, arms), failed)| {
-            json!({
-                "workspace": label(workspace),
-                "learning_on": summarise(&arms[0]),
-                "learning_off": summarise(&arms[1]),
-                "failed": failed,
-            })
-        })
-        .collect();
     Ok(json!({
         "seeds": args.seeds,
         "iterations": args.iterations,
         "backend": "offline",
-        "workspaces": rows,
+        "workspaces": table.rows(&workspaces),
     }))
+}
+
+/// The workspaces given, made absolute, each a Rust crate.
+fn rust_workspaces(given: &[PathBuf]) -> Result<Vec<PathBuf>, String> {
+    given
+        .iter()
+        .map(|dir| {
+            let absolute = std::path::absolute(dir)
+                .map_err(|e| format!("workspace {}: {e}", dir.display()))?;
+            if !absolute.join("Cargo.toml").is_file() {
+                return Err(format!(
+                    "workspace {} has no Cargo.toml: the experiment runs on Rust crates",
+                    dir.display()
+                ));
+            }
+            Ok(absolute)
+        })
+        .collect()
+}
+
+/// Which run a result is of.
+struct RunId<'a> {
+    workspace: usize,
+    name: &'a str,
+    arm: usize,
+    seed: u64,
+}
+
+/// What the runs gave: per workspace and arm, one result per seed; per
+/// workspace, why runs on it ended without one.
+struct Table {
+    results: Vec<[Vec<RunResult>; 2]>,
+    failures: Vec<Vec<String>>,
+}
+
+impl Table {
+    fn new(workspaces: usize) -> Table {
+        Table {
+            results: vec![[Vec::new(), Vec::new()]; workspaces],
+            failures: vec![Vec::new(); workspaces],
+        }
+    }
+
+    /// One run's result. A workspace that cannot be run does not end the
+    /// experiment: it is reported, and the others go on.
+    fn record(&mut self, run: RunId<'_>, result: Result<RunResult, String>) {
+        match result {
+            Ok(result) => self.results[run.workspace][run.arm].push(result),
+            Err(error) => {
+                let (arm_name, _) = ARMS[run.arm];
+                eprintln!(
+                    "agent experiment: {} ({arm_name}, seed {}): {error}",
+                    run.name, run.seed
+                );
+                self.failures[run.workspace].push(format!("{arm_name}, seed {}: {error}", run.seed));
+            }
+        }
+    }
+
+    fn rows(&self, workspaces: &[PathBuf]) -> Vec<Value> {
+        workspaces
+            .iter()
+            .zip(&self.results)
+            .zip(&self.failures)
+            .map(|((workspace, arms), failed)| {
+                json!({
+                    "workspace": label(workspace),
+                    "learning_on": summarise(&arms[0]),
+                    "learning_off": summarise(&arms[1]),
+                    "failed": failed,
+                })
+            })
+            .collect()
+    }
 }
 
 fn label(workspace: &Path) -> String {

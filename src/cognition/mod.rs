@@ -206,30 +206,11 @@ fn mcp(config: &Config, sandbox: Option<&Sandbox>) -> Result<Arc<dyn Cognition>,
 /// MCP when it is installed and usable, else the offline backend.
 /// `sandbox` confines every job of the chosen backend.
 pub async fn select(config: &Config, sandbox: Option<&Sandbox>) -> Result<Selection, SelectError> {
-    let claude_cli = || -> Arc<dyn Cognition> {
-        Arc::new(
-            claude_cli::ClaudeCli::new(
-                config.claude_bin.clone(),
-                config.permission_mode.clone(),
-                config.model.clone(),
-            )
-            .with_limits(config.max_turns, config.max_budget_usd)
-            .confined(
-                sandbox.cloned(),
-                crate::claude::ConfigDirs {
-                    base: config.state_dir.join("claude"),
-                },
-            ),
-        )
-    };
-    let offline = |reason: String| Selection {
-        backend: Arc::new(offline::Offline {
-            sandbox: sandbox.cloned(),
-        }),
-        reason,
-    };
     match config.backend {
-        BackendChoice::Offline => Ok(offline("offline backend chosen in configuration".into())),
+        BackendChoice::Offline => Ok(offline_selection(
+            sandbox,
+            "offline backend chosen in configuration".into(),
+        )),
         BackendChoice::ClaudeCli => {
             if find_executable(&config.claude_bin).is_none() {
                 return Err(SelectError::ClaudeNotFound(
@@ -237,7 +218,7 @@ pub async fn select(config: &Config, sandbox: Option<&Sandbox>) -> Result<Select
                 ));
             }
             Ok(Selection {
-                backend: claude_cli(),
+                backend: claude_cli_backend(config, sandbox),
                 reason: "claude-cli backend chosen in configuration".into(),
             })
         }
@@ -256,35 +237,73 @@ pub async fn select(config: &Config, sandbox: Option<&Sandbox>) -> Result<Select
                 ),
             })
         }
-        BackendChoice::Auto => {
-            let Some(path) = find_executable(&config.claude_bin) else {
-                return Ok(offline(format!(
-                    "Claude Code not found (no executable `{}`): using the offline backend",
-                    config.claude_bin.display()
-                )));
-            };
-            let usable = if std::env::var_os("ANTHROPIC_API_KEY").is_some_and(|k| !k.is_empty()) {
-                Ok("ANTHROPIC_API_KEY is set")
-            } else {
-                match crate::claude::logged_in(&path).await {
-                    Ok(true) => Ok("logged in"),
-                    Ok(false) => Err("not logged in".to_string()),
-                    Err(why) => Err(format!("`claude auth status` failed ({why})")),
-                }
-            };
-            match usable {
-                Ok(why) => Ok(Selection {
-                    backend: mcp(config, sandbox)?,
-                    reason: format!(
-                        "Claude Code found at {} and {why}: using the mcp backend",
-                        path.display()
-                    ),
-                }),
-                Err(why) => Ok(offline(format!(
-                    "Claude Code found at {} but {why}: using the offline backend",
-                    path.display()
-                ))),
-            }
-        }
+        BackendChoice::Auto => select_auto(config, sandbox).await,
     }
+}
+
+/// `backend = "auto"`: Claude Code over MCP when it is installed and
+/// usable (an API key, or logged in), else the offline backend, with why.
+async fn select_auto(config: &Config, sandbox: Option<&Sandbox>) -> Result<Selection, SelectError> {
+    let Some(path) = find_executable(&config.claude_bin) else {
+        return Ok(offline_selection(
+            sandbox,
+            format!(
+                "Claude Code not found (no executable `{}`): using the offline backend",
+                config.claude_bin.display()
+            ),
+        ));
+    };
+    let usable = if std::env::var_os("ANTHROPIC_API_KEY").is_some_and(|k| !k.is_empty()) {
+        Ok("ANTHROPIC_API_KEY is set")
+    } else {
+        match crate::claude::logged_in(&path).await {
+            Ok(true) => Ok("logged in"),
+            Ok(false) => Err("not logged in".to_string()),
+            Err(why) => Err(format!("`claude auth status` failed ({why})")),
+        }
+    };
+    match usable {
+        Ok(why) => Ok(Selection {
+            backend: mcp(config, sandbox)?,
+            reason: format!(
+                "Claude Code found at {} and {why}: using the mcp backend",
+                path.display()
+            ),
+        }),
+        Err(why) => Ok(offline_selection(
+            sandbox,
+            format!(
+                "Claude Code found at {} but {why}: using the offline backend",
+                path.display()
+            ),
+        )),
+    }
+}
+
+/// The offline backend, confined like every other, and why it was chosen.
+fn offline_selection(sandbox: Option<&Sandbox>, reason: String) -> Selection {
+    Selection {
+        backend: Arc::new(offline::Offline {
+            sandbox: sandbox.cloned(),
+        }),
+        reason,
+    }
+}
+
+/// `claude -p` run directly, each job with its own config directory.
+fn claude_cli_backend(config: &Config, sandbox: Option<&Sandbox>) -> Arc<dyn Cognition> {
+    Arc::new(
+        claude_cli::ClaudeCli::new(
+            config.claude_bin.clone(),
+            config.permission_mode.clone(),
+            config.model.clone(),
+        )
+        .with_limits(config.max_turns, config.max_budget_usd)
+        .confined(
+            sandbox.cloned(),
+            crate::claude::ConfigDirs {
+                base: config.state_dir.join("claude"),
+            },
+        ),
+    )
 }

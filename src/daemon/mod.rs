@@ -140,6 +140,44 @@ async fn prepare(
         &config.prompts,
     )
     .map_err(RunError::Usage)?;
+    let store = open_state(&config)?;
+    config.goal = resume::resolve_run(&store, &config, overrides).await?;
+
+    let (workspace, notices) = prepare_worktree(&config, &store, overrides).await?;
+    // Probed with the run's own binds, so a bind it would refuse later is
+    // refused here, once.
+    let hidden = [config.state_dir.clone(), config.workspace.clone()];
+    let sandbox = Sandbox::probe(&config.sandbox, &hidden, &workspace.path)
+        .await
+        .map_err(RunError::Usage)?;
+    let (selection, checks, console) = choose_backend(&config, sandbox.as_ref(), embedded).await?;
+    tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
+
+    for notice in notices {
+        println!("agent: {notice}");
+    }
+    committed::check(&store, &workspace, &config.goal, overrides.recover_from_git).await?;
+    committed::keep_the_users_work(&store, &workspace)?;
+    check_toolchain(&config, &workspace).await?;
+    let committed = store.last_iteration()?.map_or(0, |r| r.number);
+    print_banner(&config, &selection, sandbox.is_some(), &workspace, committed);
+    Ok(Prepared {
+        config,
+        store,
+        backend: selection.backend,
+        workspace,
+        sandbox,
+        committed,
+        checks,
+        console,
+        prompts,
+    })
+}
+
+/// The state directory made and opened: refused while an emergency stop
+/// file is there; what a killed run left (processes, git locks) cleared
+/// once the store's lock proves no run owns them.
+fn open_state(config: &Config) -> Result<Store, RunError> {
     std::fs::create_dir_all(&config.state_dir).map_err(|e| {
         RunError::Failed(format!(
             "cannot create the state directory {}: {e}",
@@ -156,16 +194,17 @@ async fn prepare(
     let store = Store::open(&config.state_dir)?;
     reap_leftovers(&config.state_dir);
     clear_stale_locks(&config.state_dir);
-    config.goal = resume::resolve_run(&store, &config, overrides).await?;
+    Ok(store)
+}
 
-    let (workspace, notices) = prepare_worktree(&config, &store, overrides).await?;
-    // Probed with the run's own binds, so a bind it would refuse later is
-    // refused here, once.
-    let hidden = [config.state_dir.clone(), config.workspace.clone()];
-    let sandbox = Sandbox::probe(&config.sandbox, &hidden, &workspace.path)
-        .await
-        .map_err(RunError::Usage)?;
-    let (selection, checks, console) = match embedded {
+/// The backend, and the checks and console, that this run uses: what an
+/// embedding program hands in, else what the configuration selects.
+async fn choose_backend(
+    config: &Config,
+    sandbox: Option<&Sandbox>,
+    embedded: Option<Embedded>,
+) -> Result<(cognition::Selection, Option<Arc<dyn crate::checks::Checks>>, bool), RunError> {
+    Ok(match embedded {
         Some(embedded) => (
             cognition::Selection {
                 reason: "handed in by the program that embeds the agent".into(),
@@ -175,28 +214,29 @@ async fn prepare(
             embedded.console,
         ),
         None => (
-            cognition::select(&config, sandbox.as_ref())
+            cognition::select(config, sandbox)
                 .await
                 .map_err(|e| RunError::Usage(e.to_string()))?,
             None,
             true,
         ),
-    };
-    tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
+    })
+}
 
-    for notice in notices {
-        println!("agent: {notice}");
-    }
-    committed::check(&store, &workspace, &config.goal, overrides.recover_from_git).await?;
-    committed::keep_the_users_work(&store, &workspace)?;
-    check_toolchain(&config, &workspace).await?;
-    let committed = store.last_iteration()?.map_or(0, |r| r.number);
+/// What the person who started the run reads first.
+fn print_banner(
+    config: &Config,
+    selection: &cognition::Selection,
+    sandboxed: bool,
+    workspace: &Workspace,
+    committed: u64,
+) {
     println!(
         "agent: goal \"{}\"\nagent: backend {} — {}\nagent: sandbox {}\nagent: worktree {} (from {}), state {}, {} iteration(s) committed so far",
         config.goal,
         selection.backend.name(),
         selection.reason,
-        if sandbox.is_some() {
+        if sandboxed {
             "on: jobs and checks run in bubblewrap"
         } else {
             "off: jobs and checks run unconfined"
@@ -206,17 +246,6 @@ async fn prepare(
         config.state_dir.display(),
         committed
     );
-    Ok(Prepared {
-        config,
-        store,
-        backend: selection.backend,
-        workspace,
-        sandbox,
-        committed,
-        checks,
-        console,
-        prompts,
-    })
 }
 
 /// The agent's worktree of the workspace (made on a fresh run), once the
@@ -367,64 +396,56 @@ fn clear_stale_locks(state_dir: &std::path::Path) {
     }
 }
 
-/// Waits for whichever comes first: a signal, `agent ctl stop`, the run
-/// finishing, or an escalation of the tree.
+/// How a stop is asked for outside the control socket: SIGTERM, SIGINT,
+/// or the STOP file (polled).
+struct StopSignals {
+    sigterm: tokio::signal::unix::Signal,
+    sigint: tokio::signal::unix::Signal,
+    stop_file: std::path::PathBuf,
+    poll: tokio::time::Interval,
+}
+
+impl StopSignals {
+    fn install(state_dir: &std::path::Path) -> Result<StopSignals, RunError> {
+        let listen = |kind| signal(kind).map_err(|e| RunError::Failed(e.to_string()));
+        Ok(StopSignals {
+            sigterm: listen(SignalKind::terminate())?,
+            sigint: listen(SignalKind::interrupt())?,
+            stop_file: state_dir.join(STOP_FILE),
+            poll: tokio::time::interval(STOP_FILE_POLL),
+        })
+    }
+
+    /// The next stop asked for this way: how it was asked, and how soon.
+    async fn next(&mut self) -> (&'static str, StopRequest) {
+        loop {
+            tokio::select! {
+                _ = self.sigterm.recv() => return ("SIGTERM", StopRequest::Graceful),
+                _ = self.sigint.recv() => return ("SIGINT", StopRequest::Graceful),
+                _ = self.poll.tick() => {
+                    if self.stop_file.exists() {
+                        println!("agent: {} found: stopping now", self.stop_file.display());
+                        return ("the STOP file", StopRequest::Now);
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// Waits for whichever comes first: a signal or the STOP file, `agent ctl
+/// stop`, the run finishing, an escalation of the tree, or (with
+/// `exit_on_pause`) the run pausing by itself. A stop asked for outside the
+/// socket is audited (ctl commands are audited as they arrive); during a
+/// graceful stop, a second one means now.
 async fn wait_for_end(
     services: &mut Services,
     store: &Store,
 ) -> Result<(Ending, StopRequest), RunError> {
-    let mut sigterm =
-        signal(SignalKind::terminate()).map_err(|e| RunError::Failed(e.to_string()))?;
-    let mut sigint =
-        signal(SignalKind::interrupt()).map_err(|e| RunError::Failed(e.to_string()))?;
-    let mut stop_rx = services.stop_requests();
-    let mut listener = services.events.subscribe();
-    let stop_file = services.config.state_dir.join(STOP_FILE);
-    let mut stop_file_poll = tokio::time::interval(STOP_FILE_POLL);
-    // How a stop was asked for outside the socket (ctl commands are
-    // audited as they arrive).
-    let mut asked: Option<&str> = None;
-    let ending = loop {
-        tokio::select! {
-            _ = sigterm.recv() => {
-                asked = Some("SIGTERM");
-                break (Ending::Stopped, StopRequest::Graceful);
-            }
-            _ = sigint.recv() => {
-                asked = Some("SIGINT");
-                break (Ending::Stopped, StopRequest::Graceful);
-            }
-            _ = stop_file_poll.tick() => {
-                if stop_file.exists() {
-                    println!("agent: {} found: stopping now", stop_file.display());
-                    asked = Some("the STOP file");
-                    break (Ending::Stopped, StopRequest::Now);
-                }
-            }
-            changed = stop_rx.changed() => {
-                if changed.is_ok() && let Some(request) = *stop_rx.borrow() {
-                    break (Ending::Stopped, request);
-                }
-            }
-            event = listener.recv() => match event {
-                Ok(Event::RunFinished { reason }) => break (Ending::Finished(reason), StopRequest::Graceful),
-                Ok(Event::RunPaused { reason, .. }
-                    | Event::Alert { rule: RESOURCE_LIMIT, message: reason })
-                    if services.config.exit_on_pause =>
-                {
-                    break (Ending::Paused(reason), StopRequest::Graceful);
-                }
-                Ok(Event::Escalated { reason }) => {
-                    services.readiness.escalating();
-                    break (Ending::Escalated(reason), StopRequest::Now);
-                }
-                _ => {}
-            },
-            () = services.supervisor_stopped() => {
-                services.readiness.escalating();
-                break (Ending::Escalated(escalation_reason(&mut listener)), StopRequest::Now);
-            }
-        }
+    let mut signals = StopSignals::install(&services.config.state_dir)?;
+    let (ending, asked) = tokio::select! {
+        (asked, request) = signals.next() => ((Ending::Stopped, request), Some(asked)),
+        ending = run_ending(services) => (ending, None),
     };
     if let Some(asked) = asked {
         let how = if ending.1 == StopRequest::Now {
@@ -441,35 +462,78 @@ async fn wait_for_end(
             .await?;
     }
     if ending.1 == StopRequest::Graceful {
-        // While the in-flight iteration drains, a second interrupt or the
-        // STOP file means now.
-        let (hurry, store) = (services.stop_sender(), store.clone());
-        services.during_shutdown(tokio::spawn(async move {
-            let asked = tokio::select! {
-                _ = sigterm.recv() => "a second SIGTERM",
-                _ = sigint.recv() => "a second SIGINT",
-                () = async {
-                    loop {
-                        stop_file_poll.tick().await;
-                        if stop_file.exists() {
-                            break;
-                        }
-                    }
-                } => "the STOP file",
-            };
-            println!("agent: stopping now: the in-flight iteration is abandoned");
-            // Recorded first; a stop-now goes ahead even if it cannot be.
-            let _ = store
-                .audit(Decision::new(
-                    "daemon",
-                    "run.stop",
-                    format!("{asked}: stopping now"),
-                ))
-                .await;
-            hurry.send_replace(Some(StopRequest::Now));
-        }));
+        let hurry = services.stop_sender();
+        services.during_shutdown(tokio::spawn(hurry_on_a_second_stop(
+            signals,
+            store.clone(),
+            hurry,
+        )));
     }
     Ok(ending)
+}
+
+/// The run's own end, or `agent ctl stop`: whichever the services say first.
+async fn run_ending(services: &mut Services) -> (Ending, StopRequest) {
+    let mut stop_rx = services.stop_requests();
+    let mut listener = services.events.subscribe();
+    loop {
+        tokio::select! {
+            changed = stop_rx.changed() => {
+                if changed.is_ok() && let Some(request) = *stop_rx.borrow() {
+                    return (Ending::Stopped, request);
+                }
+            }
+            event = listener.recv() => match event {
+                Ok(Event::RunFinished { reason }) => return (Ending::Finished(reason), StopRequest::Graceful),
+                Ok(Event::Escalated { reason }) => {
+                    services.readiness.escalating();
+                    return (Ending::Escalated(reason), StopRequest::Now);
+                }
+                Ok(Event::RunPaused { reason, .. }
+                    | Event::Alert { rule: RESOURCE_LIMIT, message: reason })
+                    if services.config.exit_on_pause =>
+                {
+                    return (Ending::Paused(reason), StopRequest::Graceful);
+                }
+                _ => {}
+            },
+            () = services.supervisor_stopped() => {
+                services.readiness.escalating();
+                return (Ending::Escalated(escalation_reason(&mut listener)), StopRequest::Now);
+            }
+        }
+    }
+}
+
+/// While the in-flight iteration drains, a second interrupt or the STOP
+/// file means now: the iteration is abandoned.
+async fn hurry_on_a_second_stop(
+    mut signals: StopSignals,
+    store: Store,
+    hurry: tokio::sync::watch::Sender<Option<StopRequest>>,
+) {
+    let asked = tokio::select! {
+        _ = signals.sigterm.recv() => "a second SIGTERM",
+        _ = signals.sigint.recv() => "a second SIGINT",
+        () = async {
+            loop {
+                signals.poll.tick().await;
+                if signals.stop_file.exists() {
+                    break;
+                }
+            }
+        } => "the STOP file",
+    };
+    println!("agent: stopping now: the in-flight iteration is abandoned");
+    // Recorded first; a stop-now goes ahead even if it cannot be.
+    let _ = store
+        .audit(Decision::new(
+            "daemon",
+            "run.stop",
+            format!("{asked}: stopping now"),
+        ))
+        .await;
+    hurry.send_replace(Some(StopRequest::Now));
 }
 
 /// A run that paused by itself and is started again: with `exit_on_pause`

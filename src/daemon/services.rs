@@ -54,26 +54,8 @@ impl Services {
         } else {
             tokio::spawn(async {})
         };
-        let mut tasks = Vec::new();
-
-        // Metrics follow the events; the HTTP listener serves them with health.
         let metrics = telemetry::metrics::install();
-        if let Some(handle) = metrics.clone() {
-            // Histogram samples are folded in at each scrape; without a
-            // scraper they would pile up, so fold them in regularly.
-            tasks.push(tokio::spawn(async move {
-                let mut every = tokio::time::interval(Duration::from_secs(5));
-                loop {
-                    every.tick().await;
-                    handle.run_upkeep();
-                }
-            }));
-        }
-        telemetry::metrics::committed(prepared.committed);
-        tasks.push(tokio::spawn(console::record_metrics(
-            events.subscribe(),
-            backend_name.clone(),
-        )));
+        let mut tasks = event_consumers(prepared, &events, metrics.clone());
         let readiness = Readiness::default();
         let dashboard = crate::dashboard::Dashboard::new(crate::dashboard::Settings {
             read_only: config.dashboard_read_only,
@@ -81,56 +63,15 @@ impl Services {
             service_name: config.service_name.clone(),
         });
         let http = match config.http_listen {
-            Some(address) => {
-                let listener = telemetry::http::start(
-                    address,
-                    metrics.clone(),
-                    readiness.clone(),
-                    dashboard.routes(),
-                )
-                .await
-                .map_err(|e| {
-                    RunError::Failed(format!("cannot listen for HTTP on {address}: {e}"))
-                })?;
-                tracing::info!(address = %listener.address, "serving the dashboard at /, /metrics, /healthz and /readyz");
-                Some(listener)
-            }
+            Some(address) => Some(listen_http(address, metrics, &readiness, &dashboard).await?),
             None => None,
         };
-        tasks.push(tokio::spawn(telemetry::alerts::run(
-            config.alerts.clone(),
-            events.clone(),
-            config.service_name.clone(),
-            config.state_dir.to_path_buf(),
-        )));
-
         for server in config.mcp_servers.clone() {
             let store = prepared.store.clone();
             tasks.push(tokio::spawn(discover_tools(server, store)));
         }
 
-        let shared = Arc::new(Shared {
-            prompts: prepared.prompts.clone(),
-            config: config.clone(),
-            tree: tree.clone(),
-            store: prepared.store.clone(),
-            workspace: prepared.workspace.clone(),
-            backend: prepared.backend.clone(),
-            events: events.clone(),
-            sandbox: prepared.sandbox.clone(),
-            checks: prepared.checks.clone(),
-        });
-        let (supervisor, supervisor_done) = Actor::spawn(
-            Some(supervisor::NAME.to_string()),
-            Supervisor,
-            SupervisorArgs {
-                tree: tree.clone(),
-                factory: Arc::new(Factory { context: shared }),
-                events: events.clone(),
-            },
-        )
-        .await
-        .map_err(|e| RunError::Failed(format!("the supervision tree did not start: {e}")))?;
+        let (supervisor, supervisor_done) = start_tree(prepared, &tree, &events).await?;
 
         let (stop, _) = watch::channel(None);
         let server_context = Arc::new(ServerContext {
@@ -283,4 +224,80 @@ async fn discover_tools(server: crate::domain::ToolServer, store: crate::store::
             tracing::warn!(server = %server.name, %error, "cannot discover the MCP server's tools");
         }
     }
+}
+
+/// The tasks that follow the run's events: metrics (folded in regularly,
+/// since without a scraper their samples would pile up) and alerts.
+fn event_consumers(
+    prepared: &Prepared,
+    events: &EventBus,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+) -> Vec<JoinHandle<()>> {
+    let config = &prepared.config;
+    let mut tasks = Vec::new();
+    if let Some(handle) = metrics {
+        tasks.push(tokio::spawn(async move {
+            let mut every = tokio::time::interval(Duration::from_secs(5));
+            loop {
+                every.tick().await;
+                handle.run_upkeep();
+            }
+        }));
+    }
+    telemetry::metrics::committed(prepared.committed);
+    tasks.push(tokio::spawn(console::record_metrics(
+        events.subscribe(),
+        prepared.backend.name().to_string(),
+    )));
+    tasks.push(tokio::spawn(telemetry::alerts::run(
+        config.alerts.clone(),
+        events.clone(),
+        config.service_name.clone(),
+        config.state_dir.to_path_buf(),
+    )));
+    tasks
+}
+
+/// The HTTP listener: metrics, health and the dashboard.
+async fn listen_http(
+    address: std::net::SocketAddr,
+    metrics: Option<metrics_exporter_prometheus::PrometheusHandle>,
+    readiness: &Readiness,
+    dashboard: &crate::dashboard::Dashboard,
+) -> Result<HttpListener, RunError> {
+    let listener = telemetry::http::start(address, metrics, readiness.clone(), dashboard.routes())
+        .await
+        .map_err(|e| RunError::Failed(format!("cannot listen for HTTP on {address}: {e}")))?;
+    tracing::info!(address = %listener.address, "serving the dashboard at /, /metrics, /healthz and /readyz");
+    Ok(listener)
+}
+
+/// The supervision tree, with everything its actors share.
+async fn start_tree(
+    prepared: &Prepared,
+    tree: &TreeSpec,
+    events: &EventBus,
+) -> Result<(ActorRef<SupervisorMsg>, JoinHandle<()>), RunError> {
+    let shared = Arc::new(Shared {
+        prompts: prepared.prompts.clone(),
+        config: prepared.config.clone(),
+        tree: tree.clone(),
+        store: prepared.store.clone(),
+        workspace: prepared.workspace.clone(),
+        backend: prepared.backend.clone(),
+        events: events.clone(),
+        sandbox: prepared.sandbox.clone(),
+        checks: prepared.checks.clone(),
+    });
+    Actor::spawn(
+        Some(supervisor::NAME.to_string()),
+        Supervisor,
+        SupervisorArgs {
+            tree: tree.clone(),
+            factory: Arc::new(Factory { context: shared }),
+            events: events.clone(),
+        },
+    )
+    .await
+    .map_err(|e| RunError::Failed(format!("the supervision tree did not start: {e}")))
 }

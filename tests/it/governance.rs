@@ -12,7 +12,7 @@ use std::time::Duration;
 
 use serde_json::Value;
 
-use crate::harness::{Daemon, audit_chain, fast_config, poll_until, text, tiny_crate};
+use crate::harness::{Daemon, audit_chain, fast_config, history, poll_until, text, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(60);
 
@@ -300,7 +300,7 @@ fn a_run_without_progress_or_repeating_its_plan_pauses_as_a_loop() {
     for (threshold, expected) in [
         (
             ("loop_no_progress = 30", "loop_no_progress = 4"),
-            "loop detected: 4 committed iterations in a row without progress",
+            "loop detected: 4 committed iterations in a row without a fitness improvement",
         ),
         (
             ("loop_same_plan = 8", "loop_same_plan = 3"),
@@ -313,6 +313,29 @@ fn a_run_without_progress_or_repeating_its_plan_pauses_as_a_loop() {
         assert!(reason.starts_with(expected), "{reason}");
         run.stop();
     }
+}
+
+#[test]
+fn changes_all_kept_at_a_constant_fitness_pause_the_run_as_a_loop_after_k_iterations() {
+    // The stand-in appends a line each job, validation passes, the fitness
+    // is `echo 1`: every change is kept and none improves anything.
+    let run = start(&[("loop_no_progress = 30", "loop_no_progress = 4")], &[]);
+    let reason = paused_reason(&run);
+    assert_eq!(
+        reason,
+        "loop detected: 4 committed iterations in a row without a fitness improvement \
+         (changes kept or not); the fitness has stayed at 1 through all 4 of them; change the \
+         goal or the workspace, then `agent ctl resume`"
+    );
+    let records = history(&run.daemon.state);
+    assert_eq!(records.len(), 4, "paused at the fourth: {records:?}");
+    assert!(records.iter().all(|r| r["outcome"] == "accepted"), "{records:?}");
+    assert!(
+        run.daemon.logs().contains("rule=\"loop\""),
+        "the loop alert: {}",
+        run.daemon.logs()
+    );
+    run.stop();
 }
 
 #[test]

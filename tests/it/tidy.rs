@@ -381,3 +381,83 @@ fn the_code_map_names_every_module_and_nothing_else() {
         violations,
     );
 }
+
+/// The longest a function in `src/` may be, from its `fn` to its closing
+/// brace: past it, a function is doing several things that want names.
+const MAX_FUNCTION_LINES: usize = 80;
+
+/// Functions allowed past the limit, each with its reason. Empty is best.
+const LONG_FUNCTION_EXCEPTIONS: &[(&str, &str, &str)] = &[];
+
+/// Every function, method and nested function of `text` longer than
+/// `MAX_FUNCTION_LINES`: its name, first line and length. Counted with
+/// `syn`, so braces in strings and comments do not confuse it.
+fn long_functions(text: &str) -> Vec<(String, usize, usize)> {
+    use syn::visit::Visit;
+    #[derive(Default)]
+    struct Lengths(Vec<(String, usize, usize)>);
+    impl Lengths {
+        fn measure(&mut self, sig: &syn::Signature, block: &syn::Block) {
+            let first = sig.fn_token.span.start().line;
+            let last = block.brace_token.span.close().end().line;
+            let lines = last + 1 - first;
+            if lines > MAX_FUNCTION_LINES {
+                self.0.push((sig.ident.to_string(), first, lines));
+            }
+        }
+    }
+    impl<'ast> Visit<'ast> for Lengths {
+        fn visit_item_fn(&mut self, item: &'ast syn::ItemFn) {
+            self.measure(&item.sig, &item.block);
+            syn::visit::visit_item_fn(self, item);
+        }
+        fn visit_impl_item_fn(&mut self, item: &'ast syn::ImplItemFn) {
+            self.measure(&item.sig, &item.block);
+            syn::visit::visit_impl_item_fn(self, item);
+        }
+        fn visit_trait_item_fn(&mut self, item: &'ast syn::TraitItemFn) {
+            if let Some(block) = &item.default {
+                self.measure(&item.sig, block);
+            }
+            syn::visit::visit_trait_item_fn(self, item);
+        }
+    }
+    let file = syn::parse_file(text).expect("a source file parses");
+    let mut lengths = Lengths::default();
+    lengths.visit_file(&file);
+    lengths.0
+}
+
+#[test]
+fn no_function_in_src_is_over_80_lines() {
+    let mut violations = Vec::new();
+    for source in sources_under("src") {
+        for (name, line, lines) in long_functions(&source.text) {
+            let excepted = LONG_FUNCTION_EXCEPTIONS
+                .iter()
+                .any(|(path, function, _)| *path == source.path && *function == name);
+            if !excepted {
+                violations.push(format!(
+                    "{}:{line}: fn {name} is {lines} lines (at most {MAX_FUNCTION_LINES}): give its parts names",
+                    source.path
+                ));
+            }
+        }
+    }
+    assert_none("functions over the limit", violations);
+}
+
+#[test]
+fn the_function_length_rule_sees_an_81_line_function_and_passes_an_80_line_one() {
+    let function = |name: &str, lines: usize| {
+        let body: String = (0..lines - 2).map(|n| format!("    let _x{n} = {n};\n")).collect();
+        format!("fn {name}() {{\n{body}}}\n")
+    };
+    let text = format!(
+        "{}\nimpl S {{\n{}}}\n",
+        function("fits", 80),
+        function("too_long", 81)
+    );
+    let found = long_functions(&text);
+    assert_eq!(found, [("too_long".to_string(), 83, 81)], "{found:?}");
+}

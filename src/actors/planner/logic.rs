@@ -321,17 +321,45 @@ pub fn loop_detected(recent: &[Iteration], rules: LoopRules) -> Option<String> {
             ));
         }
     }
-    let progressed = |i: &Iteration| {
-        i.outcome == Outcome::Accepted
-            || matches!((i.fitness_before, i.fitness_after), (Some(b), Some(a)) if a < b)
-    };
-    let without = recent.iter().rev().take_while(|i| !progressed(i)).count() as u32;
-    if rules.no_progress > 0 && without >= rules.no_progress {
-        return Some(format!(
-            "loop detected: {without} committed iterations in a row without progress (no change kept, no fitness gained)"
-        ));
+    if rules.no_progress > 0 {
+        return no_fitness_progress(recent, rules.no_progress);
     }
     None
+}
+
+/// Whether the branch's fitness went down in this iteration: a change kept
+/// that measured better. A kept change that measured the same is no
+/// progress, however many there are.
+fn improved(iteration: &Iteration) -> bool {
+    iteration.outcome == Outcome::Accepted
+        && matches!((iteration.fitness_before, iteration.fitness_after), (Some(b), Some(a)) if a < b)
+}
+
+/// `limit` committed iterations or more since the fitness last improved,
+/// kept or not: said with how many, and from what to what it last went.
+fn no_fitness_progress(recent: &[Iteration], limit: u32) -> Option<String> {
+    let since = recent.iter().rev().take_while(|i| !improved(i)).count();
+    if (since as u32) < limit {
+        return None;
+    }
+    let now = recent.last().and_then(Iteration::head_fitness);
+    let last_improvement = recent.iter().rev().find(|i| improved(i));
+    let history = match (last_improvement, now) {
+        (Some(i), Some(now)) => format!(
+            "the fitness last improved at iteration {}, from {} to {}, and has stayed at {now} since",
+            i.number,
+            i.fitness_before.unwrap_or_default(),
+            i.fitness_after.unwrap_or_default()
+        ),
+        (None, Some(now)) => format!(
+            "the fitness has stayed at {now} through all {since} of them"
+        ),
+        (_, None) => "no fitness was measured".to_string(),
+    };
+    Some(format!(
+        "loop detected: {since} committed iterations in a row without a fitness improvement \
+         (changes kept or not); {history}"
+    ))
 }
 
 #[cfg(test)]
@@ -597,22 +625,54 @@ mod tests {
         assert!(
             loop_detected(&stalled, rules)
                 .unwrap()
-                .contains("6 committed iterations in a row without progress")
+                .contains("6 committed iterations in a row without a fitness improvement")
         );
-        // Changes kept now and then: healthy.
+        // Changes that improve the fitness now and then: healthy.
+        let improving = |n: u64| {
+            let mut kept = committed(n, Outcome::Accepted, &format!("{n}"));
+            kept.fitness_before = Some(100.0 - n as f64);
+            kept.fitness_after = Some(99.0 - n as f64);
+            kept
+        };
         let healthy: Vec<Iteration> = (1..=20)
             .map(|n| {
-                committed(
-                    n,
-                    if n % 3 == 0 {
-                        Outcome::Accepted
-                    } else {
-                        Outcome::Rejected
-                    },
-                    &format!("{n}"),
-                )
+                if n % 3 == 0 {
+                    improving(n)
+                } else {
+                    committed(n, Outcome::Rejected, &format!("{n}"))
+                }
             })
             .collect();
         assert_eq!(loop_detected(&healthy, rules), None);
+    }
+
+    #[test]
+    fn changes_kept_without_a_fitness_improvement_are_no_progress() {
+        let rules = LoopRules {
+            same_plan: 0,
+            same_refused_change: 0,
+            no_progress: 4,
+        };
+        // Every change kept, the fitness the same each time.
+        let kept_flat: Vec<Iteration> = (1..=4)
+            .map(|n| committed(n, Outcome::Accepted, &format!("{n}")))
+            .collect();
+        assert_eq!(
+            loop_detected(&kept_flat, rules).unwrap(),
+            "loop detected: 4 committed iterations in a row without a fitness improvement \
+             (changes kept or not); the fitness has stayed at 3 through all 4 of them"
+        );
+        assert_eq!(loop_detected(&kept_flat[..3], rules), None);
+        // An improvement, then four kept changes that gain nothing.
+        let mut improved_once = vec![committed(1, Outcome::Accepted, "a")];
+        improved_once[0].fitness_before = Some(14.0);
+        improved_once[0].fitness_after = Some(3.0);
+        improved_once.extend((2..=5).map(|n| committed(n, Outcome::Accepted, &format!("{n}"))));
+        assert_eq!(
+            loop_detected(&improved_once, rules).unwrap(),
+            "loop detected: 4 committed iterations in a row without a fitness improvement \
+             (changes kept or not); the fitness last improved at iteration 1, from 14 to 3, \
+             and has stayed at 3 since"
+        );
     }
 }
