@@ -327,15 +327,16 @@ fn changes_all_kept_at_a_constant_fitness_pause_the_run_as_a_loop_after_k_iterat
          (changes kept or not); the fitness has stayed at 1 through all 4 of them; change the \
          goal or the workspace, then `agent ctl resume`"
     );
-    let records = history(&run.daemon.state);
-    assert_eq!(records.len(), 4, "paused at the fourth: {records:?}");
-    assert!(records.iter().all(|r| r["outcome"] == "accepted"), "{records:?}");
     assert!(
         run.daemon.logs().contains("rule=\"loop\""),
         "the loop alert: {}",
         run.daemon.logs()
     );
-    run.stop();
+    let state = run.daemon.state.clone();
+    let _dir = run.stop();
+    let records = history(&state);
+    assert_eq!(records.len(), 4, "paused at the fourth: {records:?}");
+    assert!(records.iter().all(|r| r["outcome"] == "accepted"), "{records:?}");
 }
 
 #[test]
