@@ -2,9 +2,24 @@
 //! structs (shape and value checks, with the span of every bad value) and then
 //! into the checked [`Config`] and [`TreeSpec`] the rest of the program uses.
 //! Command-line flags are applied on top of the checked config.
+//!
+//! Each section of `agent.toml` is its own raw type that checks itself into
+//! its part of [`Config`] (in the section's file, or below for the sections
+//! of a key or two); [`Config::parse`] only composes them. A new key touches
+//! its section's raw struct and check, and the field it fills.
 
 pub mod actors;
+mod alerts;
+mod cognition;
 pub mod error;
+mod governor;
+mod learning;
+mod observability;
+mod run;
+mod safety;
+mod sandbox;
+mod tool_servers;
+mod validation;
 pub mod values;
 
 use std::path::{Path, PathBuf};
@@ -15,91 +30,75 @@ use serde::Deserialize;
 use crate::domain::{AbsolutePath, Execution, Program};
 
 pub use actors::{ChildSpec, DEFAULT_ACTORS_TOML, TreeSpec};
+pub use alerts::AlertRules;
+pub use cognition::{BackendChoice, PERMISSION_MODES};
 pub use error::ConfigError;
+pub use observability::OtlpProtocol;
+pub use run::Mode;
+pub use validation::{FailingBase, Fitness};
 use values::{HumanDuration, Positive};
 
 /// The embedded default, identical to the repository's `config/agent.toml`.
 pub const DEFAULT_AGENT_TOML: &str = include_str!("../../config/agent.toml");
 
-/// How much autonomy the agent has.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "snake_case")]
-pub enum Mode {
-    /// Changes that pass validation are committed without asking.
-    Autonomous,
-    /// Changes wait for an operator's approval.
-    Supervised,
-    /// Like autonomous, and fault injection through `agent ctl fault` is allowed.
-    Debug,
-}
-
-/// Which cognition backend executes plans.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
-#[serde(rename_all = "kebab-case")]
-pub enum BackendChoice {
-    /// Claude Code when it is installed and usable, else offline.
-    Auto,
-    /// Local cargo commands, no model.
-    Offline,
-    /// `claude -p` run directly.
-    ClaudeCli,
-    /// Claude Code reached over MCP.
-    Mcp,
-}
-
+/// `agent.toml` as written (over the embedded default), one field per section.
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawConfig {
-    run: RawRun,
-    cognition: RawCognition,
-    validation: RawValidation,
-    governor: RawGovernor,
+    run: run::RawRun,
+    cognition: cognition::RawCognition,
+    validation: validation::RawValidation,
+    governor: governor::RawGovernor,
     researcher: RawResearcher,
     #[serde(default)]
     ctl: RawCtl,
     #[serde(default)]
-    telemetry: RawTelemetry,
+    telemetry: observability::RawTelemetry,
     #[serde(default)]
-    http: RawHttp,
+    http: observability::RawHttp,
     #[serde(default)]
-    alerts: RawAlerts,
+    alerts: alerts::RawAlerts,
     #[serde(default)]
-    safety: RawSafety,
+    safety: safety::RawSafety,
     #[serde(default)]
-    sandbox: RawSandbox,
+    sandbox: sandbox::RawSandbox,
     #[serde(default)]
-    limits: RawLimits,
+    limits: alerts::RawLimits,
     #[serde(default)]
     retention: RawRetention,
     #[serde(default)]
-    learning: RawLearning,
+    learning: learning::RawLearning,
     #[serde(default)]
-    mcp_servers: Vec<RawToolServer>,
+    mcp_servers: Vec<tool_servers::RawToolServer>,
     #[serde(default)]
     debug: RawDebug,
 }
 
-/// One `[[mcp_servers]]` entry as written.
+/// `[researcher]` as written; `cache_ttl` is [`Config::research_ttl`].
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawToolServer {
-    name: String,
-    command: Vec<String>,
-    #[serde(default)]
-    probes: toml::Table,
-    timeout: Option<HumanDuration>,
+struct RawResearcher {
+    cache_ttl: HumanDuration,
 }
 
+/// `[ctl]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
-struct RawLearning {
-    enabled: Option<bool>,
-    seed: Option<u64>,
-    exploration: Option<f64>,
-    relevant: Option<Positive>,
-    context_tokens: Option<Positive>,
+struct RawCtl {
+    socket: Option<PathBuf>,
 }
 
+impl RawCtl {
+    /// The control socket's path, made absolute; `None` is the default in
+    /// the state directory ([`Config::socket_path`]).
+    fn check(self, file: &Path) -> Result<Option<AbsolutePath>, ConfigError> {
+        self.socket
+            .map(|socket| absolute(file, "[ctl] socket", &socket))
+            .transpose()
+    }
+}
+
+/// `[retention]` as written.
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawRetention {
@@ -107,230 +106,24 @@ struct RawRetention {
     audit_entries: Option<Positive>,
 }
 
-/// `[sandbox] enabled` as written.
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "lowercase")]
-enum RawEnabled {
-    Auto,
-    On,
-    Off,
-}
-
-impl From<RawEnabled> for crate::sandbox::Enabled {
-    fn from(raw: RawEnabled) -> Self {
-        match raw {
-            RawEnabled::Auto => Self::Auto,
-            RawEnabled::On => Self::On,
-            RawEnabled::Off => Self::Off,
+impl From<RawRetention> for crate::store::Retention {
+    fn from(raw: RawRetention) -> Self {
+        let default = Self::default();
+        Self {
+            iterations: raw.iterations.map_or(default.iterations, Positive::get),
+            audit_entries: raw
+                .audit_entries
+                .map_or(default.audit_entries, Positive::get),
         }
     }
 }
 
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSandbox {
-    enabled: Option<RawEnabled>,
-    program: Option<PathBuf>,
-    job_network: Option<bool>,
-    check_network: Option<bool>,
-    #[serde(default)]
-    writable: Vec<PathBuf>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawRun {
-    goal: String,
-    workspace: PathBuf,
-    state: PathBuf,
-    max_iterations: Option<Positive>,
-    exit_on_pause: Option<bool>,
-    mode: Mode,
-    shutdown_timeout: HumanDuration,
-    retry_initial: Option<HumanDuration>,
-    retry_max: Option<HumanDuration>,
-    pause_after_failures: Option<Positive>,
-    start_from_variant_after: Option<u64>,
-    loop_same_plan: Option<u32>,
-    loop_same_refused_change: Option<u32>,
-    loop_no_progress: Option<u32>,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCognition {
-    backend: BackendChoice,
-    claude_bin: PathBuf,
-    permission_mode: String,
-    model: Option<String>,
-    job_timeout: HumanDuration,
-    execution: RawExecution,
-    mcp_command: Option<Vec<String>>,
-    mcp_call_timeout: HumanDuration,
-    mcp_max_concurrent: Positive,
-    max_turns: Option<Positive>,
-    max_budget_usd: Option<f64>,
-    prompts: Vec<String>,
-}
-
-/// `[cognition] execution` as written; checked into [`Execution`].
-#[derive(Debug, Clone, Copy, Deserialize)]
-#[serde(rename_all = "snake_case")]
-enum RawExecution {
-    Sync,
-    Async,
-}
-
-impl From<RawExecution> for Execution {
-    fn from(raw: RawExecution) -> Execution {
-        match raw {
-            RawExecution::Sync => Execution::Sync,
-            RawExecution::Async => Execution::Async,
-        }
-    }
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawValidation {
-    command: Option<String>,
-    fitness: Option<String>,
-    timeout: HumanDuration,
-    failing_base: Option<FailingBase>,
-}
-
-/// What a run does when validation already fails on its base, before any
-/// change (`[validation] failing_base`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum FailingBase {
-    /// Pause with the error line until an operator fixes it and resumes.
-    Pause,
-    /// Go on: the goal is to make validation pass (changes are still kept
-    /// only when validation passes).
-    Proceed,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawGovernor {
-    tokens_per_day: Positive,
-    usd_per_day: Option<f64>,
-    iterations_per_hour: Option<Positive>,
-    deadline: Option<HumanDuration>,
-    day_window: Option<HumanDuration>,
-    hour_window: Option<HumanDuration>,
-    retry_after: HumanDuration,
-    approval_timeout: HumanDuration,
-}
-
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawResearcher {
-    cache_ttl: HumanDuration,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawCtl {
-    socket: Option<PathBuf>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawTelemetry {
-    otlp_endpoint: Option<String>,
-    otlp_protocol: Option<OtlpProtocol>,
-    service_name: Option<String>,
-}
-
-/// How traces reach the collector.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
-#[serde(rename_all = "kebab-case")]
-pub enum OtlpProtocol {
-    /// OTLP over gRPC (port 4317 by convention).
-    Grpc,
-    /// OTLP over HTTP with protobuf bodies (port 4318, path /v1/traces).
-    HttpProtobuf,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawHttp {
-    listen: Option<String>,
-    read_only: Option<bool>,
-    jaeger_url: Option<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawSafety {
-    #[serde(default)]
-    protected_paths: Vec<String>,
-    #[serde(default)]
-    own_source_protected: Vec<String>,
-    #[serde(default)]
-    allowed_paths: Vec<String>,
-    max_files: Option<Positive>,
-    max_changed_lines: Option<Positive>,
-    #[serde(default)]
-    process_spawn_allowed: Vec<String>,
-    #[serde(default)]
-    protected_fns: Vec<String>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawAlerts {
-    webhook: Option<String>,
-    webhook_timeout: Option<HumanDuration>,
-    budget_warn_fraction: Option<f64>,
-    restart_limit: Option<Positive>,
-    restart_window: Option<HumanDuration>,
-    no_progress_iterations: Option<Positive>,
-    max_rss_mb: Option<Positive>,
-    max_cpu_percent: Option<Positive>,
-    min_free_disk_mb: Option<Positive>,
-}
-
-#[derive(Debug, Default, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct RawLimits {
-    max_rss_mb: Option<Positive>,
-    min_free_disk_mb: Option<Positive>,
-    check_every: Option<HumanDuration>,
-}
-
-/// Alert rules (`[alerts]`); each fires once when its condition starts to hold.
-#[derive(Debug, Clone, PartialEq)]
-pub struct AlertRules {
-    pub webhook: Option<String>,
-    pub webhook_timeout: Duration,
-    /// Share of the daily token budget spent that raises `budget`.
-    pub budget_warn_fraction: f64,
-    /// More restarts than this within `restart_window` raise `restarts`.
-    pub restart_limit: u64,
-    pub restart_window: Duration,
-    /// This many committed iterations in a row without an accepted change raise `no_progress`.
-    pub no_progress_iterations: u64,
-    /// What the agent and its jobs use of the machine, soft and hard.
-    pub resources: crate::resources::Limits,
-}
-
+/// `[debug]` as written; `fault_injection` is [`Config::fault_injection`].
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 struct RawDebug {
     #[serde(default)]
     fault_injection: bool,
-}
-
-/// How the fitness of the workspace is measured.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Fitness {
-    /// Count of distinct compiler and clippy warnings (`cargo clippy --all-targets`).
-    CargoWarnings,
-    /// A shell command that prints a number; lower is better.
-    Command(String),
 }
 
 /// The checked configuration of one agent instance.
@@ -412,322 +205,13 @@ pub struct Config {
     pub max_budget_usd: Option<f64>,
 }
 
-/// The permission modes Claude Code's `--permission-mode` accepts.
-pub const PERMISSION_MODES: [&str; 5] = [
-    "default",
-    "acceptEdits",
-    "plan",
-    "bypassPermissions",
-    "dontAsk",
-];
-
 impl Config {
     /// Parses and checks `agent.toml` text; `file` is used in messages only.
     pub fn parse(file: &Path, text: &str) -> Result<Config, ConfigError> {
         let merged = with_defaults(file, text)?;
         let raw: RawConfig = toml::from_str(&merged)
             .map_err(|error| ConfigError::from_merged(file, text, &merged, &error))?;
-        if raw.run.goal.trim().is_empty() {
-            return Err(ConfigError::whole_file(
-                file,
-                "[run] goal must be a non-empty sentence",
-            ));
-        }
-        if !PERMISSION_MODES.contains(&raw.cognition.permission_mode.as_str()) {
-            return Err(ConfigError::whole_file(
-                file,
-                format!(
-                    "[cognition] permission_mode \"{}\" is not one of: {}",
-                    raw.cognition.permission_mode,
-                    PERMISSION_MODES.join(", ")
-                ),
-            ));
-        }
-        let fitness = match raw.validation.fitness.as_deref().map(str::trim) {
-            None | Some("cargo-warnings") => Fitness::CargoWarnings,
-            Some("") => {
-                return Err(ConfigError::whole_file(
-                    file,
-                    "[validation] fitness must be \"cargo-warnings\" or a command that prints a number",
-                ));
-            }
-            Some(command) => Fitness::Command(command.to_string()),
-        };
-        if raw
-            .cognition
-            .mcp_command
-            .as_ref()
-            .is_some_and(|c| c.is_empty() || c[0].trim().is_empty())
-        {
-            return Err(ConfigError::whole_file(
-                file,
-                "[cognition] mcp_command must name a program, e.g. [\"agent\", \"mcp-serve\"]",
-            ));
-        }
-        let http_listen = match raw.http.listen.as_deref() {
-            None => None,
-            Some(text) => Some(text.parse().map_err(|_| {
-                ConfigError::whole_file(
-                    file,
-                    format!("[http] listen \"{text}\" is not an address like \"127.0.0.1:9464\""),
-                )
-            })?),
-        };
-        let max_budget_usd = raw.cognition.max_budget_usd;
-        if let Some(usd) = raw.governor.usd_per_day {
-            if !(usd > 0.0 && usd.is_finite()) {
-                return Err(ConfigError::whole_file(
-                    file,
-                    "[governor] usd_per_day must be a positive number of dollars, e.g. 20.0",
-                ));
-            }
-            if max_budget_usd.is_none() {
-                return Err(ConfigError::whole_file(
-                    file,
-                    "[governor] usd_per_day needs [cognition] max_budget_usd: a job's worst case must be bounded before it starts",
-                ));
-            }
-        }
-        if max_budget_usd.is_some_and(|usd| !(usd > 0.0 && usd.is_finite())) {
-            return Err(ConfigError::whole_file(
-                file,
-                "[cognition] max_budget_usd must be a positive number of dollars, e.g. 2.5",
-            ));
-        }
-        let learning = {
-            let default = crate::learning::Settings::default();
-            let exploration = raw.learning.exploration.unwrap_or(default.exploration);
-            if !(exploration >= 0.0 && exploration.is_finite()) {
-                return Err(ConfigError::whole_file(
-                    file,
-                    format!(
-                        "[learning] exploration must be a number of 0 or more, e.g. 0.5, found {exploration}"
-                    ),
-                ));
-            }
-            crate::learning::Settings {
-                enabled: raw.learning.enabled.unwrap_or(default.enabled),
-                seed: raw.learning.seed.unwrap_or(default.seed),
-                exploration,
-                relevant: raw
-                    .learning
-                    .relevant
-                    .map_or(default.relevant, |n| n.get() as usize),
-                context_tokens: raw
-                    .learning
-                    .context_tokens
-                    .map_or(default.context_tokens, |n| n.get() as usize),
-            }
-        };
-        let mut mcp_servers = Vec::new();
-        for server in &raw.mcp_servers {
-            if server.command.is_empty() || server.name.trim().is_empty() {
-                return Err(ConfigError::whole_file(
-                    file,
-                    format!(
-                        "[[mcp_servers]] \"{}\" needs a name and a command (program and arguments), e.g. command = [\"mcp-server-time\"]",
-                        server.name
-                    ),
-                ));
-            }
-            let mut probes = std::collections::BTreeMap::new();
-            for (tool, arguments) in &server.probes {
-                if !arguments.is_table() {
-                    return Err(ConfigError::whole_file(
-                        file,
-                        format!(
-                            "[[mcp_servers]] \"{}\": probes.{tool} must be a table of the call's arguments, e.g. {{ timezone = \"UTC\" }}",
-                            server.name
-                        ),
-                    ));
-                }
-                let json = serde_json::to_string(arguments).map_err(|e| {
-                    ConfigError::whole_file(file, format!("[[mcp_servers]] probes.{tool}: {e}"))
-                })?;
-                probes.insert(tool.clone(), json);
-            }
-            mcp_servers.push(crate::domain::ToolServer {
-                name: server.name.clone(),
-                command: command_line(
-                    file,
-                    &format!("[[mcp_servers]] \"{}\" command", server.name),
-                    server.command.clone(),
-                )?,
-                probes,
-                timeout: server
-                    .timeout
-                    .as_ref()
-                    .map_or(Duration::from_secs(30), |d| d.0),
-            });
-        }
-        let fraction = raw.alerts.budget_warn_fraction.unwrap_or(0.8);
-        if !(fraction > 0.0 && fraction <= 1.0) {
-            return Err(ConfigError::whole_file(
-                file,
-                format!(
-                    "[alerts] budget_warn_fraction must be above 0 and at most 1, found {fraction}"
-                ),
-            ));
-        }
-        if let Some(url) = &raw.alerts.webhook
-            && !url.starts_with("http://")
-        {
-            return Err(ConfigError::whole_file(
-                file,
-                format!("[alerts] webhook \"{url}\" must be an http:// URL"),
-            ));
-        }
-        let alerts = AlertRules {
-            webhook: raw.alerts.webhook,
-            webhook_timeout: raw
-                .alerts
-                .webhook_timeout
-                .map_or(Duration::from_secs(5), |d| d.0),
-            budget_warn_fraction: fraction,
-            restart_limit: raw.alerts.restart_limit.map_or(3, Positive::get),
-            restart_window: raw
-                .alerts
-                .restart_window
-                .map_or(Duration::from_secs(300), |d| d.0),
-            no_progress_iterations: raw.alerts.no_progress_iterations.map_or(5, Positive::get),
-            resources: crate::resources::Limits {
-                soft_rss_bytes: raw.alerts.max_rss_mb.map_or(4096, Positive::get) * 1024 * 1024,
-                hard_rss_bytes: raw.limits.max_rss_mb.map(|mb| mb.get() * 1024 * 1024),
-                soft_cpu_percent: raw.alerts.max_cpu_percent.map(|p| p.get() as f32),
-                soft_free_disk_bytes: raw.alerts.min_free_disk_mb.map(|mb| mb.get() * 1024 * 1024),
-                hard_free_disk_bytes: raw.limits.min_free_disk_mb.map(|mb| mb.get() * 1024 * 1024),
-                every: raw
-                    .limits
-                    .check_every
-                    .map_or(Duration::from_secs(10), |d| d.0),
-            },
-        };
-        Ok(Config {
-            goal: raw.run.goal,
-            workspace: absolute(file, "[run] workspace", &raw.run.workspace)?,
-            state_dir: absolute(file, "[run] state", &raw.run.state)?,
-            max_iterations: raw.run.max_iterations.map(Positive::get),
-            exit_on_pause: raw.run.exit_on_pause.unwrap_or(false),
-            mode: raw.run.mode,
-            shutdown_timeout: raw.run.shutdown_timeout.0,
-            retry_initial: raw
-                .run
-                .retry_initial
-                .map_or(Duration::from_secs(1), |d| d.0),
-            retry_max: raw.run.retry_max.map_or(Duration::from_secs(300), |d| d.0),
-            start_from_variant_after: raw.run.start_from_variant_after.unwrap_or(10),
-            loops: crate::domain::LoopRules {
-                same_plan: raw.run.loop_same_plan.unwrap_or(8),
-                same_refused_change: raw.run.loop_same_refused_change.unwrap_or(3),
-                no_progress: raw.run.loop_no_progress.unwrap_or(30),
-            },
-            retention: {
-                let default = crate::store::Retention::default();
-                crate::store::Retention {
-                    iterations: raw
-                        .retention
-                        .iterations
-                        .map_or(default.iterations, Positive::get),
-                    audit_entries: raw
-                        .retention
-                        .audit_entries
-                        .map_or(default.audit_entries, Positive::get),
-                }
-            },
-            learning,
-            mcp_servers,
-            pause_after_failures: raw
-                .run
-                .pause_after_failures
-                .map_or(5, |n| n.get().min(u64::from(u32::MAX)) as u32),
-            backend: raw.cognition.backend,
-            claude_bin: program(file, "[cognition] claude_bin", &raw.cognition.claude_bin)?,
-            permission_mode: raw.cognition.permission_mode,
-            model: raw.cognition.model.filter(|m| !m.is_empty()),
-            job_timeout: raw.cognition.job_timeout.0,
-            execution: raw.cognition.execution.into(),
-            mcp_command: raw
-                .cognition
-                .mcp_command
-                .map(|command| command_line(file, "[cognition] mcp_command", command))
-                .transpose()?,
-            mcp_call_timeout: raw.cognition.mcp_call_timeout.0,
-            mcp_max_concurrent: raw.cognition.mcp_max_concurrent.get() as usize,
-            prompts: raw.cognition.prompts,
-            validation_command: raw
-                .validation
-                .command
-                .unwrap_or_else(|| "cargo test".to_string()),
-            fitness,
-            validation_timeout: raw.validation.timeout.0,
-            failing_base: raw.validation.failing_base.unwrap_or(FailingBase::Pause),
-            budgets: crate::domain::Budgets {
-                tokens_per_day: raw.governor.tokens_per_day.get(),
-                usd_per_day: raw.governor.usd_per_day,
-                iterations_per_hour: raw.governor.iterations_per_hour.map(Positive::get),
-                deadline: raw.governor.deadline.map(|d| d.0),
-                day_window: raw
-                    .governor
-                    .day_window
-                    .map_or(Duration::from_secs(24 * 3600), |d| d.0),
-                hour_window: raw
-                    .governor
-                    .hour_window
-                    .map_or(Duration::from_secs(3600), |d| d.0),
-            },
-            permit_retry_after: raw.governor.retry_after.0,
-            approval_timeout: raw.governor.approval_timeout.0,
-            research_ttl: raw.researcher.cache_ttl.0,
-            socket: raw
-                .ctl
-                .socket
-                .map(|socket| absolute(file, "[ctl] socket", &socket))
-                .transpose()?,
-            fault_injection: raw.debug.fault_injection,
-            otlp_endpoint: raw.telemetry.otlp_endpoint.filter(|e| !e.trim().is_empty()),
-            otlp_protocol: raw.telemetry.otlp_protocol.unwrap_or(OtlpProtocol::Grpc),
-            service_name: raw.telemetry.service_name.unwrap_or_else(|| "agent".into()),
-            http_listen,
-            dashboard_read_only: raw.http.read_only.unwrap_or(false),
-            jaeger_url: raw.http.jaeger_url.clone().filter(|u| !u.trim().is_empty()),
-            alerts,
-            safety: crate::safety::Rules {
-                protected_paths: raw.safety.protected_paths,
-                allowed_paths: raw.safety.allowed_paths,
-                max_files: raw.safety.max_files.map_or(50, |n| n.get() as usize),
-                max_changed_lines: raw
-                    .safety
-                    .max_changed_lines
-                    .map_or(2000, |n| n.get() as usize),
-                process_spawn_allowed: raw.safety.process_spawn_allowed,
-                protected_fns: raw.safety.protected_fns,
-            },
-            own_source_protected: raw.safety.own_source_protected,
-            sandbox: crate::sandbox::SandboxConfig {
-                enabled: raw
-                    .sandbox
-                    .enabled
-                    .map_or(crate::sandbox::Enabled::Auto, Into::into),
-                program: program(
-                    file,
-                    "[sandbox] program",
-                    &raw.sandbox.program.unwrap_or_else(|| "bwrap".into()),
-                )?,
-                job_network: raw.sandbox.job_network.unwrap_or(true),
-                check_network: raw.sandbox.check_network.unwrap_or(false),
-                writable: raw
-                    .sandbox
-                    .writable
-                    .iter()
-                    .map(|path| absolute(file, "[sandbox] writable", path))
-                    .collect::<Result<_, _>>()?,
-            },
-            max_turns: raw
-                .cognition
-                .max_turns
-                .map(|n| n.get().min(u64::from(u32::MAX)) as u32),
-            max_budget_usd,
-        })
+        raw.check(file)
     }
 
     /// Reads and checks a file.
@@ -746,6 +230,82 @@ impl Config {
         self.socket
             .as_deref()
             .map_or_else(|| self.state_dir.join("agent.sock"), Path::to_path_buf)
+    }
+}
+
+impl RawConfig {
+    /// Checks every section and lays the results out as the flat [`Config`].
+    /// Sections are checked in the order the default file and
+    /// docs/configuration.md list them, so of several refusals the one
+    /// reported is in the topmost section. `[limits]` is checked with
+    /// `[alerts]`, and the governor is handed the job bound of `[cognition]`
+    /// that its dollar budget depends on.
+    fn check(self, file: &Path) -> Result<Config, ConfigError> {
+        let run = self.run.check(file)?;
+        let cognition = self.cognition.check(file)?;
+        let validation = self.validation.check(file)?;
+        let governor = self.governor.check(file, cognition.max_budget_usd)?;
+        let socket = self.ctl.check(file)?;
+        let telemetry = observability::TelemetryConfig::from(self.telemetry);
+        let http = self.http.check(file)?;
+        let alerts = self.alerts.check(file, self.limits)?;
+        let learning = self.learning.check(file)?;
+        let mcp_servers = self
+            .mcp_servers
+            .into_iter()
+            .map(|server| server.check(file))
+            .collect::<Result<Vec<_>, _>>()?;
+        let safety = safety::SafetyConfig::from(self.safety);
+        let sandbox = self.sandbox.check(file)?;
+        Ok(Config {
+            goal: run.goal,
+            workspace: run.workspace,
+            state_dir: run.state_dir,
+            max_iterations: run.max_iterations,
+            exit_on_pause: run.exit_on_pause,
+            mode: run.mode,
+            shutdown_timeout: run.shutdown_timeout,
+            retry_initial: run.retry_initial,
+            retry_max: run.retry_max,
+            pause_after_failures: run.pause_after_failures,
+            start_from_variant_after: run.start_from_variant_after,
+            loops: run.loops,
+            retention: self.retention.into(),
+            learning,
+            mcp_servers,
+            backend: cognition.backend,
+            claude_bin: cognition.claude_bin,
+            permission_mode: cognition.permission_mode,
+            model: cognition.model,
+            job_timeout: cognition.job_timeout,
+            execution: cognition.execution,
+            mcp_command: cognition.mcp_command,
+            mcp_call_timeout: cognition.mcp_call_timeout,
+            mcp_max_concurrent: cognition.mcp_max_concurrent,
+            prompts: cognition.prompts,
+            validation_command: validation.command,
+            fitness: validation.fitness,
+            validation_timeout: validation.timeout,
+            failing_base: validation.failing_base,
+            budgets: governor.budgets,
+            permit_retry_after: governor.permit_retry_after,
+            approval_timeout: governor.approval_timeout,
+            research_ttl: self.researcher.cache_ttl.0,
+            socket,
+            fault_injection: self.debug.fault_injection,
+            otlp_endpoint: telemetry.otlp_endpoint,
+            otlp_protocol: telemetry.otlp_protocol,
+            service_name: telemetry.service_name,
+            http_listen: http.listen,
+            dashboard_read_only: http.read_only,
+            jaeger_url: http.jaeger_url,
+            alerts,
+            safety: safety.rules,
+            own_source_protected: safety.own_source_protected,
+            sandbox,
+            max_turns: cognition.max_turns,
+            max_budget_usd: cognition.max_budget_usd,
+        })
     }
 }
 
