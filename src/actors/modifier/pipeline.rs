@@ -68,6 +68,19 @@ struct Trial {
 }
 
 impl Trial {
+    /// A change not yet through any step.
+    fn new(base: &str, judged: Judged) -> Trial {
+        Trial {
+            iteration: judged.iteration,
+            base: base.to_string(),
+            fitness_before: judged.fitness_before,
+            rules_checked: Vec::new(),
+            validation: "not run".into(),
+            generated_tests: Vec::new(),
+            started_from: judged.started_from,
+        }
+    }
+
     fn variant(
         &self,
         commit: String,
@@ -107,109 +120,122 @@ pub(super) async fn validate(
     judged: Judged,
     summary: &str,
 ) -> Result<Verdict, String> {
-    let Judged {
-        iteration,
-        fitness_before,
-        started_from,
-    } = judged;
-    let workspace = ctx.workspace.clone();
-    let changed = blocking(move || workspace.changed_files().map_err(|e| e.to_string())).await?;
+    let changed = changed_files(ctx).await?;
     if changed.is_empty() {
         return Ok(Verdict::NoChange);
     }
-    let mut trial = Trial {
-        iteration,
-        base: base.to_string(),
-        fitness_before,
-        rules_checked: Vec::new(),
-        validation: "not run".into(),
-        generated_tests: Vec::new(),
-        started_from,
-    };
+    let mut trial = Trial::new(base, judged);
     match steps(ctx, &mut trial, summary, &changed).await? {
-        Ok(Measure {
-            fitness: fitness_after,
-            signals: signals_after,
-        }) => {
-            let message = commit_message(&trial, summary, fitness_after, changed.len());
-            let (workspace, parent) = (ctx.workspace.clone(), base.to_string());
-            let commit = blocking(move || {
-                workspace
-                    .commit_all(&message, &parent)
-                    .map_err(|e| e.to_string())
-            })
-            .instrument(tracing::info_span!(
-                "modifier.commit",
-                actor = ActorKind::Modifier.name()
-            ))
-            .await?;
-            let variant =
-                trial.variant(commit.clone(), Outcome::Accepted, None, Some(fitness_after));
-            let (workspace, marked) = (ctx.workspace.clone(), commit.clone());
-            let archived = blocking(move || {
-                workspace
-                    .mark_variant(iteration, &marked)
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-            audit(
-                ctx,
-                "change.accepted",
-                format!(
-                    "iteration {iteration}: commit {commit}, fitness {} -> {fitness_after}, rules checked: {}",
-                    fitness_before.map_or("?".into(), |f| f.to_string()),
-                    trial.rules_checked.join(", ")
-                ),
-            )
-            .await?;
-            Ok(Verdict::Accepted {
-                commit,
-                fitness_after,
-                signals_after,
-                files_changed: changed.len(),
-                variant: kept(ctx, archived, variant).await,
-            })
-        }
-        Err(refusal) => {
-            tracing::Span::current().record("rule", refusal.by.as_str());
-            let message = format!(
-                "agent variant: iteration {iteration}, refused by {}\n\n{}\n\nRules checked: {}\nTrace: {}\nVariant of iteration: {iteration}\n",
-                refusal.by,
-                refusal.reason,
-                trial.rules_checked.join(", "),
-                trace_id()
-            );
-            let (workspace, parent) = (ctx.workspace.clone(), base.to_string());
-            let archived = blocking(move || {
-                workspace
-                    .archive_change(iteration, &message, &parent)
-                    .map_err(|e| e.to_string())
-            })
-            .await;
-            let variant = archived.as_ref().map_or(String::new(), Clone::clone);
-            let variant = trial.variant(
-                variant,
-                Outcome::Rejected,
-                Some(refusal.by.clone()),
-                refusal.fitness_after,
-            );
-            super::rollback(&ctx.workspace, base).await?;
-            audit(
-                ctx,
-                "change.refused",
-                format!(
-                    "iteration {iteration}: refused by {}: {}",
-                    refusal.by, refusal.reason
-                ),
-            )
-            .await?;
-            Ok(Verdict::Rejected {
-                reason: refusal.reason,
-                fitness_after: refusal.fitness_after,
-                variant: kept(ctx, archived, variant).await,
-            })
-        }
+        Ok(measure) => accept(ctx, &trial, summary, measure, changed.len()).await,
+        Err(refusal) => refuse(ctx, &trial, refusal).await,
     }
+}
+
+/// The files the change touches: changed, added or deleted since the
+/// worktree's last commit.
+async fn changed_files(ctx: &Context) -> Result<Vec<String>, String> {
+    let workspace = ctx.workspace.clone();
+    blocking(move || workspace.changed_files().map_err(|e| e.to_string())).await
+}
+
+/// Keeps a change that passed every step: one commit on the agent branch,
+/// archived as its variant, audited.
+async fn accept(
+    ctx: &Context,
+    trial: &Trial,
+    summary: &str,
+    measure: Measure,
+    files_changed: usize,
+) -> Result<Verdict, String> {
+    let Measure {
+        fitness: fitness_after,
+        signals: signals_after,
+    } = measure;
+    let message = commit_message(trial, summary, fitness_after, files_changed);
+    let commit = commit_change(ctx, message, &trial.base).await?;
+    let variant = trial.variant(commit.clone(), Outcome::Accepted, None, Some(fitness_after));
+    let (workspace, iteration, marked) = (ctx.workspace.clone(), trial.iteration, commit.clone());
+    let archived = blocking(move || {
+        workspace
+            .mark_variant(iteration, &marked)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    audit(
+        ctx,
+        "change.accepted",
+        format!(
+            "iteration {iteration}: commit {commit}, fitness {} -> {fitness_after}, rules checked: {}",
+            trial.fitness_before.map_or("?".into(), |f| f.to_string()),
+            trial.rules_checked.join(", ")
+        ),
+    )
+    .await?;
+    Ok(Verdict::Accepted {
+        commit,
+        fitness_after,
+        signals_after,
+        files_changed,
+        variant: kept(ctx, archived, variant).await,
+    })
+}
+
+/// Commits the worktree's change on `parent`, in its own span.
+async fn commit_change(ctx: &Context, message: String, parent: &str) -> Result<String, String> {
+    let (workspace, parent) = (ctx.workspace.clone(), parent.to_string());
+    blocking(move || {
+        workspace
+            .commit_all(&message, &parent)
+            .map_err(|e| e.to_string())
+    })
+    .instrument(tracing::info_span!(
+        "modifier.commit",
+        actor = ActorKind::Modifier.name()
+    ))
+    .await
+}
+
+/// Refuses a change: it is archived on its variant ref with why, the
+/// worktree goes back to the base, and the refusal is audited.
+async fn refuse(ctx: &Context, trial: &Trial, refusal: Refusal) -> Result<Verdict, String> {
+    let iteration = trial.iteration;
+    tracing::Span::current().record("rule", refusal.by.as_str());
+    let message = format!(
+        "agent variant: iteration {iteration}, refused by {}\n\n{}\n\nRules checked: {}\nTrace: {}\nVariant of iteration: {iteration}\n",
+        refusal.by,
+        refusal.reason,
+        trial.rules_checked.join(", "),
+        trace_id()
+    );
+    let (workspace, parent) = (ctx.workspace.clone(), trial.base.clone());
+    let archived = blocking(move || {
+        workspace
+            .archive_change(iteration, &message, &parent)
+            .map_err(|e| e.to_string())
+    })
+    .await;
+    let variant = archived.as_ref().map_or(String::new(), Clone::clone);
+    let variant = trial.variant(
+        variant,
+        Outcome::Rejected,
+        Some(refusal.by.clone()),
+        refusal.fitness_after,
+    );
+    super::rollback(&ctx.workspace, &trial.base).await?;
+    audit(
+        ctx,
+        "change.refused",
+        format!(
+            "iteration {iteration}: refused by {}: {}",
+            refusal.by, refusal.reason
+        ),
+    )
+    .await?;
+    Ok(Verdict::Rejected {
+        reason: refusal.reason,
+        fitness_after: refusal.fitness_after,
+        variant: kept(ctx, archived, variant).await,
+    })
 }
 
 /// Appends the verdict to the audit chain before it is acknowledged; it is
@@ -258,32 +284,8 @@ async fn steps(
     changed: &[String],
 ) -> Result<Result<Measure, Refusal>, String> {
     let changes = read_changes(ctx, &trial.base, changed).await?;
-    let rules = rules_for(ctx);
-
-    let scope = step_span!("modifier.scope", trial.iteration);
-    let checked = scope.in_scope(|| safety::scope(&rules, &changes));
-    trial
-        .rules_checked
-        .extend(safety::SCOPE_RULES.map(String::from));
-    if let Err(violation) = ended(&scope, checked) {
-        return Ok(Err(Refusal::new(
-            violation.rule,
-            violation.to_string(),
-            None,
-        )));
-    }
-
-    let syntax = step_span!("modifier.syntax", trial.iteration);
-    let checked = syntax.in_scope(|| safety::parsing(|| safety::syntax(&rules, &changes)));
-    trial
-        .rules_checked
-        .extend(safety::SYNTAX_RULES.map(String::from));
-    if let Err(violation) = ended(&syntax, checked) {
-        return Ok(Err(Refusal::new(
-            violation.rule,
-            violation.to_string(),
-            None,
-        )));
+    if let Err(refusal) = check_rules(trial, &rules_for(ctx), &changes) {
+        return Ok(Err(refusal));
     }
 
     let generate = step_span!("modifier.generate", trial.iteration);
@@ -320,6 +322,26 @@ async fn steps(
         }
     }
     Ok(Ok(after))
+}
+
+/// The scope rules, then the rules on the syntax trees, each a step with
+/// its span; the first rule broken refuses the change.
+fn check_rules(trial: &mut Trial, rules: &Rules, changes: &[ChangedFile]) -> Result<(), Refusal> {
+    let refused =
+        |violation: safety::Violation| Refusal::new(violation.rule, violation.to_string(), None);
+    let scope = step_span!("modifier.scope", trial.iteration);
+    let checked = scope.in_scope(|| safety::scope(rules, changes));
+    trial
+        .rules_checked
+        .extend(safety::SCOPE_RULES.map(String::from));
+    ended(&scope, checked).map_err(refused)?;
+
+    let syntax = step_span!("modifier.syntax", trial.iteration);
+    let checked = syntax.in_scope(|| safety::parsing(|| safety::syntax(rules, changes)));
+    trial
+        .rules_checked
+        .extend(safety::SYNTAX_RULES.map(String::from));
+    ended(&syntax, checked).map_err(refused)
 }
 
 /// Records a step's result on its span: `passed` or `refused`.

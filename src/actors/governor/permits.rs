@@ -1,0 +1,139 @@
+//! `RequestPermit`: the permit each iteration starts with. The decision
+//! itself is pure (`budget::decide`); this file counts a grant in the
+//! ledger, bounds how long a denied planner waits, and audits the decision
+//! before it is answered (a denial the planner keeps asking about is
+//! audited once).
+
+use ractor::RpcReplyPort;
+use tracing::Instrument;
+
+use super::budget::{self, Asked};
+use super::{GovernorState, KIND};
+use crate::actors::Context;
+use crate::domain::Permit;
+use crate::messages::ActorError;
+use crate::store::{Durable, now_ms};
+
+/// The longest a denied planner waits before it asks again.
+const LONGEST_WAIT: std::time::Duration = std::time::Duration::from_secs(60);
+
+impl GovernorState {
+    pub(super) async fn request_permit(&mut self, iteration: u64, reply: RpcReplyPort<Permit>) {
+        // Debug level: permits are asked for outside any iteration's
+        // trace (a paused run asks every few seconds).
+        let span = tracing::debug_span!("governor.permit", actor = KIND.name(), iteration);
+        let permit = self.decide_permit(iteration);
+        let (action, detail) = audit_entry(iteration, &permit);
+        if let Err(error) = self.audit_permit(action, detail, span).await {
+            // Not audited, not granted: the planner waits and asks again.
+            tracing::error!(%error, "cannot audit a permit");
+            let _ = reply.send(Permit::Wait {
+                reason: error.to_string(),
+                retry_after: self.ctx.config.permit_retry_after,
+            });
+            return;
+        }
+        let _ = reply.send(permit);
+    }
+
+    /// The budgets' decision for `iteration`, with a grant counted in the
+    /// ledger and a denial's wait bounded.
+    fn decide_permit(&mut self, iteration: u64) -> Permit {
+        let config = &self.ctx.config;
+        let now = now_ms();
+        let permit = budget::decide(
+            &self.ledger(),
+            &Asked {
+                iteration,
+                max_iterations: config.max_iterations,
+                paused: self.snapshot.paused,
+                budgets: &self.budgets,
+                job_worst_usd: iteration_worst_usd(&self.ctx),
+                retry_after: config.permit_retry_after,
+                now_ms: now,
+            },
+        );
+        match permit {
+            Permit::Granted => {
+                self.snapshot.permits_granted += 1;
+                budget::note_permit(&mut self.snapshot.permits, &self.budgets, now);
+                Permit::Granted
+            }
+            // Asked again at least every minute: a budget raised
+            // live (or a clock that moved) is seen soon.
+            Permit::Wait {
+                reason,
+                retry_after,
+            } => Permit::Wait {
+                reason,
+                retry_after: retry_after.min(LONGEST_WAIT),
+            },
+            Permit::Paused { retry_after, .. } => Permit::Paused {
+                retry_after,
+                reason: self.pause_reason.clone(),
+            },
+            other => other,
+        }
+    }
+
+    /// Audits a permit's decision. The same denial twice in a row is one
+    /// decision, not one a request: a waiting planner asks every few seconds.
+    async fn audit_permit(
+        &mut self,
+        action: &str,
+        detail: String,
+        span: tracing::Span,
+    ) -> Result<(), ActorError> {
+        let granted = action == "permit.granted";
+        if !granted && self.last_denial.as_deref() == Some(detail.as_str()) {
+            return Ok(());
+        }
+        // A grant starts an iteration and is durable with its commit; a
+        // crash before that asks for the permit again.
+        let durable = if granted {
+            Durable::AtCommit
+        } else {
+            Durable::Now
+        };
+        self.audit_with(action, detail.clone(), durable)
+            .instrument(span)
+            .await?;
+        self.last_denial = (!granted).then_some(detail);
+        Ok(())
+    }
+}
+
+/// The audit entry of a permit: its action and detail.
+fn audit_entry(iteration: u64, permit: &Permit) -> (&'static str, String) {
+    match permit {
+        Permit::Granted => ("permit.granted", format!("iteration {iteration}")),
+        Permit::Paused { reason, .. } => (
+            "permit.denied",
+            format!(
+                "iteration {iteration}: paused{}",
+                reason
+                    .as_ref()
+                    .map(|r| format!(": {r}"))
+                    .unwrap_or_default()
+            ),
+        ),
+        Permit::Wait { reason, .. } => {
+            ("permit.denied", format!("iteration {iteration}: {reason}"))
+        }
+        Permit::Finished { reason } => (
+            "permit.finished",
+            format!("iteration {iteration}: {reason}"),
+        ),
+    }
+}
+
+/// The most one iteration may spend in dollars: every Claude Code call it
+/// may make (the research questions, then the job) at `--max-budget-usd`
+/// each. The offline backend spends nothing.
+fn iteration_worst_usd(ctx: &Context) -> Option<f64> {
+    if ctx.backend.name() == "offline" {
+        return Some(0.0);
+    }
+    let calls = 1 + crate::cognition::research_questions("").len();
+    ctx.config.max_budget_usd.map(|usd| usd * calls as f64)
+}

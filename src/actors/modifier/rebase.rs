@@ -1,0 +1,89 @@
+//! `Rebase` and `Moved`: moving the agent branch onto the repository's HEAD
+//! on an operator's request (the run paused and idle). The replay and its
+//! validation run off the mailbox; the new head comes back as `Moved` and
+//! is written to the store at once (a rebase is no iteration's, so no
+//! iteration commit would write it).
+
+use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
+use tracing::Instrument;
+
+use super::baseline::baseline;
+use super::{Context, KIND, ModifierState, SCHEMA, blocking};
+use crate::actors::make_snapshot;
+use crate::messages::{ActorError, ModifierMsg};
+
+impl ModifierState {
+    pub(super) fn rebase(
+        &mut self,
+        myself: ActorRef<ModifierMsg>,
+        reply: RpcReplyPort<Result<String, ActorError>>,
+    ) {
+        let ctx = self.ctx.clone();
+        let head = self.snapshot.head.clone();
+        let span = tracing::info_span!("modifier.rebase", actor = KIND.name());
+        self.work.spawn(
+            async move {
+                let result = rebase(&ctx, &head).await;
+                if let Ok((_, new_head)) = &result {
+                    let _ = myself.cast(ModifierMsg::Moved {
+                        head: new_head.clone(),
+                    });
+                }
+                let _ = reply.send(result.map(|(said, _)| said).map_err(ActorError::Refused));
+            }
+            .instrument(span),
+        );
+    }
+
+    /// The new committed head after a rebase, written at once.
+    pub(super) async fn head_moved(&mut self, head: String) -> Result<(), ActorProcessingErr> {
+        self.snapshot.head = head;
+        // Measured again on the new base.
+        self.snapshot.head_fitness = None;
+        let mut record = make_snapshot(KIND, SCHEMA, &self.snapshot)?;
+        record.iteration = self.ctx.store.last_iteration()?.map_or(0, |i| i.number);
+        self.ctx.store.put_snapshot(&record).await?;
+        Ok(())
+    }
+}
+
+/// Replays the branch onto the repository's HEAD, checks it out and runs
+/// validation there: kept when it passes (the old head stays on a rescue
+/// ref), put back when it fails. Returns what to tell the operator and the
+/// new head.
+async fn rebase(ctx: &Context, head: &str) -> Result<(String, String), String> {
+    let workspace = ctx.workspace.clone();
+    let replayed =
+        blocking(move || workspace.replay_onto_base().map_err(|e| e.to_string())).await?;
+    let Some(replayed) = replayed else {
+        return Err("the agent branch is not behind the repository's HEAD; nothing to do".into());
+    };
+    if replayed.old_head != head {
+        return Err("the worktree is not at the committed head; let the run settle first".into());
+    }
+    let (workspace, new_head) = (ctx.workspace.clone(), replayed.new_head.clone());
+    blocking(move || workspace.reset_to(&new_head).map_err(|e| e.to_string())).await?;
+    if let Some((fails, _)) = baseline(ctx).await? {
+        let (workspace, old) = (ctx.workspace.clone(), replayed.old_head.clone());
+        blocking(move || workspace.reset_to(&old).map_err(|e| e.to_string())).await?;
+        return Err(format!(
+            "{fails}; on the repository's HEAD {} the branch stays where it was",
+            &replayed.base[..10]
+        ));
+    }
+    let (workspace, old) = (ctx.workspace.clone(), replayed.old_head.clone());
+    let kept = blocking(move || {
+        workspace
+            .keep(&old, "agent: branch before a rebase")
+            .map_err(|e| e.to_string())
+    })
+    .await?;
+    Ok((
+        format!(
+            "rebased {} commit(s) onto the repository's HEAD {}; validation passes there; the old branch is kept on {kept}",
+            replayed.replayed,
+            &replayed.base[..10]
+        ),
+        replayed.new_head,
+    ))
+}
