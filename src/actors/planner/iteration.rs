@@ -14,8 +14,8 @@ use super::{KIND, PlannerSnapshot, SCHEMA};
 use crate::actors::{Context, make_snapshot};
 use crate::config::Mode;
 use crate::domain::{
-    ActorKind, Advice, Capability, Experience, Iteration, JobOutcome, JobStatus, Outcome, Permit,
-    Plan, Prepared, Research, Signals, Usage, Verdict,
+    ActorKind, Advice, Capability, Experience, Iteration, JobOutcome, JobStatus, Permit, Plan,
+    Prepared, Research, Signals, Usage, Verdict,
 };
 use crate::events::Event;
 use crate::messages::{
@@ -142,24 +142,8 @@ async fn run_steps(
     )?;
     let job = execute(ctx, &plan).await?;
     let verdict = validate(ctx, &plan, &prepared, &job).await?;
-    let experience = Experience {
-        iteration,
-        capability: plan.capability.clone(),
-        prompt: plan.prompt_name.clone(),
-        signals: prepared.signals.clone(),
-        files_changed: match &verdict {
-            Some(Verdict::Accepted { files_changed, .. }) => *files_changed as u32,
-            _ => 0,
-        },
-        outcome: verdict
-            .as_ref()
-            .map_or(Outcome::JobFailed, Verdict::outcome),
-        fitness_before: prepared.fitness,
-        fitness_after: logic::fitness_after(&prepared, verdict.as_ref()),
-        usage: job.usage,
-        duration: started.elapsed(),
-        error_signature: logic::error_signature(verdict.as_ref(), &job),
-    };
+    let experience =
+        logic::experience_of(&plan, &prepared, &job, verdict.as_ref(), started.elapsed());
     step(
         ctx,
         iteration,
@@ -171,26 +155,13 @@ async fn run_steps(
         _ => None,
     };
     learn(ctx, &experience, after).await?;
-    let committed = Iteration {
-        number: iteration,
-        goal: snapshot.goal.clone(),
-        capability: plan.capability.clone(),
-        outcome: experience.outcome,
-        fitness_before: experience.fitness_before,
-        fitness_after: experience.fitness_after,
-        usage: experience.usage,
-        duration: experience.duration,
-        commit: match &verdict {
-            Some(Verdict::Accepted { commit, .. }) => Some(commit.clone()),
-            _ => None,
-        },
-        summary: logic::summarize(&experience, verdict.as_ref(), &job),
-        finished_at_ms: now_ms(),
-        variant: verdict
-            .as_ref()
-            .and_then(Verdict::variant)
-            .map(|v| Box::new(v.clone())),
-    };
+    let committed = logic::committed_iteration(
+        &snapshot.goal,
+        &experience,
+        verdict.as_ref(),
+        &job,
+        now_ms(),
+    );
     commit(ctx, snapshot, &committed, &experience).await?;
     Ok(committed)
 }

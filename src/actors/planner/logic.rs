@@ -75,8 +75,35 @@ pub fn render_prompt(
     );
     // Relevance: rules by weight, experiences by retrieval rank, warning
     // codes by count, research paragraphs by their order (best first).
+    let slots = [
+        Slot {
+            placeholder: "{signals}",
+            items: signal_items(situation.signals),
+            empty: "(no warnings)",
+        },
+        Slot {
+            placeholder: "{rules}",
+            items: rule_items(advice),
+            empty: "(none yet)",
+        },
+        Slot {
+            placeholder: "{recent}",
+            items: experience_items(advice),
+            empty: "(none yet)",
+        },
+        Slot {
+            placeholder: "{research}",
+            items: research_items(research),
+            empty: "(no notes)",
+        },
+    ];
+    prompt::assemble(&fixed, &slots, situation.budget)
+}
+
+/// The relevant past experiences, most relevant (best retrieval rank) first.
+fn experience_items(advice: &Advice) -> Vec<Item> {
     let count = advice.relevant.len().max(1) as f64;
-    let recent = advice
+    advice
         .relevant
         .iter()
         .enumerate()
@@ -93,36 +120,49 @@ pub fn render_prompt(
             ),
             relevance: 0.9 - 0.5 * rank as f64 / count,
         })
-        .collect();
-    let rules = advice
+        .collect()
+}
+
+/// The rules that hold, as relevant as they weigh.
+fn rule_items(advice: &Advice) -> Vec<Item> {
+    advice
         .rules
         .iter()
         .map(|r| Item {
             text: format!("- {}", r.sentence()),
             relevance: r.weight,
         })
-        .collect();
-    let total = situation.signals.warning_count().max(1) as f64;
-    let mut signals: Vec<Item> = situation
-        .signals
+        .collect()
+}
+
+/// The warning codes, the more frequent the more relevant; the build's
+/// error and the failing tests above them all.
+fn signal_items(signals: &Signals) -> Vec<Item> {
+    let total = signals.warning_count().max(1) as f64;
+    let mut items: Vec<Item> = signals
         .warnings
         .iter()
         .map(|(code, n)| Item {
-            text: match situation.signals.places.get(code) {
+            text: match signals.places.get(code) {
                 Some(place) => format!("- {code}: {n} (the first at {place})"),
                 None => format!("- {code}: {n}"),
             },
             relevance: 0.5 + 0.5 * f64::from(*n) / total,
         })
         .collect();
-    signals.extend(situation.signals.error.iter().map(|e| Item {
+    items.extend(signals.error.iter().map(|e| Item {
         text: format!("- the build fails: {e}"),
         relevance: 1.0,
     }));
-    signals.extend(situation.signals.failing_tests.iter().map(|t| Item {
+    items.extend(signals.failing_tests.iter().map(|t| Item {
         text: format!("- failing test: {t}"),
         relevance: 0.95,
     }));
+    items
+}
+
+/// The research notes' paragraphs, the first (the best) most relevant.
+fn research_items(research: Option<&Research>) -> Vec<Item> {
     let paragraphs: Vec<&str> = research
         .map(|r| {
             r.notes
@@ -131,37 +171,14 @@ pub fn render_prompt(
                 .collect()
         })
         .unwrap_or_default();
-    let notes = paragraphs
+    paragraphs
         .iter()
         .enumerate()
         .map(|(rank, p)| Item {
             text: p.trim().to_string(),
             relevance: 0.8 - 0.6 * rank as f64 / paragraphs.len().max(1) as f64,
         })
-        .collect();
-    let slots = [
-        Slot {
-            placeholder: "{signals}",
-            items: signals,
-            empty: "(no warnings)",
-        },
-        Slot {
-            placeholder: "{rules}",
-            items: rules,
-            empty: "(none yet)",
-        },
-        Slot {
-            placeholder: "{recent}",
-            items: recent,
-            empty: "(none yet)",
-        },
-        Slot {
-            placeholder: "{research}",
-            items: notes,
-            empty: "(no notes)",
-        },
-    ];
-    prompt::assemble(&fixed, &slots, situation.budget)
+        .collect()
 }
 
 /// When every capability has gained nothing in the situation the workspace
@@ -216,6 +233,62 @@ pub fn error_signature(verdict: Option<&Verdict>, job: &JobOutcome) -> Option<St
         (Some(Verdict::Rejected { reason, .. }), _) => Some(signature(reason)),
         (None, Some(error)) => Some(signature(error)),
         _ => None,
+    }
+}
+
+/// What an attempt taught, as the learner records it: the plan, the
+/// situation it was made in, the verdict and what the job spent.
+pub fn experience_of(
+    plan: &Plan,
+    prepared: &Prepared,
+    job: &JobOutcome,
+    verdict: Option<&Verdict>,
+    duration: Duration,
+) -> Experience {
+    Experience {
+        iteration: plan.iteration,
+        capability: plan.capability.clone(),
+        prompt: plan.prompt_name.clone(),
+        signals: prepared.signals.clone(),
+        files_changed: match verdict {
+            Some(Verdict::Accepted { files_changed, .. }) => *files_changed as u32,
+            _ => 0,
+        },
+        outcome: verdict.map_or(Outcome::JobFailed, Verdict::outcome),
+        fitness_before: prepared.fitness,
+        fitness_after: fitness_after(prepared, verdict),
+        usage: job.usage,
+        duration,
+        error_signature: error_signature(verdict, job),
+    }
+}
+
+/// The iteration's log entry, as it is committed.
+pub fn committed_iteration(
+    goal: &str,
+    experience: &Experience,
+    verdict: Option<&Verdict>,
+    job: &JobOutcome,
+    finished_at_ms: u64,
+) -> Iteration {
+    Iteration {
+        number: experience.iteration,
+        goal: goal.to_string(),
+        capability: experience.capability.clone(),
+        outcome: experience.outcome,
+        fitness_before: experience.fitness_before,
+        fitness_after: experience.fitness_after,
+        usage: experience.usage,
+        duration: experience.duration,
+        commit: match verdict {
+            Some(Verdict::Accepted { commit, .. }) => Some(commit.clone()),
+            _ => None,
+        },
+        summary: summarize(experience, verdict, job),
+        finished_at_ms,
+        variant: verdict
+            .and_then(Verdict::variant)
+            .map(|v| Box::new(v.clone())),
     }
 }
 
@@ -554,6 +627,60 @@ mod tests {
             Some("exit ### after ##s")
         );
         assert_eq!(error_signature(Some(&Verdict::NoChange), &job), None);
+    }
+
+    #[test]
+    fn an_accepted_change_is_learned_and_logged_with_its_commit() {
+        let prepared = Prepared {
+            base_commit: "abc".into(),
+            fitness: Some(5.0),
+            signals: Signals::default(),
+            started_from: None,
+        };
+        let plan = Plan {
+            iteration: 9,
+            capability: "fmt".into(),
+            prompt: None,
+            prompt_name: None,
+            prompt_tokens: 0,
+            rationale: String::new(),
+            execution: Execution::Async,
+        };
+        let job = JobOutcome {
+            job_id: 1,
+            status: JobStatus::Completed,
+            output: String::new(),
+            error: None,
+            usage: Usage::default(),
+            claude: Default::default(),
+        };
+        let accepted = Verdict::Accepted {
+            commit: "0123456789abcdef".into(),
+            fitness_after: 3.0,
+            signals_after: Signals::default(),
+            files_changed: 2,
+            variant: None,
+        };
+        let duration = Duration::from_secs(4);
+        let experience = experience_of(&plan, &prepared, &job, Some(&accepted), duration);
+        assert_eq!((experience.iteration, experience.files_changed), (9, 2));
+        assert_eq!(experience.outcome, Outcome::Accepted);
+        assert_eq!(experience.fitness_after, Some(3.0));
+        assert_eq!(experience.error_signature, None);
+        let logged = committed_iteration("g", &experience, Some(&accepted), &job, 77);
+        assert_eq!((logged.number, logged.finished_at_ms), (9, 77));
+        assert_eq!(logged.commit.as_deref(), Some("0123456789abcdef"));
+        assert_eq!(
+            logged.summary,
+            "fmt accepted: 2 file(s), fitness 5 → 3, commit 0123456789"
+        );
+        let failed = experience_of(&plan, &prepared, &job, None, duration);
+        assert_eq!(
+            (failed.outcome, failed.files_changed),
+            (Outcome::JobFailed, 0)
+        );
+        let logged = committed_iteration("g", &failed, None, &job, 78);
+        assert_eq!(logged.commit, None);
     }
 
     fn committed(number: u64, outcome: Outcome, change: &str) -> Iteration {
