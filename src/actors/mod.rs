@@ -1,7 +1,7 @@
 //! The six actors of the tree and what they share: the [`Shared`] context
 //! every actor is started with, the snapshot helpers that restore an actor's
 //! committed state in `pre_start`, and the [`Factory`] the supervisor uses to
-//! (re)start them. Each actor lives in its own file, built the same way:
+//! (re)start them. Each actor lives in its own file or folder, built the same way:
 //! behaviour struct, state, `pre_start` that reads the store, an exhaustive
 //! `handle`. Actors never import each other: they reach peers through
 //! `crate::messages` by registered name.
