@@ -1,7 +1,8 @@
 //! `agent ctl`: the control plane. [`protocol`] holds the wire types,
-//! [`server`] answers them inside the daemon, [`catalog`] is what `send` can
-//! deliver, [`operations`] the one path of each operator action, [`client`]
-//! is the command-line side.
+//! [`server`] answers them inside the daemon (each command beside the
+//! rendering of its reply), [`catalog`] is what `send` can deliver,
+//! [`operations`] the one path of each operator action, [`client`] is the
+//! command-line side.
 
 pub mod catalog;
 pub mod client;

@@ -1,9 +1,15 @@
-//! The control socket inside the daemon: a Unix socket in the state directory,
-//! mode 0600, that serves only peers with the daemon's uid. Each connection
-//! reads length-delimited JSON requests and answers every one, with a typed
-//! error when it cannot be served; a malformed or oversized frame is answered
-//! and never takes the daemon down. `watch` turns the connection into a
-//! stream of events that ends when the client or the daemon goes away.
+//! The control socket inside the daemon, and every ctl command. The socket
+//! is a Unix socket in the state directory, mode 0600, that serves only peers
+//! with the daemon's uid. Each connection reads length-delimited JSON
+//! requests and answers every one, with a typed error when it cannot be
+//! served; a malformed or oversized frame is answered and never takes the
+//! daemon down. `watch` turns the connection into a stream of events that
+//! ends when the client or the daemon goes away.
+//!
+//! Each command has one function that carries it out and, beside it, the one
+//! that renders its reply for a person: [`answer`] and `client::render` only
+//! dispatch to them, so a command's behaviour and its output are read in one
+//! place.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -11,8 +17,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::{SinkExt, StreamExt};
+use serde_json::{Map, Value};
 use tokio::net::{UnixListener, UnixStream};
-use tokio::sync::{broadcast, watch};
+use tokio::sync::broadcast::error::RecvError;
+use tokio::sync::watch;
+use tokio_util::bytes::BytesMut;
 use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -21,16 +30,16 @@ use tracing::Instrument;
 use super::catalog;
 use super::operations::{self, peer_error};
 use super::protocol::{
-    ActorStatus, ApprovalInfo, Command, ErrorKind, HistoryEntry, MAX_FRAME_BYTES, Outcome,
-    PROTOCOL_VERSION, Reply, Request, Response, StatusReply, TreeChild, TreeReply, WireError,
-    WireEvent,
+    ActorStatus, ApprovalInfo, ArgInfo, Command, ErrorKind, HistoryEntry, MAX_FRAME_BYTES,
+    MessageInfo, Outcome, OutcomeCounts, PROTOCOL_VERSION, Reply, Request, Response, StatusReply,
+    TreeChild, TreeReply, WireError, WireEvent,
 };
 use crate::config::TreeSpec;
 use crate::domain::{ActorKind, FaultKind, Iteration};
 use crate::events::{Event, EventBus};
 use crate::messages::{self, Common, GovernorMsg, PlannerMsg};
 use crate::store::audit::Decision;
-use crate::store::{Store, now_ms};
+use crate::store::{ApprovalRecord, Store, now_ms};
 use crate::supervisor::{self, SupervisorMsg};
 
 /// A connection that sends nothing for this long is closed.
@@ -125,106 +134,132 @@ fn codec() -> LengthDelimitedCodec {
 
 type Frames = Framed<UnixStream, LengthDelimitedCodec>;
 
+// ------------------------------------------------------------ connection --
+
+/// One connection, phase by phase: a stranger is refused; otherwise every
+/// request is answered in turn until the connection ends, or `watch` turns
+/// it into a stream.
 async fn serve(stream: UnixStream, context: Arc<ServerContext>) {
     let own_uid = nix::unistd::geteuid().as_raw();
     let peer_uid = stream.peer_cred().map(|cred| cred.uid()).ok();
     let mut frames = Framed::new(stream, codec());
     if peer_uid != Some(own_uid) {
-        tracing::warn!(
-            ?peer_uid,
-            own_uid,
-            "refused a control connection from another user"
-        );
-        let error = WireError::new(
-            ErrorKind::NotPermitted,
-            "this daemon accepts control requests only from its own user",
-        );
-        // Answer the first request (so the client reads a reason, not a
-        // broken pipe), then hang up; nothing of it is acted upon.
-        let id = match tokio::time::timeout(Duration::from_secs(5), frames.next()).await {
-            Ok(Some(Ok(frame))) => serde_json::from_slice::<Request>(&frame).map_or(0, |r| r.id),
-            _ => 0,
-        };
-        let _ = send(&mut frames, id, Outcome::Error(error)).await;
+        refuse_stranger(&mut frames, peer_uid, own_uid).await;
         return;
     }
-    loop {
-        let frame = tokio::select! {
-            frame = tokio::time::timeout(IDLE, frames.next()) => frame,
-            () = context.closing.cancelled() => return,
-        };
-        let frame = match frame {
-            Err(_) | Ok(None) => return,
-            Ok(Some(Err(error))) => {
-                // The stream cannot be resynchronised after a bad length.
-                let error =
-                    WireError::new(ErrorKind::BadRequest, format!("unreadable frame: {error}"));
-                let _ = send(&mut frames, 0, Outcome::Error(error)).await;
-                return;
-            }
-            Ok(Some(Ok(frame))) => frame,
-        };
-        let request = match serde_json::from_slice::<Request>(&frame) {
-            Err(error) => {
-                let error =
-                    WireError::new(ErrorKind::BadRequest, format!("malformed request: {error}"));
-                if send(&mut frames, 0, Outcome::Error(error)).await.is_err() {
-                    return;
-                }
-                continue;
-            }
-            Ok(request) => request,
-        };
-        if request.version != PROTOCOL_VERSION {
-            let error = WireError::new(
-                ErrorKind::VersionMismatch,
-                format!(
-                    "protocol version {} is not spoken here; this daemon speaks version {PROTOCOL_VERSION}",
-                    request.version
-                ),
-            );
-            if send(&mut frames, request.id, Outcome::Error(error))
-                .await
-                .is_err()
-            {
-                return;
-            }
-            continue;
-        }
+    while let Some(request) = next_request(&mut frames, &context).await {
         if request.command == Command::Watch {
             stream_events(&mut frames, request.id, &context).await;
             return;
         }
-        // Each request is a span of its own, a child of the caller's trace
-        // when it sent one; what it causes in the actors nests under it.
-        let span = tracing::info_span!(
-            "ctl.request",
-            command = command_name(&request.command),
-            request.id = request.id as i64,
-            otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
-        );
-        if let Some(traceparent) = &request.traceparent {
-            crate::telemetry::set_remote_parent(&span, traceparent);
-        }
-        let result = dispatch(request.command, &context)
-            .instrument(span.clone())
-            .await;
-        if let Err(error) = &result {
-            span.record("otel.status_code", "ERROR");
-            span.in_scope(|| tracing::warn!(kind = error.kind.name(), message = %error.message, "ctl request refused"));
-        }
-        let outcome = match result {
-            Ok(reply) => Outcome::Ok(reply),
-            Err(error) => Outcome::Error(error),
-        };
-        if send(&mut frames, request.id, outcome).await.is_err() {
+        let id = request.id;
+        let outcome = answer_traced(request, &context).await;
+        if respond(&mut frames, id, outcome).await.is_err() {
             return;
         }
     }
 }
 
-async fn send(frames: &mut Frames, id: u64, result: Outcome) -> std::io::Result<()> {
+/// A peer with another uid: its first request is answered with the reason
+/// (so the client reads why, not a broken pipe), then the connection is
+/// closed; nothing it asks for is acted upon.
+async fn refuse_stranger(frames: &mut Frames, peer_uid: Option<u32>, own_uid: u32) {
+    tracing::warn!(
+        ?peer_uid,
+        own_uid,
+        "refused a control connection from another user"
+    );
+    let error = WireError::new(
+        ErrorKind::NotPermitted,
+        "this daemon accepts control requests only from its own user",
+    );
+    let id = match tokio::time::timeout(Duration::from_secs(5), frames.next()).await {
+        Ok(Some(Ok(frame))) => serde_json::from_slice::<Request>(&frame).map_or(0, |r| r.id),
+        _ => 0,
+    };
+    let _ = respond(frames, id, Outcome::Error(error)).await;
+}
+
+/// The next request this daemon can serve. One it cannot (malformed, another
+/// protocol version) is answered with its error here and the connection
+/// reads on; `None` when the connection is over.
+async fn next_request(frames: &mut Frames, context: &ServerContext) -> Option<Request> {
+    loop {
+        let frame = next_frame(frames, context).await?;
+        match readable_request(&frame) {
+            Ok(request) => return Some(request),
+            Err((id, error)) => respond(frames, id, Outcome::Error(error)).await.ok()?,
+        }
+    }
+}
+
+/// The next frame, or `None` when the client hangs up, stays idle too long,
+/// the daemon stops, or the frame is unreadable (answered first: the stream
+/// cannot be resynchronised after a bad length).
+async fn next_frame(frames: &mut Frames, context: &ServerContext) -> Option<BytesMut> {
+    let frame = tokio::select! {
+        frame = tokio::time::timeout(IDLE, frames.next()) => frame,
+        () = context.closing.cancelled() => return None,
+    };
+    match frame {
+        Err(_) | Ok(None) => None,
+        Ok(Some(Err(error))) => {
+            let error = WireError::new(ErrorKind::BadRequest, format!("unreadable frame: {error}"));
+            let _ = respond(frames, 0, Outcome::Error(error)).await;
+            None
+        }
+        Ok(Some(Ok(frame))) => Some(frame),
+    }
+}
+
+/// A frame as a request in this daemon's protocol version, or the id and
+/// error to answer it with (id 0 when the request cannot be read at all).
+fn readable_request(frame: &[u8]) -> Result<Request, (u64, WireError)> {
+    let request = serde_json::from_slice::<Request>(frame).map_err(|error| {
+        let message = format!("malformed request: {error}");
+        (0, WireError::new(ErrorKind::BadRequest, message))
+    })?;
+    if request.version != PROTOCOL_VERSION {
+        let message = format!(
+            "protocol version {} is not spoken here; this daemon speaks version {PROTOCOL_VERSION}",
+            request.version
+        );
+        return Err((
+            request.id,
+            WireError::new(ErrorKind::VersionMismatch, message),
+        ));
+    }
+    Ok(request)
+}
+
+/// Answers one request inside a span of its own, a child of the caller's
+/// trace when it sent one, so what it causes in the actors nests under it.
+async fn answer_traced(request: Request, context: &ServerContext) -> Outcome {
+    let span = tracing::info_span!(
+        "ctl.request",
+        command = command_name(&request.command),
+        request.id = request.id as i64,
+        otel.kind = "server",
+        otel.status_code = tracing::field::Empty,
+    );
+    if let Some(traceparent) = &request.traceparent {
+        crate::telemetry::set_remote_parent(&span, traceparent);
+    }
+    let result = answer(request.command, context, "ctl")
+        .instrument(span.clone())
+        .await;
+    match result {
+        Ok(reply) => Outcome::Ok(reply),
+        Err(error) => {
+            span.record("otel.status_code", "ERROR");
+            span.in_scope(|| tracing::warn!(kind = error.kind.name(), message = %error.message, "ctl request refused"));
+            Outcome::Error(error)
+        }
+    }
+}
+
+/// Writes one response frame.
+async fn respond(frames: &mut Frames, id: u64, result: Outcome) -> std::io::Result<()> {
     let response = Response {
         version: PROTOCOL_VERSION,
         id,
@@ -234,31 +269,22 @@ async fn send(frames: &mut Frames, id: u64, result: Outcome) -> std::io::Result<
     frames.send(tokio_util::bytes::Bytes::from(bytes)).await
 }
 
+// ----------------------------------------------------------------- watch --
+
 /// `watch`: every event as it happens, until the client leaves or the daemon
 /// stops (then one last `daemon_stopping` event).
 async fn stream_events(frames: &mut Frames, id: u64, context: &ServerContext) {
     let mut events = context.events.subscribe();
-    let hello = WireEvent {
-        event: "watching".into(),
-        iteration: None,
-        actor: None,
-        step: None,
-        rule: None,
-        detail: "streaming events; Ctrl-C to stop".into(),
-        at_ms: now_ms(),
-    };
-    if send(frames, id, Outcome::Ok(Reply::Event(hello)))
-        .await
-        .is_err()
-    {
+    let hello = notice("watching", "streaming events; Ctrl-C to stop");
+    if respond_event(frames, id, hello).await.is_err() {
         return;
     }
     loop {
         let event = tokio::select! {
             event = events.recv() => event,
             () = context.closing.cancelled() => {
-                let last = WireEvent { event: "daemon_stopping".into(), iteration: None, actor: None, step: None, rule: None, detail: "the daemon is stopping".into(), at_ms: now_ms() };
-                let _ = send(frames, id, Outcome::Ok(Reply::Event(last))).await;
+                let last = notice("daemon_stopping", "the daemon is stopping");
+                let _ = respond_event(frames, id, last).await;
                 return;
             }
             // A client that hangs up ends the stream.
@@ -269,112 +295,154 @@ async fn stream_events(frames: &mut Frames, id: u64, context: &ServerContext) {
         };
         let event = match event {
             Ok(event) => wire_event(&event),
-            Err(broadcast::error::RecvError::Lagged(missed)) => WireEvent {
-                event: "lagged".into(),
-                iteration: None,
-                actor: None,
-                step: None,
-                rule: None,
-                detail: format!("{missed} events were dropped because this client read too slowly"),
-                at_ms: now_ms(),
-            },
-            Err(broadcast::error::RecvError::Closed) => return,
+            Err(RecvError::Lagged(missed)) => notice(
+                "lagged",
+                format!("{missed} events were dropped because this client read too slowly"),
+            ),
+            Err(RecvError::Closed) => return,
         };
-        if send(frames, id, Outcome::Ok(Reply::Event(event)))
-            .await
-            .is_err()
-        {
+        if respond_event(frames, id, event).await.is_err() {
             return;
         }
     }
 }
 
-/// An event as `watch` streams it (and the dashboard's event stream).
+async fn respond_event(frames: &mut Frames, id: u64, event: WireEvent) -> std::io::Result<()> {
+    respond(frames, id, Outcome::Ok(Reply::Event(event))).await
+}
+
+/// An event as `watch` streams it (and the dashboard's event stream): each
+/// kind names itself and fills the fields it carries.
 pub fn wire_event(event: &Event) -> WireEvent {
-    let mut wire = WireEvent {
-        event: String::new(),
-        iteration: None,
-        actor: None,
-        step: None,
-        rule: None,
-        detail: String::new(),
-        at_ms: now_ms(),
-    };
     match event {
         Event::IterationStarted { iteration } => {
-            wire.event = "iteration_started".into();
-            wire.iteration = Some(*iteration);
+            iteration_event("iteration_started", *iteration, "")
         }
         Event::Step {
             iteration,
             step,
             detail,
-        } => {
-            wire.event = "step".into();
-            wire.iteration = Some(*iteration);
-            wire.step = Some((*step).to_string());
-            wire.detail = detail.clone();
-        }
-        Event::IterationCommitted(committed) => {
-            wire.event = "iteration_committed".into();
-            wire.iteration = Some(committed.number);
-            wire.detail = committed.summary.clone();
-            wire.rule = committed
+        } => WireEvent {
+            step: Some((*step).to_string()),
+            ..iteration_event("step", *iteration, detail)
+        },
+        Event::IterationCommitted(committed) => WireEvent {
+            rule: committed
                 .variant
                 .as_ref()
-                .and_then(|v| v.refused_by.clone());
-        }
+                .and_then(|v| v.refused_by.clone()),
+            ..iteration_event("iteration_committed", committed.number, &committed.summary)
+        },
         Event::IterationAbandoned { iteration, reason } => {
-            wire.event = "iteration_abandoned".into();
-            wire.iteration = Some(*iteration);
-            wire.detail = reason.clone();
+            iteration_event("iteration_abandoned", *iteration, reason)
         }
-        Event::PermitWaiting { reason } => {
-            wire.event = "permit_waiting".into();
-            wire.detail = reason.clone();
-        }
-        Event::RunFinished { reason } => {
-            wire.event = "run_finished".into();
-            wire.detail = reason.clone();
-        }
-        Event::RunPaused { reason, .. } => {
-            wire.event = "run_paused".into();
-            wire.detail = reason.clone();
-        }
-        Event::ActorFailed { actor, error } => {
-            wire.event = "actor_failed".into();
-            wire.actor = Some(actor.name().into());
-            wire.detail = error.clone();
-        }
+        Event::PermitWaiting { reason } => notice("permit_waiting", reason),
+        Event::RunFinished { reason } => notice("run_finished", reason),
+        Event::RunPaused { reason, .. } => notice("run_paused", reason),
+        Event::ActorFailed { actor, error } => actor_event("actor_failed", *actor, error),
         Event::ActorRestarted { actor, restarts } => {
-            wire.event = "actor_restarted".into();
-            wire.actor = Some(actor.name().into());
-            wire.detail = format!("restart {restarts}");
+            actor_event("actor_restarted", *actor, format!("restart {restarts}"))
         }
-        Event::Escalated { reason } => {
-            wire.event = "escalated".into();
-            wire.detail = reason.clone();
-        }
+        Event::Escalated { reason } => notice("escalated", reason),
         Event::ApprovalRequested {
             id,
             iteration,
             summary,
-        } => {
-            wire.event = "approval_requested".into();
-            wire.iteration = Some(*iteration);
-            wire.detail = format!("{id}: {summary}");
-        }
-        Event::Alert { rule, message } => {
-            wire.event = "alert".into();
-            wire.step = Some((*rule).to_string());
-            wire.detail = message.clone();
-        }
-        Event::GoalChanged { goal } => {
-            wire.event = "goal_changed".into();
-            wire.detail = goal.clone();
-        }
+        } => iteration_event("approval_requested", *iteration, format!("{id}: {summary}")),
+        Event::Alert { rule, message } => WireEvent {
+            step: Some((*rule).to_string()),
+            ..notice("alert", message)
+        },
+        Event::GoalChanged { goal } => notice("goal_changed", goal),
     }
-    wire
+}
+
+/// An event that is only its name and a detail, stamped now.
+fn notice(event: &str, detail: impl Into<String>) -> WireEvent {
+    WireEvent {
+        event: event.into(),
+        iteration: None,
+        actor: None,
+        step: None,
+        rule: None,
+        detail: detail.into(),
+        at_ms: now_ms(),
+    }
+}
+
+/// An event about one iteration.
+fn iteration_event(event: &str, iteration: u64, detail: impl Into<String>) -> WireEvent {
+    WireEvent {
+        iteration: Some(iteration),
+        ..notice(event, detail)
+    }
+}
+
+/// An event about one actor.
+fn actor_event(event: &str, actor: ActorKind, detail: impl Into<String>) -> WireEvent {
+    WireEvent {
+        actor: Some(actor.name().into()),
+        ..notice(event, detail)
+    }
+}
+
+/// One line per event: its name, then what it carries.
+pub fn render_event(event: &WireEvent) -> String {
+    let mut line = event.event.clone();
+    if let Some(iteration) = event.iteration {
+        line.push_str(&format!(" #{iteration}"));
+    }
+    if let Some(step) = &event.step {
+        line.push_str(&format!(" {step}"));
+    }
+    if let Some(actor) = &event.actor {
+        line.push_str(&format!(" {actor}"));
+    }
+    if let Some(rule) = &event.rule {
+        line.push_str(&format!(" [refused by {rule}]"));
+    }
+    if !event.detail.is_empty() {
+        line.push_str(&format!(": {}", event.detail));
+    }
+    line
+}
+
+// -------------------------------------------------------------- dispatch --
+
+/// Carries out one command for `who` (`ctl`, `dashboard`): the one path of
+/// every operator action, audited under that name before it is carried out.
+pub async fn answer(
+    command: Command,
+    context: &ServerContext,
+    who: &str,
+) -> Result<Reply, WireError> {
+    audit(&command, context, who).await?;
+    match command {
+        Command::Status => status(context).await,
+        Command::Tree => tree(context).await,
+        Command::Send {
+            actor,
+            message,
+            args,
+        } => send_message(&actor, message, &args).await,
+        Command::Messages { actor } => list_messages(&actor),
+        Command::Pause => set_paused(true).await,
+        Command::Resume => set_paused(false).await,
+        Command::Stop { now } => stop(now, context),
+        Command::Goal { text } => set_goal(text).await,
+        Command::Approvals => approvals().await,
+        Command::Approve { id } => decide(id, true, None).await,
+        Command::Reject { id, reason } => decide(id, false, reason).await,
+        Command::Checkpoint => checkpoint(context).await,
+        Command::Fault { actor, fault } => inject_fault(&actor, &fault, context),
+        Command::Watch => Err(WireError::new(
+            ErrorKind::Internal,
+            "watch is served as a stream",
+        )),
+        Command::Rebase => operations::rebase().await.map(done),
+        Command::Backup { to } => backup(&to, context),
+        Command::History { last } => history(last, context),
+    }
 }
 
 fn command_name(command: &Command) -> &'static str {
@@ -399,10 +467,23 @@ fn command_name(command: &Command) -> &'static str {
     }
 }
 
-fn done(message: impl Into<String>) -> Reply {
-    Reply::Done {
-        message: message.into(),
-    }
+/// Records a command that changes something in the audit chain before it
+/// is carried out: a command the chain cannot hold is refused.
+async fn audit(command: &Command, context: &ServerContext, who: &str) -> Result<(), WireError> {
+    let Some(detail) = audited(command) else {
+        return Ok(());
+    };
+    context
+        .store
+        .audit(Decision::new(who, "ctl.command", detail))
+        .await
+        .map_err(|e| {
+            WireError::new(
+                ErrorKind::Internal,
+                format!("cannot audit the command: {e}"),
+            )
+        })?;
+    Ok(())
 }
 
 /// What a command that changes something records in the audit chain
@@ -442,146 +523,412 @@ fn audited(command: &Command) -> Option<String> {
     Some(detail)
 }
 
-async fn dispatch(command: Command, context: &ServerContext) -> Result<Reply, WireError> {
-    answer(command, context, "ctl").await
+/// The reply of a command that only reports what it did; rendered as the
+/// message itself.
+fn done(message: impl Into<String>) -> Reply {
+    Reply::Done {
+        message: message.into(),
+    }
 }
 
-/// Carries out one command for `who` (`ctl`, `dashboard`): the one path of
-/// every operator action, audited under that name before it is carried out.
-pub async fn answer(
-    command: Command,
-    context: &ServerContext,
-    who: &str,
+fn internal(error: impl std::fmt::Display) -> WireError {
+    WireError::new(ErrorKind::Internal, error.to_string())
+}
+
+// ---------------------------------------------------------------- status --
+
+/// `status`: the run as the planner sees it, the backend, and every actor.
+async fn status(context: &ServerContext) -> Result<Reply, WireError> {
+    let planner = messages::call(ActorKind::Planner, QUICK, PlannerMsg::Status)
+        .await
+        .map_err(peer_error)?;
+    let children = children().await?;
+    Ok(Reply::Status(StatusReply {
+        goal: planner.goal,
+        run_state: planner.run_state.as_str().to_string(),
+        iteration: planner.iteration,
+        in_flight: planner.in_flight,
+        fitness: planner.last_fitness,
+        pause_reason: planner.pause_reason,
+        waiting: planner.waiting,
+        failures: planner.failures,
+        outcomes: OutcomeCounts {
+            kept: planner.outcomes.kept,
+            no_change: planner.outcomes.no_change,
+            rejected: planner.outcomes.rejected,
+            failed: planner.outcomes.failed,
+        },
+        backend: context.backend.clone(),
+        mode: context.mode.clone(),
+        actors: children
+            .into_iter()
+            .map(|child| ActorStatus {
+                name: child.kind.name().to_string(),
+                status: child.status.to_string(),
+                restarts: child.restarts,
+                last_error: child.last_error,
+            })
+            .collect(),
+    }))
+}
+
+/// The supervisor's children as it reports them (`status` and `tree`).
+async fn children() -> Result<Vec<supervisor::ChildStatus>, WireError> {
+    let supervisor =
+        ractor::ActorRef::<SupervisorMsg>::where_is(supervisor::NAME).ok_or_else(|| {
+            WireError::new(ErrorKind::ActorRestarting, "the supervisor is not running")
+        })?;
+    supervisor
+        .call(SupervisorMsg::Children, Some(QUICK))
+        .await
+        .ok()
+        .and_then(|r| r.success_or(()).ok())
+        .ok_or_else(|| WireError::new(ErrorKind::Timeout, "the supervisor did not answer"))
+}
+
+/// `status` for a person: the run, then one row per actor.
+pub fn render_status(status: &StatusReply) -> String {
+    let mut out = String::new();
+    out.push_str(&format!("goal:       {}\n", status.goal));
+    out.push_str(&format!("run state:  {}\n", status.run_state));
+    if let Some(reason) = &status.pause_reason {
+        out.push_str(&format!("paused:     {reason}\n"));
+    }
+    if let Some(reason) = &status.waiting {
+        out.push_str(&format!("waiting:    {reason}\n"));
+    }
+    if status.failures > 0 {
+        out.push_str(&format!(
+            "failures:   {} attempt(s) abandoned in a row\n",
+            status.failures
+        ));
+    }
+    let in_flight = status
+        .in_flight
+        .map(|n| format!(" (iteration {n} in flight)"))
+        .unwrap_or_default();
+    let o = status.outcomes;
+    out.push_str(&format!(
+        "iterations: {} committed{in_flight}: {} change(s) kept, {} no-change, {} rejected, {} failed\n",
+        status.iteration, o.kept, o.no_change, o.rejected, o.failed
+    ));
+    if let Some(fitness) = status.fitness {
+        out.push_str(&format!("fitness:    {fitness}\n"));
+    }
+    out.push_str(&format!(
+        "backend:    {} ({} mode)\n\n",
+        status.backend, status.mode
+    ));
+    out.push_str(&format!(
+        "{:<11} {:<11} {:>8}  {}\n",
+        "ACTOR", "STATUS", "RESTARTS", "LAST ERROR"
+    ));
+    for actor in &status.actors {
+        out.push_str(&format!(
+            "{:<11} {:<11} {:>8}  {}\n",
+            actor.name,
+            actor.status,
+            actor.restarts,
+            actor.last_error.as_deref().unwrap_or("-")
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+// ------------------------------------------------------------------ tree --
+
+/// `tree`: the supervision tree as configured, with each child's state.
+async fn tree(context: &ServerContext) -> Result<Reply, WireError> {
+    let children = children().await?;
+    let spec = &context.tree;
+    Ok(Reply::Tree(TreeReply {
+        strategy: format!("{:?}", spec.strategy),
+        max_restarts: spec.intensity.max_restarts,
+        within: humantime::format_duration(spec.intensity.within).to_string(),
+        children: children
+            .into_iter()
+            .map(|child| TreeChild {
+                name: child.kind.name().to_string(),
+                restart: spec
+                    .children
+                    .iter()
+                    .find(|c| c.kind == child.kind)
+                    .map_or("?".into(), |c| format!("{:?}", c.restart).to_lowercase()),
+                status: child.status.to_string(),
+                restarts: child.restarts,
+                uptime_ms: child.uptime.map(|u| u.as_millis() as u64),
+                last_error: child.last_error,
+            })
+            .collect(),
+    }))
+}
+
+/// `tree` for a person: the strategy, then one branch per child.
+pub fn render_tree(tree: &TreeReply) -> String {
+    let mut out = format!(
+        "supervisor  strategy {}, at most {} restarts within {}\n",
+        tree.strategy, tree.max_restarts, tree.within
+    );
+    let count = tree.children.len();
+    for (i, child) in tree.children.iter().enumerate() {
+        let branch = if i + 1 == count {
+            "└──"
+        } else {
+            "├──"
+        };
+        let uptime = child.uptime_ms.map_or("-".to_string(), |ms| {
+            humantime::format_duration(Duration::from_secs(ms / 1000)).to_string()
+        });
+        out.push_str(&format!(
+            "{branch} {:<11} {:<10} {:<11} restarts {:<3} up {}{}\n",
+            child.name,
+            child.restart,
+            child.status,
+            child.restarts,
+            uptime,
+            child
+                .last_error
+                .as_ref()
+                .map(|e| format!("  last error: {e}"))
+                .unwrap_or_default()
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+// ------------------------------------------------------------------ send --
+
+/// `send`: one message of the catalogue, delivered by its entry's handler.
+async fn send_message(
+    actor: &str,
+    message: String,
+    args: &Map<String, Value>,
 ) -> Result<Reply, WireError> {
-    // Recorded before it is carried out: a command the chain cannot hold
-    // is refused.
-    if let Some(detail) = audited(&command) {
-        context
-            .store
-            .audit(Decision::new(who, "ctl.command", detail))
-            .await
-            .map_err(|e| {
-                WireError::new(
-                    ErrorKind::Internal,
-                    format!("cannot audit the command: {e}"),
-                )
-            })?;
+    let kind = catalog::actor(actor)?;
+    let reply = catalog::send(kind, &message, args).await?;
+    Ok(Reply::Sent {
+        actor: kind.name().into(),
+        message,
+        reply,
+    })
+}
+
+/// Every entry's reply is shown as the JSON its handler built, so that what
+/// a person reads is what `--json` and scripts get.
+pub fn render_sent(actor: &str, message: &str, reply: &Value) -> String {
+    format!(
+        "{actor} {message}:\n{}",
+        serde_json::to_string_pretty(reply).unwrap_or_default()
+    )
+}
+
+// -------------------------------------------------------------- messages --
+
+/// `messages` (`send <actor> --list`): the catalogue of one actor.
+fn list_messages(actor: &str) -> Result<Reply, WireError> {
+    let kind = catalog::actor(actor)?;
+    Ok(Reply::Messages {
+        actor: kind.name().into(),
+        messages: catalog::messages_of(kind),
+    })
+}
+
+/// `messages` for a person: one row per message, with its arguments.
+pub fn render_messages(actor: &str, messages: &[MessageInfo]) -> String {
+    let mut out =
+        format!("messages of {actor} (agent ctl send {actor} <message> [--arg name=value]):\n");
+    for m in messages {
+        let args: Vec<String> = m.args.iter().map(argument_usage).collect();
+        out.push_str(&format!(
+            "  {:<14} {:<8} {:<28} {}\n",
+            m.name,
+            m.kind,
+            args.join(" "),
+            m.description
+        ));
     }
-    match command {
-        Command::Status => status(context).await.map(Reply::Status),
-        Command::Tree => tree(context).await.map(Reply::Tree),
-        Command::Send {
-            actor,
-            message,
-            args,
-        } => {
-            let kind = catalog::actor(&actor)?;
-            let reply = catalog::send(kind, &message, &args).await?;
-            Ok(Reply::Sent {
-                actor: kind.name().into(),
-                message,
-                reply,
-            })
-        }
-        Command::Messages { actor } => {
-            let kind = catalog::actor(&actor)?;
-            Ok(Reply::Messages {
-                actor: kind.name().into(),
-                messages: catalog::messages_of(kind),
-            })
-        }
-        Command::Pause => set_paused(true).await,
-        Command::Resume => set_paused(false).await,
-        Command::Stop { now } => {
-            let request = if now {
-                StopRequest::Now
-            } else {
-                StopRequest::Graceful
-            };
-            context.stop.send_replace(Some(request));
-            Ok(done(if now {
-                "stopping now: the in-flight iteration is abandoned"
-            } else {
-                "stopping: the in-flight iteration finishes first"
-            }))
-        }
-        Command::Goal { text } => {
-            operations::set_goal(text.clone()).await?;
-            Ok(done(format!(
-                "goal set to \"{}\"; the next iteration pursues it",
-                text.trim()
-            )))
-        }
-        Command::Approvals => {
-            let approvals = messages::call(ActorKind::Governor, QUICK, GovernorMsg::Approvals)
-                .await
-                .map_err(peer_error)?;
-            Ok(Reply::Approvals {
-                approvals: approvals
-                    .into_iter()
-                    .map(|a| ApprovalInfo {
-                        id: a.id,
-                        iteration: a.iteration,
-                        state: a.state.as_str().to_string(),
-                        summary: a.summary,
-                        files: a.files,
-                        fitness_before: a.fitness_before,
-                        fitness_after: a.fitness_after,
-                        reason: a.reason,
-                    })
-                    .collect(),
-            })
-        }
-        Command::Approve { id } => decide(id, true, None).await,
-        Command::Reject { id, reason } => decide(id, false, reason).await,
-        Command::Checkpoint => {
-            // Everything the daemon holds durably (iterations, ledger, goal,
-            // approvals, jobs) is written as it happens; the flush makes the
-            // last of it reach the disk before this reply.
-            context
-                .store
-                .flush()
-                .await
-                .map_err(|e| WireError::new(ErrorKind::Internal, format!("flush failed: {e}")))?;
-            let iterations = context
-                .store
-                .last_iteration()
-                .map_err(|e| WireError::new(ErrorKind::Internal, e.to_string()))?
-                .map_or(0, |r| r.number);
-            Ok(Reply::Checkpoint {
-                iterations,
-                message: format!(
-                    "checkpoint written: {iterations} iteration(s) committed, store flushed"
-                ),
-            })
-        }
-        Command::Fault { actor, fault } => inject_fault(&actor, &fault, context),
-        Command::Watch => Err(WireError::new(
-            ErrorKind::Internal,
-            "watch is served as a stream",
-        )),
-        Command::Rebase => operations::rebase().await.map(done),
-        Command::Backup { to } => {
-            let (bytes, iterations) = context
-                .store
-                .export()
-                .map_err(|e| WireError::new(ErrorKind::Internal, e.to_string()))?;
-            crate::store::write_backup(std::path::Path::new(&to), &bytes)
-                .map_err(|e| WireError::new(ErrorKind::Refused, e.to_string()))?;
-            Ok(done(format!(
-                "backup of {iterations} committed iteration(s) written to {to}"
-            )))
-        }
-        Command::History { last } => {
-            let records = context
-                .store
-                .iterations(last.unwrap_or(20))
-                .map_err(|e| WireError::new(ErrorKind::Internal, e.to_string()))?;
-            Ok(Reply::History {
-                iterations: records.iter().map(history_entry).collect(),
-            })
-        }
+    out.trim_end().to_string()
+}
+
+/// `name=<kind>`, in brackets when the argument may be left out.
+fn argument_usage(arg: &ArgInfo) -> String {
+    if arg.required {
+        format!("{}=<{}>", arg.name, arg.kind)
+    } else {
+        format!("[{}=<{}>]", arg.name, arg.kind)
     }
+}
+
+// ---------------------------------------------------- pause, resume, stop --
+
+/// `pause` and `resume`.
+async fn set_paused(paused: bool) -> Result<Reply, WireError> {
+    operations::set_paused(paused).await?;
+    Ok(done(if paused {
+        "paused: no new iteration starts until `agent ctl resume`"
+    } else {
+        "resumed"
+    }))
+}
+
+/// `stop`: asks the daemon to stop; it answers before it does.
+fn stop(now: bool, context: &ServerContext) -> Result<Reply, WireError> {
+    let request = if now {
+        StopRequest::Now
+    } else {
+        StopRequest::Graceful
+    };
+    context.stop.send_replace(Some(request));
+    Ok(done(if now {
+        "stopping now: the in-flight iteration is abandoned"
+    } else {
+        "stopping: the in-flight iteration finishes first"
+    }))
+}
+
+// ------------------------------------------------------------------ goal --
+
+/// `goal`: replaces the goal from the next iteration on.
+async fn set_goal(text: String) -> Result<Reply, WireError> {
+    operations::set_goal(text.clone()).await?;
+    Ok(done(format!(
+        "goal set to \"{}\"; the next iteration pursues it",
+        text.trim()
+    )))
+}
+
+// ------------------------------------------------------------- approvals --
+
+/// `approvals`: every change that waited, waits or was decided.
+async fn approvals() -> Result<Reply, WireError> {
+    let approvals = messages::call(ActorKind::Governor, QUICK, GovernorMsg::Approvals)
+        .await
+        .map_err(peer_error)?;
+    Ok(Reply::Approvals {
+        approvals: approvals.into_iter().map(approval_info).collect(),
+    })
+}
+
+fn approval_info(approval: ApprovalRecord) -> ApprovalInfo {
+    ApprovalInfo {
+        id: approval.id,
+        iteration: approval.iteration,
+        state: approval.state.as_str().to_string(),
+        summary: approval.summary,
+        files: approval.files,
+        fitness_before: approval.fitness_before,
+        fitness_after: approval.fitness_after,
+        reason: approval.reason,
+    }
+}
+
+/// `approvals` for a person: one row per approval, or a line saying there are none.
+pub fn render_approvals(approvals: &[ApprovalInfo]) -> String {
+    if approvals.is_empty() {
+        return "no approvals".into();
+    }
+    let mut out = format!(
+        "{:<10} {:<9} {:>9}  {}\n",
+        "ID", "STATE", "FITNESS", "CHANGE"
+    );
+    for a in approvals {
+        let fitness = format!(
+            "{}→{}",
+            a.fitness_before.map_or("?".into(), |f| f.to_string()),
+            a.fitness_after
+        );
+        out.push_str(&format!(
+            "{:<10} {:<9} {:>9}  iteration {}: {} ({} file(s)){}\n",
+            a.id,
+            a.state,
+            fitness,
+            a.iteration,
+            a.summary,
+            a.files.len(),
+            a.reason
+                .as_ref()
+                .map(|r| format!(" — {r}"))
+                .unwrap_or_default()
+        ));
+    }
+    out.trim_end().to_string()
+}
+
+/// `approve` and `reject`.
+async fn decide(id: String, approve: bool, reason: Option<String>) -> Result<Reply, WireError> {
+    let approval = operations::decide(id, approve, reason).await?;
+    Ok(done(format!(
+        "{} {} (iteration {})",
+        approval.state, approval.id, approval.iteration
+    )))
+}
+
+// ------------------------------------------------------------ checkpoint --
+
+/// `checkpoint`: everything the daemon holds durably (iterations, ledger,
+/// goal, approvals, jobs) is written as it happens; the flush makes the last
+/// of it reach the disk before this reply. Rendered as its message.
+async fn checkpoint(context: &ServerContext) -> Result<Reply, WireError> {
+    context
+        .store
+        .flush()
+        .await
+        .map_err(|e| WireError::new(ErrorKind::Internal, format!("flush failed: {e}")))?;
+    let iterations = context
+        .store
+        .last_iteration()
+        .map_err(internal)?
+        .map_or(0, |r| r.number);
+    Ok(Reply::Checkpoint {
+        iterations,
+        message: format!("checkpoint written: {iterations} iteration(s) committed, store flushed"),
+    })
+}
+
+// ----------------------------------------------------------------- fault --
+
+/// `fault`: makes an actor panic, fail or hang, to see the supervisor act.
+fn inject_fault(actor: &str, fault: &str, context: &ServerContext) -> Result<Reply, WireError> {
+    if !context.faults_allowed {
+        return Err(WireError::new(
+            ErrorKind::NotPermitted,
+            "fault injection is allowed only in debug mode (--mode debug) or with [debug] fault_injection = true",
+        ));
+    }
+    let kind = catalog::actor(actor)?;
+    let fault: FaultKind = fault.parse().map_err(|_| {
+        WireError::new(
+            ErrorKind::BadArguments,
+            format!("unknown fault \"{fault}\"; expected panic, error or hang"),
+        )
+    })?;
+    messages::send_common(kind, Common::Fault(fault)).map_err(peer_error)?;
+    Ok(done(format!("injected {} into {kind}", fault.name())))
+}
+
+// ---------------------------------------------------------------- backup --
+
+/// `backup`: a consistent copy of the store, written to `to`.
+fn backup(to: &str, context: &ServerContext) -> Result<Reply, WireError> {
+    let (bytes, iterations) = context.store.export().map_err(internal)?;
+    crate::store::write_backup(Path::new(to), &bytes)
+        .map_err(|e| WireError::new(ErrorKind::Refused, e.to_string()))?;
+    Ok(done(format!(
+        "backup of {iterations} committed iteration(s) written to {to}"
+    )))
+}
+
+// --------------------------------------------------------------- history --
+
+/// `history`: the last committed iterations (20 unless asked otherwise).
+fn history(last: Option<usize>, context: &ServerContext) -> Result<Reply, WireError> {
+    let records = context
+        .store
+        .iterations(last.unwrap_or(20))
+        .map_err(internal)?;
+    Ok(Reply::History {
+        iterations: records.iter().map(history_entry).collect(),
+    })
 }
 
 pub fn history_entry(i: &Iteration) -> HistoryEntry {
@@ -607,110 +954,97 @@ pub fn history_entry(i: &Iteration) -> HistoryEntry {
     }
 }
 
-async fn children(context: &ServerContext) -> Result<Vec<supervisor::ChildStatus>, WireError> {
-    let _ = context;
-    let supervisor =
-        ractor::ActorRef::<SupervisorMsg>::where_is(supervisor::NAME).ok_or_else(|| {
-            WireError::new(ErrorKind::ActorRestarting, "the supervisor is not running")
-        })?;
-    supervisor
-        .call(SupervisorMsg::Children, Some(QUICK))
-        .await
-        .ok()
-        .and_then(|r| r.success_or(()).ok())
-        .ok_or_else(|| WireError::new(ErrorKind::Timeout, "the supervisor did not answer"))
-}
-
-async fn status(context: &ServerContext) -> Result<StatusReply, WireError> {
-    let planner = messages::call(ActorKind::Planner, QUICK, PlannerMsg::Status)
-        .await
-        .map_err(peer_error)?;
-    let children = children(context).await?;
-    Ok(StatusReply {
-        goal: planner.goal,
-        run_state: planner.run_state.as_str().to_string(),
-        iteration: planner.iteration,
-        in_flight: planner.in_flight,
-        fitness: planner.last_fitness,
-        pause_reason: planner.pause_reason,
-        waiting: planner.waiting,
-        failures: planner.failures,
-        outcomes: super::protocol::OutcomeCounts {
-            kept: planner.outcomes.kept,
-            no_change: planner.outcomes.no_change,
-            rejected: planner.outcomes.rejected,
-            failed: planner.outcomes.failed,
-        },
-        backend: context.backend.clone(),
-        mode: context.mode.clone(),
-        actors: children
-            .into_iter()
-            .map(|child| ActorStatus {
-                name: child.kind.name().to_string(),
-                status: child.status.to_string(),
-                restarts: child.restarts,
-                last_error: child.last_error,
-            })
-            .collect(),
-    })
-}
-
-async fn tree(context: &ServerContext) -> Result<TreeReply, WireError> {
-    let children = children(context).await?;
-    let spec = &context.tree;
-    Ok(TreeReply {
-        strategy: format!("{:?}", spec.strategy),
-        max_restarts: spec.intensity.max_restarts,
-        within: humantime::format_duration(spec.intensity.within).to_string(),
-        children: children
-            .into_iter()
-            .map(|child| TreeChild {
-                name: child.kind.name().to_string(),
-                restart: spec
-                    .children
-                    .iter()
-                    .find(|c| c.kind == child.kind)
-                    .map_or("?".into(), |c| format!("{:?}", c.restart).to_lowercase()),
-                status: child.status.to_string(),
-                restarts: child.restarts,
-                uptime_ms: child.uptime.map(|u| u.as_millis() as u64),
-                last_error: child.last_error,
-            })
-            .collect(),
-    })
-}
-
-async fn set_paused(paused: bool) -> Result<Reply, WireError> {
-    operations::set_paused(paused).await?;
-    Ok(done(if paused {
-        "paused: no new iteration starts until `agent ctl resume`"
-    } else {
-        "resumed"
-    }))
-}
-
-async fn decide(id: String, approve: bool, reason: Option<String>) -> Result<Reply, WireError> {
-    let approval = operations::decide(id, approve, reason).await?;
-    Ok(done(format!(
-        "{} {} (iteration {})",
-        approval.state, approval.id, approval.iteration
-    )))
-}
-
-fn inject_fault(actor: &str, fault: &str, context: &ServerContext) -> Result<Reply, WireError> {
-    if !context.faults_allowed {
-        return Err(WireError::new(
-            ErrorKind::NotPermitted,
-            "fault injection is allowed only in debug mode (--mode debug) or with [debug] fault_injection = true",
+/// `history` for a person: one row per iteration, or a line saying there are none.
+pub fn render_history(iterations: &[HistoryEntry]) -> String {
+    if iterations.is_empty() {
+        return "no committed iterations yet".into();
+    }
+    let mut out = String::new();
+    for r in iterations {
+        out.push_str(&format!(
+            "{:>4}  {:<24} {:<10} {:>6} tok  {:>6.1}s  {}\n",
+            r.iteration,
+            r.capability,
+            r.outcome,
+            r.input_tokens + r.output_tokens,
+            r.duration_ms as f64 / 1000.0,
+            r.summary
         ));
     }
-    let kind = catalog::actor(actor)?;
-    let fault: FaultKind = fault.parse().map_err(|_| {
-        WireError::new(
-            ErrorKind::BadArguments,
-            format!("unknown fault \"{fault}\"; expected panic, error or hang"),
-        )
-    })?;
-    messages::send_common(kind, Common::Fault(fault)).map_err(peer_error)?;
-    Ok(done(format!("injected {} into {kind}", fault.name())))
+    out.trim_end().to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::domain::{Outcome as IterationOutcome, Usage, Variant};
+
+    fn line(event: Event) -> String {
+        render_event(&wire_event(&event))
+    }
+
+    #[test]
+    fn each_event_kind_fills_its_own_fields() {
+        let step = Event::Step {
+            iteration: 2,
+            step: "plan",
+            detail: "chose refactor".into(),
+        };
+        assert_eq!(line(step), "step #2 plan: chose refactor");
+        let restarted = Event::ActorRestarted {
+            actor: ActorKind::Executor,
+            restarts: 4,
+        };
+        assert_eq!(line(restarted), "actor_restarted executor: restart 4");
+        let alert = Event::Alert {
+            rule: "slow",
+            message: "too slow".into(),
+        };
+        assert_eq!(line(alert), "alert slow: too slow");
+        let approval = Event::ApprovalRequested {
+            id: "a1".into(),
+            iteration: 5,
+            summary: "tidy".into(),
+        };
+        assert_eq!(line(approval), "approval_requested #5: a1: tidy");
+        let started = wire_event(&Event::IterationStarted { iteration: 1 });
+        assert_eq!(started.detail, "");
+        assert!(started.at_ms > 0);
+    }
+
+    #[test]
+    fn a_committed_iteration_names_what_refused_its_change() {
+        let variant = Variant {
+            iteration: 9,
+            commit: "c9".into(),
+            parent: "p".into(),
+            outcome: IterationOutcome::Rejected,
+            refused_by: Some("no_secrets".into()),
+            rules_checked: Vec::new(),
+            fitness_before: None,
+            fitness_after: None,
+            validation: "passed".into(),
+            generated_tests: Vec::new(),
+            started_from: None,
+            change_id: String::new(),
+        };
+        let committed = Iteration {
+            number: 9,
+            goal: "g".into(),
+            capability: "c".into(),
+            outcome: IterationOutcome::Rejected,
+            fitness_before: None,
+            fitness_after: None,
+            usage: Usage::default(),
+            duration: Duration::ZERO,
+            commit: None,
+            summary: "refused".into(),
+            finished_at_ms: 0,
+            variant: Some(Box::new(variant)),
+        };
+        assert_eq!(
+            line(Event::IterationCommitted(committed)),
+            "iteration_committed #9 [refused by no_secrets]: refused"
+        );
+    }
 }
