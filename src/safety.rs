@@ -347,7 +347,12 @@ fn no_process_spawn(rules: &Rules, path: &str, old: &Facts, new: &Facts) -> Resu
     ))
 }
 
-fn no_edit_protected_fn(rules: &Rules, path: &str, old: &Facts, new: &Facts) -> Result<(), Violation> {
+fn no_edit_protected_fn(
+    rules: &Rules,
+    path: &str,
+    old: &Facts,
+    new: &Facts,
+) -> Result<(), Violation> {
     for protected in &rules.protected_fns {
         let Some((file, name)) = protected.rsplit_once("::") else {
             continue;

@@ -249,7 +249,8 @@ impl Table {
                     "agent experiment: {} ({arm_name}, seed {}): {error}",
                     run.name, run.seed
                 );
-                self.failures[run.workspace].push(format!("{arm_name}, seed {}: {error}", run.seed));
+                self.failures[run.workspace]
+                    .push(format!("{arm_name}, seed {}: {error}", run.seed));
             }
         }
     }

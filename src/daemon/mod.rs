@@ -150,7 +150,11 @@ async fn prepare(
     let sandbox = Sandbox::probe(&config.sandbox, &hidden, &workspace.path)
         .await
         .map_err(RunError::Usage)?;
-    let (selection, checks, console) = choose_backend(&config, sandbox.as_ref(), embedded).await?;
+    let Chosen {
+        selection,
+        checks,
+        console,
+    } = choose_backend(&config, sandbox.as_ref(), embedded).await?;
     tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
 
     for notice in notices {
@@ -160,7 +164,13 @@ async fn prepare(
     committed::keep_the_users_work(&store, &workspace)?;
     check_toolchain(&config, &workspace).await?;
     let committed = store.last_iteration()?.map_or(0, |r| r.number);
-    print_banner(&config, &selection, sandbox.is_some(), &workspace, committed);
+    print_banner(
+        &config,
+        &selection,
+        sandbox.is_some(),
+        &workspace,
+        committed,
+    );
     Ok(Prepared {
         config,
         store,
@@ -197,29 +207,36 @@ fn open_state(config: &Config) -> Result<Store, RunError> {
     Ok(store)
 }
 
-/// The backend, and the checks and console, that this run uses: what an
-/// embedding program hands in, else what the configuration selects.
+/// The backend this run uses and how its checks run and its lines print.
+struct Chosen {
+    selection: cognition::Selection,
+    /// In-process checks (embedded); `None` runs the configured commands.
+    checks: Option<Arc<dyn crate::checks::Checks>>,
+    console: bool,
+}
+
+/// What an embedding program hands in, else what the configuration selects.
 async fn choose_backend(
     config: &Config,
     sandbox: Option<&Sandbox>,
     embedded: Option<Embedded>,
-) -> Result<(cognition::Selection, Option<Arc<dyn crate::checks::Checks>>, bool), RunError> {
+) -> Result<Chosen, RunError> {
     Ok(match embedded {
-        Some(embedded) => (
-            cognition::Selection {
+        Some(embedded) => Chosen {
+            selection: cognition::Selection {
                 reason: "handed in by the program that embeds the agent".into(),
                 backend: embedded.backend,
             },
-            embedded.checks,
-            embedded.console,
-        ),
-        None => (
-            cognition::select(config, sandbox)
+            checks: embedded.checks,
+            console: embedded.console,
+        },
+        None => Chosen {
+            selection: cognition::select(config, sandbox)
                 .await
                 .map_err(|e| RunError::Usage(e.to_string()))?,
-            None,
-            true,
-        ),
+            checks: None,
+            console: true,
+        },
     })
 }
 

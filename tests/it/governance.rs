@@ -336,7 +336,10 @@ fn changes_all_kept_at_a_constant_fitness_pause_the_run_as_a_loop_after_k_iterat
     let _dir = run.stop();
     let records = history(&state);
     assert_eq!(records.len(), 4, "paused at the fourth: {records:?}");
-    assert!(records.iter().all(|r| r["outcome"] == "accepted"), "{records:?}");
+    assert!(
+        records.iter().all(|r| r["outcome"] == "accepted"),
+        "{records:?}"
+    );
 }
 
 #[test]

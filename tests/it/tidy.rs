@@ -460,7 +460,9 @@ fn no_function_in_src_is_over_80_lines() {
 #[test]
 fn the_function_length_rule_sees_an_81_line_function_and_passes_an_80_line_one() {
     let function = |name: &str, lines: usize| {
-        let body: String = (0..lines - 2).map(|n| format!("    let _x{n} = {n};\n")).collect();
+        let body: String = (0..lines - 2)
+            .map(|n| format!("    let _x{n} = {n};\n"))
+            .collect();
         format!("fn {name}() {{\n{body}}}\n")
     };
     let text = format!(

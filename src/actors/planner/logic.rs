@@ -424,9 +424,7 @@ fn no_fitness_progress(recent: &[Iteration], limit: u32) -> Option<String> {
             i.fitness_before.unwrap_or_default(),
             i.fitness_after.unwrap_or_default()
         ),
-        (None, Some(now)) => format!(
-            "the fitness has stayed at {now} through all {since} of them"
-        ),
+        (None, Some(now)) => format!("the fitness has stayed at {now} through all {since} of them"),
         (_, None) => "no fitness was measured".to_string(),
     };
     Some(format!(
