@@ -36,6 +36,9 @@ command -v bwrap >/dev/null 2>&1 ||
 
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
+# mktemp's 0700 would keep other users out of the clone's binaries, and a
+# test runs `agent ctl` as another user.
+chmod 755 "$work"
 clone="$work/agent"
 git clone --quiet "$ROOT" "$clone"
 mkdir -p "$ROOT/target"

@@ -226,7 +226,9 @@ fn normalized(output: &str, dir: &Path) -> String {
 #[test]
 fn the_human_output_of_a_short_run_is_one_line_per_iteration_and_what_was_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let config = fast_config(dir.path(), &[]);
+    // Unconfined, so that the banner's sandbox line is the same on every
+    // machine.
+    let config = fast_config(dir.path(), &[crate::harness::UNCONFINED]);
     let workspace = tiny_crate(dir.path());
     let state = dir.path().join("state");
     let mut command = std::process::Command::new(crate::harness::agent_bin());
@@ -245,6 +247,7 @@ fn the_human_output_of_a_short_run_is_one_line_per_iteration_and_what_was_kept()
     let expected = "\
 agent: goal \"Reduce the compiler and clippy warnings of the workspace without breaking its tests\"
 agent: backend claude-cli — claude-cli backend chosen in configuration
+agent: sandbox off: jobs and checks run unconfined
 agent: worktree <DIR>/state/worktree (from <DIR>/workspace), state <DIR>/state, 0 iteration(s) committed so far
 iteration   1  claude-edit              accepted   claude-edit accepted: 1 file(s), fitness 1 → 1, commit <HASH> (<T>)
 iteration   2  claude-edit              accepted   claude-edit accepted: 1 file(s), fitness 1 → 1, commit <HASH> (<T>)
