@@ -53,6 +53,9 @@ replacements = [
     ('fitness = "cargo-warnings"', 'fitness = "echo 1"'),
     # The hourly rate limit is a budget, not a cost.
     ('iterations_per_hour = 120', 'iterations_per_hour = 1000000000'),
+    # Every change is kept at a constant fitness, by design: the loop check
+    # would rightly call that no progress.
+    ('loop_no_progress = 30', 'loop_no_progress = 0'),
 ] + list(zip(pairs[::2], pairs[1::2]))
 for old, new in replacements:
     if old not in text:
