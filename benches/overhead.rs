@@ -29,7 +29,7 @@ use agent::config::{Config, Overrides, TreeSpec};
 use agent::ctl::client::{self, Connection};
 use agent::ctl::protocol::{Command, Outcome, Reply};
 use agent::daemon::{self, Embedded, Ending};
-use agent::domain::{Capability, JobOutcome, JobStatus, Usage};
+use agent::domain::{BackendKind, Capability, JobOutcome, JobStatus, Usage};
 use agent::store::{SnapshotRecord, Store};
 use agent::workspace::Workspace;
 use async_trait::async_trait;
@@ -115,8 +115,11 @@ struct InstantBackend;
 
 #[async_trait]
 impl Cognition for InstantBackend {
-    fn name(&self) -> &'static str {
-        "instant"
+    /// A model backend's kind, not offline's: the planner then asks the
+    /// researcher each iteration, so every actor is in the measured path as
+    /// it was when backends were told apart by name.
+    fn kind(&self) -> BackendKind {
+        BackendKind::ClaudeCli
     }
 
     fn capabilities(&self) -> Vec<Capability> {

@@ -16,7 +16,7 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use serde::Deserialize;
 
-use crate::domain::{ClaudeFacts, JobOutcome, JobStatus, Usage};
+use crate::domain::{ClaudeFacts, JobOutcome, JobStatus, PermissionMode, Usage};
 use crate::process::{self, CommandSpec, Ending};
 use crate::sandbox::{Reach, Sandbox};
 
@@ -25,8 +25,8 @@ use crate::sandbox::{Reach, Sandbox};
 pub struct Invocation {
     pub task: String,
     pub cwd: PathBuf,
-    /// Passed to `--permission-mode` as given.
-    pub permission_mode: String,
+    /// Passed to `--permission-mode` by its name.
+    pub permission_mode: PermissionMode,
     pub model: Option<String>,
     pub max_turns: Option<u32>,
     pub max_budget_usd: Option<f64>,
@@ -197,7 +197,7 @@ impl Cli {
             "--output-format".into(),
             "json".into(),
             "--permission-mode".into(),
-            invocation.permission_mode.clone(),
+            invocation.permission_mode.to_string(),
         ];
         if let Some(model) = &invocation.model {
             args.extend(["--model".to_string(), model.clone()]);
@@ -496,7 +496,7 @@ mod tests {
         let spec = cli.command(&Invocation {
             task: "t".into(),
             cwd: ".".into(),
-            permission_mode: "plan".into(),
+            permission_mode: PermissionMode::Plan,
             model: Some("sonnet".into()),
             max_turns: Some(3),
             max_budget_usd: Some(0.5),

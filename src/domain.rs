@@ -114,6 +114,39 @@ impl FaultKind {
 
 // ------------------------------------------------------------- cognition --
 
+named_enum! {
+    /// Which cognition backend runs the jobs: its name in config, logs, job
+    /// records and telemetry.
+    pub enum BackendKind ("backend") {
+        /// Local cargo commands, no model.
+        Offline => "offline",
+        /// `claude -p` run directly.
+        ClaudeCli => "claude-cli",
+        /// Claude Code reached over MCP.
+        Mcp => "mcp",
+    }
+}
+
+named_enum! {
+    /// What Claude Code's `--permission-mode` accepts: the configured default
+    /// and what an MCP client may ask for, refused before a job starts
+    /// rather than by Claude Code after it.
+    pub enum PermissionMode ("permission mode") {
+        Default => "default",
+        AcceptEdits => "acceptEdits",
+        Plan => "plan",
+        BypassPermissions => "bypassPermissions",
+        DontAsk => "dontAsk",
+    }
+}
+
+impl PermissionMode {
+    /// The accepted names, for messages that list them.
+    pub fn names() -> String {
+        PermissionMode::ALL.map(PermissionMode::as_str).join(", ")
+    }
+}
+
 /// Tokens and money one job spent, as the backend reported them.
 #[derive(Debug, Clone, Copy, Default, PartialEq)]
 pub struct Usage {
@@ -275,15 +308,13 @@ pub struct Variant {
     /// The base commit it was made on.
     pub parent: String,
     pub outcome: Outcome,
-    /// What refused it: a safety rule's name, or `validation`, `fitness`,
-    /// `approval`.
-    pub refused_by: Option<String>,
+    /// What refused it.
+    pub refused_by: Option<RefusedBy>,
     /// The rules the change was checked against, in order.
     pub rules_checked: Vec<String>,
     pub fitness_before: Option<f64>,
     pub fitness_after: Option<f64>,
-    /// `passed`, `failed: <first error line>` or `not run`.
-    pub validation: String,
+    pub validation: Validation,
     /// Regression tests the modifier generated into the change.
     pub generated_tests: Vec<String>,
     /// The earlier variant this change was built on, when it was.
@@ -310,6 +341,98 @@ impl Verdict {
             Verdict::Accepted { .. } => Outcome::Accepted,
             Verdict::Rejected { .. } => Outcome::Rejected,
             Verdict::NoChange => Outcome::NoChange,
+        }
+    }
+}
+
+named_enum! {
+    /// A step of the modifier's pipeline that refuses a change on its own
+    /// judgement (the safety rules refuse by their names instead).
+    pub enum Judge ("refusing step") {
+        Validation => "validation",
+        Fitness => "fitness",
+        Approval => "approval",
+    }
+}
+
+/// What refused a change, stored and shown as one name: the safety rule's
+/// own (`no-new-unsafe`), or the step's (`validation`, `fitness`,
+/// `approval`).
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum RefusedBy {
+    /// A safety rule, by its name. Any name a record holds is kept, so a
+    /// rule renamed or gone since still reads back as itself.
+    Rule(String),
+    Step(Judge),
+}
+
+impl RefusedBy {
+    /// The name it is stored and shown under.
+    pub fn as_str(&self) -> &str {
+        match self {
+            RefusedBy::Rule(rule) => rule,
+            RefusedBy::Step(step) => step.as_str(),
+        }
+    }
+
+    /// Reads a stored name back. Total: a name that is not a step's is a
+    /// rule's, since the rules' names are not a closed set over time.
+    pub fn from_name(name: &str) -> RefusedBy {
+        match name.parse() {
+            Ok(step) => RefusedBy::Step(step),
+            Err(_) => RefusedBy::Rule(name.to_string()),
+        }
+    }
+}
+
+impl From<Judge> for RefusedBy {
+    fn from(step: Judge) -> RefusedBy {
+        RefusedBy::Step(step)
+    }
+}
+
+impl fmt::Display for RefusedBy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// The validation command's result for a change.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub enum Validation {
+    /// A step before it refused the change (or it made none).
+    #[default]
+    NotRun,
+    Passed,
+    /// Failed, with its first error line.
+    Failed(String),
+}
+
+impl Validation {
+    const PASSED: &str = "passed";
+    const NOT_RUN: &str = "not run";
+    const FAILED: &str = "failed: ";
+
+    /// Reads the stored text back (`passed`, `failed: <line>`, `not run`).
+    /// Total, so a record always reads: any other text was never written,
+    /// and counts as not run.
+    pub fn from_text(text: &str) -> Validation {
+        match text {
+            Validation::PASSED => Validation::Passed,
+            _ => match text.strip_prefix(Validation::FAILED) {
+                Some(line) => Validation::Failed(line.to_string()),
+                None => Validation::NotRun,
+            },
+        }
+    }
+}
+
+impl fmt::Display for Validation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Validation::NotRun => f.write_str(Validation::NOT_RUN),
+            Validation::Passed => f.write_str(Validation::PASSED),
+            Validation::Failed(line) => write!(f, "{}{line}", Validation::FAILED),
         }
     }
 }
@@ -902,6 +1025,49 @@ mod tests {
         for state in ApprovalState::ALL {
             assert_eq!(state.as_str().parse::<ApprovalState>(), Ok(state));
         }
+        for kind in BackendKind::ALL {
+            assert_eq!(kind.as_str().parse::<BackendKind>(), Ok(kind));
+        }
+        for mode in PermissionMode::ALL {
+            assert_eq!(mode.as_str().parse::<PermissionMode>(), Ok(mode));
+        }
+    }
+
+    /// Records written before these were typed hold exactly these texts.
+    #[test]
+    fn what_refused_a_change_and_its_validation_read_back_as_written() {
+        for name in [
+            "no-new-unsafe",
+            "no_secrets",
+            "validation",
+            "fitness",
+            "approval",
+        ] {
+            assert_eq!(RefusedBy::from_name(name).as_str(), name);
+        }
+        assert_eq!(
+            RefusedBy::from_name("fitness"),
+            RefusedBy::Step(Judge::Fitness)
+        );
+        assert_eq!(
+            RefusedBy::from_name("no-new-unsafe"),
+            RefusedBy::Rule("no-new-unsafe".into())
+        );
+        for text in [
+            "passed",
+            "not run",
+            "failed: validation `x` failed (status 1): e",
+        ] {
+            assert_eq!(Validation::from_text(text).to_string(), text);
+        }
+        assert_eq!(
+            Validation::from_text("failed: e"),
+            Validation::Failed("e".into())
+        );
+        assert_eq!(
+            PermissionMode::names(),
+            "default, acceptEdits, plan, bypassPermissions, dontAsk"
+        );
     }
 
     #[test]

@@ -115,7 +115,7 @@ pub struct McpServeArgs {
     pub max_concurrent: Option<u64>,
     /// Default `--permission-mode` for jobs that do not name one.
     #[arg(long, value_name = "MODE")]
-    pub permission_mode: Option<String>,
+    pub permission_mode: Option<crate::domain::PermissionMode>,
     /// Default `--model` for jobs that do not name one.
     #[arg(long, value_name = "MODEL")]
     pub model: Option<String>,

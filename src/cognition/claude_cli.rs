@@ -9,7 +9,7 @@ use async_trait::async_trait;
 
 use super::{Cognition, Job};
 use crate::claude::{Cli, ConfigDirs, Invocation};
-use crate::domain::{Capability, JobOutcome};
+use crate::domain::{BackendKind, Capability, JobOutcome, PermissionMode};
 use crate::sandbox::Sandbox;
 
 /// The single capability of a model backend: one focused change.
@@ -19,7 +19,7 @@ pub const CAPABILITY: &str = "claude-edit";
 #[derive(Debug, Clone)]
 pub struct ClaudeCli {
     cli: Cli,
-    permission_mode: String,
+    permission_mode: PermissionMode,
     model: Option<String>,
     max_turns: Option<u32>,
     max_budget_usd: Option<f64>,
@@ -28,7 +28,7 @@ pub struct ClaudeCli {
 impl ClaudeCli {
     pub fn new(
         binary: crate::domain::Program,
-        permission_mode: String,
+        permission_mode: PermissionMode,
         model: Option<String>,
     ) -> Self {
         ClaudeCli {
@@ -65,14 +65,14 @@ impl ClaudeCli {
         &self,
         task: &str,
         cwd: &Path,
-        permission_mode: &str,
+        permission_mode: PermissionMode,
         timeout: Duration,
         label: &str,
     ) -> Invocation {
         Invocation {
             task: task.to_string(),
             cwd: cwd.to_path_buf(),
-            permission_mode: permission_mode.to_string(),
+            permission_mode,
             model: self.model.clone(),
             max_turns: self.max_turns,
             max_budget_usd: self.max_budget_usd,
@@ -85,8 +85,8 @@ impl ClaudeCli {
 
 #[async_trait]
 impl Cognition for ClaudeCli {
-    fn name(&self) -> &'static str {
-        "claude-cli"
+    fn kind(&self) -> BackendKind {
+        BackendKind::ClaudeCli
     }
 
     fn capabilities(&self) -> Vec<Capability> {
@@ -105,7 +105,7 @@ impl Cognition for ClaudeCli {
         let invocation = self.invocation(
             &task,
             &job.cwd,
-            &self.permission_mode,
+            self.permission_mode,
             job.timeout,
             &format!("job-{}", job.id),
         );
@@ -129,7 +129,8 @@ impl Cognition for ClaudeCli {
         // Research must not edit the worktree: plan mode is read-only.
         let mut answers = Vec::with_capacity(questions.len());
         for question in questions {
-            let invocation = self.invocation(question, cwd, "plan", timeout, "research");
+            let invocation =
+                self.invocation(question, cwd, PermissionMode::Plan, timeout, "research");
             let run = self
                 .cli
                 .run(&invocation, |_| Box::pin(async {}), std::future::pending())

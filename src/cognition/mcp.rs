@@ -23,7 +23,9 @@ use tokio::sync::Mutex;
 use tokio_util::sync::CancellationToken;
 
 use super::{Cognition, Job, StartHook, Started};
-use crate::domain::{Capability, Execution, JobOutcome, JobStatus, Usage};
+use crate::domain::{
+    BackendKind, Capability, Execution, JobOutcome, JobStatus, PermissionMode, Usage,
+};
 use crate::mcp::REQUIRED_TOOLS;
 use crate::mcp::tools::{
     BatchOutput, BatchParams, JobIdParams, RunOutput, RunParams, StartedOutput, StatusOutput,
@@ -41,7 +43,7 @@ pub struct McpSettings {
     pub command: Vec<String>,
     pub call_timeout: Duration,
     pub job_timeout: Duration,
-    pub permission_mode: String,
+    pub permission_mode: PermissionMode,
     pub model: Option<String>,
 }
 
@@ -249,12 +251,13 @@ impl Mcp {
         &self,
         task: &str,
         cwd: &Path,
-        permission_mode: &str,
+        permission_mode: PermissionMode,
         request_id: Option<String>,
     ) -> serde_json::Value {
         serde_json::to_value(RunParams {
             task: task.to_string(),
             cwd: Some(cwd.display().to_string()),
+            // The wire names the mode as Claude Code does.
             permission_mode: Some(permission_mode.to_string()),
             model: self.settings.model.clone(),
             max_turns: None,
@@ -369,8 +372,8 @@ pub fn outcome_of(job_id: u64, output: RunOutput) -> JobOutcome {
 
 #[async_trait]
 impl Cognition for Mcp {
-    fn name(&self) -> &'static str {
-        "mcp"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Mcp
     }
 
     fn capabilities(&self) -> Vec<Capability> {
@@ -393,7 +396,7 @@ impl Cognition for Mcp {
         let params = self.run_params(
             &task,
             &job.cwd,
-            &self.settings.permission_mode,
+            self.settings.permission_mode,
             Some(request_id),
         );
         match job.execution {
@@ -444,7 +447,13 @@ impl Cognition for Mcp {
         let tasks = questions
             .iter()
             .filter_map(|q| {
-                serde_json::from_value::<RunParams>(self.run_params(q, cwd, "plan", None)).ok()
+                serde_json::from_value::<RunParams>(self.run_params(
+                    q,
+                    cwd,
+                    PermissionMode::Plan,
+                    None,
+                ))
+                .ok()
             })
             .collect();
         let params = serde_json::to_value(BatchParams {

@@ -16,7 +16,7 @@ use async_trait::async_trait;
 use tokio::sync::oneshot;
 
 use crate::config::{BackendChoice, Config};
-use crate::domain::{Capability, Execution, JobOutcome};
+use crate::domain::{BackendKind, Capability, Execution, JobOutcome};
 use crate::process::find_executable;
 use crate::sandbox::Sandbox;
 
@@ -36,8 +36,13 @@ pub struct Job {
 /// A way of executing plans.
 #[async_trait]
 pub trait Cognition: Send + Sync {
+    /// Which backend this is: what code that treats one backend apart asks.
+    fn kind(&self) -> BackendKind;
+
     /// The backend's name in config, logs and records.
-    fn name(&self) -> &'static str;
+    fn name(&self) -> &'static str {
+        self.kind().as_str()
+    }
 
     /// What the planner may choose from (for a backend that takes prompts,
     /// the prompt templates are its capabilities instead: see
@@ -171,7 +176,7 @@ pub fn mcp_server_command(
         "--claude-bin".into(),
         config.claude_bin.display().to_string(),
         "--permission-mode".into(),
-        config.permission_mode.clone(),
+        config.permission_mode.to_string(),
         "--job-timeout".into(),
         humantime::format_duration(config.job_timeout).to_string(),
         "--max-concurrent".into(),
@@ -197,7 +202,7 @@ fn mcp(config: &Config, sandbox: Option<&Sandbox>) -> Result<Arc<dyn Cognition>,
         command: mcp_server_command(config, sandbox)?,
         call_timeout: config.mcp_call_timeout,
         job_timeout: config.job_timeout,
-        permission_mode: config.permission_mode.clone(),
+        permission_mode: config.permission_mode,
         model: config.model.clone(),
     })))
 }
@@ -295,7 +300,7 @@ fn claude_cli_backend(config: &Config, sandbox: Option<&Sandbox>) -> Arc<dyn Cog
     Arc::new(
         claude_cli::ClaudeCli::new(
             config.claude_bin.clone(),
-            config.permission_mode.clone(),
+            config.permission_mode,
             config.model.clone(),
         )
         .with_limits(config.max_turns, config.max_budget_usd)

@@ -7,7 +7,7 @@
 use async_trait::async_trait;
 
 use super::{Cognition, Job};
-use crate::domain::{Capability, JobOutcome, JobStatus, Usage};
+use crate::domain::{BackendKind, Capability, JobOutcome, JobStatus, Usage};
 use crate::process::{self, CommandSpec, Ending};
 use crate::sandbox::{self, Reach, Sandbox};
 
@@ -123,8 +123,8 @@ pub struct Offline {
 
 #[async_trait]
 impl Cognition for Offline {
-    fn name(&self) -> &'static str {
-        "offline"
+    fn kind(&self) -> BackendKind {
+        BackendKind::Offline
     }
 
     fn capabilities(&self) -> Vec<Capability> {

@@ -9,7 +9,7 @@ use serde::Deserialize;
 
 use super::values::{HumanDuration, Positive};
 use super::{ConfigError, command_line, program};
-use crate::domain::{Execution, Program};
+use crate::domain::{Execution, PermissionMode, Program};
 
 /// Which cognition backend executes plans.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize, clap::ValueEnum)]
@@ -24,15 +24,6 @@ pub enum BackendChoice {
     /// Claude Code reached over MCP.
     Mcp,
 }
-
-/// The permission modes Claude Code's `--permission-mode` accepts.
-pub const PERMISSION_MODES: [&str; 5] = [
-    "default",
-    "acceptEdits",
-    "plan",
-    "bypassPermissions",
-    "dontAsk",
-];
 
 /// `[cognition]` as written.
 #[derive(Debug, Deserialize)]
@@ -74,7 +65,7 @@ impl From<RawExecution> for Execution {
 pub(super) struct CognitionConfig {
     pub backend: BackendChoice,
     pub claude_bin: Program,
-    pub permission_mode: String,
+    pub permission_mode: PermissionMode,
     pub model: Option<String>,
     pub job_timeout: Duration,
     pub execution: Execution,
@@ -90,16 +81,16 @@ impl RawCognition {
     /// Refuses what Claude Code or the MCP server could not start with and
     /// makes their programs absolute.
     pub(super) fn check(self, file: &Path) -> Result<CognitionConfig, ConfigError> {
-        if !PERMISSION_MODES.contains(&self.permission_mode.as_str()) {
-            return Err(ConfigError::whole_file(
+        let permission_mode = self.permission_mode.parse().map_err(|_| {
+            ConfigError::whole_file(
                 file,
                 format!(
                     "[cognition] permission_mode \"{}\" is not one of: {}",
                     self.permission_mode,
-                    PERMISSION_MODES.join(", ")
+                    PermissionMode::names()
                 ),
-            ));
-        }
+            )
+        })?;
         if self
             .mcp_command
             .as_ref()
@@ -122,7 +113,7 @@ impl RawCognition {
         Ok(CognitionConfig {
             backend: self.backend,
             claude_bin: program(file, "[cognition] claude_bin", &self.claude_bin)?,
-            permission_mode: self.permission_mode,
+            permission_mode,
             model: self.model.filter(|m| !m.is_empty()),
             job_timeout: self.job_timeout.0,
             execution: self.execution.into(),

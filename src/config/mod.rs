@@ -27,11 +27,11 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use crate::domain::{AbsolutePath, Execution, Program};
+use crate::domain::{AbsolutePath, Execution, PermissionMode, Program};
 
 pub use actors::{ChildSpec, DEFAULT_ACTORS_TOML, TreeSpec};
 pub use alerts::AlertRules;
-pub use cognition::{BackendChoice, PERMISSION_MODES};
+pub use cognition::BackendChoice;
 pub use error::ConfigError;
 pub use observability::OtlpProtocol;
 pub use run::Mode;
@@ -158,7 +158,7 @@ pub struct Config {
     pub mcp_servers: Vec<crate::domain::ToolServer>,
     pub backend: BackendChoice,
     pub claude_bin: Program,
-    pub permission_mode: String,
+    pub permission_mode: PermissionMode,
     pub model: Option<String>,
     pub job_timeout: Duration,
     pub execution: Execution,

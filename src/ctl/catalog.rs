@@ -672,7 +672,7 @@ async fn executor_jobs(args: Args) -> Reply {
     .map_err(peer_error)?;
     let list: Vec<Value> = jobs
         .iter()
-        .map(|j| json!({"job": j.id, "iteration": j.iteration, "backend": j.backend, "capability": j.capability,
+        .map(|j| json!({"job": j.id, "iteration": j.iteration, "backend": j.backend.as_str(), "capability": j.capability,
                         "status": j.status.as_str(), "remote_id": j.remote_id, "error": j.error,
                         "session_id": j.session.session_id, "turns": j.session.turns,
                         "permission_denials": j.session.permission_denials,
@@ -716,8 +716,8 @@ async fn modifier_variants(args: Args) -> Reply {
     let list: Vec<Value> = variants
         .iter()
         .map(|v| json!({"iteration": v.iteration, "outcome": v.outcome.as_str(), "commit": v.commit,
-                        "parent": v.parent, "refused_by": v.refused_by, "fitness_before": v.fitness_before,
-                        "fitness_after": v.fitness_after, "validation": v.validation,
+                        "parent": v.parent, "refused_by": v.refused_by.as_ref().map(|by| by.as_str()), "fitness_before": v.fitness_before,
+                        "fitness_after": v.fitness_after, "validation": v.validation.to_string(),
                         "rules_checked": v.rules_checked, "generated_tests": v.generated_tests,
                         "started_from": v.started_from}))
         .collect();

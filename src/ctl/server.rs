@@ -330,7 +330,8 @@ pub fn wire_event(event: &Event) -> WireEvent {
             rule: committed
                 .variant
                 .as_ref()
-                .and_then(|v| v.refused_by.clone()),
+                .and_then(|v| v.refused_by.as_ref())
+                .map(ToString::to_string),
             ..iteration_event("iteration_committed", committed.number, &committed.summary)
         },
         Event::IterationAbandoned { iteration, reason } => {
@@ -944,7 +945,11 @@ pub fn history_entry(i: &Iteration) -> HistoryEntry {
         duration_ms: i.duration.as_millis() as u64,
         commit: i.commit.clone(),
         summary: i.summary.clone(),
-        rule: i.variant.as_ref().and_then(|v| v.refused_by.clone()),
+        rule: i
+            .variant
+            .as_ref()
+            .and_then(|v| v.refused_by.as_ref())
+            .map(ToString::to_string),
         rules: i
             .variant
             .as_ref()
@@ -1019,11 +1024,11 @@ mod tests {
             commit: "c9".into(),
             parent: "p".into(),
             outcome: IterationOutcome::Rejected,
-            refused_by: Some("no_secrets".into()),
+            refused_by: Some(crate::domain::RefusedBy::Rule("no_secrets".into())),
             rules_checked: Vec::new(),
             fitness_before: None,
             fitness_after: None,
-            validation: "passed".into(),
+            validation: crate::domain::Validation::Passed,
             generated_tests: Vec::new(),
             started_from: None,
             change_id: String::new(),

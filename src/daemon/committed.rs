@@ -10,7 +10,7 @@ use std::time::Duration;
 use super::RunError;
 use crate::actors::planner::{self, PlannerSnapshot};
 use crate::actors::{load_snapshot, make_snapshot, modifier::ModifierSnapshot};
-use crate::domain::{ActorKind, Iteration, Outcome, Usage};
+use crate::domain::{ActorKind, BackendKind, Iteration, Outcome, Usage};
 use crate::store::{Store, now_ms};
 use crate::workspace::Workspace;
 
@@ -169,7 +169,7 @@ pub(super) fn keep_the_users_work(store: &Store, workspace: &Workspace) -> Resul
     let reattaching = store
         .jobs()?
         .iter()
-        .any(|j| j.status.is_running() && (j.remote_id.is_some() || j.backend == "mcp"));
+        .any(|j| j.status.is_running() && (j.remote_id.is_some() || j.backend == BackendKind::Mcp));
     if let Some(snapshot) = snapshot.filter(|s| !s.head.is_empty())
         && !reattaching
         && let Some(kept) = workspace

@@ -15,15 +15,14 @@ use tokio_util::task::TaskTracker;
 
 use super::tools::{RunOutput, RunParams, StatusOutput, UsageOutput};
 use crate::claude::{Cli, Invocation, Run};
-use crate::config::PERMISSION_MODES;
-use crate::domain::JobStatus;
+use crate::domain::{JobStatus, PermissionMode};
 use crate::process;
 use crate::store::{McpJobRecord, Store, now_ms};
 
 /// Server-wide defaults for jobs.
 #[derive(Debug, Clone)]
 pub struct Defaults {
-    pub permission_mode: String,
+    pub permission_mode: PermissionMode,
     pub model: Option<String>,
     pub timeout: Duration,
     pub max_turns: Option<u32>,
@@ -97,7 +96,7 @@ impl JobTable {
             id: id.clone(),
             task: params.task.clone(),
             cwd: invocation.cwd.display().to_string(),
-            permission_mode: invocation.permission_mode.clone(),
+            permission_mode: invocation.permission_mode,
             model: invocation.model.clone(),
             status: JobStatus::Running,
             started_at_ms: now_ms(),
@@ -186,16 +185,17 @@ impl JobTable {
         if params.task.trim().is_empty() {
             return Err("`task` must not be empty".into());
         }
-        let permission_mode = params
-            .permission_mode
-            .clone()
-            .unwrap_or_else(|| self.defaults.permission_mode.clone());
-        if !PERMISSION_MODES.contains(&permission_mode.as_str()) {
-            return Err(format!(
-                "`permissionMode` \"{permission_mode}\" is not one of: {}",
-                PERMISSION_MODES.join(", ")
-            ));
-        }
+        // The client's name is checked here, at the edge, so a job never
+        // starts with a mode Claude Code would refuse.
+        let permission_mode = match &params.permission_mode {
+            None => self.defaults.permission_mode,
+            Some(name) => name.parse().map_err(|_| {
+                format!(
+                    "`permissionMode` \"{name}\" is not one of: {}",
+                    PermissionMode::names()
+                )
+            })?,
+        };
         // A client's relative `cwd` is read against the server's directory,
         // here at the edge: the job itself runs elsewhere (in its sandbox).
         let cwd = match &params.cwd {

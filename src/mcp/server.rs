@@ -31,7 +31,7 @@ pub struct ServeOptions {
     pub claude_bin: crate::domain::Program,
     pub job_timeout: Duration,
     pub max_concurrent: usize,
-    pub permission_mode: String,
+    pub permission_mode: crate::domain::PermissionMode,
     pub model: Option<String>,
     pub max_turns: Option<u32>,
     pub max_budget_usd: Option<f64>,
@@ -317,7 +317,7 @@ pub async fn serve_stdio(options: ServeOptions) -> Result<(), ServeError> {
             sandbox: options.sandbox.clone(),
         },
         Defaults {
-            permission_mode: options.permission_mode.clone(),
+            permission_mode: options.permission_mode,
             model: options.model.clone(),
             timeout: options.job_timeout,
             max_turns: options.max_turns,

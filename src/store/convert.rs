@@ -1,11 +1,12 @@
 //! Domain values to stored records and back: the one place where a committed
 //! [`Iteration`] or an [`Experience`] becomes a record and a record becomes
-//! one again. Callers of the store see only the domain types.
+//! one again. Callers of the store see only the domain types; what refused
+//! a variant and its validation are typed here and their text on disk.
 
 use std::time::Duration;
 
 use super::records::{ExperienceRecord, IterationRecord, VariantRecord};
-use crate::domain::{Experience, Iteration, Signals, Usage, Variant};
+use crate::domain::{Experience, Iteration, RefusedBy, Signals, Usage, Validation, Variant};
 
 impl From<&Iteration> for IterationRecord {
     fn from(i: &Iteration) -> Self {
@@ -58,11 +59,11 @@ impl From<&Variant> for VariantRecord {
             commit: v.commit.clone(),
             parent: v.parent.clone(),
             outcome: v.outcome,
-            refused_by: v.refused_by.clone(),
+            refused_by: v.refused_by.as_ref().map(|by| by.as_str().to_string()),
             rules_checked: v.rules_checked.clone(),
             fitness_before: v.fitness_before,
             fitness_after: v.fitness_after,
-            validation: v.validation.clone(),
+            validation: v.validation.to_string(),
             generated_tests: v.generated_tests.clone(),
             started_from: v.started_from,
             change_id: v.change_id.clone(),
@@ -77,11 +78,11 @@ impl From<VariantRecord> for Variant {
             commit: r.commit,
             parent: r.parent,
             outcome: r.outcome,
-            refused_by: r.refused_by,
+            refused_by: r.refused_by.as_deref().map(RefusedBy::from_name),
             rules_checked: r.rules_checked,
             fitness_before: r.fitness_before,
             fitness_after: r.fitness_after,
-            validation: r.validation,
+            validation: Validation::from_text(&r.validation),
             generated_tests: r.generated_tests,
             started_from: r.started_from,
             change_id: r.change_id,

@@ -870,11 +870,11 @@ mod tests {
                 commit: "c2".into(),
                 parent: "c1".into(),
                 outcome: Outcome::Rejected,
-                refused_by: Some("no-new-unsafe".into()),
+                refused_by: Some(crate::domain::RefusedBy::Rule("no-new-unsafe".into())),
                 rules_checked: vec!["protected-path".into()],
                 fitness_before: Some(3.0),
                 fitness_after: None,
-                validation: "not run".into(),
+                validation: crate::domain::Validation::NotRun,
                 generated_tests: Vec::new(),
                 started_from: None,
                 change_id: String::new(),
@@ -886,7 +886,10 @@ mod tests {
         assert_eq!(store.iterations(10).unwrap().len(), 2);
         let variants = store.variants(10).unwrap();
         assert_eq!(variants.len(), 1, "only the iteration with a change");
-        assert_eq!(variants[0].refused_by.as_deref(), Some("no-new-unsafe"));
+        assert_eq!(
+            variants[0].refused_by.as_ref().map(|by| by.as_str()),
+            Some("no-new-unsafe")
+        );
         assert_eq!(
             store.last_iteration().unwrap().unwrap().variant,
             Some(Box::new(variants[0].clone())),

@@ -10,7 +10,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use crate::domain::{ApprovalState, JobStatus, Outcome, RunPhase};
+use crate::domain::{ApprovalState, BackendKind, JobStatus, Outcome, PermissionMode, RunPhase};
 
 /// The run this state directory belongs to.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -141,7 +141,8 @@ impl From<ExperienceRecordV1> for ExperienceRecord {
 pub struct JobRecord {
     pub id: u64,
     pub iteration: u64,
-    pub backend: String,
+    #[serde(with = "as_name")]
+    pub backend: BackendKind,
     pub capability: String,
     #[serde(with = "as_name")]
     pub status: JobStatus,
@@ -171,7 +172,8 @@ pub struct JobSession {
 pub struct JobRecordV1 {
     pub id: u64,
     pub iteration: u64,
-    pub backend: String,
+    #[serde(with = "as_name")]
+    pub backend: BackendKind,
     pub capability: String,
     #[serde(with = "as_name")]
     pub status: JobStatus,
@@ -237,7 +239,8 @@ pub struct McpJobRecord {
     pub id: String,
     pub task: String,
     pub cwd: String,
-    pub permission_mode: String,
+    #[serde(with = "as_name")]
+    pub permission_mode: PermissionMode,
     pub model: Option<String>,
     #[serde(with = "as_name")]
     pub status: JobStatus,
@@ -294,7 +297,14 @@ macro_rules! named {
         }
     )+};
 }
-named!(ApprovalState, JobStatus, Outcome, RunPhase);
+named!(
+    ApprovalState,
+    BackendKind,
+    JobStatus,
+    Outcome,
+    PermissionMode,
+    RunPhase
+);
 
 /// Serde through the value's name: the one place statuses become text on
 /// disk and text becomes statuses again (an unknown name is a decode error).

@@ -258,7 +258,7 @@ mod tests {
                 rules_checked: Vec::new(),
                 fitness_before: None,
                 fitness_after: None,
-                validation: String::new(),
+                validation: crate::domain::Validation::NotRun,
                 generated_tests: Vec::new(),
                 started_from: None,
                 change_id: String::new(),
@@ -270,7 +270,7 @@ mod tests {
         JobRecord {
             id,
             iteration,
-            backend: "offline".into(),
+            backend: crate::domain::BackendKind::Offline,
             capability: "fmt".into(),
             status,
             process_group: None,

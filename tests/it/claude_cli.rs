@@ -7,12 +7,12 @@ use std::time::{Duration, Instant};
 
 use agent::cognition::claude_cli::ClaudeCli;
 use agent::cognition::{Cognition, Job, StartHook, Started};
-use agent::domain::JobStatus;
+use agent::domain::{JobStatus, PermissionMode};
 
 use crate::harness::fake_claude_program;
 
 fn backend(pid_dir: &Path, log: &Path) -> ClaudeCli {
-    ClaudeCli::new(fake_claude_program(), "acceptEdits".into(), None).with_env(vec![
+    ClaudeCli::new(fake_claude_program(), PermissionMode::AcceptEdits, None).with_env(vec![
         ("FAKE_CLAUDE_PID_DIR".into(), pid_dir.display().to_string()),
         ("FAKE_CLAUDE_LOG".into(), log.display().to_string()),
     ])

@@ -10,7 +10,7 @@ use std::time::Duration;
 use agent::actors::{Factory, Shared};
 use agent::cognition::claude_cli::ClaudeCli;
 use agent::config::{Config, TreeSpec};
-use agent::domain::{ActorKind, FaultKind, Outcome, PlannerStatus, RunState};
+use agent::domain::{ActorKind, FaultKind, Outcome, PermissionMode, PlannerStatus, RunState};
 use agent::events::{Event, EventBus};
 use agent::messages::{self, Common, GovernorMsg, PlannerMsg};
 use agent::store::Store;
@@ -114,7 +114,8 @@ async fn start_tree(
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    let backend = ClaudeCli::new(fake_claude_program(), "acceptEdits".into(), None).with_env(env);
+    let backend =
+        ClaudeCli::new(fake_claude_program(), PermissionMode::AcceptEdits, None).with_env(env);
     let events = EventBus::default();
     let shared = Arc::new(Shared {
         config,

@@ -12,7 +12,7 @@ use tracing::Instrument;
 use super::{leftover, records};
 use crate::actors::Context;
 use crate::cognition::{Job, StartHook, Started};
-use crate::domain::{JobOutcome, JobStatus, Plan};
+use crate::domain::{BackendKind, JobOutcome, JobStatus, Plan};
 use crate::store::{Durable, JobRecord, now_ms};
 
 /// What the backend sends once it knows where the job runs, with the
@@ -76,7 +76,7 @@ async fn open(ctx: &Context, plan: &Plan) -> Result<JobRecord, JobOutcome> {
             }
         },
     };
-    let record = records::started(id, plan, ctx.backend.name(), now_ms());
+    let record = records::started(id, plan, ctx.backend.kind(), now_ms());
     // A job on the MCP server must be on record before it is asked for: a
     // restart finds it by that record instead of paying for it twice.
     let durable = if records::is_remote(&record) {
@@ -125,7 +125,7 @@ fn cognition_span(ctx: &Context) -> tracing::Span {
     tracing::info_span!(
         "cognition.run",
         backend = ctx.backend.name(),
-        gen_ai.system = if ctx.backend.name() == "offline" {
+        gen_ai.system = if ctx.backend.kind() == BackendKind::Offline {
             "local"
         } else {
             "anthropic"

@@ -4,13 +4,13 @@
 //! tests.
 
 use crate::cognition::Started;
-use crate::domain::{JobOutcome, JobStatus, Plan, Usage};
+use crate::domain::{BackendKind, JobOutcome, JobStatus, Plan, Usage};
 use crate::store::{JobRecord, JobSession};
 
 /// A job on the MCP server: it outlives the agent and can be found again,
 /// by its id or, if the agent died before it saw the id, by its request key.
 pub(super) fn is_remote(job: &JobRecord) -> bool {
-    job.remote_id.is_some() || job.backend == "mcp"
+    job.remote_id.is_some() || job.backend == BackendKind::Mcp
 }
 
 /// The outcome of a job that failed before the backend ran it.
@@ -27,11 +27,11 @@ pub(super) fn failed(job_id: u64, error: String) -> JobOutcome {
 
 /// The record of job `id` for `plan` on `backend`, running from `now_ms`,
 /// before it is known where it runs.
-pub(super) fn started(id: u64, plan: &Plan, backend: &str, now_ms: u64) -> JobRecord {
+pub(super) fn started(id: u64, plan: &Plan, backend: BackendKind, now_ms: u64) -> JobRecord {
     JobRecord {
         id,
         iteration: plan.iteration,
-        backend: backend.to_string(),
+        backend,
         capability: plan.capability.clone(),
         status: JobStatus::Running,
         process_group: None,
@@ -87,9 +87,9 @@ mod tests {
 
     #[test]
     fn a_job_on_the_mcp_server_is_remote_before_its_id_is_known() {
-        let on_server = started(7, &plan(), "mcp", 100);
+        let on_server = started(7, &plan(), BackendKind::Mcp, 100);
         assert!(is_remote(&on_server));
-        let local = started(8, &plan(), "offline", 100);
+        let local = started(8, &plan(), BackendKind::Offline, 100);
         assert!(!is_remote(&local));
         let reported = running_at(&local, &Started::Remote("r-1".into()));
         assert!(is_remote(&reported), "a reported remote id makes it remote");
@@ -97,7 +97,7 @@ mod tests {
 
     #[test]
     fn a_new_record_runs_for_its_plan_from_now() {
-        let record = started(7, &plan(), "claude-cli", 100);
+        let record = started(7, &plan(), BackendKind::ClaudeCli, 100);
         assert_eq!((record.id, record.iteration), (7, 4));
         assert_eq!(record.capability, "claude-edit");
         assert_eq!(record.status, JobStatus::Running);
@@ -106,7 +106,7 @@ mod tests {
 
     #[test]
     fn where_a_job_runs_goes_on_its_record() {
-        let record = started(7, &plan(), "claude-cli", 100);
+        let record = started(7, &plan(), BackendKind::ClaudeCli, 100);
         let local = running_at(&record, &Started::Process(4242));
         assert_eq!(local.process_group, Some(4242));
         assert_eq!(local.remote_id, None);
@@ -126,7 +126,11 @@ mod tests {
             },
             ..failed(7, "overloaded".into())
         };
-        let record = ended(started(7, &plan(), "claude-cli", 100), &outcome, 250);
+        let record = ended(
+            started(7, &plan(), BackendKind::ClaudeCli, 100),
+            &outcome,
+            250,
+        );
         assert_eq!(record.status, JobStatus::Failed);
         assert_eq!(record.ended_at_ms, Some(250));
         assert_eq!(record.error.as_deref(), Some("overloaded"));

@@ -10,7 +10,7 @@ use tracing::Instrument;
 use super::budget::{self, Asked};
 use super::{GovernorState, KIND};
 use crate::actors::Context;
-use crate::domain::Permit;
+use crate::domain::{BackendKind, Permit};
 use crate::messages::ActorError;
 use crate::store::{Durable, now_ms};
 
@@ -131,7 +131,7 @@ fn audit_entry(iteration: u64, permit: &Permit) -> (&'static str, String) {
 /// may make (the research questions, then the job) at `--max-budget-usd`
 /// each. The offline backend spends nothing.
 fn iteration_worst_usd(ctx: &Context) -> Option<f64> {
-    if ctx.backend.name() == "offline" {
+    if ctx.backend.kind() == BackendKind::Offline {
         return Some(0.0);
     }
     let calls = 1 + crate::cognition::research_questions("").len();

@@ -9,7 +9,7 @@
 
 use std::collections::{HashSet, VecDeque};
 
-use crate::domain::{Iteration, Outcome, Variant};
+use crate::domain::{Iteration, Judge, Outcome, RefusedBy, Validation, Variant};
 use crate::store::{Store, StoreError};
 
 /// How many of the newest variants a stalled line chooses among.
@@ -72,8 +72,11 @@ pub fn best<'a>(archive: &'a [Variant], failed: &HashSet<u64>) -> Option<&'a Var
         .iter()
         .filter(|v| {
             v.outcome == Outcome::Rejected
-                && v.validation == "passed"
-                && matches!(v.refused_by.as_deref(), Some("fitness" | "approval"))
+                && v.validation == Validation::Passed
+                && matches!(
+                    v.refused_by,
+                    Some(RefusedBy::Step(Judge::Fitness | Judge::Approval))
+                )
                 && !v.commit.is_empty()
                 && v.fitness_after.is_some()
                 && !started_from.contains(&v.iteration)
@@ -134,11 +137,11 @@ mod tests {
             commit: format!("c{number}"),
             parent: "p".into(),
             outcome: Outcome::Rejected,
-            refused_by: Some(by.into()),
+            refused_by: Some(RefusedBy::from_name(by)),
             rules_checked: Vec::new(),
             fitness_before: Some(3.0),
             fitness_after: Some(fitness),
-            validation: "passed".into(),
+            validation: Validation::Passed,
             generated_tests: Vec::new(),
             started_from: None,
             change_id: String::new(),

@@ -15,7 +15,10 @@ use super::fitness::{self, Measure};
 use super::{blocking, confine, sandbox_started};
 use crate::actors::Context;
 use crate::config::Mode;
-use crate::domain::{ActorKind, ApprovalDecision, ApprovalRequest, Outcome, Variant, Verdict};
+use crate::domain::{
+    ActorKind, ApprovalDecision, ApprovalRequest, Judge, Outcome, RefusedBy, Validation, Variant,
+    Verdict,
+};
 use crate::messages::{self, GovernorMsg, PeerError};
 use crate::process::{self, CommandSpec, Ending};
 use crate::safety::{self, ChangedFile, Rules};
@@ -39,16 +42,15 @@ macro_rules! step_span {
 /// What refused a change.
 #[derive(Debug)]
 struct Refusal {
-    /// A safety rule's name, or `validation`, `fitness`, `approval`.
-    by: String,
+    by: RefusedBy,
     reason: String,
     fitness_after: Option<f64>,
 }
 
 impl Refusal {
-    fn new(by: &str, reason: String, fitness_after: Option<f64>) -> Refusal {
+    fn new(by: impl Into<RefusedBy>, reason: String, fitness_after: Option<f64>) -> Refusal {
         Refusal {
-            by: by.to_string(),
+            by: by.into(),
             reason,
             fitness_after,
         }
@@ -61,8 +63,7 @@ struct Trial {
     base: String,
     fitness_before: Option<f64>,
     rules_checked: Vec<String>,
-    /// `passed`, `failed: <line>` or `not run`.
-    validation: String,
+    validation: Validation,
     generated_tests: Vec<String>,
     started_from: Option<u64>,
 }
@@ -75,7 +76,7 @@ impl Trial {
             base: base.to_string(),
             fitness_before: judged.fitness_before,
             rules_checked: Vec::new(),
-            validation: "not run".into(),
+            validation: Validation::NotRun,
             generated_tests: Vec::new(),
             started_from: judged.started_from,
         }
@@ -85,7 +86,7 @@ impl Trial {
         &self,
         commit: String,
         outcome: Outcome,
-        refused_by: Option<String>,
+        refused_by: Option<RefusedBy>,
         fitness_after: Option<f64>,
     ) -> Variant {
         Variant {
@@ -297,10 +298,10 @@ async fn steps(
     let validation = step_span!("modifier.validation", trial.iteration);
     let validated = run_validation(ctx).instrument(validation.clone()).await;
     if let Err(refusal) = ended(&validation, validated) {
-        trial.validation = format!("failed: {}", refusal.reason);
+        trial.validation = Validation::Failed(refusal.reason.clone());
         return Ok(Err(refusal));
     }
-    trial.validation = "passed".into();
+    trial.validation = Validation::Passed;
 
     let fitness = step_span!("modifier.fitness", trial.iteration);
     let measured = run_fitness(ctx, trial.fitness_before)
@@ -327,8 +328,13 @@ async fn steps(
 /// The scope rules, then the rules on the syntax trees, each a step with
 /// its span; the first rule broken refuses the change.
 fn check_rules(trial: &mut Trial, rules: &Rules, changes: &[ChangedFile]) -> Result<(), Refusal> {
-    let refused =
-        |violation: safety::Violation| Refusal::new(violation.rule, violation.to_string(), None);
+    let refused = |violation: safety::Violation| {
+        Refusal::new(
+            RefusedBy::Rule(violation.rule.to_string()),
+            violation.to_string(),
+            None,
+        )
+    };
     let scope = step_span!("modifier.scope", trial.iteration);
     let checked = scope.in_scope(|| safety::scope(rules, changes));
     trial
@@ -479,7 +485,7 @@ async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
         return checks
             .validate(&ctx.workspace.path)
             .await
-            .map_err(|why| Refusal::new("validation", why, None));
+            .map_err(|why| Refusal::new(Judge::Validation, why, None));
     }
     let spec = CommandSpec::shell(
         &ctx.config.validation_command,
@@ -487,12 +493,12 @@ async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
         ctx.config.validation_timeout,
     );
     let confined = confine(ctx, spec, Reach::Check);
-    let running =
-        process::start(&confined).map_err(|e| Refusal::new("validation", e.to_string(), None))?;
+    let running = process::start(&confined)
+        .map_err(|e| Refusal::new(Judge::Validation, e.to_string(), None))?;
     crash_point!("validation.running");
     let finished = running.wait().await;
     sandbox_started(ctx, &confined, &finished)
-        .map_err(|why| Refusal::new("validation", why, None))?;
+        .map_err(|why| Refusal::new(Judge::Validation, why, None))?;
     if finished.success() {
         return Ok(());
     }
@@ -505,7 +511,7 @@ async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
         ),
     };
     Err(Refusal::new(
-        "validation",
+        Judge::Validation,
         format!(
             "validation `{}` {why}: {}",
             ctx.config.validation_command,
@@ -519,10 +525,10 @@ async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
 async fn run_fitness(ctx: &Context, before: Option<f64>) -> Result<Measure, Refusal> {
     let after = fitness::measure(ctx, &ctx.workspace.path, Reach::Check)
         .await
-        .map_err(|reason| Refusal::new("fitness", reason, None))?;
+        .map_err(|reason| Refusal::new(Judge::Fitness, reason, None))?;
     match before {
         Some(before) if after.fitness > before => Err(Refusal::new(
-            "fitness",
+            Judge::Fitness,
             format!("fitness got worse: {before} → {}", after.fitness),
             Some(after.fitness),
         )),
@@ -561,7 +567,7 @@ async fn approval(
         // The governor restarted: the iteration is abandoned and asks again.
         Err(error) => format!("approval lost: {error}"),
     };
-    Err(Refusal::new("approval", reason, Some(fitness_after)))
+    Err(Refusal::new(Judge::Approval, reason, Some(fitness_after)))
 }
 
 /// The iteration's trace, as Jaeger shows it.

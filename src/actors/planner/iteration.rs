@@ -14,8 +14,8 @@ use super::{KIND, PlannerSnapshot, SCHEMA};
 use crate::actors::{Context, make_snapshot};
 use crate::config::Mode;
 use crate::domain::{
-    ActorKind, Advice, Capability, Experience, Iteration, JobOutcome, JobStatus, Permit, Plan,
-    Prepared, Research, Signals, Usage, Verdict,
+    ActorKind, Advice, BackendKind, Capability, Experience, Iteration, JobOutcome, JobStatus,
+    Permit, Plan, Prepared, Research, Signals, Usage, Verdict,
 };
 use crate::events::Event;
 use crate::messages::{
@@ -291,7 +291,7 @@ fn research_topic(goal: &str, signals: &Signals) -> String {
 /// Notes on the goal from the researcher, for model backends only: the
 /// offline backend's capabilities do not read them.
 async fn research(ctx: &Context, goal: &str) -> Result<Option<Research>, StepError> {
-    if ctx.backend.name() == "offline" {
+    if ctx.backend.kind() == BackendKind::Offline {
         return Ok(None);
     }
     let topic = goal.to_string();

@@ -8,7 +8,7 @@ use std::time::Duration;
 use crate::cognition::prompt::{self, Item, Prompts, Slot};
 use crate::domain::{
     Advice, Capability, Execution, Experience, Iteration, JobOutcome, LoopRules, Outcome, Plan,
-    Prepared, Research, Signals, Verdict,
+    Prepared, RefusedBy, Research, Signals, Verdict,
 };
 
 /// What the planner knows when it plans an iteration.
@@ -389,8 +389,8 @@ pub fn loop_detected(recent: &[Iteration], rules: LoopRules) -> Option<String> {
                 last.number,
                 last.variant
                     .as_ref()
-                    .and_then(|v| v.refused_by.as_deref())
-                    .unwrap_or("?")
+                    .and_then(|v| v.refused_by.as_ref())
+                    .map_or("?", RefusedBy::as_str)
             ));
         }
     }
@@ -700,11 +700,13 @@ mod tests {
                     commit: format!("c{number}"),
                     parent: "p".into(),
                     outcome,
-                    refused_by: Some("fitness".into()),
+                    refused_by: Some(crate::domain::RefusedBy::Step(
+                        crate::domain::Judge::Fitness,
+                    )),
                     rules_checked: Vec::new(),
                     fitness_before: Some(3.0),
                     fitness_after: Some(4.0),
-                    validation: "passed".into(),
+                    validation: crate::domain::Validation::Passed,
                     generated_tests: Vec::new(),
                     started_from: None,
                     change_id: change.into(),
