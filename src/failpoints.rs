@@ -4,7 +4,9 @@
 //! e.g. `name=2*off->return` for the third pass) the process aborts there,
 //! as a `kill -9` would end it. Without the feature it compiles to nothing.
 //! The windows and the test that crashes at each are listed in
-//! `docs/ARCHITECTURE.md`.
+//! `docs/ARCHITECTURE.md`. `store_fault!("name")` (in `src/store/`, the one
+//! module that names sled) is the same switch for a store write that must
+//! fail without a crash: the call returns an I/O error.
 
 /// Aborts the process at the named window when the failpoint is set.
 macro_rules! crash_point {

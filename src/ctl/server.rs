@@ -28,7 +28,7 @@ use tokio_util::task::TaskTracker;
 use tracing::Instrument;
 
 use super::catalog;
-use super::operations::{self, peer_error};
+use super::operations::{self, actor_error, peer_error};
 use super::protocol::{
     ActorStatus, ApprovalInfo, ArgInfo, Command, ErrorKind, HistoryEntry, MAX_FRAME_BYTES,
     MessageInfo, Outcome, OutcomeCounts, PROTOCOL_VERSION, Reply, Request, Response, StatusReply,
@@ -804,7 +804,8 @@ async fn set_goal(text: String) -> Result<Reply, WireError> {
 async fn approvals() -> Result<Reply, WireError> {
     let approvals = messages::call(ActorKind::Governor, QUICK, GovernorMsg::Approvals)
         .await
-        .map_err(peer_error)?;
+        .map_err(peer_error)?
+        .map_err(actor_error)?;
     Ok(Reply::Approvals {
         approvals: approvals.into_iter().map(approval_info).collect(),
     })

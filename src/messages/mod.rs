@@ -82,12 +82,13 @@ pub enum IterationEnd {
 pub enum GovernorMsg {
     Common(Common),
     /// Hold a validated change until an operator decides (supervised mode).
+    /// Answered with an error when the request cannot be recorded.
     RequestApproval {
         request: ApprovalRequest,
-        reply: RpcReplyPort<ApprovalDecision>,
+        reply: RpcReplyPort<Result<ApprovalDecision, ActorError>>,
     },
     /// Pending approvals first, then recent decisions.
-    Approvals(RpcReplyPort<Vec<ApprovalRecord>>),
+    Approvals(RpcReplyPort<Result<Vec<ApprovalRecord>, ActorError>>),
     /// Approve or reject a pending change; answers after the decision is durable.
     Decide {
         id: String,
@@ -222,9 +223,12 @@ pub enum ModifierMsg {
     /// there (the run must be paused and idle); answers what was done.
     Rebase(RpcReplyPort<Result<String, ActorError>>),
     /// The branch moved on purpose (a rebase): the new committed head,
-    /// written at once.
+    /// written at once; then the operator's `reply` hears `said`, or why
+    /// the head could not be written.
     Moved {
         head: String,
+        said: String,
+        reply: RpcReplyPort<Result<String, ActorError>>,
     },
     /// Reload the committed snapshot without touching the worktree.
     Reload(RpcReplyPort<Result<(), ActorError>>),

@@ -32,6 +32,21 @@ pub use retention::{AUDIT_ARCHIVE, Pruned, Retention};
 use crate::domain::{Experience, Iteration, OutcomeCounts, Variant};
 use records::{ExperienceRecord, ExperienceRecordV1, IterationRecord};
 
+/// Fails the store call it stands in with an injected sled error when the
+/// named failpoint is set: how a test makes one request's write fail while
+/// the process lives on (a `crash_point!` would end it). Only for functions
+/// of the store that return `Result<_, StoreError>`.
+macro_rules! store_fault {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        if fail::eval($name, |_| ()).is_some() {
+            return Err(crate::store::StoreError::Sled(sled::Error::Io(
+                std::io::Error::other(concat!("injected by the failpoint ", $name)),
+            )));
+        }
+    };
+}
+
 const RUN_KEY: &[u8] = b"run";
 const PAUSE_REASON_KEY: &[u8] = b"pause_reason";
 const WORKSPACE_KEY: &[u8] = b"workspace";
@@ -65,14 +80,34 @@ pub enum StoreError {
         "the state directory {0} is in use by a running agent; talk to it with `agent ctl --state {0}` or stop it first"
     )]
     InUse(PathBuf),
+    /// `message` is sled's text without the debug dump it may carry;
+    /// `source` is sled's error itself, for whoever walks the chain.
     #[error("cannot open the store in {path}: {message}")]
-    Open { path: PathBuf, message: String },
+    Open {
+        path: PathBuf,
+        message: String,
+        #[source]
+        source: sled::Error,
+    },
     #[error(
         "the store in {0} is damaged (sled found corrupted data); restore it from a backup with `agent restore`, or move the state directory away to start over"
     )]
     Damaged(PathBuf),
     #[error("{0}")]
     Backup(String),
+    /// A sled read, write or flush failed; the error is kept as the source
+    /// (the text shown is the one `Io` showed before it was kept).
+    #[error("store I/O failed: {0}")]
+    Sled(#[from] sled::Error),
+    /// A transaction failed in sled: the text is the transaction error's
+    /// debug form, as it always was; sled's own error is the source.
+    #[error("store I/O failed: {message}")]
+    Transaction {
+        message: String,
+        #[source]
+        source: sled::Error,
+    },
+    /// A failure outside sled (the witness file, an archive), as text.
     #[error("store I/O failed: {0}")]
     Io(String),
     #[error("a stored {what} is unreadable: {source}")]
@@ -84,9 +119,16 @@ pub enum StoreError {
     Codec(#[from] CodecError),
 }
 
-impl From<sled::Error> for StoreError {
-    fn from(error: sled::Error) -> Self {
-        StoreError::Io(error.to_string())
+impl From<sled::transaction::TransactionError<()>> for StoreError {
+    fn from(error: sled::transaction::TransactionError<()>) -> Self {
+        let message = format!("{error:?}");
+        match error {
+            sled::transaction::TransactionError::Storage(source) => {
+                StoreError::Transaction { message, source }
+            }
+            // Nothing in this store aborts a transaction on purpose.
+            sled::transaction::TransactionError::Abort(()) => StoreError::Io(message),
+        }
     }
 }
 
@@ -170,6 +212,7 @@ impl Store {
                             .next()
                             .unwrap_or_default()
                             .to_string(),
+                        source: error,
                     }
                 }
             })?;
@@ -329,7 +372,7 @@ impl Store {
                 }
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
-            .map_err(|error| StoreError::Io(format!("{error:?}")))?;
+            .map_err(StoreError::from)?;
         drop(writing);
         crash_point!("store.before_flush");
         self.flush().await?;
@@ -600,6 +643,7 @@ impl Store {
     /// Writes an approval and flushes: a decision is acknowledged only once
     /// it is durable.
     pub async fn put_approval(&self, approval: &ApprovalRecord) -> Result<(), StoreError> {
+        store_fault!("store.put_approval");
         {
             let _writing = self.writing();
             self.approvals
@@ -942,5 +986,24 @@ mod tests {
         let _first = Store::open(dir.path()).unwrap();
         let second = Store::open(dir.path()).unwrap_err();
         assert!(matches!(second, StoreError::InUse(_)), "{second}");
+    }
+
+    #[test]
+    fn sleds_error_is_kept_as_the_source_and_the_text_is_unchanged() {
+        let sled_error = || sled::Error::Io(std::io::Error::other("disk on fire"));
+        let error = StoreError::from(sled_error());
+        assert_eq!(
+            error.to_string(),
+            format!("store I/O failed: {}", sled_error())
+        );
+        let source = std::error::Error::source(&error).expect("sled's error is the source");
+        assert!(source.downcast_ref::<sled::Error>().is_some(), "{source:?}");
+
+        let failed = sled::transaction::TransactionError::<()>::Storage(sled_error());
+        let text = format!("store I/O failed: {failed:?}");
+        let error = StoreError::from(failed);
+        assert_eq!(error.to_string(), text);
+        let source = std::error::Error::source(&error).expect("sled's error is the source");
+        assert!(source.downcast_ref::<sled::Error>().is_some(), "{source:?}");
     }
 }

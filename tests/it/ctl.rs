@@ -418,6 +418,76 @@ fn supervised_changes_wait_for_approve_or_reject() {
     assert!(daemon.wait_exit(WAIT).success());
 }
 
+/// A store failure in one request is that request's error, not the
+/// governor's end: the decision's write fails (injected), `approve` answers
+/// an error kind, the governor runs on without a restart, and the approval
+/// (which a restart would have expired) still waits and can be approved.
+#[test]
+#[cfg_attr(
+    not(feature = "failpoints"),
+    ignore = "needs --features failpoints: the decision's store write fails on purpose"
+)]
+fn a_failed_decision_write_is_an_error_and_the_approval_keeps_waiting() {
+    let setup = setup(&["--mode", "supervised"]);
+    // The request's write passes, the first decision's write fails, the
+    // retry's passes.
+    let mut daemon = setup.start(&[
+        ("FAKE_CLAUDE_MODE", "edit"),
+        ("FAILPOINTS", "store.put_approval=1*off->1*return->off"),
+    ]);
+    daemon.wait_status("the daemon", WAIT, |_| true);
+    let pending = || {
+        let approvals = json_of(&daemon.ctl(&["approvals", "--json"]));
+        approvals["approvals"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|a| a["state"] == "pending")
+            .cloned()
+    };
+    let waiting = poll_until("an approval to wait", WAIT, pending);
+    let id = waiting["id"].as_str().unwrap().to_string();
+
+    let failed = json_of_error(&daemon.ctl(&["approve", &id, "--json"]));
+    assert_eq!(failed["kind"], "internal", "{failed}");
+    assert!(
+        failed["message"]
+            .as_str()
+            .unwrap()
+            .contains("cannot record the decision: store I/O failed"),
+        "{failed}"
+    );
+    let governor = Daemon::actor(&daemon.status().unwrap(), "governor").clone();
+    assert_eq!(governor["status"], "running", "{governor}");
+    assert_eq!(governor["restarts"], 0, "{governor}");
+    let tree = json_of(&daemon.ctl(&["tree", "--json"]));
+    let in_tree = tree["children"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|c| c["name"] == "governor")
+        .cloned()
+        .unwrap();
+    assert_eq!(in_tree["restarts"], 0, "{tree}");
+    assert_eq!(
+        pending().map(|a| a["id"].clone()),
+        Some(waiting["id"].clone()),
+        "the approval still waits"
+    );
+
+    let approved = daemon.ctl(&["approve", &id]);
+    assert!(
+        text(&approved.stdout).contains(&format!("approved {id}")),
+        "{}",
+        text(&approved.stderr)
+    );
+    daemon.wait_status("the approved iteration", WAIT, |s| {
+        Daemon::committed(s) >= 1
+    });
+    assert!(daemon.ctl(&["stop", "--now"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success());
+}
+
 #[test]
 fn watch_sees_a_fault_the_restart_and_the_next_iteration_in_order() {
     let setup = setup(&["--mode", "debug"]);

@@ -18,15 +18,31 @@ use crate::store::{ApprovalRecord, now_ms};
 const LISTED: usize = 50;
 
 impl GovernorState {
+    /// Holds a validated change until an operator decides. When it cannot
+    /// be recorded, the modifier hears why (and refuses the change; the
+    /// iteration asks again) while the governor, and every approval already
+    /// waiting, carry on.
     pub(super) async fn request_approval(
         &mut self,
         request: ApprovalRequest,
-        reply: RpcReplyPort<ApprovalDecision>,
-    ) -> Result<(), ActorProcessingErr> {
+        reply: RpcReplyPort<Result<ApprovalDecision, ActorError>>,
+    ) {
+        match self.record_request(request).await {
+            Ok(approval) => {
+                self.waiting.insert(approval.id.clone(), (approval, reply));
+                crate::telemetry::metrics::approvals_pending(self.waiting.len());
+            }
+            Err(error) => {
+                tracing::error!(%error, "cannot hold a change for approval");
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
+
+    /// Writes and audits a new pending approval; returns it.
+    async fn record_request(&self, request: ApprovalRequest) -> Result<ApprovalRecord, ActorError> {
         let attempt = self
-            .ctx
-            .store
-            .approvals()?
+            .stored_approvals()?
             .iter()
             .filter(|a| a.iteration == request.iteration)
             .count();
@@ -42,15 +58,21 @@ impl GovernorState {
             requested_at_ms: now_ms(),
             decided_at_ms: None,
         };
-        self.ctx.store.put_approval(&approval).await?;
-        self.audit(
-            "approval.requested",
-            format!(
-                "{}: iteration {}: {}",
-                approval.id, approval.iteration, approval.summary
-            ),
-        )
-        .await?;
+        self.ctx
+            .store
+            .put_approval(&approval)
+            .await
+            .map_err(|error| {
+                ActorError::Store(format!("cannot record the approval request: {error}"))
+            })?;
+        let detail = format!(
+            "{}: iteration {}: {}",
+            approval.id, approval.iteration, approval.summary
+        );
+        if let Err(error) = self.audit("approval.requested", detail).await {
+            self.expire_unaudited(approval).await;
+            return Err(error);
+        }
         crash_point!("approval.pending");
         tracing::info!(id = %approval.id, iteration = approval.iteration, "change waiting for approval: agent ctl approve {}", approval.id);
         self.ctx.events.emit(Event::ApprovalRequested {
@@ -58,41 +80,57 @@ impl GovernorState {
             iteration: approval.iteration,
             summary: approval.summary.clone(),
         });
-        self.waiting.insert(approval.id.clone(), (approval, reply));
-        crate::telemetry::metrics::approvals_pending(self.waiting.len());
-        Ok(())
+        Ok(approval)
     }
 
-    pub(super) fn approvals(
-        &self,
-        reply: RpcReplyPort<Vec<ApprovalRecord>>,
-    ) -> Result<(), ActorProcessingErr> {
-        let mut all = self.ctx.store.approvals()?;
-        // Pending first, then the latest decisions.
-        all.sort_by_key(|a| {
-            (
-                a.state != ApprovalState::Pending,
-                std::cmp::Reverse(a.requested_at_ms),
-            )
+    /// A request that was written but not audited waits for no one: it is
+    /// expired at once rather than listed as pending until the next restart.
+    async fn expire_unaudited(&self, mut approval: ApprovalRecord) {
+        approval.state = ApprovalState::Expired;
+        approval.decided_at_ms = Some(now_ms());
+        approval.reason = Some("the request could not be audited".into());
+        if let Err(error) = self.ctx.store.put_approval(&approval).await {
+            tracing::error!(%error, id = %approval.id, "cannot expire an unaudited approval; the next start expires it");
+        }
+    }
+
+    /// Every stored approval, or the store's failure as the actor's error.
+    fn stored_approvals(&self) -> Result<Vec<ApprovalRecord>, ActorError> {
+        self.ctx
+            .store
+            .approvals()
+            .map_err(|error| ActorError::Store(format!("cannot read the approvals: {error}")))
+    }
+
+    pub(super) fn approvals(&self, reply: RpcReplyPort<Result<Vec<ApprovalRecord>, ActorError>>) {
+        let listed = self.stored_approvals().map(|mut all| {
+            // Pending first, then the latest decisions.
+            all.sort_by_key(|a| {
+                (
+                    a.state != ApprovalState::Pending,
+                    std::cmp::Reverse(a.requested_at_ms),
+                )
+            });
+            all.truncate(LISTED);
+            all
         });
-        all.truncate(LISTED);
-        let _ = reply.send(all);
-        Ok(())
+        let _ = reply.send(listed);
     }
 
     /// Approves or rejects the waiting approval `id`. The decision is
     /// recorded and audited before anyone hears of it; when it cannot be,
-    /// the approval keeps waiting.
+    /// the operator hears why and the approval keeps waiting (the governor
+    /// does not stop: a restart would expire every waiting approval).
     pub(super) async fn decide(
         &mut self,
         id: String,
         approve: bool,
         reason: Option<String>,
         reply: RpcReplyPort<Result<ApprovalRecord, ActorError>>,
-    ) -> Result<(), ActorProcessingErr> {
+    ) {
         let Some((mut approval, waiting)) = self.waiting.remove(&id) else {
-            let _ = reply.send(Err(self.not_waiting(&id)?));
-            return Ok(());
+            let _ = reply.send(Err(self.not_waiting(&id)));
+            return;
         };
         approval.state = if approve {
             ApprovalState::Approved
@@ -104,7 +142,7 @@ impl GovernorState {
         if let Err(error) = self.record_decision(&approval).await {
             self.waiting.insert(id, (approval, waiting));
             let _ = reply.send(Err(error));
-            return Ok(());
+            return;
         }
         let decision = if approve {
             ApprovalDecision::Approved
@@ -113,19 +151,22 @@ impl GovernorState {
                 reason: reason.unwrap_or_else(|| "rejected by an operator".into()),
             }
         };
-        let _ = waiting.send(decision);
+        let _ = waiting.send(Ok(decision));
         crate::telemetry::metrics::approvals_pending(self.waiting.len());
         let _ = reply.send(Ok(approval));
-        Ok(())
     }
 
-    /// Why `id` cannot be decided: it is decided already, or unknown.
-    fn not_waiting(&self, id: &str) -> Result<ActorError, ActorProcessingErr> {
-        let known = self.ctx.store.approvals()?.into_iter().find(|a| a.id == id);
-        Ok(ActorError::Refused(match known {
+    /// Why `id` cannot be decided: it is decided already, or unknown (or
+    /// the store cannot say which).
+    fn not_waiting(&self, id: &str) -> ActorError {
+        let known = match self.stored_approvals() {
+            Ok(all) => all.into_iter().find(|a| a.id == id),
+            Err(error) => return error,
+        };
+        ActorError::Refused(match known {
             Some(a) => format!("approval {id} is not waiting (it is {})", a.state),
             None => format!("there is no approval {id}; see `agent ctl approvals`"),
-        }))
+        })
     }
 
     /// Writes a decided approval and audits the decision.

@@ -143,7 +143,13 @@ pub struct GovernorState {
     /// the store beside the snapshot's flag).
     pause_reason: Option<String>,
     /// Changes waiting for an operator, with the modifier's reply port.
-    waiting: HashMap<String, (ApprovalRecord, RpcReplyPort<ApprovalDecision>)>,
+    waiting: HashMap<
+        String,
+        (
+            ApprovalRecord,
+            RpcReplyPort<Result<ApprovalDecision, ActorError>>,
+        ),
+    >,
     /// The last denial audited: a waiting planner asks again every few
     /// seconds, and the same denial is one decision, not one a request.
     last_denial: Option<String>,
@@ -244,7 +250,9 @@ impl Actor for Governor {
     }
 
     /// One message, one method: each handler owns its span, its audit
-    /// entry and its reply.
+    /// entry and its reply. A request's store failure is answered on its
+    /// reply port, never returned here: an error out of `handle` restarts
+    /// the governor, and a restart expires every waiting approval.
     async fn handle(
         &self,
         _myself: ActorRef<Self::Msg>,
@@ -262,15 +270,15 @@ impl Actor for Governor {
                 reply,
             } => state.set_paused(paused, reason, reply).await,
             GovernorMsg::RequestApproval { request, reply } => {
-                state.request_approval(request, reply).await?
+                state.request_approval(request, reply).await
             }
-            GovernorMsg::Approvals(reply) => state.approvals(reply)?,
+            GovernorMsg::Approvals(reply) => state.approvals(reply),
             GovernorMsg::Decide {
                 id,
                 approve,
                 reason,
                 reply,
-            } => state.decide(id, approve, reason, reply).await?,
+            } => state.decide(id, approve, reason, reply).await,
             GovernorMsg::Budgets(reply) => state.budgets(reply),
             GovernorMsg::SetBudget { name, value, reply } => {
                 state.set_budget(name, value, reply).await

@@ -138,7 +138,7 @@ impl Actor for Modifier {
                 reply,
             ),
             ModifierMsg::Rebase(reply) => state.rebase(myself, reply),
-            ModifierMsg::Moved { head } => state.head_moved(head).await?,
+            ModifierMsg::Moved { head, said, reply } => state.head_moved(head, said, reply).await,
             ModifierMsg::Baseline(reply) => state.baseline(reply),
             ModifierMsg::Reload(reply) => state.reload(reply),
             ModifierMsg::Status(reply) => state.status(reply),

@@ -556,10 +556,13 @@ async fn approval(
     })
     .await;
     let reason = match decision {
-        Ok(ApprovalDecision::Approved) => return Ok(()),
-        Ok(ApprovalDecision::Rejected { reason }) => {
+        Ok(Ok(ApprovalDecision::Approved)) => return Ok(()),
+        Ok(Ok(ApprovalDecision::Rejected { reason })) => {
             format!("rejected by an operator: {reason}")
         }
+        // The governor could not record the request: no one can approve
+        // it, so the change is refused and the iteration asks again.
+        Ok(Err(error)) => format!("approval not recorded: {error}"),
         Err(PeerError::Timeout(..)) => format!(
             "no decision within {}",
             humantime::format_duration(ctx.config.approval_timeout)

@@ -4,7 +4,7 @@
 //! is written to the store at once (a rebase is no iteration's, so no
 //! iteration commit would write it).
 
-use ractor::{ActorProcessingErr, ActorRef, RpcReplyPort};
+use ractor::{ActorRef, RpcReplyPort};
 use tracing::Instrument;
 
 use super::baseline::baseline;
@@ -23,27 +23,61 @@ impl ModifierState {
         let span = tracing::info_span!("modifier.rebase", actor = KIND.name());
         self.work.spawn(
             async move {
-                let result = rebase(&ctx, &head).await;
-                if let Ok((_, new_head)) = &result {
-                    let _ = myself.cast(ModifierMsg::Moved {
-                        head: new_head.clone(),
-                    });
+                match rebase(&ctx, &head).await {
+                    // The operator hears of it once the new head is written.
+                    Ok((said, new_head)) => {
+                        let _ = myself.cast(ModifierMsg::Moved {
+                            head: new_head,
+                            said,
+                            reply,
+                        });
+                    }
+                    Err(refusal) => {
+                        let _ = reply.send(Err(ActorError::Refused(refusal)));
+                    }
                 }
-                let _ = reply.send(result.map(|(said, _)| said).map_err(ActorError::Refused));
             }
             .instrument(span),
         );
     }
 
-    /// The new committed head after a rebase, written at once.
-    pub(super) async fn head_moved(&mut self, head: String) -> Result<(), ActorProcessingErr> {
+    /// The new committed head after a rebase, written at once; the
+    /// operator hears `said`, or why the head could not be written (the
+    /// branch has moved all the same, so it is the head held here either
+    /// way, and the next iteration's commit writes it).
+    pub(super) async fn head_moved(
+        &mut self,
+        head: String,
+        said: String,
+        reply: RpcReplyPort<Result<String, ActorError>>,
+    ) {
         self.snapshot.head = head;
         // Measured again on the new base.
         self.snapshot.head_fitness = None;
+        let written = self.write_head().await.map(|()| said);
+        let _ = reply.send(written);
+    }
+
+    /// Writes the snapshot with the new head, under the last committed
+    /// iteration.
+    async fn write_head(&self) -> Result<(), ActorError> {
         let mut record = make_snapshot(KIND, SCHEMA, &self.snapshot)?;
-        record.iteration = self.ctx.store.last_iteration()?.map_or(0, |i| i.number);
-        self.ctx.store.put_snapshot(&record).await?;
-        Ok(())
+        let store_error = |error: crate::store::StoreError| {
+            ActorError::Store(format!(
+                "the branch moved but its new head is not recorded: {error}"
+            ))
+        };
+        record.iteration = self
+            .ctx
+            .store
+            .last_iteration()
+            .map_err(store_error)?
+            .map_or(0, |i| i.number);
+        self.ctx
+            .store
+            .put_snapshot(&record)
+            .await
+            .map_err(store_error)
     }
 }
 
