@@ -4,7 +4,8 @@
 //! e.g. `name=2*off->return` for the third pass) the process aborts there,
 //! as a `kill -9` would end it. Without the feature it compiles to nothing.
 //! The windows and the test that crashes at each are listed in
-//! `docs/ARCHITECTURE.md`.
+//! `docs/ARCHITECTURE.md`. `delay_point!("name")` marks a place a test may
+//! slow down instead.
 
 /// Aborts the process at the named window when the failpoint is set.
 macro_rules! crash_point {
@@ -14,6 +15,16 @@ macro_rules! crash_point {
             eprintln!("failpoint {} reached: aborting", $name);
             std::process::abort();
         }
+    };
+}
+
+/// A place a test may slow down (`FAILPOINTS="name=sleep(ms)"`), to hold a
+/// long operation open while it watches what else still answers. Without
+/// the feature it compiles to nothing.
+macro_rules! delay_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
     };
 }
 
