@@ -169,11 +169,19 @@ impl Cli {
 
     /// The process to start, confined when there is a sandbox, with the
     /// job's own config directory (made and seeded) when there are
-    /// `config_dirs`.
-    pub fn prepare(&self, invocation: &Invocation) -> Result<CommandSpec, String> {
+    /// `config_dirs`. The directory is made and the login copied on the
+    /// blocking pool: file copies would otherwise hold a worker thread.
+    pub async fn prepare(&self, invocation: &Invocation) -> Result<CommandSpec, String> {
         let mut spec = self.command(invocation);
         let config_dir = match &self.config_dirs {
-            Some(dirs) => Some(dirs.make(&invocation.label)?),
+            Some(dirs) => {
+                let (dirs, label) = (dirs.clone(), invocation.label.clone());
+                Some(
+                    tokio::task::spawn_blocking(move || dirs.make(&label))
+                        .await
+                        .map_err(|e| format!("cannot make the job's config directory: {e}"))??,
+                )
+            }
             None => None,
         };
         if let Some(dir) = &config_dir {
@@ -229,7 +237,7 @@ impl Cli {
         started: impl FnOnce(i32) -> BoxFuture<'static, ()>,
         cancel: impl Future<Output = ()>,
     ) -> Run {
-        let spec = match self.prepare(invocation) {
+        let spec = match self.prepare(invocation).await {
             Ok(spec) => spec,
             Err(error) => return Run::failed(JobStatus::Failed, error),
         };

@@ -6,7 +6,8 @@
 //! The windows and the test that crashes at each are listed in
 //! `docs/ARCHITECTURE.md`. `store_fault!("name")` (in `src/store/`, the one
 //! module that names sled) is the same switch for a store write that must
-//! fail without a crash: the call returns an I/O error.
+//! fail without a crash: the call returns an I/O error. `delay_point!("name")`
+//! marks a place a test may slow down instead.
 
 /// Aborts the process at the named window when the failpoint is set.
 macro_rules! crash_point {
@@ -16,6 +17,16 @@ macro_rules! crash_point {
             eprintln!("failpoint {} reached: aborting", $name);
             std::process::abort();
         }
+    };
+}
+
+/// A place a test may slow down (`FAILPOINTS="name=sleep(ms)"`), to hold a
+/// long operation open while it watches what else still answers. Without
+/// the feature it compiles to nothing.
+macro_rules! delay_point {
+    ($name:literal) => {
+        #[cfg(feature = "failpoints")]
+        fail::fail_point!($name);
     };
 }
 

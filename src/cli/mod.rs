@@ -706,9 +706,7 @@ async fn backup(args: &BackupArgs) -> u8 {
     };
     match Store::open(&args.state) {
         Ok(store) => {
-            let written = store
-                .export()
-                .and_then(|(bytes, n)| crate::store::write_backup(&to, &bytes).map(|()| n));
+            let written = store.backup_to(&to).await;
             match written {
                 Ok(iterations) => {
                     println!(

@@ -39,7 +39,7 @@ use crate::domain::{ActorKind, FaultKind, Iteration};
 use crate::events::{Event, EventBus};
 use crate::messages::{self, Common, GovernorMsg, PlannerMsg};
 use crate::store::audit::Decision;
-use crate::store::{ApprovalRecord, Store, now_ms};
+use crate::store::{ApprovalRecord, Store, StoreError, now_ms};
 use crate::supervisor::{self, SupervisorMsg};
 
 /// A connection that sends nothing for this long is closed.
@@ -441,7 +441,7 @@ pub async fn answer(
             "watch is served as a stream",
         )),
         Command::Rebase => operations::rebase().await.map(done),
-        Command::Backup { to } => backup(&to, context),
+        Command::Backup { to } => backup(&to, context).await,
         Command::History { last } => history(last, context),
     }
 }
@@ -910,11 +910,20 @@ fn inject_fault(actor: &str, fault: &str, context: &ServerContext) -> Result<Rep
 
 // ---------------------------------------------------------------- backup --
 
-/// `backup`: a consistent copy of the store, written to `to`.
-fn backup(to: &str, context: &ServerContext) -> Result<Reply, WireError> {
-    let (bytes, iterations) = context.store.export().map_err(internal)?;
-    crate::store::write_backup(Path::new(to), &bytes)
-        .map_err(|e| WireError::new(ErrorKind::Refused, e.to_string()))?;
+/// `backup`: a consistent copy of the store, written to `to`. The copy and
+/// its fsync run on the blocking pool, so the daemon keeps answering (status
+/// above all) while a large store is copied.
+async fn backup(to: &str, context: &ServerContext) -> Result<Reply, WireError> {
+    let iterations = context
+        .store
+        .backup_to(Path::new(to))
+        .await
+        .map_err(|e| match e {
+            // What `write_backup` says (the file cannot be written) is the
+            // operator's to fix, as before; anything else is the daemon's.
+            StoreError::Backup(_) => WireError::new(ErrorKind::Refused, e.to_string()),
+            e => internal(e),
+        })?;
     Ok(done(format!(
         "backup of {iterations} committed iteration(s) written to {to}"
     )))

@@ -38,9 +38,18 @@ pub struct JobTable {
     defaults: Defaults,
     slots: Arc<Semaphore>,
     limit: usize,
-    /// Cancel handles of running jobs. std Mutex: never held across .await.
-    running: Mutex<HashMap<String, CancellationToken>>,
+    /// Handles of running jobs. std Mutex: never held across .await.
+    running: Mutex<HashMap<String, Handles>>,
     tracker: TaskTracker,
+}
+
+/// What `kill` holds of a running job: `cancel` asks it to end; `ended`
+/// fires once its end is recorded (or its task is gone), so a kill waits
+/// for that instead of polling the store.
+#[derive(Clone, Default)]
+struct Handles {
+    cancel: CancellationToken,
+    ended: CancellationToken,
 }
 
 impl JobTable {
@@ -110,15 +119,15 @@ impl JobTable {
             .put_mcp_job(&record)
             .await
             .map_err(|e| e.to_string())?;
-        let cancel = CancellationToken::new();
+        let handles = Handles::default();
         self.running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .insert(id.clone(), cancel.clone());
+            .insert(id.clone(), handles.clone());
         let table = self.clone();
         let handle = self
             .tracker
-            .spawn(async move { table.run(record, invocation, cancel, batch).await });
+            .spawn(async move { table.run(record, invocation, handles, batch).await });
         Ok((id, handle))
     }
 
@@ -126,9 +135,13 @@ impl JobTable {
         self: Arc<Self>,
         mut record: McpJobRecord,
         invocation: Invocation,
-        cancel: CancellationToken,
+        handles: Handles,
         batch: Option<Arc<Semaphore>>,
     ) -> RunOutput {
+        // Dropped last, after the end is recorded; also when the task
+        // panics or is aborted, so a kill never waits for a job that is gone.
+        let _ended = handles.ended.drop_guard();
+        let cancel = handles.cancel;
         // Waiting for a slot counts as running; a kill while waiting ends it.
         let _batch_slot = match &batch {
             Some(batch) => tokio::select! {
@@ -266,29 +279,24 @@ impl JobTable {
     /// Kills a running job's process group and waits until it is recorded.
     pub async fn kill(&self, id: &str) -> Result<StatusOutput, Refusal> {
         let record = self.record(id)?;
-        let token = self
+        let handles = self
             .running
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(id)
             .cloned();
-        let Some(token) = token else {
+        let Some(handles) = handles else {
             return Err(format!(
                 "job \"{id}\" is not running (status {})",
                 record.status
             ));
         };
-        token.cancel();
-        // The job task records the end; wait for it (bounded by the grace
-        // period between SIGTERM and SIGKILL).
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
-        loop {
-            let record = self.record(id)?;
-            if !record.status.is_running() || tokio::time::Instant::now() > deadline {
-                return Ok(status_of(&record));
-            }
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        handles.cancel.cancel();
+        // The job task records the end and then fires `ended`; wait for it
+        // (bounded by the grace period between SIGTERM and SIGKILL). After
+        // the bound the record is answered as it is, as before.
+        let _ = tokio::time::timeout(Duration::from_secs(10), handles.ended.cancelled()).await;
+        Ok(status_of(&self.record(id)?))
     }
 
     pub fn list(&self) -> Result<Vec<StatusOutput>, Refusal> {

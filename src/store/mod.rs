@@ -15,6 +15,7 @@ pub mod records;
 mod retention;
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, RwLock, RwLockReadGuard};
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -160,9 +161,9 @@ pub fn now_ms() -> u64 {
 #[derive(Clone)]
 pub struct Store {
     state_dir: PathBuf,
-    /// Writers share it; a backup takes it alone, so it copies a state the
-    /// store really had. Never held across an `.await`.
-    writes: Arc<RwLock<()>>,
+    /// Writers share it; a backup copies while no writer runs, and takes it
+    /// alone only when writers keep overlapping its copy.
+    writes: Arc<WriteGate>,
     db: sled::Db,
     meta: sled::Tree,
     snapshots: sled::Tree,
@@ -218,7 +219,7 @@ impl Store {
             })?;
         Ok(Store {
             state_dir: state_dir.to_path_buf(),
-            writes: Arc::new(RwLock::new(())),
+            writes: Arc::default(),
             meta: db.open_tree("meta")?,
             snapshots: db.open_tree("snapshots")?,
             iterations: db.open_tree("iterations")?,
@@ -234,11 +235,19 @@ impl Store {
         })
     }
 
-    /// Taken by every write, so that a backup waits for it.
-    fn writing(&self) -> RwLockReadGuard<'_, ()> {
-        self.writes
+    /// Taken by every write, so that a backup sees it (and, when it copies
+    /// alone, waits for it).
+    fn writing(&self) -> Writing<'_> {
+        let shared = self
+            .writes
+            .lock
             .read()
-            .unwrap_or_else(|poisoned| poisoned.into_inner())
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        self.writes.started.fetch_add(1, Ordering::SeqCst);
+        Writing {
+            _shared: shared,
+            gate: &self.writes,
+        }
     }
 
     /// Makes everything written so far durable.
@@ -376,7 +385,16 @@ impl Store {
         drop(writing);
         crash_point!("store.before_flush");
         self.flush().await?;
-        self.witness(iteration.number)
+        self.witness_durably(iteration.number).await
+    }
+
+    /// `witness` on the blocking pool: its fsync would otherwise hold one of
+    /// the runtime's worker threads for as long as the disk takes.
+    async fn witness_durably(&self, iteration: u64) -> Result<(), StoreError> {
+        let store = self.clone();
+        tokio::task::spawn_blocking(move || store.witness(iteration))
+            .await
+            .map_err(|e| StoreError::Io(format!("the witness task failed: {e}")))?
     }
 
     /// Records `iteration` as the last committed one in the witness file,
@@ -748,11 +766,59 @@ impl Store {
     // ----------------------------------------------------------- backup --
 
     /// A consistent copy of every tree and the witness, as one record's
-    /// bytes: writes wait while it is taken, so it is a state the store had.
+    /// bytes: a state the store had. Blocks (it reads every tree): call it
+    /// off the runtime's worker threads (`backup_to` does).
+    ///
+    /// It copies without stopping writers, and keeps the copy when no write
+    /// ran during it (writers are counted as they start and end); a store
+    /// written to that often is copied again, and after `OPTIMISTIC_COPIES`
+    /// such tries alone, writes waiting, as every copy was before. Either
+    /// way the copy is encoded after writers are free again.
     pub fn export(&self) -> Result<(Vec<u8>, u64), StoreError> {
-        let _alone = self.writes.write().unwrap_or_else(|p| p.into_inner());
+        let record = self.consistent_copy()?;
+        let iterations = record.iterations;
+        Ok((codec::encode(&record)?, iterations))
+    }
+
+    /// A copy no write overlapped (see `export`).
+    fn consistent_copy(&self) -> Result<BackupRecord, StoreError> {
+        for _ in 0..OPTIMISTIC_COPIES {
+            let started = self.writes.started.load(Ordering::SeqCst);
+            if self.writes.finished.load(Ordering::SeqCst) == started {
+                let copy = self.copy()?;
+                if self.writes.started.load(Ordering::SeqCst) == started {
+                    return Ok(copy);
+                }
+            }
+            // A writer is at work: let it finish before copying again.
+            std::thread::sleep(std::time::Duration::from_millis(10));
+        }
+        tracing::info!("backup: writes kept overlapping the copy; copying with writes held");
+        let _alone = self.writes.lock.write().unwrap_or_else(|p| p.into_inner());
+        self.copy()
+    }
+
+    /// `export` then `write_backup` to `to`, on the blocking pool. Returns
+    /// the iterations the backup holds.
+    pub async fn backup_to(&self, to: &Path) -> Result<u64, StoreError> {
+        let (store, to) = (self.clone(), to.to_path_buf());
+        tokio::task::spawn_blocking(move || {
+            tracing::info!(to = %to.display(), "backup: copying the store");
+            let (bytes, iterations) = store.export()?;
+            write_backup(&to, &bytes)?;
+            Ok(iterations)
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("the backup task failed: {e}")))?
+    }
+
+    /// Every tree and the witness as they read now.
+    fn copy(&self) -> Result<BackupRecord, StoreError> {
         let mut trees = Vec::with_capacity(TREES.len());
         for name in TREES {
+            // A test holds a backup open here, tree by tree, to see the
+            // daemon answer meanwhile.
+            delay_point!("store.export.tree");
             let tree = self.db.open_tree(name)?;
             let pairs = tree
                 .iter()
@@ -763,14 +829,12 @@ impl Store {
                 .collect::<Result<Vec<_>, sled::Error>>()?;
             trees.push((name.to_string(), pairs));
         }
-        let iterations = self.last_iteration()?.map_or(0, |i| i.number);
-        let record = BackupRecord {
+        Ok(BackupRecord {
             created_at_ms: now_ms(),
-            iterations,
+            iterations: self.last_iteration()?.map_or(0, |i| i.number),
             witnessed: self.witnessed(),
             trees,
-        };
-        Ok((codec::encode(&record)?, iterations))
+        })
     }
 
     /// Creates the store of `state_dir` from a backup; refuses when the
@@ -801,7 +865,7 @@ impl Store {
         }
         store.flush().await?;
         if let Some(witnessed) = record.witnessed {
-            store.witness(witnessed)?;
+            store.witness_durably(witnessed).await?;
         }
         Ok(record.iterations)
     }
@@ -816,6 +880,30 @@ impl Store {
             Some(bytes) => Ok(Some(decode(&bytes, what)?)),
             None => Ok(None),
         }
+    }
+}
+
+/// How many times a backup copies while writers run before it copies alone.
+const OPTIMISTIC_COPIES: usize = 5;
+
+/// What writers share and a backup watches: a backup's copy is kept when no
+/// writer started during it and none was at work when it began.
+#[derive(Default)]
+struct WriteGate {
+    lock: RwLock<()>,
+    started: AtomicU64,
+    finished: AtomicU64,
+}
+
+/// One writer at work; counted as finished when dropped.
+struct Writing<'a> {
+    _shared: RwLockReadGuard<'a, ()>,
+    gate: &'a WriteGate,
+}
+
+impl Drop for Writing<'_> {
+    fn drop(&mut self) {
+        self.gate.finished.fetch_add(1, Ordering::SeqCst);
     }
 }
 
@@ -977,6 +1065,45 @@ mod tests {
         assert!(
             error.to_string().contains("unknown run phase \"dancing\""),
             "{error}"
+        );
+    }
+
+    /// The keys of `tree` in a backup's bytes.
+    fn keys_in(bytes: &[u8], tree: &str) -> Vec<Vec<u8>> {
+        let record: BackupRecord = codec::decode(bytes).unwrap();
+        let (_, pairs) = record.trees.into_iter().find(|(n, _)| n == tree).unwrap();
+        pairs.into_iter().map(|(key, _)| key).collect()
+    }
+
+    #[test]
+    fn a_backup_copies_without_writers_and_never_half_a_write() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.meta.insert(b"before", b"1".as_slice()).unwrap();
+        // No writer at work: copied at once, as the store is.
+        let (bytes, _) = store.export().unwrap();
+        assert_eq!(keys_in(&bytes, "meta"), vec![b"before".to_vec()]);
+        // A writer at work across the backup's tries: the copy waits for
+        // it and holds both of its inserts, never only the first.
+        let (took, go) = std::sync::mpsc::channel();
+        let writer = {
+            let store = store.clone();
+            std::thread::spawn(move || {
+                let writing = store.writing();
+                store.meta.insert(b"half", b"1".as_slice()).unwrap();
+                took.send(()).unwrap();
+                std::thread::sleep(std::time::Duration::from_millis(200));
+                store.meta.insert(b"whole", b"1".as_slice()).unwrap();
+                drop(writing);
+            })
+        };
+        go.recv().unwrap();
+        let (bytes, _) = store.export().unwrap();
+        writer.join().unwrap();
+        let keys = keys_in(&bytes, "meta");
+        assert!(
+            keys.contains(&b"half".to_vec()) && keys.contains(&b"whole".to_vec()),
+            "{keys:?}"
         );
     }
 

@@ -8,6 +8,9 @@
 
 mod archive;
 mod audit;
+// Holds a backup open through a failpoint: only with `--features failpoints`.
+#[cfg(feature = "failpoints")]
+mod backup;
 mod claude_cli;
 mod config_errors;
 mod crash;

@@ -69,17 +69,21 @@ pub struct ModifierState {
 }
 
 impl ModifierState {
-    fn restore(&mut self) -> Result<(), ActorError> {
+    /// Loads the committed snapshot; without one, the head is read from git
+    /// on the blocking pool (a handler must not hold a worker thread).
+    async fn restore(&mut self) -> Result<(), ActorError> {
         self.snapshot = match load_snapshot(&self.ctx.store, KIND, SCHEMA)? {
             Some(snapshot) => snapshot,
-            None => ModifierSnapshot {
-                head: self
-                    .ctx
-                    .workspace
-                    .head()
-                    .map_err(|e| ActorError::Workspace(e.to_string()))?,
-                ..Default::default()
-            },
+            None => {
+                let workspace = self.ctx.workspace.clone();
+                let head = blocking(move || workspace.head().map_err(|e| e.to_string()))
+                    .await
+                    .map_err(ActorError::Workspace)?;
+                ModifierSnapshot {
+                    head,
+                    ..Default::default()
+                }
+            }
         };
         Ok(())
     }
@@ -103,7 +107,7 @@ impl Actor for Modifier {
             head_signals: None,
             failing_base: Arc::default(),
         };
-        state.restore()?;
+        state.restore().await?;
         Ok(state)
     }
 
@@ -140,7 +144,7 @@ impl Actor for Modifier {
             ModifierMsg::Rebase(reply) => state.rebase(myself, reply),
             ModifierMsg::Moved { head, said, reply } => state.head_moved(head, said, reply).await,
             ModifierMsg::Baseline(reply) => state.baseline(reply),
-            ModifierMsg::Reload(reply) => state.reload(reply),
+            ModifierMsg::Reload(reply) => state.reload(reply).await,
             ModifierMsg::Status(reply) => state.status(reply),
             ModifierMsg::Variants { last, reply } => state.variants(last, reply),
             ModifierMsg::Settled {
@@ -158,19 +162,29 @@ impl Actor for Modifier {
 impl ModifierState {
     /// Stops the work in flight and reloads the committed snapshot, leaving
     /// the worktree as it is.
-    fn reload(&mut self, reply: RpcReplyPort<Result<(), ActorError>>) {
+    async fn reload(&mut self, reply: RpcReplyPort<Result<(), ActorError>>) {
         self.work.abort_all();
-        let _ = reply.send(self.restore());
+        let _ = reply.send(self.restore().await);
     }
 
+    /// Answers from the snapshot at once; `git status` for the changed files
+    /// runs on the blocking pool in a task of its own (not in `work`, which a
+    /// revert aborts: a status asked for is always answered).
     fn status(&self, reply: RpcReplyPort<ModifierStatus>) {
         let s = &self.snapshot;
-        let _ = reply.send(ModifierStatus {
+        let mut status = ModifierStatus {
             head: s.head.clone(),
             head_fitness: s.head_fitness,
             accepted: s.accepted,
             rolled_back: s.rolled_back,
-            changed: self.ctx.workspace.changed_files().unwrap_or_default(),
+            changed: Vec::new(),
+        };
+        let workspace = self.ctx.workspace.clone();
+        tokio::spawn(async move {
+            status.changed = blocking(move || workspace.changed_files().map_err(|e| e.to_string()))
+                .await
+                .unwrap_or_default();
+            let _ = reply.send(status);
         });
     }
 
@@ -218,10 +232,18 @@ impl ModifierState {
                 // Stop any validation still running, then put the
                 // worktree back at the committed head.
                 self.work.abort_all();
-                let result = self.restore().and_then(|()| {
-                    reset_to_committed(&self.ctx, &self.snapshot.head)
-                        .map_err(ActorError::Workspace)
-                });
+                let result = match self.restore().await {
+                    // Awaited here, so no later message sees the worktree
+                    // before it is back; the reset itself runs on the
+                    // blocking pool.
+                    Ok(()) => {
+                        let (ctx, head) = (self.ctx.clone(), self.snapshot.head.clone());
+                        blocking(move || reset_to_committed(&ctx, &head))
+                            .await
+                            .map_err(ActorError::Workspace)
+                    }
+                    Err(error) => Err(error),
+                };
                 let _ = reply.send(result);
             }
             Common::Ping(reply) => {
