@@ -26,18 +26,26 @@ echo 'stack backtrace:' >&2\n\
 echo '  13: <unknown>' >&2\n\
 exit 3\n";
 
+/// A configuration whose fitness is `BROKEN_FITNESS` in a script the test
+/// can fix later: the script's path and the configuration's.
+fn broken_fitness_config(
+    dir: &Path,
+    extra: &[(&str, &str)],
+) -> (std::path::PathBuf, std::path::PathBuf) {
+    let probe = dir.join("fitness.sh");
+    std::fs::write(&probe, BROKEN_FITNESS).unwrap();
+    let fitness = format!("fitness = \"sh {}\"", probe.display());
+    let mut replacements = vec![("fitness = \"echo 1\"", fitness.as_str())];
+    replacements.extend_from_slice(extra);
+    (probe, fast_config(dir, &replacements))
+}
+
 #[test]
 fn a_persistent_failure_backs_off_then_pauses_with_its_error_line_and_resumes_when_fixed() {
     let dir = tempfile::tempdir().unwrap();
-    let probe = dir.path().join("fitness.sh");
-    std::fs::write(&probe, BROKEN_FITNESS).unwrap();
-    let fitness = format!("fitness = \"sh {}\"", probe.display());
-    let config = fast_config(
+    let (probe, config) = broken_fitness_config(
         dir.path(),
-        &[
-            ("fitness = \"echo 1\"", &fitness),
-            ("retry_initial = \"1s\"", "retry_initial = \"200ms\""),
-        ],
+        &[("retry_initial = \"1s\"", "retry_initial = \"200ms\"")],
     );
     let workspace = tiny_crate(dir.path());
     let mut daemon = Daemon::start(&dir.path().join("state"), &args(&config, &workspace), &[]);
@@ -522,13 +530,9 @@ fn git_locks_left_by_a_killed_run_are_removed_at_the_next_start() {
 #[test]
 fn exit_on_pause_checkpoints_and_exits_with_status_4_and_a_start_after_the_fix_resumes() {
     let dir = tempfile::tempdir().unwrap();
-    let probe = dir.path().join("fitness.sh");
-    std::fs::write(&probe, BROKEN_FITNESS).unwrap();
-    let fitness = format!("fitness = \"sh {}\"", probe.display());
-    let config = fast_config(
+    let (probe, config) = broken_fitness_config(
         dir.path(),
         &[
-            ("fitness = \"echo 1\"", &fitness),
             ("retry_initial = \"1s\"", "retry_initial = \"10ms\""),
             ("pause_after_failures = 5", "pause_after_failures = 2"),
         ],
