@@ -1,8 +1,9 @@
 //! What `agent ctl send <actor> <message>` can deliver: every actor's public
 //! messages, each entry with its arguments, its description and its own
 //! handler — so an entry cannot be listed without being wired. Arguments are
-//! checked here, the typed message is built at this edge and the typed reply
-//! turned back into JSON. `send <actor> --list` prints this catalogue.
+//! checked here, the typed message is built at this edge and the actor's
+//! answer turned into the entry's reply type (`replies`), which travels as
+//! JSON. `send <actor> --list` prints this catalogue.
 //! Messages that are also ctl commands (pause, resume, goal) call the same
 //! function in `operations` as the command does.
 
@@ -10,10 +11,12 @@ use std::future::Future;
 use std::pin::Pin;
 use std::time::Duration;
 
-use serde_json::{Map, Value, json};
+use serde::Serialize;
+use serde_json::{Map, Value};
 
 use super::operations::{self, actor_error, peer_error};
 use super::protocol::{ArgInfo, ErrorKind, MessageInfo, WireError};
+use super::replies::*;
 use crate::domain::{ActorKind, Signals};
 use crate::messages::{
     self, Common, ExecutorMsg, GovernorMsg, LearnerMsg, ModifierMsg, PeerError, PlannerMsg,
@@ -439,28 +442,48 @@ fn refused(message: String) -> WireError {
     WireError::new(ErrorKind::Refused, message)
 }
 
+/// A typed reply as the JSON `Reply::Sent` carries: serializing a plain
+/// struct of strings, numbers and lists cannot fail, but if it ever did the
+/// client gets an internal error rather than a half reply.
+fn wire<T: Serialize>(reply: T) -> Reply {
+    serde_json::to_value(reply)
+        .map_err(|e| WireError::new(ErrorKind::Internal, format!("cannot encode a reply: {e}")))
+}
+
 // -------------------------------------------------------------- governor --
 
 async fn governor_status(_: Args) -> Reply {
     let s = messages::call(ActorKind::Governor, QUICK, GovernorMsg::Status)
         .await
         .map_err(peer_error)?;
-    Ok(
-        json!({"paused": s.paused, "tokens_last_day": s.tokens_last_day, "tokens_per_day": s.tokens_per_day,
-              "cost_usd_total": s.cost_usd_total, "permits_granted": s.permits_granted}),
-    )
+    wire(GovernorStatusReply {
+        paused: s.paused,
+        pause_reason: s.pause_reason,
+        tokens_last_day: s.tokens_last_day,
+        tokens_per_day: s.tokens_per_day,
+        cost_usd_total: s.cost_usd_total,
+        permits_granted: s.permits_granted,
+    })
 }
 
-fn budget_json(row: &crate::domain::BudgetRow) -> Value {
-    json!({"name": row.name, "limit": row.limit, "spent": row.spent, "left": row.left,
-           "resets_at_ms": row.resets_at_ms, "set_live": row.set_live})
+fn budget_info(row: &crate::domain::BudgetRow) -> BudgetInfo {
+    BudgetInfo {
+        name: row.name.to_string(),
+        limit: row.limit,
+        spent: row.spent,
+        left: row.left,
+        resets_at_ms: row.resets_at_ms,
+        set_live: row.set_live,
+    }
 }
 
 async fn governor_budgets(_: Args) -> Reply {
     let rows = messages::call(ActorKind::Governor, QUICK, GovernorMsg::Budgets)
         .await
         .map_err(peer_error)?;
-    Ok(json!({"budgets": rows.iter().map(budget_json).collect::<Vec<_>>()}))
+    wire(BudgetsReply {
+        budgets: rows.iter().map(budget_info).collect(),
+    })
 }
 
 async fn governor_set_budget(args: Args) -> Reply {
@@ -474,17 +497,19 @@ async fn governor_set_budget(args: Args) -> Reply {
     .await
     .map_err(peer_error)?
     .map_err(actor_error)?;
-    Ok(json!({"budget": budget_json(&row)}))
+    wire(SetBudgetReply {
+        budget: budget_info(&row),
+    })
 }
 
 async fn governor_pause(_: Args) -> Reply {
     operations::set_paused(true).await?;
-    Ok(json!({"paused": true}))
+    wire(PausedReply { paused: true })
 }
 
 async fn governor_resume(_: Args) -> Reply {
     operations::set_paused(false).await?;
-    Ok(json!({"paused": false}))
+    wire(PausedReply { paused: false })
 }
 
 // --------------------------------------------------------------- learner --
@@ -493,31 +518,65 @@ async fn learner_stats(_: Args) -> Reply {
     let stats = messages::call(ActorKind::Learner, QUICK, LearnerMsg::Stats)
         .await
         .map_err(peer_error)?;
-    let capabilities: Vec<Value> = stats
+    let capabilities = stats
         .capabilities
-        .iter()
-        .map(|c| {
-            json!({"capability": c.capability, "attempts": c.attempts, "accepted": c.accepted,
-                   "mean_reward": c.mean_reward, "fitness_gain": c.fitness_gain, "tokens": c.tokens,
-                   "mean_seconds": c.mean_seconds, "mean_files_changed": c.mean_files_changed})
+        .into_iter()
+        .map(|c| CapabilityStatsInfo {
+            capability: c.capability,
+            attempts: c.attempts,
+            accepted: c.accepted,
+            mean_reward: c.mean_reward,
+            fitness_gain: c.fitness_gain,
+            tokens: c.tokens,
+            mean_seconds: c.mean_seconds,
+            mean_files_changed: c.mean_files_changed,
         })
         .collect();
-    Ok(json!({"experiences": stats.experiences, "capabilities": capabilities}))
+    wire(LearnerStatsReply {
+        experiences: stats.experiences,
+        capabilities,
+    })
 }
 
 async fn learner_rules(_: Args) -> Reply {
     let learned = messages::call(ActorKind::Learner, QUICK, LearnerMsg::Rules)
         .await
         .map_err(peer_error)?;
-    let rules: Vec<Value> = learned
+    let rules = learned
         .rules
         .iter()
-        .map(|r| {
-            json!({"term": r.term, "capability": r.capability, "weight": r.weight,
-                   "evidence": r.evidence, "holds": r.holds, "rule": r.sentence()})
+        .map(|r| RuleInfo {
+            term: r.term.clone(),
+            capability: r.capability.clone(),
+            weight: r.weight,
+            evidence: r.evidence,
+            holds: r.holds,
+            rule: r.sentence(),
         })
         .collect();
-    Ok(json!({"rules": rules, "dropped": learned.dropped}))
+    wire(RulesReply {
+        rules,
+        dropped: learned.dropped,
+    })
+}
+
+fn experience_info(e: crate::domain::Experience) -> ExperienceInfo {
+    ExperienceInfo {
+        iteration: e.iteration,
+        capability: e.capability,
+        prompt: e.prompt,
+        outcome: e.outcome.as_str().to_string(),
+        fitness_before: e.fitness_before,
+        fitness_after: e.fitness_after,
+        warnings: e.signals.warnings,
+        failing_tests: e.signals.failing_tests,
+        error: e.signals.error,
+        files_changed: e.files_changed,
+        seconds: e.duration.as_secs_f64(),
+        tokens: e.usage.tokens(),
+        cost_usd: e.usage.cost_usd,
+        error_signature: e.error_signature,
+    }
 }
 
 async fn learner_experiences(args: Args) -> Reply {
@@ -529,25 +588,16 @@ async fn learner_experiences(args: Args) -> Reply {
     .await
     .map_err(peer_error)?
     .map_err(actor_error)?;
-    let list: Vec<Value> = experiences
-        .iter()
-        .map(|e| {
-            json!({"iteration": e.iteration, "capability": e.capability, "prompt": e.prompt,
-                   "outcome": e.outcome.as_str(), "fitness_before": e.fitness_before,
-                   "fitness_after": e.fitness_after, "warnings": e.signals.warnings,
-                   "failing_tests": e.signals.failing_tests, "error": e.signals.error,
-                   "files_changed": e.files_changed, "seconds": e.duration.as_secs_f64(),
-                   "tokens": e.usage.tokens(), "cost_usd": e.usage.cost_usd,
-                   "error_signature": e.error_signature})
-        })
-        .collect();
-    Ok(json!({"experiences": list}))
+    wire(ExperiencesReply {
+        experiences: experiences.into_iter().map(experience_info).collect(),
+    })
 }
 
-async fn learner_advise(args: Args) -> Reply {
-    let candidates = args.list("candidates");
+/// The situation `advise` is asked about: warning codes, `code` or
+/// `code=count`.
+fn advise_signals(warnings: Vec<String>) -> Result<Signals, WireError> {
     let mut signals = Signals::default();
-    for warning in args.list("warnings") {
+    for warning in warnings {
         let (code, count) = match warning.split_once('=') {
             Some((code, count)) => (
                 code.to_string(),
@@ -561,6 +611,12 @@ async fn learner_advise(args: Args) -> Reply {
         };
         signals.warnings.insert(code, count);
     }
+    Ok(signals)
+}
+
+async fn learner_advise(args: Args) -> Reply {
+    let candidates = args.list("candidates");
+    let signals = advise_signals(args.list("warnings"))?;
     let advice = messages::call(ActorKind::Learner, QUICK, |reply| LearnerMsg::Advise {
         iteration: 0,
         candidates,
@@ -569,18 +625,29 @@ async fn learner_advise(args: Args) -> Reply {
     })
     .await
     .map_err(peer_error)?;
-    let ranked: Vec<Value> = advice
-        .ranked
-        .iter()
-        .map(|r| json!({"capability": r.id, "score": r.score, "attempts": r.attempts, "mean_reward": r.mean_reward, "why": r.why}))
-        .collect();
-    let rules: Vec<String> = advice.rules.iter().map(|r| r.sentence()).collect();
-    let relevant: Vec<Value> = advice
-        .relevant
-        .iter()
-        .map(|e| json!({"iteration": e.iteration, "capability": e.capability, "outcome": e.outcome.as_str()}))
-        .collect();
-    Ok(json!({"ranked": ranked, "rules": rules, "relevant": relevant}))
+    wire(AdviseReply {
+        ranked: advice
+            .ranked
+            .into_iter()
+            .map(|r| RankedInfo {
+                capability: r.id,
+                score: r.score,
+                attempts: r.attempts,
+                mean_reward: r.mean_reward,
+                why: r.why,
+            })
+            .collect(),
+        rules: advice.rules.iter().map(|r| r.sentence()).collect(),
+        relevant: advice
+            .relevant
+            .into_iter()
+            .map(|e| RelevantInfo {
+                iteration: e.iteration,
+                capability: e.capability,
+                outcome: e.outcome.as_str().to_string(),
+            })
+            .collect(),
+    })
 }
 
 async fn learner_forget(args: Args) -> Reply {
@@ -596,7 +663,9 @@ async fn learner_forget(args: Args) -> Reply {
             "the learner knows nothing about \"{capability}\""
         )));
     }
-    Ok(json!({"forgotten": capability}))
+    wire(ForgottenReply {
+        forgotten: capability,
+    })
 }
 
 // ------------------------------------------------------------ researcher --
@@ -605,9 +674,12 @@ async fn researcher_status(_: Args) -> Reply {
     let status = messages::call(ActorKind::Researcher, QUICK, ResearcherMsg::Status)
         .await
         .map_err(peer_error)?;
-    Ok(
-        json!({"hits": status.hits, "misses": status.misses, "entries": status.entries, "bytes": status.bytes}),
-    )
+    wire(ResearcherStatusReply {
+        hits: status.hits,
+        misses: status.misses,
+        entries: status.entries,
+        bytes: status.bytes,
+    })
 }
 
 async fn researcher_research(args: Args) -> Reply {
@@ -617,10 +689,14 @@ async fn researcher_research(args: Args) -> Reply {
     })
     .await
     .map_err(peer_error)?;
-    Ok(
-        json!({"topic": research.topic, "from_cache": research.from_cache, "notes": research.notes, "sources": research.sources,
-              "input_tokens": research.usage.input_tokens, "output_tokens": research.usage.output_tokens}),
-    )
+    wire(ResearchReply {
+        topic: research.topic,
+        from_cache: research.from_cache,
+        notes: research.notes,
+        sources: research.sources,
+        input_tokens: research.usage.input_tokens,
+        output_tokens: research.usage.output_tokens,
+    })
 }
 
 async fn researcher_invalidate(args: Args) -> Reply {
@@ -634,7 +710,7 @@ async fn researcher_invalidate(args: Args) -> Reply {
     .await
     .map_err(peer_error)?
     .map_err(actor_error)?;
-    Ok(json!({"topic": topic, "removed": removed}))
+    wire(InvalidatedReply { topic, removed })
 }
 
 // -------------------------------------------------------------- executor --
@@ -643,23 +719,30 @@ async fn executor_capabilities(_: Args) -> Reply {
     let capabilities = messages::call(ActorKind::Executor, QUICK, ExecutorMsg::Capabilities)
         .await
         .map_err(peer_error)?;
-    let list: Vec<Value> = capabilities
-        .iter()
-        .map(|c| json!({"id": c.id, "description": c.description}))
-        .collect();
     let tools = messages::call(ActorKind::Executor, QUICK, ExecutorMsg::Tools)
         .await
         .map_err(peer_error)?
         .map_err(actor_error)?;
-    let discovered: Vec<Value> = tools
-        .iter()
-        .map(|t| {
-            json!({"server": t.server, "tool": t.tool, "registered": t.registered,
-                   "description": t.description, "detail": t.detail,
-                   "checked_at_ms": t.checked_at_ms})
-        })
-        .collect();
-    Ok(json!({"capabilities": list, "discovered": discovered}))
+    wire(CapabilitiesReply {
+        capabilities: capabilities
+            .into_iter()
+            .map(|c| CapabilityInfo {
+                id: c.id,
+                description: c.description,
+            })
+            .collect(),
+        discovered: tools
+            .into_iter()
+            .map(|t| ToolInfo {
+                server: t.server,
+                tool: t.tool,
+                registered: t.registered,
+                description: t.description,
+                detail: t.detail,
+                checked_at_ms: t.checked_at_ms,
+            })
+            .collect(),
+    })
 }
 
 async fn executor_jobs(args: Args) -> Reply {
@@ -670,15 +753,23 @@ async fn executor_jobs(args: Args) -> Reply {
     })
     .await
     .map_err(peer_error)?;
-    let list: Vec<Value> = jobs
-        .iter()
-        .map(|j| json!({"job": j.id, "iteration": j.iteration, "backend": j.backend.as_str(), "capability": j.capability,
-                        "status": j.status.as_str(), "remote_id": j.remote_id, "error": j.error,
-                        "session_id": j.session.session_id, "turns": j.session.turns,
-                        "permission_denials": j.session.permission_denials,
-                        "api_error_status": j.session.api_error_status}))
+    let jobs = jobs
+        .into_iter()
+        .map(|j| JobInfo {
+            job: j.id,
+            iteration: j.iteration,
+            backend: j.backend.as_str().to_string(),
+            capability: j.capability,
+            status: j.status.as_str().to_string(),
+            remote_id: j.remote_id,
+            error: j.error,
+            session_id: j.session.session_id,
+            turns: j.session.turns,
+            permission_denials: j.session.permission_denials,
+            api_error_status: j.session.api_error_status,
+        })
         .collect();
-    Ok(json!({"jobs": list}))
+    wire(JobsReply { jobs })
 }
 
 async fn executor_kill_job(args: Args) -> Reply {
@@ -690,7 +781,7 @@ async fn executor_kill_job(args: Args) -> Reply {
     .await
     .map_err(peer_error)?
     .map_err(actor_error)?;
-    Ok(json!({"killed": job}))
+    wire(KilledReply { killed: job })
 }
 
 // -------------------------------------------------------------- modifier --
@@ -699,9 +790,29 @@ async fn modifier_status(_: Args) -> Reply {
     let s = messages::call(ActorKind::Modifier, QUICK, ModifierMsg::Status)
         .await
         .map_err(peer_error)?;
-    Ok(
-        json!({"head": s.head, "head_fitness": s.head_fitness, "accepted": s.accepted, "rolled_back": s.rolled_back, "changed_files": s.changed}),
-    )
+    wire(ModifierStatusReply {
+        head: s.head,
+        head_fitness: s.head_fitness,
+        accepted: s.accepted,
+        rolled_back: s.rolled_back,
+        changed_files: s.changed,
+    })
+}
+
+fn variant_info(v: crate::domain::Variant) -> VariantInfo {
+    VariantInfo {
+        iteration: v.iteration,
+        outcome: v.outcome.as_str().to_string(),
+        refused_by: v.refused_by.as_ref().map(|by| by.as_str().to_string()),
+        validation: v.validation.to_string(),
+        commit: v.commit,
+        parent: v.parent,
+        fitness_before: v.fitness_before,
+        fitness_after: v.fitness_after,
+        rules_checked: v.rules_checked,
+        generated_tests: v.generated_tests,
+        started_from: v.started_from,
+    }
 }
 
 async fn modifier_variants(args: Args) -> Reply {
@@ -713,15 +824,9 @@ async fn modifier_variants(args: Args) -> Reply {
     .await
     .map_err(peer_error)?
     .map_err(actor_error)?;
-    let list: Vec<Value> = variants
-        .iter()
-        .map(|v| json!({"iteration": v.iteration, "outcome": v.outcome.as_str(), "commit": v.commit,
-                        "parent": v.parent, "refused_by": v.refused_by.as_ref().map(|by| by.as_str()), "fitness_before": v.fitness_before,
-                        "fitness_after": v.fitness_after, "validation": v.validation.to_string(),
-                        "rules_checked": v.rules_checked, "generated_tests": v.generated_tests,
-                        "started_from": v.started_from}))
-        .collect();
-    Ok(json!({"variants": list}))
+    wire(VariantsReply {
+        variants: variants.into_iter().map(variant_info).collect(),
+    })
 }
 
 async fn modifier_rollback(_: Args) -> Reply {
@@ -729,7 +834,7 @@ async fn modifier_rollback(_: Args) -> Reply {
         .await
         .map_err(peer_error)?
         .map_err(actor_error)?;
-    Ok(json!({"rolled_back": true}))
+    wire(RolledBackReply { rolled_back: true })
 }
 
 // --------------------------------------------------------------- planner --
@@ -738,9 +843,13 @@ async fn planner_status(_: Args) -> Reply {
     let s = messages::call(ActorKind::Planner, QUICK, PlannerMsg::Status)
         .await
         .map_err(peer_error)?;
-    Ok(
-        json!({"goal": s.goal, "run_state": s.run_state.as_str(), "iteration": s.iteration, "in_flight": s.in_flight, "fitness": s.last_fitness}),
-    )
+    wire(PlannerStatusReply {
+        goal: s.goal,
+        run_state: s.run_state.as_str().to_string(),
+        iteration: s.iteration,
+        in_flight: s.in_flight,
+        fitness: s.last_fitness,
+    })
 }
 
 async fn planner_tick(_: Args) -> Reply {
@@ -750,13 +859,13 @@ async fn planner_tick(_: Args) -> Reply {
                 .map_err(|_| PeerError::Gone(ActorKind::Planner))
         })
         .map_err(peer_error)?;
-    Ok(json!({"ticked": true}))
+    wire(TickedReply { ticked: true })
 }
 
 async fn planner_goal(args: Args) -> Reply {
     let goal = args.text("text");
     operations::set_goal(goal.clone()).await?;
-    Ok(json!({"goal": goal}))
+    wire(GoalReply { goal })
 }
 
 #[cfg(test)]
@@ -801,7 +910,7 @@ mod tests {
             missing.message
         );
         let mut wrong = Map::new();
-        wrong.insert("job".into(), json!("seven"));
+        wrong.insert("job".into(), serde_json::json!("seven"));
         let wrong = send(ActorKind::Executor, "kill-job", &wrong)
             .await
             .unwrap_err();

@@ -1,6 +1,7 @@
-//! `agent ctl`: the control plane. [`protocol`] holds the wire types,
-//! [`server`] answers them inside the daemon (each command beside the
-//! rendering of its reply), [`catalog`] is what `send` can deliver,
+//! `agent ctl`: the control plane. [`protocol`] holds the wire types and
+//! [`replies`] the reply type of each `send` entry (the dashboard reads the
+//! same ones), [`server`] answers requests inside the daemon (each command
+//! beside the rendering of its reply), [`catalog`] is what `send` can deliver,
 //! [`operations`] the one path of each operator action, [`client`] is the
 //! command-line side.
 
@@ -8,4 +9,5 @@ pub mod catalog;
 pub mod client;
 pub mod operations;
 pub mod protocol;
+pub mod replies;
 pub mod server;

@@ -1,7 +1,8 @@
 //! The dashboard: a live page at `/` of the HTTP listener (`[http] listen`),
 //! embedded in the binary. `GET /api/state` answers what the page shows —
-//! status, the tree, recent iterations, budgets, approvals, variants — each
-//! through the control plane's own commands; `GET /api/events` streams the
+//! status, the tree, recent iterations, the governor's status (the pause
+//! reason), budgets, approvals, variants — each through the control plane's
+//! own commands, read back as their reply types; `GET /api/events` streams the
 //! event bus as server-sent events (what `agent ctl watch` streams), and the
 //! page refreshes what it shows on each. Approvals are decided by `POST
 //! /api/approvals/<id>/approve|reject`, the same path as `agent ctl approve`
@@ -20,10 +21,13 @@ use axum::response::sse::{Event as SseEvent, KeepAlive, Sse};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::{get, post};
 use futures::Stream;
-use serde_json::{Value, json};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::{Map, Value, json};
 
 use crate::ctl::client;
-use crate::ctl::protocol::{Command, ErrorKind, Reply};
+use crate::ctl::protocol::{ApprovalInfo, Command, ErrorKind, HistoryEntry, Reply};
+use crate::ctl::replies::{BudgetsReply, GovernorStatusReply, VariantsReply};
 use crate::ctl::server::{ServerContext, answer, wire_event};
 use crate::workspace::Workspace;
 
@@ -112,11 +116,95 @@ async fn page(State(dashboard): State<Dashboard>) -> impl IntoResponse {
     )
 }
 
-/// Runs a query through the control plane; its reply as JSON, or the error.
-async fn query(context: &ServerContext, command: Command) -> Value {
-    match answer(command, context, "dashboard").await {
-        Ok(reply) => client::json(&reply),
-        Err(error) => json!({ "error": error.message }),
+/// Runs a command through the control plane, as `agent ctl` would.
+async fn query(context: &ServerContext, command: Command) -> Result<Reply, String> {
+    answer(command, context, "dashboard")
+        .await
+        .map_err(|error| error.message)
+}
+
+/// Runs a `send` entry and reads its reply back as the entry's own type
+/// (`ctl::replies`): what the catalogue builds is what the page is given, so
+/// a field the socket has cannot be missing here.
+async fn ask<T: DeserializeOwned>(
+    context: &ServerContext,
+    actor: &str,
+    message: &str,
+    args: Map<String, Value>,
+) -> Result<T, String> {
+    let command = Command::Send {
+        actor: actor.into(),
+        message: message.into(),
+        args,
+    };
+    match query(context, command).await? {
+        Reply::Sent { reply, .. } => serde_json::from_value(reply)
+            .map_err(|error| format!("{actor} {message} answered an unexpected reply: {error}")),
+        other => Err(format!("{actor} {message} answered {other:?}")),
+    }
+}
+
+/// A reply as the page reads it: the reply's JSON, or `{"error": …}` in its
+/// place so one failed query leaves the rest of the page.
+fn shown<T: Serialize, E: std::fmt::Display>(reply: &Result<T, E>) -> Value {
+    match reply {
+        Ok(reply) => serde_json::to_value(reply).unwrap_or_default(),
+        Err(error) => json!({ "error": error.to_string() }),
+    }
+}
+
+/// A `send` reply as the page reads it: inside the envelope `agent ctl send
+/// --json` prints (`actor`, `message`, `reply`).
+fn shown_sent<T: Serialize>(actor: &str, message: &str, reply: &Result<T, String>) -> Value {
+    match reply {
+        Ok(_) => json!({ "actor": actor, "message": message, "reply": shown(reply) }),
+        Err(_) => shown(reply),
+    }
+}
+
+/// Each reply in its own type, as `GET /api/state` composes them.
+struct Facts {
+    status: Result<Reply, String>,
+    tree: Result<Reply, String>,
+    history: Result<Vec<HistoryEntry>, String>,
+    approvals: Result<Vec<ApprovalInfo>, String>,
+    governor: Result<GovernorStatusReply, String>,
+    budgets: Result<BudgetsReply, String>,
+    variants: Result<VariantsReply, String>,
+}
+
+async fn facts(context: &ServerContext) -> Facts {
+    let history = async {
+        match query(context, Command::History { last: Some(50) }).await? {
+            Reply::History { iterations } => Ok(iterations),
+            other => Err(format!("history answered {other:?}")),
+        }
+    };
+    let approvals = async {
+        match query(context, Command::Approvals).await? {
+            Reply::Approvals { approvals } => Ok(approvals),
+            other => Err(format!("approvals answered {other:?}")),
+        }
+    };
+    let mut last = Map::new();
+    last.insert("last".into(), json!(12));
+    let (status, tree, history, approvals, governor, budgets, variants) = tokio::join!(
+        query(context, Command::Status),
+        query(context, Command::Tree),
+        history,
+        approvals,
+        ask(context, "governor", "status", Map::new()),
+        ask(context, "governor", "budgets", Map::new()),
+        ask(context, "modifier", "variants", last),
+    );
+    Facts {
+        status,
+        tree,
+        history,
+        approvals,
+        governor,
+        budgets,
+        variants,
     }
 }
 
@@ -124,27 +212,16 @@ async fn state(State(dashboard): State<Dashboard>) -> Response {
     let Some(context) = dashboard.context() else {
         return starting();
     };
-    let send = |actor: &str, message: &str, args: Value| Command::Send {
-        actor: actor.into(),
-        message: message.into(),
-        args: args.as_object().cloned().unwrap_or_default(),
-    };
-    let (status, tree, history, approvals, budgets, variants) = tokio::join!(
-        query(&context, Command::Status),
-        query(&context, Command::Tree),
-        query(&context, Command::History { last: Some(50) }),
-        query(&context, Command::Approvals),
-        query(&context, send("governor", "budgets", json!({}))),
-        query(&context, send("modifier", "variants", json!({"last": 12}))),
-    );
-    let pending = approvals["approvals"]
-        .as_array()
-        .is_some_and(|list| list.iter().any(|a| a["state"] == "pending"));
-    let commits: Vec<(u64, String)> = history["iterations"]
-        .as_array()
-        .into_iter()
+    let facts = facts(&context).await;
+    let pending = facts
+        .approvals
+        .as_ref()
+        .is_ok_and(|list| list.iter().any(|a| a.state == "pending"));
+    let commits: Vec<(u64, String)> = facts
+        .history
+        .iter()
         .flatten()
-        .filter_map(|i| Some((i["iteration"].as_u64()?, i["commit"].as_str()?.to_string())))
+        .filter_map(|i| Some((i.iteration, i.commit.clone()?)))
         .collect();
     let (diff, stats) = match dashboard.workspace.get().cloned() {
         Some(workspace) => {
@@ -154,15 +231,22 @@ async fn state(State(dashboard): State<Dashboard>) -> Response {
         }
         None => Default::default(),
     };
+    let reply = |reply: &Result<Reply, String>| match reply {
+        Ok(reply) => client::json(reply),
+        Err(error) => json!({ "error": error }),
+    };
+    // The shapes are those the page has always read: a command's reply as
+    // `--json` prints it, a `send` reply in its envelope.
     (
         [(header::CACHE_CONTROL, "no-store")],
         axum::Json(json!({
-            "status": status,
-            "tree": tree,
-            "history": history,
-            "approvals": approvals,
-            "budgets": budgets,
-            "variants": variants,
+            "status": reply(&facts.status),
+            "tree": reply(&facts.tree),
+            "history": shown(&facts.history.as_ref().map(|list| json!({ "iterations": list }))),
+            "approvals": shown(&facts.approvals.as_ref().map(|list| json!({ "approvals": list }))),
+            "governor": shown_sent("governor", "status", &facts.governor),
+            "budgets": shown_sent("governor", "budgets", &facts.budgets),
+            "variants": shown_sent("modifier", "variants", &facts.variants),
             "diff": diff,
             "stats": stats,
         })),

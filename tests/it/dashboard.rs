@@ -3,7 +3,9 @@
 //! `fantoccini`, against the real daemon. The page shows the six actors,
 //! follows iterations and restarts without a reload, and an approval clicked
 //! in it is applied and audited. Then, over plain HTTP, what the page's
-//! guards refuse: no token, another origin, read-only mode.
+//! guards refuse: no token, another origin, read-only mode; and that a run
+//! paused for a cause shows the same reason in `send governor status` and in
+//! `/api/state`, both read as the one reply type.
 
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -14,7 +16,7 @@ use std::time::{Duration, Instant};
 use fantoccini::{ClientBuilder, Locator};
 use serde_json::{Value, json};
 
-use crate::harness::{Daemon, agent_bin, fast_config, poll_until, tiny_crate};
+use crate::harness::{Daemon, agent_bin, fast_config, poll_until, send, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(120);
 
@@ -351,6 +353,62 @@ fn decisions_need_the_pages_token_and_origin_and_read_only_refuses_them() {
     );
     assert_eq!(status, 403, "{body}");
     assert!(body.contains("read-only"), "{body}");
+    assert!(daemon.ctl(&["stop", "--now"]).status.success());
+    daemon.wait_exit(WAIT);
+}
+
+#[test]
+fn a_pause_reason_reads_the_same_in_send_governor_status_and_the_dashboard() {
+    use agent::ctl::replies::GovernorStatusReply;
+
+    let dir = tempfile::tempdir().unwrap();
+    // A fitness probe that always fails: after 5 failed attempts the run
+    // pauses and the governor holds why.
+    let probe = dir.path().join("fitness.sh");
+    std::fs::write(
+        &probe,
+        "echo 'error: the fitness probe is broken' >&2\nexit 3\n",
+    )
+    .unwrap();
+    let fitness = format!("fitness = \"sh {}\"", probe.display());
+    let (mut daemon, address) = daemon_with_dashboard(
+        dir.path(),
+        &[
+            ("fitness = \"echo 1\"", &fitness),
+            ("retry_initial = \"1s\"", "retry_initial = \"200ms\""),
+        ],
+    );
+    // The planner pauses first and tells the governor once every actor has
+    // reverted: wait for the governor's side.
+    let governor: GovernorStatusReply =
+        poll_until("the governor to hold a pause reason", WAIT, || {
+            let reply = send(&daemon, "governor", "status", &[]);
+            let governor: GovernorStatusReply = serde_json::from_value(reply).unwrap();
+            governor.pause_reason.is_some().then_some(governor)
+        });
+    assert!(governor.paused);
+    let reason = governor.pause_reason.clone().unwrap();
+    assert!(
+        reason.contains("paused after 5 failed attempts in a row")
+            && reason.contains("error: the fitness probe is broken"),
+        "{reason}"
+    );
+    let (status, body) = http(&address, "GET", "/api/state", &[]);
+    assert_eq!(status, 200, "{body}");
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["governor"]["actor"], "governor");
+    assert_eq!(state["governor"]["message"], "status");
+    let shown: GovernorStatusReply =
+        serde_json::from_value(state["governor"]["reply"].clone()).unwrap();
+    assert_eq!(
+        shown.pause_reason.as_deref(),
+        Some(reason.as_str()),
+        "{body}"
+    );
+    assert!(shown.paused);
+    // The planner's view (`ctl status`, the page's run state) says the same.
+    assert_eq!(state["status"]["run_state"], "paused", "{body}");
+    assert_eq!(state["status"]["pause_reason"], reason.as_str(), "{body}");
     assert!(daemon.ctl(&["stop", "--now"]).status.success());
     daemon.wait_exit(WAIT);
 }

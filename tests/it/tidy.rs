@@ -12,6 +12,7 @@ use std::path::{Path, PathBuf};
 /// snapshots and raw config — the edges where bytes meet the program.
 const SERDE_EDGES: &[&str] = &[
     "src/ctl/protocol.rs",
+    "src/ctl/replies.rs",
     "src/store/records.rs",
     "src/store/audit.rs",
     "src/config/mod.rs",
