@@ -327,11 +327,10 @@ fn changes_all_kept_at_a_constant_fitness_pause_the_run_as_a_loop_after_k_iterat
          (changes kept or not); the fitness has stayed at 1 through all 4 of them; change the \
          goal or the workspace, then `agent ctl resume`"
     );
-    assert!(
-        run.daemon.logs().contains("rule=\"loop\""),
-        "the loop alert: {}",
-        run.daemon.logs()
-    );
+    // The alert is logged as the pause is seen, not before the status says it.
+    poll_until("the loop alert in the log", WAIT, || {
+        run.daemon.logs().contains("rule=\"loop\"").then_some(())
+    });
     let state = run.daemon.state.clone();
     let _dir = run.stop();
     let records = history(&state);
