@@ -812,7 +812,7 @@ fn history(args: &HistoryArgs) -> u8 {
     for record in records {
         if args.json {
             // The same object as each entry of `agent ctl history --json`.
-            let entry = crate::ctl::server::history_entry(&record);
+            let entry = crate::ctl::commands::history_entry(&record);
             println!("{}", serde_json::to_string(&entry).unwrap_or_default());
         } else {
             println!(

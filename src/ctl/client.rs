@@ -2,7 +2,7 @@
 //! request and turns the response (or, for `watch`, the stream of responses)
 //! into output and an exit code (0 done, 1 refused by the daemon, 3 cannot
 //! reach the daemon). How each reply reads is its command's own, beside the
-//! command in `server`; [`render`] dispatches to it.
+//! command in `commands`; [`render`] dispatches to it.
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -14,7 +14,7 @@ use tokio_util::codec::{Framed, LengthDelimitedCodec};
 use super::protocol::{
     Command, MAX_FRAME_BYTES, Outcome, PROTOCOL_VERSION, Reply, Request, Response,
 };
-use super::server;
+use super::{commands, server};
 
 /// How long a request waits for its answer (`send researcher research` can
 /// fill a cache miss through a model, hence generous).
@@ -110,21 +110,21 @@ pub async fn request(socket: &Path, command: Command) -> Result<Outcome, ClientE
 }
 
 /// Human-readable form of a reply: each command renders its own, beside its
-/// handler in [`server`].
+/// handler in [`commands`].
 pub fn render(reply: &Reply) -> String {
     match reply {
         Reply::Done { message } => message.clone(),
-        Reply::Status(status) => server::render_status(status),
-        Reply::Tree(tree) => server::render_tree(tree),
+        Reply::Status(status) => commands::render_status(status),
+        Reply::Tree(tree) => commands::render_tree(tree),
         Reply::Sent {
             actor,
             message,
             reply,
-        } => server::render_sent(actor, message, reply),
-        Reply::Messages { actor, messages } => server::render_messages(actor, messages),
-        Reply::Approvals { approvals } => server::render_approvals(approvals),
+        } => commands::render_sent(actor, message, reply),
+        Reply::Messages { actor, messages } => commands::render_messages(actor, messages),
+        Reply::Approvals { approvals } => commands::render_approvals(approvals),
         Reply::Checkpoint { message, .. } => message.clone(),
-        Reply::History { iterations } => server::render_history(iterations),
+        Reply::History { iterations } => commands::render_history(iterations),
         Reply::Event(event) => server::render_event(event),
     }
 }

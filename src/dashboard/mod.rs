@@ -26,9 +26,10 @@ use serde::de::DeserializeOwned;
 use serde_json::{Map, Value, json};
 
 use crate::ctl::client;
+use crate::ctl::commands::answer;
 use crate::ctl::protocol::{ApprovalInfo, Command, ErrorKind, HistoryEntry, Reply};
 use crate::ctl::replies::{BudgetsReply, GovernorStatusReply, VariantsReply};
-use crate::ctl::server::{ServerContext, answer, wire_event};
+use crate::ctl::server::{ServerContext, wire_event};
 use crate::workspace::Workspace;
 
 /// The most of a pending change's diff the page is sent.
