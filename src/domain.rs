@@ -220,6 +220,9 @@ pub struct Plan {
     pub rationale: String,
     /// How a model backend runs it.
     pub execution: Execution,
+    /// Continue this Claude Code session instead of starting a new one:
+    /// the repair turn of a change validation refused.
+    pub resume: Option<String>,
 }
 
 named_enum! {
@@ -262,6 +265,55 @@ pub struct ClaudeFacts {
     pub permission_denials: u64,
     /// The HTTP status of a failed API call.
     pub api_error_status: Option<String>,
+    /// The tools of the refused uses, each once, in the order first refused.
+    pub denied_tools: Vec<String>,
+    /// A rejected rate limit: when it resets (ms since the epoch). The job
+    /// did not fail on its own account; the run waits until then.
+    pub rate_limited_until_ms: Option<u64>,
+}
+
+impl ClaudeFacts {
+    /// The API said it is overloaded (HTTP 529): waited out like a rate
+    /// limit, not counted as the capability's failure.
+    pub fn overloaded(&self) -> bool {
+        self.api_error_status.as_deref() == Some("529")
+    }
+}
+
+/// How far a running Claude Code job has come, from its stream-json events:
+/// what `ctl send executor jobs`, `ctl watch`, the dashboard and the MCP
+/// tool `claude_status` show of a job that has not ended.
+#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, rmcp::schemars::JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase")]
+pub struct JobProgress {
+    pub session_id: Option<String>,
+    /// Assistant turns so far.
+    pub turns: u64,
+    /// The tool the model used last.
+    pub last_tool: Option<String>,
+    /// Tokens so far, summed over the turns.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Events read, and the kind of the last one (`assistant`,
+    /// `system/api_retry`, `tool_progress`, …).
+    pub events: u64,
+    pub last_event: Option<String>,
+    /// When the last event came (ms since the epoch).
+    pub last_event_at_ms: Option<u64>,
+    /// What the job is waiting on, when it said so: an API retry, a
+    /// compaction.
+    pub waiting: Option<String>,
+    /// The MCP servers of the session with their status (`name: status`).
+    pub mcp_servers: Vec<String>,
+}
+
+impl JobProgress {
+    /// Whole seconds since the last event, at `now_ms`.
+    pub fn quiet_seconds(&self, now_ms: u64) -> Option<u64> {
+        self.last_event_at_ms
+            .map(|at| now_ms.saturating_sub(at) / 1000)
+    }
 }
 
 // ------------------------------------------------------------ the change --

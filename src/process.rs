@@ -161,12 +161,71 @@ pub struct Running {
     child: Child,
     guard: GroupGuard,
     spec: CommandSpec,
+    /// Reads stderr while the caller reads stdout itself ([`Running::stream`]).
+    stderr_reader: Option<tokio::task::JoinHandle<String>>,
 }
 
 impl Running {
     /// The process group id (equal to the child's pid).
     pub fn process_group(&self) -> Option<i32> {
         self.guard.group.map(Pid::as_raw)
+    }
+
+    /// Hands stdout to the caller, to read as it comes; stderr is read on
+    /// its own meanwhile, so a chatty child cannot block on a full pipe.
+    /// End the process with [`Running::end_within`] or [`Running::end_now`].
+    pub fn stream(&mut self) -> Option<tokio::process::ChildStdout> {
+        if let Some(pipe) = self.child.stderr.take() {
+            self.stderr_reader = Some(tokio::spawn(read_all(pipe)));
+        }
+        self.child.stdout.take()
+    }
+
+    /// Gives the process `grace` to exit by itself; then its group is ended
+    /// (SIGTERM, a grace, SIGKILL) and the ending is `forced`. Nothing of
+    /// the group outlives this call.
+    pub async fn end_within(mut self, grace: Duration, forced: Ending) -> Finished {
+        let ending = match tokio::time::timeout(grace, self.child.wait()).await {
+            Ok(Ok(status)) => Ending::Exited(status.code()),
+            _ => {
+                self.terminate().await;
+                forced
+            }
+        };
+        self.finish(ending, None).await
+    }
+
+    /// Ends the group now (SIGTERM, a grace, SIGKILL) with `ending`.
+    pub async fn end_now(mut self, ending: Ending) -> Finished {
+        tracing::warn!(command = %self.spec.display(), ?ending, "terminating the command's process group");
+        self.terminate().await;
+        self.finish(ending, None).await
+    }
+
+    /// SIGTERM to the group, then up to [`TERM_GRACE`] for the child to go.
+    async fn terminate(&mut self) {
+        self.guard.kill(Signal::SIGTERM);
+        if tokio::time::timeout(TERM_GRACE, self.child.wait())
+            .await
+            .is_err()
+        {
+            tracing::warn!(command = %self.spec.display(), "process group ignored SIGTERM; killing it");
+        }
+    }
+
+    /// SIGKILL to whatever is left of the group, then the output.
+    async fn finish(
+        mut self,
+        ending: Ending,
+        stdout: Option<tokio::task::JoinHandle<String>>,
+    ) -> Finished {
+        self.guard.kill(Signal::SIGKILL);
+        let _ = self.child.wait().await;
+        Finished {
+            ending,
+            stdout: collect(stdout).await,
+            stderr: collect(self.stderr_reader.take()).await,
+        }
     }
 
     /// Waits for the process, killing its group at the deadline. The group is
@@ -188,11 +247,9 @@ impl Running {
             .stdout
             .take()
             .map(|pipe| tokio::spawn(read_all(pipe)));
-        let stderr = self
-            .child
-            .stderr
-            .take()
-            .map(|pipe| tokio::spawn(read_all(pipe)));
+        if let Some(pipe) = self.child.stderr.take() {
+            self.stderr_reader = Some(tokio::spawn(read_all(pipe)));
+        }
         let waited = tokio::select! {
             waited = tokio::time::timeout(self.spec.timeout, self.child.wait()) => Some(waited),
             () = cancel => None,
@@ -211,24 +268,12 @@ impl Running {
                     ?ending,
                     "terminating the command's process group"
                 );
-                self.guard.kill(Signal::SIGTERM);
-                if tokio::time::timeout(TERM_GRACE, self.child.wait())
-                    .await
-                    .is_err()
-                {
-                    tracing::warn!(command = %self.spec.display(), "process group ignored SIGTERM; killing it");
-                }
+                self.terminate().await;
                 ending
             }
         };
         // Whatever the ending, nothing of the group may outlive the job.
-        self.guard.kill(Signal::SIGKILL);
-        let _ = self.child.wait().await;
-        Finished {
-            ending,
-            stdout: collect(stdout).await,
-            stderr: collect(stderr).await,
-        }
+        self.finish(ending, stdout).await
     }
 }
 
@@ -244,6 +289,10 @@ async fn collect(reader: Option<tokio::task::JoinHandle<String>>) -> String {
         None => String::new(),
     }
 }
+
+/// What Claude Code sets for the processes it runs, and refuses to start
+/// under; no child of the agent inherits them.
+pub const NESTING_VARS: [&str; 2] = ["CLAUDECODE", "CLAUDE_CODE_ENTRYPOINT"];
 
 /// The environment variable that marks the processes of one agent instance.
 pub const MARK_VAR: &str = "AGENT_INSTANCE";
@@ -315,6 +364,11 @@ pub fn reap_marked(instance: &str) -> Vec<(i32, String)> {
 pub fn group_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     let mut command = Command::new(program);
     command.process_group(0);
+    // Claude Code refuses to start under these (its guard against nesting):
+    // an agent started from inside a Claude Code session must still run jobs.
+    for inherited in NESTING_VARS {
+        command.env_remove(inherited);
+    }
     if let Some(instance) = MARK.get() {
         command.env(MARK_VAR, instance);
     }
@@ -342,6 +396,7 @@ pub fn start(spec: &CommandSpec) -> Result<Running, SpawnError> {
         child,
         guard: GroupGuard { group },
         spec: spec.clone(),
+        stderr_reader: None,
     })
 }
 

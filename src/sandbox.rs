@@ -180,6 +180,19 @@ impl Sandbox {
     /// `spec` confined: its working directory and `extra` writable, the rest
     /// as described in the module's documentation.
     pub fn wrap(&self, spec: CommandSpec, reach: Reach, extra: &[&Path]) -> CommandSpec {
+        self.wrap_reading(spec, reach, extra, &[])
+    }
+
+    /// [`Sandbox::wrap`], with `readable` files bound read-only where the
+    /// sandbox would hide them (a login file under `/tmp`, which a job's
+    /// config directory links to).
+    pub fn wrap_reading(
+        &self,
+        spec: CommandSpec,
+        reach: Reach,
+        extra: &[&Path],
+        readable: &[&Path],
+    ) -> CommandSpec {
         debug_assert!(
             spec.cwd.is_absolute() && extra.iter().all(|path| path.is_absolute()),
             "a confined command's paths must be absolute: {:?} {extra:?}",
@@ -211,6 +224,9 @@ impl Sandbox {
         // there) stays runnable, read-only.
         for program in self.hidden_programs(&spec.program) {
             push("--ro-bind", &[&program, &program]);
+        }
+        for path in readable.iter().filter(|path| path.exists()) {
+            push("--ro-bind", &[path, path]);
         }
         for path in std::iter::once(spec.cwd.as_path()).chain(extra.iter().copied()) {
             push("--bind", &[path, path]);

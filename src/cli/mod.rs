@@ -137,6 +137,22 @@ pub struct McpServeArgs {
     /// Jobs get no network.
     #[arg(long, requires = "sandbox_bwrap")]
     pub sandbox_no_network: bool,
+    /// A job with no stream-json event for this long is killed, e.g. "5m".
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration_arg)]
+    pub stall_timeout: Option<std::time::Duration>,
+    /// A pre-approved tool rule (`--allowedTools`); repeat for more. Given
+    /// once or more, it replaces the configured list.
+    #[arg(long, value_name = "RULE")]
+    pub allowed_tool: Vec<String>,
+    /// A refused tool rule (`--disallowedTools`); repeat for more.
+    #[arg(long, value_name = "RULE")]
+    pub disallowed_tool: Vec<String>,
+    /// `--setting-sources` of every job, e.g. "user".
+    #[arg(long, value_name = "SOURCES")]
+    pub setting_sources: Option<String>,
+    /// The only MCP servers jobs load (`--mcp-config`).
+    #[arg(long, value_name = "FILE")]
+    pub mcp_config: Option<PathBuf>,
 }
 
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
@@ -642,6 +658,7 @@ fn serve_options(
         )),
         None => None,
     };
+    let policy = serve_policy(&args, config.claude_policy, absolute)?;
     Ok(crate::mcp::server::ServeOptions {
         state_dir: match &args.state {
             Some(state) => absolute("--state", state)?,
@@ -659,8 +676,33 @@ fn serve_options(
         model: args.model.or(config.model),
         max_turns: args.max_turns.or(config.max_turns),
         max_budget_usd: args.max_budget_usd.or(config.max_budget_usd),
+        policy,
         sandbox,
     })
+}
+
+/// `mcp-serve`'s job policy: each flag given replaces the configured value.
+fn serve_policy(
+    args: &McpServeArgs,
+    mut policy: crate::claude::Policy,
+    absolute: impl Fn(&str, &Path) -> Result<crate::domain::AbsolutePath, String>,
+) -> Result<crate::claude::Policy, String> {
+    if let Some(stall) = args.stall_timeout {
+        policy.stall_timeout = stall;
+    }
+    if !args.allowed_tool.is_empty() {
+        policy.allowed_tools.clone_from(&args.allowed_tool);
+    }
+    if !args.disallowed_tool.is_empty() {
+        policy.disallowed_tools.clone_from(&args.disallowed_tool);
+    }
+    if let Some(sources) = &args.setting_sources {
+        policy.setting_sources.clone_from(sources);
+    }
+    if let Some(file) = &args.mcp_config {
+        policy.mcp_config = Some(absolute("--mcp-config", file)?.into());
+    }
+    Ok(policy)
 }
 
 fn config_check(files: &FileArgs) -> u8 {

@@ -53,6 +53,18 @@ impl ClaudeCli {
         self
     }
 
+    /// Tools, setting sources, MCP servers and stall clock of every job.
+    pub fn with_policy(mut self, policy: crate::claude::Policy) -> Self {
+        self.cli.policy = policy;
+        self
+    }
+
+    /// What every job logs in with (found in the environment by default).
+    pub fn with_login(mut self, login: crate::claude::Login) -> Self {
+        self.cli.login = login;
+        self
+    }
+
     /// Every job in `sandbox` (when there is one) with its own config
     /// directory under `config_dirs`.
     pub fn confined(mut self, sandbox: Option<Sandbox>, config_dirs: ConfigDirs) -> Self {
@@ -68,6 +80,7 @@ impl ClaudeCli {
         permission_mode: PermissionMode,
         timeout: Duration,
         label: &str,
+        resume: Option<String>,
     ) -> Invocation {
         Invocation {
             task: task.to_string(),
@@ -77,6 +90,7 @@ impl ClaudeCli {
             max_turns: self.max_turns,
             max_budget_usd: self.max_budget_usd,
             append_system_prompt: None,
+            resume,
             timeout,
             label: label.to_string(),
         }
@@ -108,6 +122,7 @@ impl Cognition for ClaudeCli {
             self.permission_mode,
             job.timeout,
             &format!("job-{}", job.id),
+            job.resume.clone(),
         );
         let run = self
             .cli
@@ -115,6 +130,7 @@ impl Cognition for ClaudeCli {
                 &invocation,
                 |group| Box::pin(started.started(super::Started::Process(group))),
                 job.cancel.cancelled(),
+                &job.progress,
             )
             .await;
         run.into_outcome(job.id)
@@ -129,11 +145,22 @@ impl Cognition for ClaudeCli {
         // Research must not edit the worktree: plan mode is read-only.
         let mut answers = Vec::with_capacity(questions.len());
         for question in questions {
-            let invocation =
-                self.invocation(question, cwd, PermissionMode::Plan, timeout, "research");
+            let invocation = self.invocation(
+                question,
+                cwd,
+                PermissionMode::Plan,
+                timeout,
+                "research",
+                None,
+            );
             let run = self
                 .cli
-                .run(&invocation, |_| Box::pin(async {}), std::future::pending())
+                .run(
+                    &invocation,
+                    |_| Box::pin(async {}),
+                    std::future::pending(),
+                    &Default::default(),
+                )
                 .await;
             answers.push(run.into_outcome(0));
         }

@@ -253,6 +253,7 @@ impl Mcp {
         cwd: &Path,
         permission_mode: PermissionMode,
         request_id: Option<String>,
+        resume: Option<String>,
     ) -> serde_json::Value {
         serde_json::to_value(RunParams {
             task: task.to_string(),
@@ -262,6 +263,7 @@ impl Mcp {
             model: self.settings.model.clone(),
             max_turns: None,
             append_system_prompt: None,
+            resume_session_id: resume,
             request_id,
         })
         .unwrap_or_default()
@@ -273,6 +275,7 @@ impl Mcp {
         job_id: &str,
         local_id: u64,
         cancel: &CancellationToken,
+        progress: &tokio::sync::watch::Sender<crate::domain::JobProgress>,
     ) -> JobOutcome {
         let ids = serde_json::to_value(JobIdParams {
             job_id: job_id.to_string(),
@@ -285,7 +288,11 @@ impl Mcp {
                 .call::<StatusOutput>("claude_status", ids.clone(), self.settings.call_timeout)
                 .await
             {
-                Ok(status) if status.status.parse() == Ok(JobStatus::Running) => {}
+                Ok(status) if status.status.parse() == Ok(JobStatus::Running) => {
+                    if let Some(shown) = status.progress {
+                        progress.send_replace(shown);
+                    }
+                }
                 Ok(_) => break,
                 Err(error) => return failed(local_id, error.to_string()),
             }
@@ -366,6 +373,8 @@ pub fn outcome_of(job_id: u64, output: RunOutput) -> JobOutcome {
             turns: output.num_turns,
             permission_denials: output.permission_denials,
             api_error_status: output.api_error_status,
+            denied_tools: output.denied_tools,
+            rate_limited_until_ms: output.rate_limited_until_ms,
         },
     }
 }
@@ -398,6 +407,7 @@ impl Cognition for Mcp {
             &job.cwd,
             self.settings.permission_mode,
             Some(request_id),
+            job.resume.clone(),
         );
         match job.execution {
             Execution::Sync => {
@@ -427,14 +437,17 @@ impl Cognition for Mcp {
                 started
                     .started(Started::Remote(started_job.job_id.clone()))
                     .await;
-                self.wait_for(&started_job.job_id, job.id, &job.cancel)
+                self.wait_for(&started_job.job_id, job.id, &job.cancel, &job.progress)
                     .await
             }
         }
     }
 
     async fn reattach(&self, job: Job, remote_id: String) -> Option<JobOutcome> {
-        Some(self.wait_for(&remote_id, job.id, &job.cancel).await)
+        Some(
+            self.wait_for(&remote_id, job.id, &job.cancel, &job.progress)
+                .await,
+        )
     }
 
     async fn research(
@@ -451,6 +464,7 @@ impl Cognition for Mcp {
                     q,
                     cwd,
                     PermissionMode::Plan,
+                    None,
                     None,
                 ))
                 .ok()

@@ -31,6 +31,10 @@ pub struct Job {
     pub execution: Execution,
     /// Cancelled when an operator kills the job (`agent ctl send executor kill-job`).
     pub cancel: tokio_util::sync::CancellationToken,
+    /// Continue this Claude Code session (a repair turn).
+    pub resume: Option<String>,
+    /// Where the backend shows how far the job has come.
+    pub progress: Arc<tokio::sync::watch::Sender<crate::domain::JobProgress>>,
 }
 
 /// A way of executing plans.
@@ -191,10 +195,31 @@ pub fn mcp_server_command(
     if let Some(usd) = config.max_budget_usd {
         command.extend(["--max-budget-usd".to_string(), usd.to_string()]);
     }
+    command.extend(policy_args(&config.claude_policy));
     if let Some(sandbox) = sandbox {
         command.extend(sandbox.serve_args());
     }
     Ok(command)
+}
+
+/// The job policy as `agent mcp-serve` flags.
+fn policy_args(policy: &crate::claude::Policy) -> Vec<String> {
+    let mut args = vec![
+        "--stall-timeout".to_string(),
+        humantime::format_duration(policy.stall_timeout).to_string(),
+        "--setting-sources".into(),
+        policy.setting_sources.clone(),
+    ];
+    for tool in &policy.allowed_tools {
+        args.push(format!("--allowed-tool={tool}"));
+    }
+    for tool in &policy.disallowed_tools {
+        args.push(format!("--disallowed-tool={tool}"));
+    }
+    if let Some(file) = &policy.mcp_config {
+        args.extend(["--mcp-config".to_string(), file.display().to_string()]);
+    }
+    args
 }
 
 fn mcp(config: &Config, sandbox: Option<&Sandbox>) -> Result<Arc<dyn Cognition>, SelectError> {
@@ -304,6 +329,7 @@ fn claude_cli_backend(config: &Config, sandbox: Option<&Sandbox>) -> Arc<dyn Cog
             config.model.clone(),
         )
         .with_limits(config.max_turns, config.max_budget_usd)
+        .with_policy(config.claude_policy.clone())
         .confined(
             sandbox.cloned(),
             crate::claude::ConfigDirs {

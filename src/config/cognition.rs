@@ -41,6 +41,12 @@ pub(super) struct RawCognition {
     max_turns: Option<Positive>,
     max_budget_usd: Option<f64>,
     prompts: Vec<String>,
+    stall_timeout: HumanDuration,
+    allowed_tools: Vec<String>,
+    disallowed_tools: Vec<String>,
+    setting_sources: Vec<String>,
+    mcp_config: Option<PathBuf>,
+    repair_turns: u32,
 }
 
 /// `[cognition] execution` as written; checked into [`Execution`].
@@ -75,6 +81,8 @@ pub(super) struct CognitionConfig {
     pub prompts: Vec<String>,
     pub max_turns: Option<u32>,
     pub max_budget_usd: Option<f64>,
+    pub policy: crate::claude::Policy,
+    pub repair_turns: u32,
 }
 
 impl RawCognition {
@@ -110,6 +118,7 @@ impl RawCognition {
                 "[cognition] max_budget_usd must be a positive number of dollars, e.g. 2.5",
             ));
         }
+        let policy = self.policy(file)?;
         Ok(CognitionConfig {
             backend: self.backend,
             claude_bin: program(file, "[cognition] claude_bin", &self.claude_bin)?,
@@ -128,6 +137,55 @@ impl RawCognition {
                 .max_turns
                 .map(|n| n.get().min(u64::from(u32::MAX)) as u32),
             max_budget_usd: self.max_budget_usd,
+            policy,
+            repair_turns: self.repair_turns,
+        })
+    }
+
+    /// What every Claude Code job may do: the tools, the setting sources
+    /// (each one Claude Code knows), the MCP config file (made absolute) and
+    /// a stall clock inside the job's deadline.
+    fn policy(&self, file: &Path) -> Result<crate::claude::Policy, ConfigError> {
+        if let Some(unknown) = self
+            .setting_sources
+            .iter()
+            .find(|source| !SETTING_SOURCES.contains(&source.as_str()))
+        {
+            return Err(ConfigError::whole_file(
+                file,
+                format!(
+                    "[cognition] setting_sources: \"{unknown}\" is not one of: {}",
+                    SETTING_SOURCES.join(", ")
+                ),
+            ));
+        }
+        if let Some(empty) = self
+            .allowed_tools
+            .iter()
+            .chain(&self.disallowed_tools)
+            .find(|tool| tool.trim().is_empty() || tool.starts_with('-'))
+        {
+            return Err(ConfigError::whole_file(
+                file,
+                format!(
+                    "[cognition] allowed_tools and disallowed_tools: \"{empty}\" is not a tool rule (e.g. \"Read\" or \"Bash(cargo test:*)\")"
+                ),
+            ));
+        }
+        Ok(crate::claude::Policy {
+            allowed_tools: self.allowed_tools.clone(),
+            disallowed_tools: self.disallowed_tools.clone(),
+            setting_sources: self.setting_sources.join(","),
+            mcp_config: self
+                .mcp_config
+                .as_deref()
+                .map(|path| super::absolute(file, "[cognition] mcp_config", path))
+                .transpose()?
+                .map(PathBuf::from),
+            stall_timeout: self.stall_timeout.0,
         })
     }
 }
+
+/// The setting sources Claude Code's `--setting-sources` knows.
+const SETTING_SOURCES: [&str; 3] = ["user", "project", "local"];

@@ -203,6 +203,11 @@ pub struct Config {
     pub max_turns: Option<u32>,
     /// `--max-budget-usd` of every Claude Code job.
     pub max_budget_usd: Option<f64>,
+    /// Tools, setting sources, MCP servers and the stall clock of every
+    /// Claude Code job.
+    pub claude_policy: crate::claude::Policy,
+    /// Resumed sessions a refused change gets before it is thrown away.
+    pub repair_turns: u32,
 }
 
 impl Config {
@@ -305,13 +310,15 @@ impl RawConfig {
             sandbox,
             max_turns: cognition.max_turns,
             max_budget_usd: cognition.max_budget_usd,
+            claude_policy: cognition.policy,
+            repair_turns: cognition.repair_turns,
         })
     }
 }
 
 /// `path` (the value of `key`) made absolute against the directory the
 /// agent was started in: the one place a relative path is read.
-fn absolute(file: &Path, key: &str, path: &Path) -> Result<AbsolutePath, ConfigError> {
+pub(super) fn absolute(file: &Path, key: &str, path: &Path) -> Result<AbsolutePath, ConfigError> {
     AbsolutePath::resolve(path).map_err(|error| {
         ConfigError::whole_file(file, format!("{key} \"{}\": {error}", path.display()))
     })

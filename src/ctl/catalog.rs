@@ -753,9 +753,10 @@ async fn executor_jobs(args: Args) -> Reply {
     })
     .await
     .map_err(peer_error)?;
+    let now = crate::store::now_ms();
     let jobs = jobs
         .into_iter()
-        .map(|j| JobInfo {
+        .map(|(j, progress)| JobInfo {
             job: j.id,
             iteration: j.iteration,
             backend: j.backend.as_str().to_string(),
@@ -767,6 +768,8 @@ async fn executor_jobs(args: Args) -> Reply {
             turns: j.session.turns,
             permission_denials: j.session.permission_denials,
             api_error_status: j.session.api_error_status,
+            seconds_since_last_event: progress.as_ref().and_then(|p| p.quiet_seconds(now)),
+            progress,
         })
         .collect();
     wire(JobsReply { jobs })

@@ -225,6 +225,11 @@ pub struct JobInfo {
     pub turns: Option<u64>,
     pub permission_denials: u64,
     pub api_error_status: Option<String>,
+    /// A running job's turn, last tool and tokens so far.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::domain::JobProgress>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_since_last_event: Option<u64>,
 }
 
 /// `send executor jobs`.

@@ -50,6 +50,8 @@ pub struct JobTable {
 struct Handles {
     cancel: CancellationToken,
     ended: CancellationToken,
+    /// What the job's events showed so far, for `claude_status`.
+    progress: Arc<tokio::sync::watch::Sender<crate::domain::JobProgress>>,
 }
 
 impl JobTable {
@@ -141,7 +143,7 @@ impl JobTable {
         // Dropped last, after the end is recorded; also when the task
         // panics or is aborted, so a kill never waits for a job that is gone.
         let _ended = handles.ended.drop_guard();
-        let cancel = handles.cancel;
+        let cancel = handles.cancel.clone();
         // Waiting for a slot counts as running; a kill while waiting ends it.
         let _batch_slot = match &batch {
             Some(batch) => tokio::select! {
@@ -155,12 +157,7 @@ impl JobTable {
             () = cancel.cancelled() => None,
         };
         let run = if cancel.is_cancelled() {
-            Run {
-                status: JobStatus::Killed,
-                result: None,
-                error: Some("the job was killed before it started".into()),
-                raw_output: String::new(),
-            }
+            Run::killed_before_start()
         } else {
             let store = self.store.clone();
             let mut running = record.clone();
@@ -175,6 +172,7 @@ impl JobTable {
                         })
                     },
                     cancel.cancelled(),
+                    &handles.progress,
                 )
                 .await
         };
@@ -226,6 +224,7 @@ impl JobTable {
             max_turns: params.max_turns.or(self.defaults.max_turns),
             max_budget_usd: self.defaults.max_budget_usd,
             append_system_prompt: params.append_system_prompt.clone(),
+            resume: params.resume_session_id.clone(),
             timeout: self.defaults.timeout,
             label: String::new(),
         })
@@ -249,8 +248,20 @@ impl JobTable {
             .ok_or_else(|| format!("unknown job id \"{id}\""))
     }
 
+    /// A job's status; a running one's with its progress.
     pub fn status(&self, id: &str) -> Result<StatusOutput, Refusal> {
-        Ok(status_of(&self.record(id)?))
+        let mut status = status_of(&self.record(id)?);
+        let progress = self
+            .running
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(id)
+            .map(|handles| handles.progress.borrow().clone());
+        if let Some(progress) = progress.filter(|_| status.status == "running") {
+            status.seconds_since_last_event = progress.quiet_seconds(now_ms());
+            status.progress = Some(progress);
+        }
+        Ok(status)
     }
 
     /// The result of a finished job; a refusal for unknown or running jobs.
@@ -327,13 +338,15 @@ fn status_of(record: &McpJobRecord) -> StatusOutput {
         started_at: rfc3339(record.started_at_ms),
         ended_at: record.ended_at_ms.map(rfc3339),
         error: record.error.clone(),
+        progress: None,
+        seconds_since_last_event: None,
     }
 }
 
 /// The tool output of a finished run.
 pub fn output_of(id: &str, run: &Run) -> RunOutput {
     let result = run.result.clone().unwrap_or_default();
-    let facts = result.facts();
+    let facts = run.facts();
     RunOutput {
         job_id: id.to_string(),
         status: run.status.as_str().to_string(),
@@ -355,5 +368,7 @@ pub fn output_of(id: &str, run: &Run) -> RunOutput {
         error: run.error.clone(),
         permission_denials: facts.permission_denials,
         api_error_status: facts.api_error_status,
+        denied_tools: facts.denied_tools,
+        rate_limited_until_ms: run.rate_limited_until_ms,
     }
 }

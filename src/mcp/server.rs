@@ -37,6 +37,8 @@ pub struct ServeOptions {
     pub max_budget_usd: Option<f64>,
     /// The sandbox the agent probed and handed down; `None` runs unconfined.
     pub sandbox: Option<crate::sandbox::Sandbox>,
+    /// Tools, setting sources, MCP servers and the stall clock of every job.
+    pub policy: crate::claude::Policy,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -308,14 +310,13 @@ pub async fn serve_stdio(options: ServeOptions) -> Result<(), ServeError> {
     let store = open_store(&options).await?;
     let jobs = JobTable::open(
         store.clone(),
-        Cli {
-            binary: options.claude_bin.clone(),
-            env: Vec::new(),
-            config_dirs: Some(ConfigDirs {
+        Cli::new(options.claude_bin.clone()).for_jobs(
+            ConfigDirs {
                 base: options.state_dir.join("claude"),
-            }),
-            sandbox: options.sandbox.clone(),
-        },
+            },
+            options.sandbox.clone(),
+            options.policy.clone(),
+        ),
         Defaults {
             permission_mode: options.permission_mode,
             model: options.model.clone(),

@@ -28,6 +28,10 @@ pub struct RunParams {
     /// `--append-system-prompt`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub append_system_prompt: Option<String>,
+    /// Continue this session of an earlier job (`--resume`), in the config
+    /// directory it was written in: a repair turn.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resume_session_id: Option<String>,
     /// The caller's key for this job (`claude_run_async`): a second start
     /// with the same key returns the job already started instead of paying
     /// for it again, so a caller that died before it saw the job id can
@@ -93,6 +97,12 @@ pub struct RunOutput {
     /// The HTTP status of a failed API call.
     #[serde(default)]
     pub api_error_status: Option<String>,
+    /// The tools of the refused uses, each once.
+    #[serde(default)]
+    pub denied_tools: Vec<String>,
+    /// A rejected rate limit: when it resets (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rate_limited_until_ms: Option<u64>,
 }
 
 /// `claude_run_async`.
@@ -117,6 +127,12 @@ pub struct StatusOutput {
     pub ended_at: Option<String>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub error: Option<String>,
+    /// How far a running job has come, from its stream-json events.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub progress: Option<crate::domain::JobProgress>,
+    /// Whole seconds since the running job's last event.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub seconds_since_last_event: Option<u64>,
 }
 
 /// `claude_run_batch`: every result, in the order of the tasks.

@@ -176,10 +176,11 @@ pub enum ExecutorMsg {
     Common(Common),
     /// The registry of tools discovered on MCP servers.
     Tools(RpcReplyPort<Result<Vec<DiscoveredTool>, ActorError>>),
-    /// The latest job records, newest last.
+    /// The latest job records, newest last; a running job's with how far
+    /// it has come.
     Jobs {
         last: usize,
-        reply: RpcReplyPort<Vec<JobRecord>>,
+        reply: RpcReplyPort<Vec<(JobRecord, Option<crate::domain::JobProgress>)>>,
     },
     /// Kill a running job (its process group, or the job on the MCP server).
     KillJob {

@@ -274,7 +274,7 @@ async fn job_running() -> bool {
         agent::messages::ExecutorMsg::Jobs { last: 1, reply }
     })
     .await
-    .is_ok_and(|jobs| jobs.last().is_some_and(|j| j.status.is_running()))
+    .is_ok_and(|jobs| jobs.last().is_some_and(|(j, _)| j.status.is_running()))
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -5,14 +5,14 @@
 
 use std::sync::Arc;
 
-use tokio::sync::{Semaphore, oneshot};
+use tokio::sync::{Semaphore, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{leftover, records};
 use crate::actors::Context;
 use crate::cognition::{Job, StartHook, Started};
-use crate::domain::{BackendKind, JobOutcome, JobStatus, Plan};
+use crate::domain::{BackendKind, JobOutcome, JobProgress, JobStatus, Plan};
 use crate::store::{Durable, JobRecord, now_ms};
 
 /// What the backend sends once it knows where the job runs, with the
@@ -25,6 +25,7 @@ pub(super) async fn run(
     slots: Arc<Semaphore>,
     plan: Plan,
     cancel: CancellationToken,
+    progress: Arc<watch::Sender<JobProgress>>,
 ) -> JobOutcome {
     let Ok(_slot) = slots.acquire_owned().await else {
         return records::failed(0, "the executor is shutting down".into());
@@ -37,7 +38,7 @@ pub(super) async fn run(
         Err(not_recorded) => return not_recorded,
     };
     let id = record.id;
-    let (outcome, running) = run_recorded(ctx, &plan, &record, cancel).await;
+    let (outcome, running) = run_recorded(ctx, &plan, &record, cancel, progress).await;
     close(ctx, running.unwrap_or(record), &outcome).await;
     tracing::info!(
         job = id,
@@ -100,7 +101,13 @@ async fn run_recorded(
     plan: &Plan,
     record: &JobRecord,
     cancel: CancellationToken,
+    progress: Arc<watch::Sender<JobProgress>>,
 ) -> (JobOutcome, Option<JobRecord>) {
+    let announcing = tokio::spawn(announce(
+        ctx.events.clone(),
+        plan.iteration,
+        progress.subscribe(),
+    ));
     let job = Job {
         id: record.id,
         capability: plan.capability.clone(),
@@ -109,15 +116,51 @@ async fn run_recorded(
         timeout: ctx.config.job_timeout,
         execution: plan.execution,
         cancel,
+        resume: plan.resume.clone(),
+        progress,
     };
     let (hook, place) = StartHook::new();
     crate::telemetry::metrics::job_in_flight(1.0);
     let cognition = cognition_span(ctx);
     let run = ctx.backend.run(job, hook).instrument(cognition.clone());
     let (outcome, running) = tokio::join!(run, note_place(ctx, record, place));
+    announcing.abort();
     crate::telemetry::metrics::job_in_flight(-1.0);
     record_on_span(&cognition, &outcome);
     (outcome, running)
+}
+
+/// A step line (`ctl watch`, the console) each time a running job starts a
+/// new turn or uses another tool, with its tokens so far; heartbeats alone
+/// are not news.
+async fn announce(
+    events: crate::events::EventBus,
+    iteration: u64,
+    mut progress: watch::Receiver<JobProgress>,
+) {
+    let mut shown = (0, None);
+    while progress.changed().await.is_ok() {
+        let now = progress.borrow_and_update().clone();
+        let seen = (now.turns, now.last_tool.clone());
+        if seen == shown || now.turns == 0 {
+            continue;
+        }
+        shown = seen;
+        events.emit(crate::events::Event::Step {
+            iteration,
+            step: "progress",
+            detail: format!(
+                "turn {}{}, {} input / {} output tokens",
+                now.turns,
+                now.last_tool
+                    .as_ref()
+                    .map(|tool| format!(", last tool {tool}"))
+                    .unwrap_or_default(),
+                now.input_tokens,
+                now.output_tokens
+            ),
+        });
+    }
 }
 
 /// The model call, with the GenAI semantic-convention attributes.

@@ -42,6 +42,8 @@ pub(super) async fn reattach(
         timeout: ctx.config.job_timeout,
         execution: plan.execution,
         cancel: cancel.clone(),
+        resume: plan.resume.clone(),
+        progress: Default::default(),
     };
     let outcome = ctx.backend.reattach(job, remote_id.clone()).await;
     record.ended_at_ms = Some(now_ms());

@@ -23,7 +23,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::Instrument;
 
 use super::{Context, handle_common, load_snapshot};
-use crate::domain::{ActorKind, Capability, DiscoveredTool, JobOutcome, JobStatus, Plan};
+use crate::domain::{
+    ActorKind, Capability, DiscoveredTool, JobOutcome, JobProgress, JobStatus, Plan,
+};
 use crate::messages::{ActorError, ExecutorMsg};
 use crate::store::JobRecord;
 
@@ -51,6 +53,8 @@ pub struct ExecutorState {
     jobs: JoinSet<()>,
     /// Cancel handles of running jobs, by iteration.
     cancels: HashMap<u64, CancellationToken>,
+    /// What each running job's events showed, by iteration.
+    progress: HashMap<u64, Arc<tokio::sync::watch::Sender<JobProgress>>>,
 }
 
 impl Actor for Executor {
@@ -71,6 +75,7 @@ impl Actor for Executor {
             snapshot,
             jobs: JoinSet::new(),
             cancels: HashMap::new(),
+            progress: HashMap::new(),
         })
     }
 
@@ -141,6 +146,8 @@ impl ExecutorState {
         let slots = self.slots.clone();
         let cancel = CancellationToken::new();
         self.cancels.insert(plan.iteration, cancel.clone());
+        let progress = Arc::new(tokio::sync::watch::Sender::new(JobProgress::default()));
+        self.progress.insert(plan.iteration, progress.clone());
         // Off the mailbox, in a span of its own under the caller's.
         let span = tracing::info_span!(
             "executor.job",
@@ -154,7 +161,7 @@ impl ExecutorState {
         let myself = myself.clone();
         self.jobs.spawn(
             async move {
-                let outcome = job::run(&ctx, slots, plan, cancel).await;
+                let outcome = job::run(&ctx, slots, plan, cancel, progress).await;
                 let span = tracing::Span::current();
                 span.record("job.id", outcome.job_id as i64);
                 span.record("job.status", outcome.status.as_str());
@@ -168,8 +175,20 @@ impl ExecutorState {
         );
     }
 
-    fn jobs(&self, last: usize, reply: RpcReplyPort<Vec<JobRecord>>) {
-        let _ = reply.send(self.ctx.store.last_jobs(last).unwrap_or_default());
+    fn jobs(&self, last: usize, reply: RpcReplyPort<Vec<(JobRecord, Option<JobProgress>)>>) {
+        let jobs = self.ctx.store.last_jobs(last).unwrap_or_default();
+        let _ = reply.send(
+            jobs.into_iter()
+                .map(|job| {
+                    let progress = self
+                        .progress
+                        .get(&job.iteration)
+                        .filter(|_| job.status.is_running())
+                        .map(|sender| sender.borrow().clone());
+                    (job, progress)
+                })
+                .collect(),
+        );
     }
 
     /// Cancels a running job of this executor; refuses any other.
@@ -197,6 +216,7 @@ impl ExecutorState {
     /// A job ended off the mailbox: it is counted, then answered.
     fn job_done(&mut self, iteration: u64, outcome: JobOutcome, reply: RpcReplyPort<JobOutcome>) {
         self.cancels.remove(&iteration);
+        self.progress.remove(&iteration);
         let s = &mut self.snapshot;
         match outcome.status {
             JobStatus::Completed => s.jobs_completed += 1,

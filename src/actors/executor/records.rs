@@ -82,6 +82,7 @@ mod tests {
             prompt_tokens: 2,
             rationale: String::new(),
             execution: Execution::Async,
+            resume: None,
         }
     }
 
@@ -123,6 +124,7 @@ mod tests {
                 turns: Some(3),
                 permission_denials: 1,
                 api_error_status: Some("529".into()),
+                ..ClaudeFacts::default()
             },
             ..failed(7, "overloaded".into())
         };

@@ -54,6 +54,7 @@ pub fn make_plan(
         prompt_name: template.map(|t| t.name.clone()),
         rationale: best.why.clone(),
         execution: situation.execution,
+        resume: None,
     })
 }
 
@@ -643,6 +644,7 @@ mod tests {
             prompt_tokens: 0,
             rationale: String::new(),
             execution: Execution::Async,
+            resume: None,
         };
         let job = JobOutcome {
             job_id: 1,
