@@ -283,7 +283,16 @@ impl ClaudeFacts {
 /// How far a running Claude Code job has come, from its stream-json events:
 /// what `ctl send executor jobs`, `ctl watch`, the dashboard and the MCP
 /// tool `claude_status` show of a job that has not ended.
-#[derive(Debug, Clone, Default, PartialEq, Eq, serde::Serialize, serde::Deserialize, rmcp::schemars::JsonSchema)]
+#[derive(
+    Debug,
+    Clone,
+    Default,
+    PartialEq,
+    Eq,
+    serde::Serialize,
+    serde::Deserialize,
+    rmcp::schemars::JsonSchema,
+)]
 #[schemars(crate = "rmcp::schemars")]
 #[serde(rename_all = "camelCase")]
 pub struct JobProgress {
@@ -344,6 +353,9 @@ pub enum Verdict {
     /// Rolled back to the base commit.
     Rejected {
         reason: String,
+        /// The first failing lines of what refused it (a build's errors, a
+        /// rule's finding), for a repair turn.
+        details: String,
         fitness_after: Option<f64>,
         variant: Option<Variant>,
     },
@@ -592,6 +604,12 @@ pub struct Experience {
     pub duration: Duration,
     /// A short, stable description of the failure, if any.
     pub error_signature: Option<String>,
+    /// The tools Claude Code was refused on the way: a capability that
+    /// needs a tool is told apart from one that fails.
+    pub denied_tools: Vec<String>,
+    /// A refused change was sent back to its session once more, and this
+    /// is how the repaired one fared.
+    pub repaired: bool,
 }
 
 /// One committed iteration: the event log's entry.
@@ -693,6 +711,11 @@ pub struct CapabilitySummary {
     /// What it costs: seconds per attempt, files per kept change.
     pub mean_seconds: f64,
     pub mean_files_changed: f64,
+    /// Attempts that took a repair turn, and those kept after it.
+    pub repairs: u64,
+    pub repairs_kept: u64,
+    /// Tool uses refused, by tool.
+    pub denied_tools: BTreeMap<String, u64>,
 }
 
 /// Every rule the learner keeps, and how many it dropped.

@@ -117,6 +117,27 @@ impl Finished {
         line.chars().take(240).collect()
     }
 
+    /// What a person fixing the failure reads first: up to `lines` lines
+    /// from the first that reports an error (of stderr, else stdout).
+    pub fn failing_lines(&self, lines: usize) -> String {
+        let text = if self.stderr.trim().is_empty() {
+            &self.stdout
+        } else {
+            &self.stderr
+        };
+        let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+        let first = all
+            .iter()
+            .position(|l| l.to_ascii_lowercase().contains("error"))
+            .unwrap_or(0);
+        all[first..]
+            .iter()
+            .take(lines)
+            .copied()
+            .collect::<Vec<_>>()
+            .join("\n")
+    }
+
     pub fn tail(&self, lines: usize) -> String {
         let text = if self.stderr.trim().is_empty() {
             &self.stdout

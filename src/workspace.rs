@@ -19,6 +19,10 @@ pub const RESCUE_PREFIX: &str = "refs/agent/rescued/";
 /// `refs/agent/variants/<instance>/<iteration>`.
 pub const VARIANTS_PREFIX: &str = "refs/agent/variants/";
 
+/// Appended to a variant ref for the refused change a repair turn started
+/// from: both stay in the archive.
+pub const REFUSED_SUFFIX: &str = "-refused";
+
 /// The branch an instance commits to in a repository it shares: one per
 /// state directory (`agent/<dir name>-<hash of its path>`), so instances on
 /// one repository never share a branch.
@@ -467,18 +471,39 @@ impl Workspace {
         Ok(name)
     }
 
-    /// Deletes the variant refs of `iterations` (those that exist): the
-    /// store no longer keeps their records.
+    /// Deletes the variant refs of `iterations` (those that exist, with
+    /// the refused change a repair turn started from): the store no longer
+    /// keeps their records.
     pub fn forget_variants(&self, iterations: &[u64]) -> Result<(), WorkspaceError> {
         let repo = self.repo()?;
         for iteration in iterations {
-            match repo.find_reference(&self.variant_ref(*iteration)?) {
-                Ok(mut reference) => reference.delete()?,
-                Err(error) if error.code() == git2::ErrorCode::NotFound => {}
-                Err(error) => return Err(error.into()),
+            let name = self.variant_ref(*iteration)?;
+            for name in [format!("{name}{REFUSED_SUFFIX}"), name] {
+                match repo.find_reference(&name) {
+                    Ok(mut reference) => reference.delete()?,
+                    Err(error) if error.code() == git2::ErrorCode::NotFound => {}
+                    Err(error) => return Err(error.into()),
+                }
             }
         }
         Ok(())
+    }
+
+    /// The refused change of `iteration`, for a repair turn: kept on its own
+    /// ref (`<variant ref>-refused`; the repaired change takes the variant
+    /// ref) and applied to the worktree again; answers its commit.
+    pub fn reopen_refused(&self, iteration: u64) -> Result<String, WorkspaceError> {
+        let name = self.variant_ref(iteration)?;
+        let repo = self.repo()?;
+        let commit = repo.refname_to_id(&name)?;
+        repo.reference(
+            &format!("{name}{REFUSED_SUFFIX}"),
+            commit,
+            true,
+            "agent: refused, then repaired",
+        )?;
+        self.apply_change(&commit.to_string())?;
+        Ok(commit.to_string())
     }
 
     /// The variant ref of `iteration` for this worktree's instance.

@@ -69,7 +69,9 @@ impl Login {
     /// One line for the start banner.
     pub fn describe(&self) -> String {
         match self {
-            Login::OauthToken => "CLAUDE_CODE_OAUTH_TOKEN (long-lived; jobs run in parallel)".into(),
+            Login::OauthToken => {
+                "CLAUDE_CODE_OAUTH_TOKEN (long-lived; jobs run in parallel)".into()
+            }
             Login::ApiKey => "ANTHROPIC_API_KEY (jobs run in parallel)".into(),
             Login::File(file) => format!(
                 "the login file {} (its refresh token rotates: every job links to it, jobs run one at a time)",
@@ -181,8 +183,9 @@ impl ConfigDirs {
             Login::File(file) => {
                 let here = dir.join(CREDENTIALS);
                 if std::fs::symlink_metadata(&here).is_err() {
-                    std::os::unix::fs::symlink(file, &here)
-                        .map_err(|e| format!("cannot link the login into {}: {e}", dir.display()))?;
+                    std::os::unix::fs::symlink(file, &here).map_err(|e| {
+                        format!("cannot link the login into {}: {e}", dir.display())
+                    })?;
                 }
                 Some(file.clone())
             }

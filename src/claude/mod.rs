@@ -190,7 +190,11 @@ impl Run {
 
     /// What the agent keeps of the session.
     pub fn facts(&self) -> ClaudeFacts {
-        let mut facts = self.result.as_ref().map(ResultJson::facts).unwrap_or_default();
+        let mut facts = self
+            .result
+            .as_ref()
+            .map(ResultJson::facts)
+            .unwrap_or_default();
         if facts.session_id.is_none() {
             facts.session_id.clone_from(&self.progress.session_id);
         }
@@ -290,11 +294,8 @@ impl Cli {
         let mut spec = self.command(invocation);
         let config_dir = match &self.config_dirs {
             Some(dirs) => {
-                let (dirs, label, login) = (
-                    dirs.clone(),
-                    invocation.label.clone(),
-                    self.login.clone(),
-                );
+                let (dirs, label, login) =
+                    (dirs.clone(), invocation.label.clone(), self.login.clone());
                 let resume = invocation.resume.clone();
                 Some(
                     tokio::task::spawn_blocking(move || match resume {
@@ -357,7 +358,10 @@ impl Cli {
         );
         option(
             "--mcp-config",
-            self.policy.mcp_config.as_ref().map(|p| p.display().to_string()),
+            self.policy
+                .mcp_config
+                .as_ref()
+                .map(|p| p.display().to_string()),
         );
         if let Some(session) = &invocation.resume {
             args.push(format!("--resume={session}"));
@@ -410,9 +414,12 @@ impl Cli {
             started(group).await;
         }
         let stdout = running.stream();
-        let watched = watch_events(stdout, invocation.timeout, &self.policy, cancel, progress).await;
+        let watched =
+            watch_events(stdout, invocation.timeout, &self.policy, cancel, progress).await;
         let finished = match watched.end {
-            End::Result | End::Closed => running.end_within(RESULT_GRACE, Ending::Exited(None)).await,
+            End::Result | End::Closed => {
+                running.end_within(RESULT_GRACE, Ending::Exited(None)).await
+            }
             End::Stalled(_) | End::TimedOut => running.end_now(Ending::TimedOut).await,
             End::Cancelled => running.end_now(Ending::Cancelled).await,
         };
@@ -432,7 +439,9 @@ impl Cli {
 async fn settle_login(dir: &JobConfigDir) {
     let dir = dir.clone();
     match tokio::task::spawn_blocking(move || dir.settle()).await {
-        Ok(Ok(true)) => tracing::info!("a job refreshed the Claude login; written back to the login file"),
+        Ok(Ok(true)) => {
+            tracing::info!("a job refreshed the Claude login; written back to the login file")
+        }
         Ok(Ok(false)) => {}
         Ok(Err(error)) => tracing::error!(%error, "the refreshed Claude login was not kept"),
         Err(error) => tracing::error!(%error, "the refreshed Claude login was not kept"),
@@ -585,9 +594,7 @@ fn judge(result: &ResultJson, rate_limited_until_ms: Option<u64>) -> (JobStatus,
     let error = if let Some(until) = rate_limited_until_ms {
         Some(format!(
             "rate-limited until {}",
-            humantime::format_rfc3339_seconds(
-                std::time::UNIX_EPOCH + Duration::from_millis(until)
-            )
+            humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + Duration::from_millis(until))
         ))
     } else if result.is_error {
         let status = result
@@ -613,7 +620,10 @@ fn judge(result: &ResultJson, rate_limited_until_ms: Option<u64>) -> (JobStatus,
 }
 
 fn first_line(text: &str) -> &str {
-    text.lines().map(str::trim).find(|l| !l.is_empty()).unwrap_or(text)
+    text.lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty())
+        .unwrap_or(text)
 }
 
 /// Why a job that printed no result failed: its first meaningful line.
@@ -725,7 +735,11 @@ mod tests {
         );
         assert_eq!(run.status, JobStatus::Failed);
         assert_eq!(run.rate_limited_until_ms, Some(1_800_000_000_000));
-        assert!(run.error.unwrap().starts_with("rate-limited until 2027-01-15"));
+        assert!(
+            run.error
+                .unwrap()
+                .starts_with("rate-limited until 2027-01-15")
+        );
     }
 
     #[test]

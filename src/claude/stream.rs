@@ -288,7 +288,9 @@ mod tests {
             })
         );
         let result = r#"{"type":"result","subtype":"success","is_error":false,"result":"ok","session_id":"s-1"}"#;
-        assert!(matches!(parse(result), Some(Event::Result(r)) if r.result.as_deref() == Some("ok")));
+        assert!(
+            matches!(parse(result), Some(Event::Result(r)) if r.result.as_deref() == Some("ok"))
+        );
         assert_eq!(
             parse(r#"{"type":"user","message":{}}"#),
             Some(Event::Other("user".into()))

@@ -530,6 +530,9 @@ async fn learner_stats(_: Args) -> Reply {
             tokens: c.tokens,
             mean_seconds: c.mean_seconds,
             mean_files_changed: c.mean_files_changed,
+            repairs: c.repairs,
+            repairs_kept: c.repairs_kept,
+            denied_tools: c.denied_tools,
         })
         .collect();
     wire(LearnerStatsReply {

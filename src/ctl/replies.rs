@@ -69,6 +69,14 @@ pub struct CapabilityStatsInfo {
     pub tokens: u64,
     pub mean_seconds: f64,
     pub mean_files_changed: f64,
+    /// Attempts that took a repair turn, and those kept after it.
+    #[serde(default)]
+    pub repairs: u64,
+    #[serde(default)]
+    pub repairs_kept: u64,
+    /// Tool uses Claude Code refused, by tool.
+    #[serde(default)]
+    pub denied_tools: std::collections::BTreeMap<String, u64>,
 }
 
 /// `send learner stats`.

@@ -87,6 +87,8 @@ mod tests {
             usage: Usage::default(),
             duration: Duration::from_secs(seconds),
             error_signature: None,
+            denied_tools: Vec::new(),
+            repaired: false,
         }
     }
 

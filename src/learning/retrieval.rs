@@ -82,6 +82,8 @@ mod tests {
             usage: Usage::default(),
             duration: Duration::from_secs(1),
             error_signature: None,
+            denied_tools: Vec::new(),
+            repaired: false,
         }
     }
 

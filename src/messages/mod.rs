@@ -73,6 +73,14 @@ pub enum IterationEnd {
     /// Every capability gained nothing in the workspace's situation: the
     /// run pauses instead of trying them again.
     NothingLeft { reason: String },
+    /// The job was turned away by a rate limit (or an overloaded API):
+    /// the run waits until `until_ms` — the limit's reset, or `None` for a
+    /// back-off the planner chooses — and then runs the same iteration
+    /// again. Not a failure of the run's.
+    RateLimited {
+        until_ms: Option<u64>,
+        reason: String,
+    },
     /// Every actor is back at its committed state.
     Reverted,
 }
@@ -99,6 +107,13 @@ pub enum GovernorMsg {
     RequestPermit {
         iteration: u64,
         reply: RpcReplyPort<Permit>,
+    },
+    /// Hold every permit until `until_ms` (a rate limit or an overloaded
+    /// API): audited, shown in status, and no failure of the run's.
+    HoldUntil {
+        until_ms: u64,
+        reason: String,
+        reply: RpcReplyPort<Result<(), ActorError>>,
     },
     /// Spent tokens and money; durable at once, whatever the iteration's fate.
     RecordUsage {
@@ -233,6 +248,12 @@ pub enum ModifierMsg {
     },
     /// Reload the committed snapshot without touching the worktree.
     Reload(RpcReplyPort<Result<(), ActorError>>),
+    /// Put the refused change of `iteration` back in the worktree for a
+    /// repair turn (it stays archived); answers its commit.
+    Reopen {
+        iteration: u64,
+        reply: RpcReplyPort<Result<String, ActorError>>,
+    },
     Status(RpcReplyPort<ModifierStatus>),
     /// The latest `last` archived variants, oldest first.
     Variants {

@@ -113,6 +113,8 @@ impl From<&Experience> for ExperienceRecord {
             failing_tests: e.signals.failing_tests.clone(),
             error: e.signals.error.clone(),
             files_changed: e.files_changed,
+            denied_tools: e.denied_tools.clone(),
+            repaired: e.repaired,
         }
     }
 }
@@ -140,6 +142,8 @@ impl From<ExperienceRecord> for Experience {
                 error: r.error,
             },
             files_changed: r.files_changed,
+            denied_tools: r.denied_tools,
+            repaired: r.repaired,
         }
     }
 }

@@ -31,7 +31,7 @@ pub use records::{
 pub use retention::{AUDIT_ARCHIVE, Pruned, Retention};
 
 use crate::domain::{Experience, Iteration, OutcomeCounts, Variant};
-use records::{ExperienceRecord, ExperienceRecordV1, IterationRecord};
+use records::{ExperienceRecord, ExperienceRecordV1, ExperienceRecordV2, IterationRecord};
 
 /// Fails the store call it stands in with an injected sled error when the
 /// named failpoint is set: how a test makes one request's write fail while
@@ -919,10 +919,13 @@ pub fn write_backup(to: &Path, bytes: &[u8]) -> Result<(), StoreError> {
     std::fs::rename(&aside, to).map_err(io)
 }
 
-/// An experience record in the current layout or the first one.
+/// An experience record in the current layout or an earlier one.
 fn decode_experience(bytes: &[u8]) -> Result<ExperienceRecord, StoreError> {
     decode(bytes, "experience").or_else(|error| {
-        decode::<ExperienceRecordV1>(bytes, "experience")
+        decode::<ExperienceRecordV2>(bytes, "experience")
+            .or_else(|_| {
+                decode::<ExperienceRecordV1>(bytes, "experience").map(ExperienceRecordV2::from)
+            })
             .map(ExperienceRecord::from)
             .map_err(|_| error)
     })

@@ -96,6 +96,58 @@ pub struct ExperienceRecord {
     pub failing_tests: Vec<String>,
     pub error: Option<String>,
     pub files_changed: u32,
+    /// Added with Claude Code's stream-json (records without them read
+    /// back through [`ExperienceRecordV2`]).
+    pub denied_tools: Vec<String>,
+    pub repaired: bool,
+}
+
+/// An experience as the second layout stored it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ExperienceRecordV2 {
+    pub iteration: u64,
+    pub capability: String,
+    #[serde(with = "as_name")]
+    pub outcome: Outcome,
+    pub fitness_before: Option<f64>,
+    pub fitness_after: Option<f64>,
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    pub cost_usd: f64,
+    pub duration_ms: u64,
+    pub error_signature: Option<String>,
+    /// Added after the first layout (records without them read back
+    /// through [`ExperienceRecordV1`]): the prompt template, the situation,
+    /// the size of the change.
+    pub prompt: Option<String>,
+    pub warnings: Vec<(String, u32)>,
+    pub failing_tests: Vec<String>,
+    pub error: Option<String>,
+    pub files_changed: u32,
+}
+
+impl From<ExperienceRecordV2> for ExperienceRecord {
+    fn from(v2: ExperienceRecordV2) -> Self {
+        ExperienceRecord {
+            iteration: v2.iteration,
+            capability: v2.capability,
+            outcome: v2.outcome,
+            fitness_before: v2.fitness_before,
+            fitness_after: v2.fitness_after,
+            input_tokens: v2.input_tokens,
+            output_tokens: v2.output_tokens,
+            cost_usd: v2.cost_usd,
+            duration_ms: v2.duration_ms,
+            error_signature: v2.error_signature,
+            prompt: v2.prompt,
+            warnings: v2.warnings,
+            failing_tests: v2.failing_tests,
+            error: v2.error,
+            files_changed: v2.files_changed,
+            denied_tools: Vec::new(),
+            repaired: false,
+        }
+    }
 }
 
 /// An experience as the first layout stored it.
@@ -114,9 +166,9 @@ pub struct ExperienceRecordV1 {
     pub error_signature: Option<String>,
 }
 
-impl From<ExperienceRecordV1> for ExperienceRecord {
+impl From<ExperienceRecordV1> for ExperienceRecordV2 {
     fn from(v1: ExperienceRecordV1) -> Self {
-        ExperienceRecord {
+        ExperienceRecordV2 {
             iteration: v1.iteration,
             capability: v1.capability,
             outcome: v1.outcome,

@@ -235,7 +235,10 @@ async fn a_silent_job_is_killed_at_its_stall_clock_not_at_its_deadline() {
         "took {:?}",
         started.elapsed()
     );
-    assert!(outcome.claude.session_id.is_some(), "the init's session is kept");
+    assert!(
+        outcome.claude.session_id.is_some(),
+        "the init's session is kept"
+    );
     assert_no_process_left(&f.pids());
 }
 
@@ -243,10 +246,7 @@ async fn a_silent_job_is_killed_at_its_stall_clock_not_at_its_deadline() {
 async fn an_announced_api_retry_holds_the_stall_clock_and_the_job_goes_on() {
     let f = Fixture::new();
     let mut env = vec![("FAKE_CLAUDE_RETRY_MS".to_string(), "2500".to_string())];
-    env.push((
-        "FAKE_CLAUDE_PID_DIR".into(),
-        f.pids().display().to_string(),
-    ));
+    env.push(("FAKE_CLAUDE_PID_DIR".into(), f.pids().display().to_string()));
     let outcome = f
         .backend()
         .with_env(env)
@@ -361,11 +361,11 @@ async fn a_rotating_login_survives_three_concurrent_jobs_and_stays_valid_for_its
     let backend = f
         .backend()
         .with_env(vec![
-            ("FAKE_CLAUDE_AUTH_SERVER".into(), server.display().to_string()),
             (
-                "FAKE_CLAUDE_PID_DIR".into(),
-                f.pids().display().to_string(),
+                "FAKE_CLAUDE_AUTH_SERVER".into(),
+                server.display().to_string(),
             ),
+            ("FAKE_CLAUDE_PID_DIR".into(), f.pids().display().to_string()),
         ])
         .with_login(Login::File(login.clone()));
     let run = |id: u64| {
@@ -381,7 +381,11 @@ async fn a_rotating_login_survives_three_concurrent_jobs_and_stays_valid_for_its
         assert_eq!(outcome.status, JobStatus::Completed, "{outcome:?}");
     }
     let refreshes = std::fs::read_to_string(server.with_extension("log")).unwrap_or_default();
-    assert_eq!(refreshes.lines().count(), 1, "one job refreshed: {refreshes}");
+    assert_eq!(
+        refreshes.lines().count(),
+        1,
+        "one job refreshed: {refreshes}"
+    );
     // The user's own login holds what the auth server now knows.
     let server_now = std::fs::read_to_string(&server).unwrap();
     let login_now = std::fs::read_to_string(&login).unwrap();
@@ -398,7 +402,10 @@ async fn a_rotating_login_survives_three_concurrent_jobs_and_stays_valid_for_its
         );
     }
     assert!(
-        std::fs::symlink_metadata(&login).unwrap().file_type().is_file(),
+        std::fs::symlink_metadata(&login)
+            .unwrap()
+            .file_type()
+            .is_file(),
         "the user's login is still a file of its own"
     );
 }

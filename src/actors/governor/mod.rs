@@ -153,6 +153,10 @@ pub struct GovernorState {
     /// The last denial audited: a waiting planner asks again every few
     /// seconds, and the same denial is one decision, not one a request.
     last_denial: Option<String>,
+    /// Permits wait until then (ms since the epoch), for this reason: a
+    /// rate limit's reset. In memory: after a restart the next job meets
+    /// the limit again and says when it resets.
+    hold: Option<(u64, String)>,
 }
 
 impl GovernorState {
@@ -243,6 +247,7 @@ impl Actor for Governor {
             pause_reason,
             waiting: HashMap::new(),
             last_denial: None,
+            hold: None,
         };
         // A snapshot of an older schema is written back in this one.
         state.persist().await?;
@@ -284,6 +289,11 @@ impl Actor for Governor {
                 state.set_budget(name, value, reply).await
             }
             GovernorMsg::Status(reply) => state.status(reply),
+            GovernorMsg::HoldUntil {
+                until_ms,
+                reason,
+                reply,
+            } => state.hold_until(until_ms, reason, reply).await,
             // Usage and pause are durable as they happen, so reverting to
             // the stored snapshot loses nothing that was spent.
             GovernorMsg::Common(common) => {

@@ -36,11 +36,38 @@ impl GovernorState {
         let _ = reply.send(permit);
     }
 
+    /// Holds permits until `until_ms`: audited before it is answered.
+    pub(super) async fn hold_until(
+        &mut self,
+        until_ms: u64,
+        reason: String,
+        reply: RpcReplyPort<Result<(), ActorError>>,
+    ) {
+        let detail = format!("{reason}; permits wait until {}", rfc3339(until_ms));
+        let audited = self.audit_with("permit.hold", detail, Durable::Now).await;
+        if audited.is_ok() {
+            tracing::warn!(%reason, until = %rfc3339(until_ms), "holding permits");
+            self.hold = Some((until_ms, reason));
+        }
+        let _ = reply.send(audited);
+    }
+
     /// The budgets' decision for `iteration`, with a grant counted in the
     /// ledger and a denial's wait bounded.
     fn decide_permit(&mut self, iteration: u64) -> Permit {
         let config = &self.ctx.config;
         let now = now_ms();
+        if let Some((until, reason)) = &self.hold {
+            if now < *until && !self.snapshot.paused {
+                return Permit::Wait {
+                    reason: reason.clone(),
+                    retry_after: std::time::Duration::from_millis(until - now).min(LONGEST_WAIT),
+                };
+            }
+            if now >= *until {
+                self.hold = None;
+            }
+        }
         let permit = budget::decide(
             &self.ledger(),
             &Asked {
@@ -101,6 +128,12 @@ impl GovernorState {
         self.last_denial = (!granted).then_some(detail);
         Ok(())
     }
+}
+
+/// `ms` since the epoch as an RFC 3339 time, to the second.
+fn rfc3339(ms: u64) -> String {
+    humantime::format_rfc3339_seconds(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms))
+        .to_string()
 }
 
 /// The audit entry of a permit: its action and detail.

@@ -42,6 +42,13 @@ pub fn learn(
     entry.total_reward += reward;
     entry.duration_ms += experience.duration.as_millis() as u64;
     entry.tokens += experience.usage.tokens();
+    for tool in &experience.denied_tools {
+        *entry.denied_tools.entry(tool.clone()).or_default() += 1;
+    }
+    if experience.repaired {
+        entry.repairs += 1;
+        entry.repairs_kept += u64::from(experience.outcome == Outcome::Accepted);
+    }
     if experience.outcome == Outcome::Accepted {
         entry.accepted += 1;
         entry.files_changed += u64::from(experience.files_changed);
@@ -252,11 +259,38 @@ mod tests {
             usage: Usage::default(),
             duration: Duration::from_secs(2),
             error_signature: None,
+            denied_tools: Vec::new(),
+            repaired: false,
         }
     }
 
     fn ids(ranked: &[RankedCapability]) -> Vec<&str> {
         ranked.iter().map(|r| r.id.as_str()).collect()
+    }
+
+    /// Whether repair pays, and what the tool set lacks, per capability.
+    #[test]
+    fn repairs_and_denied_tools_are_counted_per_capability() {
+        let mut snapshot = LearnerSnapshot::default();
+        let mut kept = experience("claude-code", Outcome::Accepted, &[]);
+        kept.repaired = true;
+        kept.denied_tools = vec!["Bash".into(), "WebFetch".into()];
+        let mut refused = experience("claude-code", Outcome::Rejected, &[]);
+        refused.repaired = true;
+        refused.denied_tools = vec!["Bash".into()];
+        let plain = experience("claude-code", Outcome::Rejected, &[]);
+        for experience in [&kept, &refused, &plain] {
+            learn(&mut snapshot, experience, None, None);
+        }
+        let stats = snapshot.stats_of("claude-code").summary("claude-code");
+        assert_eq!(
+            (stats.attempts, stats.repairs, stats.repairs_kept),
+            (3, 2, 1)
+        );
+        assert_eq!(
+            stats.denied_tools,
+            BTreeMap::from([("Bash".to_string(), 2), ("WebFetch".to_string(), 1)])
+        );
     }
 
     /// Learning carries over to a new workspace that shows the same codes:

@@ -1,6 +1,7 @@
 //! What the learner keeps and commits: per-capability statistics (for
-//! operators), the bandit and the rules; the schema 1 layout it migrates
-//! from when it reads an older store; and the summary operators read.
+//! operators), the bandit and the rules; the schema 1 and 2 layouts it
+//! migrates from when it reads an older store; and the summary operators
+//! read.
 
 use std::collections::BTreeMap;
 
@@ -24,6 +25,13 @@ pub struct CapabilityStats {
     /// What it cost: time spent and files its kept changes touched.
     pub duration_ms: u64,
     pub files_changed: u64,
+    /// Attempts that took a repair turn, and those whose repaired change
+    /// was kept: whether repair pays for this capability.
+    pub repairs: u64,
+    pub repairs_kept: u64,
+    /// Tool uses Claude Code refused it, by tool: what `allowed_tools`
+    /// may be missing.
+    pub denied_tools: BTreeMap<String, u64>,
 }
 
 impl CapabilityStats {
@@ -55,6 +63,9 @@ impl CapabilityStats {
             } else {
                 self.files_changed as f64 / self.accepted as f64
             },
+            repairs: self.repairs,
+            repairs_kept: self.repairs_kept,
+            denied_tools: self.denied_tools.clone(),
         }
     }
 }
@@ -72,6 +83,50 @@ impl LearnerSnapshot {
     /// The statistics of capability `id`; empty when it was never tried.
     pub fn stats_of(&self, id: &str) -> CapabilityStats {
         self.stats.get(id).cloned().unwrap_or_default()
+    }
+}
+
+/// The snapshot as schema 2 kept it (no repairs, no denied tools).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct LearnerSnapshotV2 {
+    pub stats: BTreeMap<String, CapabilityStatsV2>,
+    pub experiences: u64,
+    pub bandit: Bandit,
+    pub rules: Rules,
+}
+
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct CapabilityStatsV2 {
+    pub attempts: u64,
+    pub accepted: u64,
+    pub total_reward: f64,
+    pub fitness_gain: f64,
+    pub tokens: u64,
+    pub duration_ms: u64,
+    pub files_changed: u64,
+}
+
+impl From<LearnerSnapshotV2> for LearnerSnapshot {
+    fn from(old: LearnerSnapshotV2) -> Self {
+        let stats = old.stats.into_iter().map(|(id, s)| {
+            let stats = CapabilityStats {
+                attempts: s.attempts,
+                accepted: s.accepted,
+                total_reward: s.total_reward,
+                fitness_gain: s.fitness_gain,
+                tokens: s.tokens,
+                duration_ms: s.duration_ms,
+                files_changed: s.files_changed,
+                ..CapabilityStats::default()
+            };
+            (id, stats)
+        });
+        LearnerSnapshot {
+            stats: stats.collect(),
+            experiences: old.experiences,
+            bandit: old.bandit,
+            rules: old.rules,
+        }
     }
 }
 
@@ -128,11 +183,14 @@ pub fn load(store: &Store) -> Result<Option<LearnerSnapshot>, ActorError> {
         Some(record) if record.schema == 1 => codec::decode::<LearnerSnapshotV1>(&record.body)
             .map(|old| Some(old.into()))
             .map_err(unreadable),
+        Some(record) if record.schema == 2 => codec::decode::<LearnerSnapshotV2>(&record.body)
+            .map(|old| Some(old.into()))
+            .map_err(unreadable),
         Some(record) if record.schema == SCHEMA => {
             codec::decode(&record.body).map(Some).map_err(unreadable)
         }
         Some(record) => Err(ActorError::Store(format!(
-            "the stored learner snapshot has schema version {}, this build reads versions 1 and {SCHEMA}; \
+            "the stored learner snapshot has schema version {}, this build reads versions 1 to {SCHEMA}; \
              use the build that wrote it or start with a new --state directory",
             record.schema
         ))),
@@ -164,5 +222,37 @@ mod tests {
         assert_eq!(loaded.stats["fmt"].attempts, 3);
         assert_eq!(loaded.experiences, 3);
         assert!(loaded.rules.is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_schema_2_snapshot_keeps_its_costs_bandit_and_rules() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut old = LearnerSnapshotV2 {
+            stats: [(
+                "fmt".to_string(),
+                CapabilityStatsV2 {
+                    attempts: 4,
+                    duration_ms: 8000,
+                    files_changed: 2,
+                    ..CapabilityStatsV2::default()
+                },
+            )]
+            .into(),
+            experiences: 4,
+            ..LearnerSnapshotV2::default()
+        };
+        old.bandit
+            .update("fmt", &[1.0; crate::learning::bandit::DIMENSIONS], 1.0);
+        let record = crate::actors::make_snapshot(KIND, 2, &old).unwrap();
+        store.put_snapshot(&record).await.unwrap();
+        let loaded = load(&store).unwrap().unwrap();
+        let fmt = &loaded.stats["fmt"];
+        assert_eq!(
+            (fmt.attempts, fmt.duration_ms, fmt.files_changed),
+            (4, 8000, 2)
+        );
+        assert_eq!((fmt.repairs, fmt.repairs_kept), (0, 0));
+        assert_eq!(loaded.bandit, old.bandit);
     }
 }

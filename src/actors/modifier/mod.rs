@@ -145,6 +145,7 @@ impl Actor for Modifier {
             ModifierMsg::Moved { head, said, reply } => state.head_moved(head, said, reply).await,
             ModifierMsg::Baseline(reply) => state.baseline(reply),
             ModifierMsg::Reload(reply) => state.reload(reply).await,
+            ModifierMsg::Reopen { iteration, reply } => state.reopen(iteration, reply),
             ModifierMsg::Status(reply) => state.status(reply),
             ModifierMsg::Variants { last, reply } => state.variants(last, reply),
             ModifierMsg::Settled {
@@ -160,6 +161,22 @@ impl Actor for Modifier {
 }
 
 impl ModifierState {
+    /// The refused change back in the worktree, off the mailbox (in `work`,
+    /// so a revert aborts it).
+    fn reopen(&mut self, iteration: u64, reply: RpcReplyPort<Result<String, ActorError>>) {
+        let workspace = self.ctx.workspace.clone();
+        self.work.spawn(async move {
+            let reopened = blocking(move || {
+                workspace
+                    .reopen_refused(iteration)
+                    .map_err(|e| format!("cannot reopen the refused change: {e}"))
+            })
+            .await
+            .map_err(ActorError::Workspace);
+            let _ = reply.send(reopened);
+        });
+    }
+
     /// Stops the work in flight and reloads the committed snapshot, leaving
     /// the worktree as it is.
     async fn reload(&mut self, reply: RpcReplyPort<Result<(), ActorError>>) {

@@ -39,11 +39,16 @@ macro_rules! step_span {
     };
 }
 
+/// How many failing lines a refusal keeps for a repair turn.
+const REPAIR_LINES: usize = 40;
+
 /// What refused a change.
 #[derive(Debug)]
 struct Refusal {
     by: RefusedBy,
     reason: String,
+    /// The first failing lines, when there are more than the reason says.
+    details: Option<String>,
     fitness_after: Option<f64>,
 }
 
@@ -52,6 +57,7 @@ impl Refusal {
         Refusal {
             by: by.into(),
             reason,
+            details: None,
             fitness_after,
         }
     }
@@ -233,6 +239,7 @@ async fn refuse(ctx: &Context, trial: &Trial, refusal: Refusal) -> Result<Verdic
     )
     .await?;
     Ok(Verdict::Rejected {
+        details: refusal.details.unwrap_or_else(|| refusal.reason.clone()),
         reason: refusal.reason,
         fitness_after: refusal.fitness_after,
         variant: kept(ctx, archived, variant).await,
@@ -510,15 +517,18 @@ async fn run_validation(ctx: &Context) -> Result<(), Refusal> {
             code.map_or("signal".into(), |c| format!("status {c}"))
         ),
     };
-    Err(Refusal::new(
-        Judge::Validation,
-        format!(
-            "validation `{}` {why}: {}",
-            ctx.config.validation_command,
-            finished.first_error_line()
-        ),
-        None,
-    ))
+    Err(Refusal {
+        details: Some(finished.failing_lines(REPAIR_LINES)),
+        ..Refusal::new(
+            Judge::Validation,
+            format!(
+                "validation `{}` {why}: {}",
+                ctx.config.validation_command,
+                finished.first_error_line()
+            ),
+            None,
+        )
+    })
 }
 
 /// The fitness command; refused when it fails or gets worse.

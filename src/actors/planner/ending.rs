@@ -56,8 +56,47 @@ impl PlannerState {
             IterationEnd::NothingLeft { reason } => {
                 self.pause_at_once(myself, iteration, "loop", reason)
             }
+            IterationEnd::RateLimited { until_ms, reason } => {
+                self.on_rate_limited(myself, iteration, until_ms, reason)
+            }
             IterationEnd::Reverted => self.on_reverted(myself),
         }
+    }
+
+    /// A rate limit (or an overloaded API) turned the job away: every peer
+    /// reverts, the governor holds permits until the limit resets — or for
+    /// a back-off that grows with overloads in a row, up to
+    /// [`OVERLOAD_BACKOFF_MAX`] — and the same iteration runs again then.
+    /// No failure is counted: nothing is wrong with the change or the run.
+    fn on_rate_limited(
+        &mut self,
+        myself: &ActorRef<PlannerMsg>,
+        iteration: u64,
+        until_ms: Option<u64>,
+        reason: String,
+    ) {
+        let until_ms = until_ms.unwrap_or_else(|| {
+            self.overloads += 1;
+            let delay =
+                logic::retry_delay(self.overloads, OVERLOAD_BACKOFF_FIRST, OVERLOAD_BACKOFF_MAX);
+            crate::store::now_ms() + delay.as_millis() as u64
+        });
+        let reason = format!(
+            "{reason} until {}",
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + Duration::from_millis(until_ms)
+            )
+        );
+        tracing::warn!(iteration, %reason, "the job was turned away; waiting, not failing");
+        self.ctx.events.emit(Event::PermitWaiting {
+            reason: reason.clone(),
+        });
+        self.waiting = Some(reason.clone());
+        let planner = myself.clone();
+        self.in_flight = Some(InFlight::spawn(iteration, async move {
+            hold_at_the_governor(until_ms, reason).await;
+            revert_all(planner, iteration, None).await;
+        }));
     }
 
     /// The iteration is done: counted, remembered for loop detection, and
@@ -69,6 +108,7 @@ impl PlannerState {
         committed: Iteration,
     ) {
         self.failures = 0;
+        self.overloads = 0;
         self.base_checked = true;
         self.outcomes.add(committed.outcome);
         self.snapshot.committed = committed.number;
@@ -224,6 +264,23 @@ pub(super) async fn revert_all(
         iteration,
         end: IterationEnd::Reverted,
     });
+}
+
+/// The first back-off after an overloaded API, and the longest.
+const OVERLOAD_BACKOFF_FIRST: Duration = Duration::from_secs(30);
+const OVERLOAD_BACKOFF_MAX: Duration = Duration::from_secs(600);
+
+/// The governor holds permits until `until_ms` (audited, shown in status).
+async fn hold_at_the_governor(until_ms: u64, reason: String) {
+    let held = messages::call(ActorKind::Governor, QUICK, |reply| GovernorMsg::HoldUntil {
+        until_ms,
+        reason,
+        reply,
+    })
+    .await;
+    if !matches!(held, Ok(Ok(()))) {
+        tracing::error!(?held, "the governor did not record the hold");
+    }
 }
 
 /// The governor records the pause (audited, durable), so that a restart

@@ -1,6 +1,6 @@
 //! One attempt at an iteration, as the driver task runs it off the planner's
 //! mailbox: the steps by name — permit, prepare, advise, research, plan,
-//! execute, validate, learn, commit — each a short function that asks one
+//! execute, validate, repair, learn, commit — each a short function that asks one
 //! peer. The first step that fails ends the attempt with a typed
 //! [`StepError`]; the planner then reverts every actor and runs the same
 //! iteration again.
@@ -50,6 +50,13 @@ pub enum StepError {
     /// Every capability gained nothing in this situation before.
     #[error("{0}")]
     NothingLeft(String),
+    /// A rate limit (resetting at `until_ms`) or an overloaded API turned
+    /// the job away.
+    #[error("{reason}")]
+    RateLimited {
+        until_ms: Option<u64>,
+        reason: String,
+    },
 }
 
 /// One attempt at iteration `iteration`, from the permit to the commit.
@@ -102,6 +109,10 @@ pub(super) async fn drive(
             root.record("outcome", "nothing-left");
             IterationEnd::NothingLeft { reason }
         }
+        Err(StepError::RateLimited { until_ms, reason }) => {
+            root.record("outcome", "rate-limited");
+            IterationEnd::RateLimited { until_ms, reason }
+        }
         Err(error) => {
             let reason = error.to_string();
             root.record("outcome", "abandoned");
@@ -141,9 +152,12 @@ async fn run_steps(
         research.as_ref(),
     )?;
     let job = execute(ctx, &plan).await?;
+    turned_away(&job)?;
     let verdict = validate(ctx, &plan, &prepared, &job).await?;
-    let experience =
+    let (job, verdict, repaired) = repair(ctx, &plan, &prepared, job, verdict).await?;
+    let mut experience =
         logic::experience_of(&plan, &prepared, &job, verdict.as_ref(), started.elapsed());
+    experience.repaired = repaired;
     step(
         ctx,
         iteration,
@@ -379,6 +393,27 @@ async fn execute(ctx: &Context, plan: &Plan) -> Result<JobOutcome, StepError> {
     Ok(job)
 }
 
+/// A job a rate limit or an overloaded API turned away ends the attempt
+/// as a wait, not as the capability's failure.
+fn turned_away(job: &JobOutcome) -> Result<(), StepError> {
+    if job.status == JobStatus::Completed {
+        return Ok(());
+    }
+    if let Some(until) = job.claude.rate_limited_until_ms {
+        return Err(StepError::RateLimited {
+            until_ms: Some(until),
+            reason: "rate limit".into(),
+        });
+    }
+    if job.claude.overloaded() {
+        return Err(StepError::RateLimited {
+            until_ms: None,
+            reason: "the API is overloaded (529); backing off".into(),
+        });
+    }
+    Ok(())
+}
+
 /// The modifier validates a completed job's change and commits or rolls it
 /// back; after a failed job it only puts the worktree back. `None` is the
 /// failed job's missing verdict.
@@ -413,6 +448,55 @@ async fn validate(
     })
     .await??;
     Ok(Some(verdict))
+}
+
+/// Repair turns: a change refused by validation or a safety rule goes back
+/// into the worktree and to the same Claude Code session (`--resume`) with
+/// the failing lines, up to `[cognition] repair_turns` times. The iteration
+/// is judged by the last verdict, with what every turn spent; `true` when a
+/// turn was taken. A repair job that fails puts the worktree back and the
+/// refusal stands.
+async fn repair(
+    ctx: &Context,
+    plan: &Plan,
+    prepared: &Prepared,
+    mut job: JobOutcome,
+    mut verdict: Option<Verdict>,
+) -> Result<(JobOutcome, Option<Verdict>, bool), StepError> {
+    let mut repaired = false;
+    for turn in 1..=ctx.config.repair_turns {
+        let (Some(session), Some(prompt)) = (
+            job.claude.session_id.clone(),
+            logic::repair_prompt(verdict.as_ref()),
+        ) else {
+            break;
+        };
+        let iteration = plan.iteration;
+        let refused = messages::call(ActorKind::Modifier, slow(ctx), |reply| {
+            ModifierMsg::Reopen { iteration, reply }
+        })
+        .await??;
+        step(
+            ctx,
+            iteration,
+            "repair",
+            format!(
+                "turn {turn}: resuming session {session} on the refused change {}",
+                &refused[..refused.len().min(10)]
+            ),
+        );
+        let again = execute(ctx, &logic::repair_plan(plan, session, prompt)).await?;
+        turned_away(&again)?;
+        let completed = again.status == JobStatus::Completed;
+        job = logic::after_repair(job, again);
+        repaired = true;
+        if !completed {
+            messages::call_common(ActorKind::Modifier, slow(ctx), Common::Revert).await??;
+            break;
+        }
+        verdict = validate(ctx, plan, prepared, &job).await?;
+    }
+    Ok((job, verdict, repaired))
 }
 
 /// The learner records the experience; `after` is what the workspace

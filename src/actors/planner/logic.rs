@@ -7,8 +7,8 @@ use std::time::Duration;
 
 use crate::cognition::prompt::{self, Item, Prompts, Slot};
 use crate::domain::{
-    Advice, Capability, Execution, Experience, Iteration, JobOutcome, LoopRules, Outcome, Plan,
-    Prepared, RefusedBy, Research, Signals, Verdict,
+    Advice, Capability, Execution, Experience, Iteration, JobOutcome, JobStatus, Judge, LoopRules,
+    Outcome, Plan, Prepared, RefusedBy, Research, Signals, Usage, Verdict,
 };
 
 /// What the planner knows when it plans an iteration.
@@ -261,7 +261,71 @@ pub fn experience_of(
         usage: job.usage,
         duration,
         error_signature: error_signature(verdict, job),
+        denied_tools: job.claude.denied_tools.clone(),
+        repaired: false,
     }
+}
+
+/// The prompt of a repair turn, when `verdict` is a refusal a repair can
+/// answer: validation or a safety rule refused an archived change. Fitness
+/// and approval refusals are judgements, not failures to fix.
+pub fn repair_prompt(verdict: Option<&Verdict>) -> Option<String> {
+    let Some(Verdict::Rejected {
+        reason,
+        details,
+        variant: Some(variant),
+        ..
+    }) = verdict
+    else {
+        return None;
+    };
+    match variant.refused_by.as_ref()? {
+        RefusedBy::Step(Judge::Validation) | RefusedBy::Rule(_) => {}
+        RefusedBy::Step(Judge::Fitness | Judge::Approval) => return None,
+    }
+    Some(format!(
+        "Your change was refused: {reason}\n\n\
+         The first failing lines:\n```\n{details}\n```\n\n\
+         The change is back in the working tree. Fix it so that it passes, \
+         keeping to the goal and changing nothing else."
+    ))
+}
+
+/// The plan of a repair turn: the same capability, resuming `session`.
+pub fn repair_plan(plan: &Plan, session: String, prompt: String) -> Plan {
+    Plan {
+        prompt_tokens: prompt::estimate_tokens(&prompt),
+        prompt: Some(prompt),
+        rationale: format!("repair turn of {}", plan.capability),
+        resume: Some(session),
+        ..plan.clone()
+    }
+}
+
+/// The job an iteration is judged by after a repair turn: the repair's when
+/// it completed (its change is the one validated), the first one's when it
+/// did not; either way with what both spent and every tool either was
+/// denied.
+pub fn after_repair(first: JobOutcome, repair: JobOutcome) -> JobOutcome {
+    let usage = Usage {
+        input_tokens: first.usage.input_tokens + repair.usage.input_tokens,
+        output_tokens: first.usage.output_tokens + repair.usage.output_tokens,
+        cost_usd: first.usage.cost_usd + repair.usage.cost_usd,
+    };
+    let mut denied = first.claude.denied_tools.clone();
+    for tool in &repair.claude.denied_tools {
+        if !denied.contains(tool) {
+            denied.push(tool.clone());
+        }
+    }
+    let mut kept = if repair.status == JobStatus::Completed {
+        repair
+    } else {
+        first
+    };
+    kept.usage = usage;
+    kept.claude.denied_tools = denied;
+    kept
 }
 
 /// The iteration's log entry, as it is committed.
@@ -304,7 +368,10 @@ pub fn signature(error: &str) -> String {
 
 /// The one line an iteration is remembered by.
 pub fn summarize(experience: &Experience, verdict: Option<&Verdict>, job: &JobOutcome) -> String {
-    let line = what_happened(experience, verdict, job);
+    let mut line = what_happened(experience, verdict, job);
+    if experience.repaired {
+        line.push_str(" after a repair turn");
+    }
     match verdict
         .and_then(Verdict::variant)
         .and_then(|v| v.started_from)
@@ -437,7 +504,7 @@ fn no_fitness_progress(recent: &[Iteration], limit: u32) -> Option<String> {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::domain::{JobStatus, RankedCapability, Usage};
+    use crate::domain::RankedCapability;
 
     const MODEL_CAPABILITY: &str = crate::cognition::claude_cli::CAPABILITY;
 
@@ -612,6 +679,7 @@ mod tests {
         };
         let rejected = Verdict::Rejected {
             reason: "fitness got worse: 5 → 6".into(),
+            details: String::new(),
             fitness_after: Some(6.0),
             variant: None,
         };
@@ -803,5 +871,80 @@ mod tests {
              (changes kept or not); the fitness last improved at iteration 1, from 14 to 3, \
              and has stayed at 3 since"
         );
+    }
+
+    fn refused_by(by: RefusedBy) -> Verdict {
+        Verdict::Rejected {
+            reason: format!("refused by {}", by.as_str()),
+            details: "error[E0308]: mismatched types\n --> src/lib.rs:3:5".into(),
+            fitness_after: None,
+            variant: Some(crate::domain::Variant {
+                iteration: 4,
+                commit: "c4".into(),
+                parent: "p".into(),
+                outcome: Outcome::Rejected,
+                refused_by: Some(by),
+                rules_checked: Vec::new(),
+                fitness_before: None,
+                fitness_after: None,
+                validation: crate::domain::Validation::Failed("error".into()),
+                generated_tests: Vec::new(),
+                started_from: None,
+                change_id: String::new(),
+            }),
+        }
+    }
+
+    #[test]
+    fn only_what_validation_or_a_rule_refused_is_repaired() {
+        let prompt = repair_prompt(Some(&refused_by(RefusedBy::Step(Judge::Validation))))
+            .expect("validation refusals are repaired");
+        assert!(prompt.contains("refused by validation"), "{prompt}");
+        assert!(
+            prompt.contains("error[E0308]: mismatched types"),
+            "{prompt}"
+        );
+        assert!(
+            repair_prompt(Some(&refused_by(RefusedBy::Rule("protected-path".into())))).is_some()
+        );
+        for judgement in [Judge::Fitness, Judge::Approval] {
+            assert_eq!(
+                repair_prompt(Some(&refused_by(RefusedBy::Step(judgement)))),
+                None
+            );
+        }
+        assert_eq!(repair_prompt(Some(&Verdict::NoChange)), None);
+        assert_eq!(repair_prompt(None), None);
+    }
+
+    #[test]
+    fn a_repair_adds_up_both_turns_and_keeps_the_change_that_was_made() {
+        let job = |status, tokens: u64, denied: &[&str]| JobOutcome {
+            job_id: tokens,
+            status,
+            output: String::new(),
+            error: None,
+            usage: Usage {
+                input_tokens: tokens,
+                output_tokens: 1,
+                cost_usd: 0.5,
+            },
+            claude: crate::domain::ClaudeFacts {
+                denied_tools: denied.iter().map(|t| t.to_string()).collect(),
+                ..Default::default()
+            },
+        };
+        let first = job(JobStatus::Completed, 10, &["Bash"]);
+        let kept = after_repair(
+            first.clone(),
+            job(JobStatus::Completed, 20, &["Bash", "WebFetch"]),
+        );
+        assert_eq!(kept.job_id, 20);
+        assert_eq!((kept.usage.input_tokens, kept.usage.output_tokens), (30, 2));
+        assert_eq!(kept.usage.cost_usd, 1.0);
+        assert_eq!(kept.claude.denied_tools, ["Bash", "WebFetch"]);
+        let failed = after_repair(first, job(JobStatus::Failed, 5, &[]));
+        assert_eq!((failed.job_id, failed.status), (10, JobStatus::Completed));
+        assert_eq!(failed.usage.input_tokens, 15);
     }
 }

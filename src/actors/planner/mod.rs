@@ -76,6 +76,9 @@ pub struct PlannerState {
     drain_waiters: Vec<RpcReplyPort<()>>,
     /// Attempts abandoned in a row since the last commit (or resume).
     failures: u32,
+    /// Jobs turned away by an overloaded API in a row: the back-off grows
+    /// with them. Not failures.
+    overloads: u32,
     /// Why the run is paused, while it is.
     pause_reason: Option<String>,
     /// Why the last permit was denied (a budget), until one is granted.
@@ -124,6 +127,7 @@ impl Actor for Planner {
             drain_waiters: Vec::new(),
             links: Vec::new(),
             failures: 0,
+            overloads: 0,
             pause_reason: None,
             waiting: None,
             base_checked: false,
