@@ -99,7 +99,6 @@ impl Finished {
         self.ending == Ending::Exited(Some(0))
     }
 
-    /// The end of stderr (or stdout), for error messages.
     /// The line a person needs: the first line that reports an error (of
     /// stderr, else stdout), else the first line at all. Never a backtrace's
     /// tail, which is what the last lines of a crashing program are.
@@ -117,27 +116,40 @@ impl Finished {
         line.chars().take(240).collect()
     }
 
-    /// What a person fixing the failure reads first: up to `lines` lines
-    /// from the first that reports an error (of stderr, else stdout).
+    /// What a person fixing the failure reads first: up to `lines` lines,
+    /// from the first line of each stream that reports a failure — stdout
+    /// (where `cargo test` names its failed tests and panics) then stderr
+    /// (where the compiler writes). A stream that reports none is left out
+    /// unless neither does; then the last lines are what there is.
     pub fn failing_lines(&self, lines: usize) -> String {
-        let text = if self.stderr.trim().is_empty() {
-            &self.stdout
-        } else {
-            &self.stderr
+        let reports = |l: &str| {
+            let l = l.to_ascii_lowercase();
+            l.contains("error") || l.contains("failed") || l.contains("panicked")
         };
-        let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
-        let first = all
+        let sections: Vec<Vec<&str>> = [&self.stdout, &self.stderr]
+            .into_iter()
+            .map(|text| {
+                let all: Vec<&str> = text.lines().filter(|l| !l.trim().is_empty()).collect();
+                all.iter()
+                    .position(|l| reports(l))
+                    .map_or_else(Vec::new, |first| all[first..].to_vec())
+            })
+            .collect();
+        let reporting = sections.iter().filter(|s| !s.is_empty()).count();
+        if reporting == 0 {
+            return self.tail(lines);
+        }
+        let share = lines.div_ceil(reporting);
+        sections
             .iter()
-            .position(|l| l.to_ascii_lowercase().contains("error"))
-            .unwrap_or(0);
-        all[first..]
-            .iter()
+            .flat_map(|section| section.iter().take(share))
             .take(lines)
             .copied()
             .collect::<Vec<_>>()
             .join("\n")
     }
 
+    /// The end of stderr (or stdout), for error messages.
     pub fn tail(&self, lines: usize) -> String {
         let text = if self.stderr.trim().is_empty() {
             &self.stdout
@@ -471,6 +483,23 @@ mod tests {
             stdout: stdout.into(),
             stderr: stderr.into(),
         }
+    }
+
+    #[test]
+    fn the_failing_lines_come_from_where_each_stream_reports_a_failure() {
+        let stdout = "running 2 tests\ntest adds ... ok\ntest subtracts ... FAILED\n\nfailures:\n---- subtracts stdout ----\nthread 'subtracts' panicked at src/lib.rs:9:9:\n";
+        let stderr = "   Compiling tiny v0.1.0\n    Finished `test` profile\nerror: test failed, to rerun pass `--lib`\n";
+        let lines = finished(stdout, stderr).failing_lines(40);
+        assert_eq!(
+            lines,
+            "test subtracts ... FAILED\nfailures:\n---- subtracts stdout ----\n\
+             thread 'subtracts' panicked at src/lib.rs:9:9:\nerror: test failed, to rerun pass `--lib`"
+        );
+        assert_eq!(finished(stdout, stderr).failing_lines(2).lines().count(), 2);
+        assert_eq!(
+            finished("one\ntwo\nthree\n", "").failing_lines(2),
+            "two\nthree"
+        );
     }
 
     #[test]

@@ -263,6 +263,36 @@ fn print_banner(
         config.state_dir.display(),
         committed
     );
+    if selection.backend.kind() != crate::domain::BackendKind::Offline {
+        let login = crate::claude::Login::detect();
+        println!("agent: Claude Code login: {}", login.describe());
+        if let crate::claude::Login::File(file) = &login
+            && may_run_long(config)
+        {
+            eprintln!(
+                "agent: warning: {} holds a refresh token that rotates, and this run may outlast \
+                 its access token. Every job links to that one file and runs alone, so the \
+                 agent keeps it current; a `claude` started elsewhere with the same login can \
+                 still make it stale. For long runs, `claude setup-token` and \
+                 CLAUDE_CODE_OAUTH_TOKEN do not rotate.",
+                file.display()
+            );
+        }
+    }
+}
+
+/// Whether a run may outlast an access token (an hour is the bound said
+/// here; they last a few): no deadline or iteration limit holds it shorter.
+fn may_run_long(config: &Config) -> bool {
+    const LONG: Duration = Duration::from_secs(3600);
+    let by_deadline = config.budgets.deadline.is_none_or(|d| d > LONG);
+    let by_iterations = config.max_iterations.is_none_or(|n| {
+        config
+            .job_timeout
+            .saturating_mul(n.min(u32::MAX.into()) as u32)
+            > LONG
+    });
+    by_deadline && by_iterations
 }
 
 /// The agent's worktree of the workspace (made on a fresh run), once the

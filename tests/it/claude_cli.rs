@@ -409,3 +409,66 @@ async fn a_rotating_login_survives_three_concurrent_jobs_and_stays_valid_for_its
         "the user's login is still a file of its own"
     );
 }
+
+/// The real Claude Code CLI (`.ci/run` installs 2.1.197 under
+/// `target/claude-code`), not logged in, run by the claude-cli backend with
+/// the whole locked-down command line in stream-json: its real events are
+/// read and its result is the job's clear failure.
+#[tokio::test]
+async fn the_real_claude_code_not_logged_in_fails_clearly_in_stream_json() {
+    let installed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/claude-code/node_modules/.bin/claude");
+    let claude = std::env::var_os("AGENT_TEST_REAL_CLAUDE")
+        .map(std::path::PathBuf::from)
+        .unwrap_or(installed);
+    if !claude.exists() {
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "CI must install Claude Code at {} (see .ci/run)",
+            claude.display()
+        );
+        eprintln!(
+            "skipped: Claude Code is not installed at {}",
+            claude.display()
+        );
+        return;
+    }
+    let f = Fixture::new();
+    let home = f.dir.path().join("home");
+    std::fs::create_dir_all(&home).unwrap();
+    let home = home.display().to_string();
+    let backend = ClaudeCli::new(
+        agent::domain::Program::resolve(&claude).unwrap(),
+        PermissionMode::AcceptEdits,
+        None,
+    )
+    .with_env(vec![
+        ("HOME".into(), home),
+        ("ANTHROPIC_API_KEY".into(), String::new()),
+        ("CLAUDE_CODE_OAUTH_TOKEN".into(), String::new()),
+    ])
+    .with_login(Login::Missing)
+    .with_policy(stall_after(Duration::from_secs(60)))
+    .confined(
+        None,
+        ConfigDirs {
+            base: f.dir.path().join("claude"),
+        },
+    );
+    let outcome = backend
+        .run(
+            job(&f.cwd(), "say hello", Duration::from_secs(90)),
+            StartHook::ignored(),
+        )
+        .await;
+    assert_eq!(outcome.status, JobStatus::Failed, "{outcome:?}");
+    assert_eq!(
+        outcome.error.as_deref(),
+        Some("Not logged in · Please run /login"),
+        "{outcome:?}"
+    );
+    assert!(
+        outcome.claude.session_id.is_some(),
+        "the init event was read: {outcome:?}"
+    );
+}

@@ -30,3 +30,4 @@ mod safety;
 mod sandbox;
 mod telemetry;
 mod tidy;
+mod unattended;
