@@ -283,18 +283,8 @@ impl ClaudeFacts {
 /// How far a running Claude Code job has come, from its stream-json events:
 /// what `ctl send executor jobs`, `ctl watch`, the dashboard and the MCP
 /// tool `claude_status` show of a job that has not ended.
-#[derive(
-    Debug,
-    Clone,
-    Default,
-    PartialEq,
-    Eq,
-    serde::Serialize,
-    serde::Deserialize,
-    rmcp::schemars::JsonSchema,
-)]
-#[schemars(crate = "rmcp::schemars")]
-#[serde(rename_all = "camelCase")]
+/// On the wire it is `mcp::tools::ProgressOutput`.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct JobProgress {
     pub session_id: Option<String>,
     /// Assistant turns so far.

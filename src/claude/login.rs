@@ -69,10 +69,8 @@ impl Login {
     /// One line for the start banner.
     pub fn describe(&self) -> String {
         match self {
-            Login::OauthToken => {
-                "CLAUDE_CODE_OAUTH_TOKEN (long-lived; jobs run in parallel)".into()
-            }
-            Login::ApiKey => "ANTHROPIC_API_KEY (jobs run in parallel)".into(),
+            Login::OauthToken => "CLAUDE_CODE_OAUTH_TOKEN (long-lived, does not rotate)".into(),
+            Login::ApiKey => "ANTHROPIC_API_KEY (does not rotate)".into(),
             Login::File(file) => format!(
                 "the login file {} (its refresh token rotates: every job links to it, jobs run one at a time)",
                 file.display()

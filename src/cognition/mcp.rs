@@ -290,7 +290,7 @@ impl Mcp {
             {
                 Ok(status) if status.status.parse() == Ok(JobStatus::Running) => {
                     if let Some(shown) = status.progress {
-                        progress.send_replace(shown);
+                        progress.send_replace(shown.into());
                     }
                 }
                 Ok(_) => break,

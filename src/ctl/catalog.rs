@@ -772,7 +772,7 @@ async fn executor_jobs(args: Args) -> Reply {
             permission_denials: j.session.permission_denials,
             api_error_status: j.session.api_error_status,
             seconds_since_last_event: progress.as_ref().and_then(|p| p.quiet_seconds(now)),
-            progress,
+            progress: progress.map(Into::into),
         })
         .collect();
     wire(JobsReply { jobs })

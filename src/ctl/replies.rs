@@ -235,7 +235,7 @@ pub struct JobInfo {
     pub api_error_status: Option<String>,
     /// A running job's turn, last tool and tokens so far.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<crate::domain::JobProgress>,
+    pub progress: Option<crate::mcp::tools::ProgressOutput>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds_since_last_event: Option<u64>,
 }

@@ -28,7 +28,7 @@ use serde_json::{Map, Value, json};
 use crate::ctl::client;
 use crate::ctl::commands::answer;
 use crate::ctl::protocol::{ApprovalInfo, Command, ErrorKind, HistoryEntry, Reply};
-use crate::ctl::replies::{BudgetsReply, GovernorStatusReply, VariantsReply};
+use crate::ctl::replies::{BudgetsReply, GovernorStatusReply, JobsReply, VariantsReply};
 use crate::ctl::server::{ServerContext, wire_event};
 use crate::workspace::Workspace;
 
@@ -172,6 +172,7 @@ struct Facts {
     governor: Result<GovernorStatusReply, String>,
     budgets: Result<BudgetsReply, String>,
     variants: Result<VariantsReply, String>,
+    jobs: Result<JobsReply, String>,
 }
 
 async fn facts(context: &ServerContext) -> Facts {
@@ -189,7 +190,7 @@ async fn facts(context: &ServerContext) -> Facts {
     };
     let mut last = Map::new();
     last.insert("last".into(), json!(12));
-    let (status, tree, history, approvals, governor, budgets, variants) = tokio::join!(
+    let (status, tree, history, approvals, governor, budgets, variants, jobs) = tokio::join!(
         query(context, Command::Status),
         query(context, Command::Tree),
         history,
@@ -197,6 +198,7 @@ async fn facts(context: &ServerContext) -> Facts {
         ask(context, "governor", "status", Map::new()),
         ask(context, "governor", "budgets", Map::new()),
         ask(context, "modifier", "variants", last),
+        ask(context, "executor", "jobs", Map::new()),
     );
     Facts {
         status,
@@ -206,6 +208,7 @@ async fn facts(context: &ServerContext) -> Facts {
         governor,
         budgets,
         variants,
+        jobs,
     }
 }
 
@@ -248,6 +251,7 @@ async fn state(State(dashboard): State<Dashboard>) -> Response {
             "governor": shown_sent("governor", "status", &facts.governor),
             "budgets": shown_sent("governor", "budgets", &facts.budgets),
             "variants": shown_sent("modifier", "variants", &facts.variants),
+            "jobs": shown_sent("executor", "jobs", &facts.jobs),
             "diff": diff,
             "stats": stats,
         })),

@@ -259,7 +259,7 @@ impl JobTable {
             .map(|handles| handles.progress.borrow().clone());
         if let Some(progress) = progress.filter(|_| status.status == "running") {
             status.seconds_since_last_event = progress.quiet_seconds(now_ms());
-            status.progress = Some(progress);
+            status.progress = Some(progress.into());
         }
         Ok(status)
     }

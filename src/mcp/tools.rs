@@ -129,10 +129,77 @@ pub struct StatusOutput {
     pub error: Option<String>,
     /// How far a running job has come, from its stream-json events.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub progress: Option<crate::domain::JobProgress>,
+    pub progress: Option<ProgressOutput>,
     /// Whole seconds since the running job's last event.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub seconds_since_last_event: Option<u64>,
+}
+
+/// How far a running job has come (`domain::JobProgress` on the wire):
+/// what `claude_status`, `agent ctl send executor jobs` and the dashboard
+/// show.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[schemars(crate = "rmcp::schemars")]
+#[serde(rename_all = "camelCase")]
+pub struct ProgressOutput {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub session_id: Option<String>,
+    /// Assistant turns so far.
+    pub turns: u64,
+    /// The tool the model used last.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_tool: Option<String>,
+    /// Tokens so far, summed over the turns.
+    pub input_tokens: u64,
+    pub output_tokens: u64,
+    /// Events read, and the kind of the last one (`assistant`,
+    /// `system/api_retry`, `tool_progress`, …).
+    pub events: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event: Option<String>,
+    /// When the last event came (ms since the epoch).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_event_at_ms: Option<u64>,
+    /// What the job is waiting on, when it said so.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub waiting: Option<String>,
+    /// The session's MCP servers with their status (`name: status`).
+    #[serde(default)]
+    pub mcp_servers: Vec<String>,
+}
+
+impl From<crate::domain::JobProgress> for ProgressOutput {
+    fn from(p: crate::domain::JobProgress) -> Self {
+        ProgressOutput {
+            session_id: p.session_id,
+            turns: p.turns,
+            last_tool: p.last_tool,
+            input_tokens: p.input_tokens,
+            output_tokens: p.output_tokens,
+            events: p.events,
+            last_event: p.last_event,
+            last_event_at_ms: p.last_event_at_ms,
+            waiting: p.waiting,
+            mcp_servers: p.mcp_servers,
+        }
+    }
+}
+
+impl From<ProgressOutput> for crate::domain::JobProgress {
+    fn from(p: ProgressOutput) -> Self {
+        crate::domain::JobProgress {
+            session_id: p.session_id,
+            turns: p.turns,
+            last_tool: p.last_tool,
+            input_tokens: p.input_tokens,
+            output_tokens: p.output_tokens,
+            events: p.events,
+            last_event: p.last_event,
+            last_event_at_ms: p.last_event_at_ms,
+            waiting: p.waiting,
+            mcp_servers: p.mcp_servers,
+        }
+    }
 }
 
 /// `claude_run_batch`: every result, in the order of the tasks.

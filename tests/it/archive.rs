@@ -32,7 +32,14 @@ fn refused_and_accepted_variants_are_archived_with_their_parents_and_kept_across
         "command = \"git diff --quiet HEAD || test -f {0} || {{ touch {0}; false; }}\"",
         failed_once.display()
     );
-    let config = fast_config(dir.path(), &[("command = \"true\"", &validation)]);
+    // Without a repair turn, so that the refusal stands.
+    let config = fast_config(
+        dir.path(),
+        &[
+            ("command = \"true\"", &validation),
+            ("repair_turns = 1", "repair_turns = 0"),
+        ],
+    );
     let env = [("FAKE_CLAUDE_MODE", "edit")];
     let mut daemon = Daemon::unbounded(&state, &config, &workspace, &env);
     daemon.wait_status("two committed iterations", WAIT, |s| {
@@ -124,7 +131,14 @@ fn a_new_public_function_no_test_calls_gets_a_generated_test_that_the_validation
         "command = \"cargo test --offline 2>&1 | tee {0} && grep -q 'test result: ok' {0}\"",
         log.display()
     );
-    let config = fast_config(dir.path(), &[("command = \"true\"", &validation)]);
+    // Without a repair turn, so that the refusal stands.
+    let config = fast_config(
+        dir.path(),
+        &[
+            ("command = \"true\"", &validation),
+            ("repair_turns = 1", "repair_turns = 0"),
+        ],
+    );
     let mut daemon = Daemon::bounded(
         &state,
         &config,

@@ -546,9 +546,20 @@ fn watch_sees_a_fault_the_restart_and_the_next_iteration_in_order() {
             .contains("injected panic in learner")
     );
     assert!(names.contains(&"step"), "{names:?}");
+    // A running job's progress is announced between its plan and its end.
+    let progress = events
+        .iter()
+        .find(|e| e["event"] == "step" && e["step"] == "progress")
+        .unwrap_or_else(|| panic!("no progress step: {names:?}"));
+    assert!(
+        progress["detail"]
+            .as_str()
+            .is_some_and(|d| d.starts_with("turn 1, last tool Edit")),
+        "{progress}"
+    );
     let steps: Vec<&str> = events
         .iter()
-        .filter(|e| e["event"] == "step")
+        .filter(|e| e["event"] == "step" && e["step"] != "progress")
         .map(|e| e["step"].as_str().unwrap())
         .collect();
     let one = [

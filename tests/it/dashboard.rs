@@ -22,6 +22,15 @@ const WAIT: Duration = Duration::from_secs(120);
 
 /// A daemon with the HTTP listener on a free port; its address.
 fn daemon_with_dashboard(dir: &Path, extra: &[(&str, &str)]) -> (Daemon, String) {
+    daemon_with_dashboard_env(dir, extra, &[("FAKE_CLAUDE_MODE", "edit")])
+}
+
+/// The same, with the stand-in's environment given.
+fn daemon_with_dashboard_env(
+    dir: &Path,
+    extra: &[(&str, &str)],
+    env: &[(&str, &str)],
+) -> (Daemon, String) {
     let mut replacements = vec![
         ("# listen = \"127.0.0.1:9464\"", "listen = \"127.0.0.1:0\""),
         ("fault_injection = false", "fault_injection = true"),
@@ -31,8 +40,7 @@ fn daemon_with_dashboard(dir: &Path, extra: &[(&str, &str)]) -> (Daemon, String)
     let config = fast_config(dir, &replacements);
     let workspace = tiny_crate(dir);
     let state = dir.join("state");
-    let mut daemon =
-        Daemon::unbounded(&state, &config, &workspace, &[("FAKE_CLAUDE_MODE", "edit")]);
+    let mut daemon = Daemon::unbounded(&state, &config, &workspace, env);
     daemon.wait_status("the daemon answers", WAIT, |_| true);
     let address = poll_until("the dashboard's address in the log", WAIT, || {
         let logs = daemon.logs();
@@ -409,6 +417,53 @@ fn a_pause_reason_reads_the_same_in_send_governor_status_and_the_dashboard() {
     // The planner's view (`ctl status`, the page's run state) says the same.
     assert_eq!(state["status"]["run_state"], "paused", "{body}");
     assert_eq!(state["status"]["pause_reason"], reason.as_str(), "{body}");
+    assert!(daemon.ctl(&["stop", "--now"]).status.success());
+    daemon.wait_exit(WAIT);
+}
+
+#[test]
+fn a_running_jobs_progress_reads_the_same_in_send_executor_jobs_and_the_dashboard() {
+    use agent::ctl::replies::JobsReply;
+
+    let dir = tempfile::tempdir().unwrap();
+    // A job that runs `cargo test` for a long while, saying so every 100 ms.
+    let (mut daemon, address) = daemon_with_dashboard_env(
+        dir.path(),
+        &[],
+        &[
+            ("FAKE_CLAUDE_MODE", "heartbeat"),
+            ("FAKE_CLAUDE_HEARTBEATS", "100000"),
+            ("FAKE_CLAUDE_HEARTBEAT_MS", "100"),
+            ("FAKE_CLAUDE_PLAN_MODE", "success"),
+        ],
+    );
+    let job = poll_until("a running job with its progress", WAIT, || {
+        let jobs: JobsReply =
+            serde_json::from_value(send(&daemon, "executor", "jobs", &[])).ok()?;
+        jobs.jobs.into_iter().find(|j| {
+            j.status == "running"
+                && j.progress
+                    .as_ref()
+                    .is_some_and(|p| p.last_tool.as_deref() == Some("Bash"))
+        })
+    });
+    let progress = job.progress.clone().unwrap();
+    assert_eq!((progress.turns, progress.input_tokens), (1, 120), "{job:?}");
+    assert!(job.seconds_since_last_event.is_some(), "{job:?}");
+    let (status, body) = http(&address, "GET", "/api/state", &[]);
+    assert_eq!(status, 200, "{body}");
+    let state: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(state["jobs"]["message"], "jobs", "{body}");
+    let shown: JobsReply = serde_json::from_value(state["jobs"]["reply"].clone()).unwrap();
+    let running = shown
+        .jobs
+        .iter()
+        .find(|j| j.job == job.job)
+        .unwrap_or_else(|| panic!("job {} not on the page: {body}", job.job));
+    assert_eq!(running.status, "running");
+    let shown_progress = running.progress.as_ref().unwrap();
+    assert_eq!(shown_progress.turns, 1);
+    assert_eq!(shown_progress.last_tool.as_deref(), Some("Bash"));
     assert!(daemon.ctl(&["stop", "--now"]).status.success());
     daemon.wait_exit(WAIT);
 }

@@ -276,8 +276,9 @@ fn paused_reason(run: &Run) -> String {
 
 #[test]
 fn the_same_refused_change_proposed_again_and_again_pauses_the_run_as_a_loop() {
+    // Without repair turns: one job per attempt.
     let run = start(
-        &[],
+        &[("repair_turns = 1", "repair_turns = 0")],
         &[("FAKE_CLAUDE_EDIT_TEXT", "pub fn raw() {\n    unsafe {}\n}")],
     );
     let reason = paused_reason(&run);

@@ -239,6 +239,9 @@ fn the_human_output_of_a_short_run_is_one_line_per_iteration_and_what_was_kept()
         .args(args(&config, &workspace))
         .args(["--max-iterations", "3"])
         .env("FAKE_CLAUDE_MODE", "edit")
+        // Whatever login this machine has, the banner names this one.
+        .env("ANTHROPIC_API_KEY", "sk-test")
+        .env_remove("CLAUDE_CODE_OAUTH_TOKEN")
         .env_remove("NO_COLOR")
         .output()
         .unwrap();
@@ -249,6 +252,7 @@ agent: goal \"Reduce the compiler and clippy warnings of the workspace without b
 agent: backend claude-cli — claude-cli backend chosen in configuration
 agent: sandbox off: jobs and checks run unconfined
 agent: worktree <DIR>/state/worktree (from <DIR>/workspace), state <DIR>/state, 0 iteration(s) committed so far
+agent: Claude Code login: ANTHROPIC_API_KEY (does not rotate)
 iteration   1  claude-edit              accepted   claude-edit accepted: 1 file(s), fitness 1 → 1, commit <HASH> (<T>)
 iteration   2  claude-edit              accepted   claude-edit accepted: 1 file(s), fitness 1 → 1, commit <HASH> (<T>)
 iteration   3  claude-edit              accepted   claude-edit accepted: 1 file(s), fitness 1 → 1, commit <HASH> (<T>)

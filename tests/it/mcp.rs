@@ -317,7 +317,7 @@ async fn every_fault_of_the_stand_in_ends_the_job_within_its_deadline_and_leaves
         ("hang", "timeout", "did not finish within 1s"),
         ("ignore-term", "timeout", "did not finish within 1s"),
         ("fork", "timeout", "did not finish within 1s"),
-        ("garbage", "failed", "printed no result JSON"),
+        ("garbage", "failed", "printed no result: Loading..."),
         ("is-error", "failed", "Not logged in · Please run /login"),
         ("exit143", "failed", "status 143 and printed no result"),
     ];
@@ -499,6 +499,59 @@ async fn starting_again_with_the_same_request_id_returns_the_job_already_started
         .await;
     assert_eq!(after.job_id, first.job_id, "a finished job is found too");
     assert_eq!(server.invocations().len(), 1, "claude ran once");
+    server.stop().await;
+}
+
+/// `claude_status` shows how far a running job has come, from its
+/// stream-json: the turn, the last tool, tokens so far and how long it has
+/// been quiet.
+#[tokio::test]
+async fn claude_status_shows_a_running_jobs_progress() {
+    let dir = tempfile::tempdir().unwrap();
+    let server = start_server(
+        dir.path(),
+        &fake_claude(),
+        &[],
+        &[
+            ("FAKE_CLAUDE_HEARTBEATS", "600"),
+            ("FAKE_CLAUDE_HEARTBEAT_MS", "100"),
+        ],
+    )
+    .await;
+    let started: StartedOutput = server
+        .typed(
+            "claude_run_async",
+            run_args("[fake:heartbeat] check", dir.path()),
+        )
+        .await;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let (status, progress) = loop {
+        let status: StatusOutput = server
+            .typed("claude_status", json!({"jobId": started.job_id}))
+            .await;
+        assert_eq!(status.status, "running", "{status:?}");
+        if let Some(progress) = status
+            .progress
+            .clone()
+            .filter(|p| p.last_event.as_deref() == Some("tool_progress"))
+        {
+            break (status, progress);
+        }
+        assert!(Instant::now() < deadline, "no progress shown: {status:?}");
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    };
+    assert_eq!(progress.turns, 1, "{progress:?}");
+    assert_eq!(progress.last_tool.as_deref(), Some("Bash"));
+    assert_eq!((progress.input_tokens, progress.output_tokens), (120, 45));
+    assert!(progress.session_id.is_some());
+    assert!(
+        status.seconds_since_last_event.is_some_and(|s| s < 60),
+        "{status:?}"
+    );
+    let killed: StatusOutput = server
+        .typed("claude_kill_job", json!({"jobId": started.job_id}))
+        .await;
+    assert_eq!(killed.status, "killed");
     server.stop().await;
 }
 

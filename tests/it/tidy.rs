@@ -28,7 +28,8 @@ const SERDE_EDGES: &[&str] = &[
     "src/config/safety.rs",
     "src/config/sandbox.rs",
     "src/mcp/tools.rs",
-    "src/claude.rs",
+    "src/claude/mod.rs",
+    "src/claude/stream.rs",
     "src/actors/governor/mod.rs",
     "src/actors/governor/budget.rs",
     "src/actors/learner/snapshot.rs",
@@ -179,7 +180,7 @@ fn the_domain_module_is_a_leaf() {
 fn layers_below_the_actors_do_not_speak_the_actor_protocol() {
     const BELOW: &[&str] = &[
         "src/domain.rs",
-        "src/claude.rs",
+        "src/claude/",
         "src/events.rs",
         "src/process.rs",
         "src/workspace.rs",
