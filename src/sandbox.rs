@@ -240,6 +240,9 @@ impl Sandbox {
             Reach::Job | Reach::Baseline => self.job_network,
             Reach::Check => self.check_network,
         };
+        for var in self.unreachable_target_dirs(&spec.env) {
+            args.extend(["--unsetenv".into(), var.into()]);
+        }
         let mut env = spec.env;
         if !network {
             args.push("--unshare-net".into());
@@ -258,6 +261,28 @@ impl Sandbox {
             env,
             timeout: spec.timeout,
         }
+    }
+
+    /// The cargo target-directory variables to unset inside: one that names
+    /// a directory outside every writable bind (an operator's shared
+    /// `CARGO_TARGET_DIR`) would be read-only in the sandbox and fail every
+    /// build; without it cargo builds in the worktree's own `target/`.
+    fn unreachable_target_dirs(&self, env: &[(String, String)]) -> Vec<&'static str> {
+        ["CARGO_TARGET_DIR", "CARGO_BUILD_TARGET_DIR"]
+            .into_iter()
+            .filter(|var| {
+                let value = env
+                    .iter()
+                    .rev()
+                    .find(|(name, _)| name == var)
+                    .map(|(_, value)| std::ffi::OsString::from(value))
+                    .or_else(|| std::env::var_os(var));
+                value.is_some_and(|dir| {
+                    let dir = Path::new(&dir);
+                    !self.writable.iter().any(|w| dir.starts_with(&**w))
+                })
+            })
+            .collect()
     }
 
     /// `program` (and what its symlink points at) when the sandbox would
@@ -514,6 +539,22 @@ mod tests {
         // The probe finds the same before anything runs.
         let probed = sandbox.works(dir.path()).await.unwrap_err();
         assert!(probed.contains("Can't find source path"), "{probed}");
+    }
+
+    #[test]
+    fn a_target_dir_outside_the_writable_binds_is_unset_inside() {
+        let sandbox = sandbox_with(vec![AbsolutePath::given("/srv/shared".into()).unwrap()]);
+        let mut spec = true_in(Path::new("/tmp"));
+        spec.env
+            .push(("CARGO_TARGET_DIR".into(), "/home/me/target".into()));
+        spec.env
+            .push(("CARGO_BUILD_TARGET_DIR".into(), "/srv/shared/target".into()));
+        let args = sandbox.wrap(spec, Reach::Check, &[]).args.join(" ");
+        assert!(args.contains("--unsetenv CARGO_TARGET_DIR"), "{args}");
+        assert!(
+            !args.contains("--unsetenv CARGO_BUILD_TARGET_DIR"),
+            "{args}"
+        );
     }
 
     #[test]

@@ -73,6 +73,8 @@ pub enum IterationEnd {
     /// Every capability gained nothing in the workspace's situation: the
     /// run pauses instead of trying them again.
     NothingLeft { reason: String },
+    /// Claude Code's login is gone: the run pauses at once with the reason.
+    LoginLost { reason: String },
     /// The job was turned away by a rate limit (or an overloaded API):
     /// the run waits until `until_ms` — the limit's reset, or `None` for a
     /// back-off the planner chooses — and then runs the same iteration

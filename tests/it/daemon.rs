@@ -378,23 +378,41 @@ fn auto_uses_claude_code_when_logged_in_and_says_why_it_does_not_otherwise() {
     assert!(stdout.contains("backend offline"), "{stdout}");
 }
 
+/// A job whose login is gone pauses the run at once, with Claude Code's
+/// own line: no retry mends a login, so no iteration is spent on it.
 #[test]
-fn a_not_logged_in_result_is_a_failed_job_with_its_message() {
+fn a_not_logged_in_job_pauses_the_run_at_once_with_its_message() {
     let dir = tempfile::tempdir().unwrap();
     let config = fast_config(dir.path(), &[]);
-    let (stdout, state) = run_once(
-        dir.path(),
-        &config,
-        &[],
-        &[("FAKE_CLAUDE_MODE", "is-error")],
-    );
-    let records = history(&state);
-    assert_eq!(records.len(), 1);
-    assert_eq!(records[0]["outcome"], "job-failed");
-    let summary = records[0]["summary"].as_str().unwrap();
+    let log = dir.path().join("calls.log");
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let output = Command::new(agent_bin())
+        .arg("run")
+        .arg("--state")
+        .arg(&state)
+        .args(fast_args(&config, &workspace))
+        .arg("--exit-on-pause")
+        .env("FAKE_CLAUDE_MODE", "is-error")
+        .env("FAKE_CLAUDE_PLAN_MODE", "success")
+        .env("FAKE_CLAUDE_LOG", &log)
+        .env_remove("ANTHROPIC_API_KEY")
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (text(&output.stdout), text(&output.stderr));
+    assert_eq!(output.status.code(), Some(4), "paused: {stdout}\n{stderr}");
     assert!(
-        summary.contains("failed: Not logged in · Please run /login"),
-        "{summary}\n{stdout}"
+        stdout.contains(
+            "paused: Claude Code's login is gone: Not logged in · Please run /login; log in again"
+        ),
+        "{stdout}"
+    );
+    assert!(history(&state).is_empty(), "no iteration committed");
+    let jobs = std::fs::read_to_string(&log).unwrap_or_default();
+    assert_eq!(
+        jobs.lines().filter(|l| l.contains(" acceptEdits ")).count(),
+        1,
+        "one job, no retry: {jobs}"
     );
     assert!(worktree_log(&state).len() == 1, "nothing committed");
 }

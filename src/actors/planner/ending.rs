@@ -56,6 +56,9 @@ impl PlannerState {
             IterationEnd::NothingLeft { reason } => {
                 self.pause_at_once(myself, iteration, "loop", reason)
             }
+            IterationEnd::LoginLost { reason } => {
+                self.pause_at_once(myself, iteration, "persistent_failure", reason)
+            }
             IterationEnd::RateLimited { until_ms, reason } => {
                 self.on_rate_limited(myself, iteration, until_ms, reason)
             }

@@ -50,6 +50,9 @@ pub enum StepError {
     /// Every capability gained nothing in this situation before.
     #[error("{0}")]
     NothingLeft(String),
+    /// The job's login is gone: no retry mends it.
+    #[error("{0}")]
+    LoginLost(String),
     /// A rate limit (resetting at `until_ms`) or an overloaded API turned
     /// the job away.
     #[error("{reason}")]
@@ -108,6 +111,11 @@ pub(super) async fn drive(
         Err(StepError::NothingLeft(reason)) => {
             root.record("outcome", "nothing-left");
             IterationEnd::NothingLeft { reason }
+        }
+        Err(StepError::LoginLost(reason)) => {
+            root.record("outcome", "login-lost");
+            root.record("otel.status_code", "ERROR");
+            IterationEnd::LoginLost { reason }
         }
         Err(StepError::RateLimited { until_ms, reason }) => {
             root.record("outcome", "rate-limited");
@@ -394,10 +402,14 @@ async fn execute(ctx: &Context, plan: &Plan) -> Result<JobOutcome, StepError> {
 }
 
 /// A job a rate limit or an overloaded API turned away ends the attempt
-/// as a wait, not as the capability's failure.
+/// as a wait, not as the capability's failure; one whose login is gone
+/// pauses the run.
 fn turned_away(job: &JobOutcome) -> Result<(), StepError> {
     if job.status == JobStatus::Completed {
         return Ok(());
+    }
+    if let Some(reason) = logic::login_lost(job) {
+        return Err(StepError::LoginLost(reason));
     }
     if let Some(until) = job.claude.rate_limited_until_ms {
         return Err(StepError::RateLimited {

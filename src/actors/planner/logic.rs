@@ -266,6 +266,26 @@ pub fn experience_of(
     }
 }
 
+/// The line of a failed job that says its login is gone — "Not logged in",
+/// a refresh token refused, an HTTP 401 — which no retry mends: the run
+/// pauses on it at once instead of failing iteration after iteration.
+pub fn login_lost(job: &JobOutcome) -> Option<String> {
+    if job.status == JobStatus::Completed {
+        return None;
+    }
+    let error = job.error.as_deref().unwrap_or_default();
+    let lost = error.contains("Please run /login")
+        || error.contains("Not logged in")
+        || job.claude.api_error_status.as_deref() == Some("401");
+    lost.then(|| {
+        let line = error.lines().next().unwrap_or("HTTP 401");
+        format!(
+            "Claude Code's login is gone: {line}; log in again (`claude /login`, or set \
+             CLAUDE_CODE_OAUTH_TOKEN from `claude setup-token`), then `agent ctl resume`"
+        )
+    })
+}
+
 /// The prompt of a repair turn, when `verdict` is a refusal a repair can
 /// answer: validation or a safety rule refused an archived change. Fitness
 /// and approval refusals are judgements, not failures to fix.
@@ -893,6 +913,46 @@ mod tests {
                 change_id: String::new(),
             }),
         }
+    }
+
+    #[test]
+    fn a_lost_login_is_told_from_other_failures() {
+        let job = |status, error: &str, api: Option<&str>| JobOutcome {
+            job_id: 1,
+            status,
+            output: String::new(),
+            error: Some(error.into()),
+            usage: Usage::default(),
+            claude: crate::domain::ClaudeFacts {
+                api_error_status: api.map(String::from),
+                ..Default::default()
+            },
+        };
+        let reason = login_lost(&job(
+            JobStatus::Failed,
+            "Not logged in · Please run /login",
+            None,
+        ))
+        .expect("not logged in");
+        assert!(
+            reason.starts_with(
+                "Claude Code's login is gone: Not logged in · Please run /login; log in again"
+            ),
+            "{reason}"
+        );
+        assert!(login_lost(&job(JobStatus::Failed, "API Error: 401 {…}", Some("401"))).is_some());
+        assert_eq!(
+            login_lost(&job(JobStatus::Failed, "exit 143 after 12s", None)),
+            None
+        );
+        assert_eq!(
+            login_lost(&job(JobStatus::Timeout, "did not finish", Some("529"))),
+            None
+        );
+        assert_eq!(
+            login_lost(&job(JobStatus::Completed, "Please run /login", None)),
+            None
+        );
     }
 
     #[test]
