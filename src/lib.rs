@@ -27,4 +27,5 @@ pub mod store;
 pub mod supervisor;
 pub mod telemetry;
 pub mod testgen;
+pub mod upgrade;
 pub mod workspace;

@@ -433,6 +433,30 @@ pub fn start(spec: &CommandSpec) -> Result<Running, SpawnError> {
     })
 }
 
+/// Starts a long-lived child that speaks to the same terminal: in a process
+/// group of its own (a terminal's Ctrl-C reaches the caller, which decides),
+/// stdout and stderr inherited, stdin closed, killed when this process dies.
+/// The keeper runs each release this way.
+pub fn start_attached(
+    program: &Path,
+    args: &[std::ffi::OsString],
+    env: &[(&str, &str)],
+) -> Result<Child, SpawnError> {
+    let mut command = group_command(program);
+    command
+        .args(args)
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(Stdio::inherit())
+        .stderr(Stdio::inherit())
+        .kill_on_drop(true);
+    die_with_parent(&mut command);
+    command.spawn().map_err(|source| SpawnError {
+        command: program.display().to_string(),
+        source,
+    })
+}
+
 /// Runs `spec` to the end.
 pub async fn run(spec: &CommandSpec) -> Result<Finished, SpawnError> {
     Ok(start(spec)?.wait().await)

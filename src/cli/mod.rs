@@ -407,18 +407,6 @@ async fn run(args: RunArgs, format: LogFormat) -> u8 {
                 return exit::USAGE;
             }
         };
-    let export = crate::telemetry::traces::Export::resolve(
-        config.otlp_endpoint.as_deref(),
-        config.otlp_protocol,
-        &config.service_name,
-    );
-    let telemetry = match crate::telemetry::traces::init(format, export.as_ref()) {
-        Ok(telemetry) => telemetry,
-        Err(error) => {
-            eprintln!("agent: {error}");
-            return exit::USAGE;
-        }
-    };
     let overrides = Overrides {
         goal: args.goal,
         replace_goal: args.replace_goal,
@@ -432,6 +420,21 @@ async fn run(args: RunArgs, format: LogFormat) -> u8 {
         max_iterations: args.max_iterations,
         exit_on_pause: args.exit_on_pause,
     };
+    if config.upgrade.enabled && !crate::upgrade::keeper::is_child() {
+        return keep(config, &overrides).await;
+    }
+    let export = crate::telemetry::traces::Export::resolve(
+        config.otlp_endpoint.as_deref(),
+        config.otlp_protocol,
+        &config.service_name,
+    );
+    let telemetry = match crate::telemetry::traces::init(format, export.as_ref()) {
+        Ok(telemetry) => telemetry,
+        Err(error) => {
+            eprintln!("agent: {error}");
+            return exit::USAGE;
+        }
+    };
     let code = match daemon::run(config, tree, overrides).await {
         Ok(Ending::Finished(_) | Ending::Stopped) => exit::OK,
         Ok(Ending::Escalated(_)) => exit::FAILED,
@@ -444,6 +447,30 @@ async fn run(args: RunArgs, format: LogFormat) -> u8 {
     // Every exit path flushes the last traces.
     telemetry.shutdown().await;
     code
+}
+
+/// `agent run` as the keeper of its releases (`[upgrade] enabled`): the
+/// same command line runs in each release it starts.
+async fn keep(mut config: config::Config, overrides: &Overrides) -> u8 {
+    if let Err(error) = config.apply(overrides) {
+        eprintln!("agent: {error}");
+        return exit::USAGE;
+    }
+    let installed = match std::env::current_exe() {
+        Ok(path) => path,
+        Err(error) => {
+            eprintln!("agent: keeper: cannot find its own binary: {error}");
+            return exit::FAILED;
+        }
+    };
+    let keeper = crate::upgrade::keeper::Keeper {
+        releases: crate::upgrade::releases::Releases::of_state(&config.state_dir),
+        socket: config.socket_path(),
+        config: config.upgrade,
+        installed,
+        args: std::env::args_os().skip(1).collect(),
+    };
+    keeper.keep().await
 }
 
 async fn ctl(args: CtlArgs) -> u8 {

@@ -19,6 +19,7 @@ mod run;
 mod safety;
 mod sandbox;
 mod tool_servers;
+mod upgrade;
 mod validation;
 pub mod values;
 
@@ -62,6 +63,8 @@ struct RawConfig {
     safety: safety::RawSafety,
     #[serde(default)]
     sandbox: sandbox::RawSandbox,
+    #[serde(default)]
+    upgrade: upgrade::RawUpgrade,
     #[serde(default)]
     limits: alerts::RawLimits,
     #[serde(default)]
@@ -199,6 +202,8 @@ pub struct Config {
     pub own_source_protected: Vec<String>,
     /// Where jobs and checks run confined.
     pub sandbox: crate::sandbox::SandboxConfig,
+    /// `[upgrade]`: whether `agent run` is the keeper of its releases.
+    pub upgrade: crate::upgrade::UpgradeConfig,
     /// `--max-turns` of every Claude Code job.
     pub max_turns: Option<u32>,
     /// `--max-budget-usd` of every Claude Code job.
@@ -308,6 +313,7 @@ impl RawConfig {
             safety: safety.rules,
             own_source_protected: safety.own_source_protected,
             sandbox,
+            upgrade: self.upgrade.into(),
             max_turns: cognition.max_turns,
             max_budget_usd: cognition.max_budget_usd,
             claude_policy: cognition.policy,

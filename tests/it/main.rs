@@ -31,3 +31,4 @@ mod sandbox;
 mod telemetry;
 mod tidy;
 mod unattended;
+mod upgrade;

@@ -27,6 +27,7 @@ const SERDE_EDGES: &[&str] = &[
     "src/config/tool_servers.rs",
     "src/config/safety.rs",
     "src/config/sandbox.rs",
+    "src/config/upgrade.rs",
     "src/mcp/tools.rs",
     "src/claude/mod.rs",
     "src/claude/stream.rs",

@@ -1,0 +1,302 @@
+//! The keeper: `agent run` with `[upgrade] enabled` (OTP's `heart`). It is
+//! the binary the operator installed and never replaces itself during a run:
+//! whatever the agent changes in its own source, the process that decides
+//! which release runs, and what happens when one fails, stays the one the
+//! operator chose. It starts the current release as its child with the same
+//! command line, waits for it to answer `ctl status` within `ready_within`
+//! (the health gate), and then:
+//! - the child's own ends (finished, stopped, paused, refused, escalated)
+//!   are the keeper's: it exits with the same status;
+//! - a crash (a signal, a panic, a failed gate — silence past
+//!   `ready_within`, or status 1 before answering) restarts it after a
+//!   back-off, and past `max_restarts` crashes within `restart_window` the
+//!   keeper stops with the last cause instead of spinning;
+//! - SIGTERM or SIGINT are passed on, and the keeper exits as its child did.
+
+use std::collections::VecDeque;
+use std::ffi::OsString;
+use std::path::{Path, PathBuf};
+use std::process::ExitStatus;
+use std::time::{Duration, Instant};
+
+use nix::sys::signal::{Signal, kill};
+use nix::unistd::Pid;
+use tokio::process::Child;
+use tokio::signal::unix::{SignalKind, signal};
+
+use super::UpgradeConfig;
+use super::releases::Releases;
+use crate::cli::exit;
+use crate::ctl::client;
+use crate::ctl::protocol::{Command, Outcome};
+
+/// Set on the keeper's child: it runs as the agent, not as another keeper.
+pub const CHILD_VAR: &str = "AGENT_KEEPER_CHILD";
+/// The release the child is, for what it reports of itself.
+pub const RELEASE_VAR: &str = "AGENT_RELEASE";
+
+/// The first back-off after a crash, and the longest.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_MAX: Duration = Duration::from_secs(30);
+/// How often the gate asks.
+const GATE_POLL: Duration = Duration::from_millis(100);
+
+/// Whether this process is a keeper's child.
+pub fn is_child() -> bool {
+    std::env::var_os(CHILD_VAR).is_some()
+}
+
+/// What the keeper needs of the run's configuration.
+#[derive(Debug, Clone)]
+pub struct Keeper {
+    pub config: UpgradeConfig,
+    pub releases: Releases,
+    /// The operator's binary (this process's own).
+    pub installed: PathBuf,
+    /// The command line after the program name, given to every release.
+    pub args: Vec<OsString>,
+    /// Where the child answers `ctl status`.
+    pub socket: PathBuf,
+}
+
+/// How one start of a release ended.
+#[derive(Debug)]
+enum End {
+    /// The child ended by itself with a status of its own.
+    Exited(u8),
+    /// It crashed, or failed its gate: why.
+    Crashed(String),
+    /// The keeper was asked to stop; the child's status.
+    Stopped(u8),
+}
+
+impl Keeper {
+    /// Runs releases until one ends by itself or the keeper is stopped;
+    /// the exit status of `agent run`.
+    pub async fn keep(self) -> u8 {
+        let boot = match self.releases.boot() {
+            Ok(boot) => boot,
+            Err(error) => {
+                eprintln!("agent: keeper: cannot read the releases: {error}");
+                return exit::FAILED;
+            }
+        };
+        if let Some(abandoned) = &boot.abandoned {
+            eprintln!(
+                "agent: keeper: release {abandoned} was on probation when the keeper last stopped; \
+                 booting the permanent release {}",
+                boot.release
+            );
+        }
+        let mut crashes: VecDeque<Instant> = VecDeque::new();
+        loop {
+            match self.run_once(&boot.release).await {
+                End::Exited(code) | End::Stopped(code) => return code,
+                End::Crashed(why) => {
+                    let now = Instant::now();
+                    crashes.push_back(now);
+                    while crashes
+                        .front()
+                        .is_some_and(|at| now.duration_since(*at) > self.config.restart_window)
+                    {
+                        crashes.pop_front();
+                    }
+                    if crashes.len() as u32 > self.config.max_restarts {
+                        eprintln!(
+                            "agent: keeper: release {} crashed {} times within {}: {why}; not restarting it",
+                            boot.release,
+                            crashes.len(),
+                            humantime::format_duration(self.config.restart_window)
+                        );
+                        return exit::FAILED;
+                    }
+                    let delay = backoff(crashes.len() as u32);
+                    eprintln!(
+                        "agent: keeper: release {} crashed: {why}; restarting it in {}",
+                        boot.release,
+                        humantime::format_duration(delay)
+                    );
+                    if self.sleep_or_stop(delay).await {
+                        return exit::OK;
+                    }
+                }
+            }
+        }
+    }
+
+    /// Starts `release`, gates it and waits for its end.
+    async fn run_once(&self, release: &str) -> End {
+        let binary = self.releases.binary(release, &self.installed);
+        let env = [(CHILD_VAR, "1"), (RELEASE_VAR, release)];
+        let mut child = match crate::process::start_attached(&binary, &self.args, &env) {
+            Ok(child) => child,
+            Err(error) => return End::Crashed(error.to_string()),
+        };
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            return End::Crashed("cannot listen for signals".into());
+        };
+        let gate = tokio::select! {
+            gate = self.gate(&mut child) => gate,
+            _ = term.recv() => return stop(&mut child).await,
+            _ = int.recv() => return stop(&mut child).await,
+        };
+        if let Some(end) = gate {
+            return end;
+        }
+        tokio::select! {
+            status = child.wait() => ended(status),
+            _ = term.recv() => stop(&mut child).await,
+            _ = int.recv() => stop(&mut child).await,
+        }
+    }
+
+    /// Waits until the child answers `ctl status`; `None` once it has, or
+    /// how it ended first (a child still silent at `ready_within` is killed
+    /// and counts as a crash).
+    async fn gate(&self, child: &mut Child) -> Option<End> {
+        let deadline = Instant::now() + self.config.ready_within;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return Some(before_ready(ended(Ok(status))));
+            }
+            if answers(&self.socket).await {
+                return None;
+            }
+            if Instant::now() >= deadline {
+                let _ = child.kill().await;
+                return Some(End::Crashed(format!(
+                    "it did not answer `ctl status` within {}",
+                    humantime::format_duration(self.config.ready_within)
+                )));
+            }
+            tokio::time::sleep(GATE_POLL).await;
+        }
+    }
+
+    /// Sleeps `delay`; `true` when a stop was asked for meanwhile.
+    async fn sleep_or_stop(&self, delay: Duration) -> bool {
+        let (Ok(mut term), Ok(mut int)) = (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+        ) else {
+            tokio::time::sleep(delay).await;
+            return false;
+        };
+        tokio::select! {
+            () = tokio::time::sleep(delay) => false,
+            _ = term.recv() => true,
+            _ = int.recv() => true,
+        }
+    }
+}
+
+/// Whether the agent on `socket` answers `ctl status`.
+async fn answers(socket: &Path) -> bool {
+    matches!(
+        client::request(socket, Command::Status).await,
+        Ok(Outcome::Ok(_))
+    )
+}
+
+/// Passes the stop on to the child (it checkpoints and exits) and waits.
+async fn stop(child: &mut Child) -> End {
+    if let Some(pid) = child.id() {
+        let _ = kill(Pid::from_raw(pid as i32), Signal::SIGTERM);
+    }
+    match child.wait().await {
+        Ok(status) => End::Stopped(status.code().map_or(exit::FAILED, clamp)),
+        Err(_) => End::Stopped(exit::FAILED),
+    }
+}
+
+/// Sorts the child's exit: the statuses `agent run` gives are its own
+/// ends; a signal or any other status (a panic's 101) is a crash.
+fn ended(status: std::io::Result<ExitStatus>) -> End {
+    use std::os::unix::process::ExitStatusExt;
+    let status = match status {
+        Ok(status) => status,
+        Err(error) => return End::Crashed(format!("cannot wait for it: {error}")),
+    };
+    match status.code() {
+        Some(code) if own_end(code) => End::Exited(code as u8),
+        Some(code) => End::Crashed(format!("it exited with status {code}")),
+        None => End::Crashed(match status.signal() {
+            Some(signal) => format!(
+                "it was killed by {}",
+                Signal::try_from(signal).map_or(format!("signal {signal}"), |s| s.to_string())
+            ),
+            None => "it ended without a status".into(),
+        }),
+    }
+}
+
+/// A release that ends before it answered: a run that finished, paused or
+/// was refused its configuration or state ended as it should; one that
+/// failed (status 1) could not come up, which is a failed gate.
+fn before_ready(end: End) -> End {
+    match end {
+        End::Exited(code) if code == exit::FAILED => End::Crashed(format!(
+            "it exited with status {code} before answering `ctl status`"
+        )),
+        other => other,
+    }
+}
+
+/// The statuses `agent run` exits with by its own decision.
+fn own_end(code: i32) -> bool {
+    [
+        exit::OK,
+        exit::FAILED,
+        exit::USAGE,
+        exit::UNAVAILABLE,
+        exit::PAUSED,
+    ]
+    .iter()
+    .any(|own| i32::from(*own) == code)
+}
+
+fn clamp(code: i32) -> u8 {
+    code.clamp(0, 255) as u8
+}
+
+/// The delay before restart `n` (1-based): doubling from a second, at most
+/// half a minute.
+fn backoff(n: u32) -> Duration {
+    BACKOFF_FIRST
+        .saturating_mul(1 << n.saturating_sub(1).min(16))
+        .min(BACKOFF_MAX)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::unix::process::ExitStatusExt;
+
+    #[test]
+    fn the_childs_own_statuses_end_the_keeper_and_anything_else_is_a_crash() {
+        let exited = |code: i32| ended(Ok(ExitStatus::from_raw(code << 8)));
+        for code in [0, 1, 2, 3, 4] {
+            assert!(matches!(exited(code), End::Exited(c) if i32::from(c) == code));
+        }
+        assert!(
+            matches!(before_ready(exited(1)), End::Crashed(why) if why.contains("status 1 before answering"))
+        );
+        assert!(matches!(before_ready(exited(4)), End::Exited(4)));
+        let panic = exited(101);
+        assert!(matches!(&panic, End::Crashed(why) if why == "it exited with status 101"));
+        let killed = ended(Ok(ExitStatus::from_raw(9)));
+        assert!(
+            matches!(&killed, End::Crashed(why) if why == "it was killed by SIGKILL"),
+            "{killed:?}"
+        );
+    }
+
+    #[test]
+    fn restarts_back_off_up_to_half_a_minute() {
+        let delays: Vec<u64> = (1..=7).map(|n| backoff(n).as_secs()).collect();
+        assert_eq!(delays, [1, 2, 4, 8, 16, 30, 30]);
+    }
+}

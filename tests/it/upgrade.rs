@@ -1,0 +1,149 @@
+//! The keeper (`[upgrade] enabled`) against the real binary: it runs the
+//! agent as its child, restarts it after a `kill -9` with the run going on,
+//! stops restarting a release that keeps crashing, and never boots again a
+//! release that was on probation when everything went down.
+
+use std::path::Path;
+use std::time::Duration;
+
+use crate::harness::{Daemon, fast_config, history, poll_until, tiny_crate, wait_gone};
+
+const WAIT: Duration = Duration::from_secs(120);
+
+fn keeper_config(dir: &Path, extra: &[(&str, &str)]) -> std::path::PathBuf {
+    let mut all = vec![(
+        "enabled = false\n# A started release",
+        "enabled = true\n# A started release",
+    )];
+    all.extend_from_slice(extra);
+    fast_config(dir, &all)
+}
+
+/// The keeper's children, from every one of its threads.
+fn children_of(pid: u32) -> Vec<i32> {
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+    let mut children = Vec::new();
+    for task in tasks.flatten() {
+        let listed = std::fs::read_to_string(task.path().join("children")).unwrap_or_default();
+        children.extend(
+            listed
+                .split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    children
+}
+
+fn stderr_of(daemon: &Daemon) -> String {
+    std::fs::read_to_string(&daemon.stderr).unwrap_or_default()
+}
+
+#[test]
+fn the_keeper_restarts_a_killed_agent_and_the_run_goes_on() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keeper_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut daemon =
+        Daemon::unbounded(&state, &config, &workspace, &[("FAKE_CLAUDE_MODE", "edit")]);
+    let before = daemon.wait_status("a committed iteration", WAIT, |s| Daemon::committed(s) >= 1);
+    let child = poll_until("the keeper's child", WAIT, || {
+        let children = children_of(daemon.pid());
+        (children.len() == 1).then(|| children[0])
+    });
+    assert_ne!(
+        child,
+        daemon.pid() as i32,
+        "the agent runs as the keeper's child"
+    );
+    nix::sys::signal::kill(
+        nix::unistd::Pid::from_raw(child),
+        nix::sys::signal::Signal::SIGKILL,
+    )
+    .unwrap();
+    wait_gone(child);
+    let after = daemon.wait_status("the run to go on after the restart", WAIT, |s| {
+        Daemon::committed(s) > Daemon::committed(&before) + 1
+    });
+    let restarted = children_of(daemon.pid());
+    assert_eq!(restarted.len(), 1, "one agent at a time: {restarted:?}");
+    assert_ne!(restarted[0], child);
+    assert!(
+        stderr_of(&daemon).contains("agent: keeper: release installed crashed: it was killed by SIGKILL; restarting it in 1s"),
+        "{}",
+        daemon.logs()
+    );
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
+    wait_gone(restarted[0]);
+    // Nothing committed was lost or done twice.
+    let numbers: Vec<u64> = history(&state)
+        .iter()
+        .map(|r| r["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
+    assert!(numbers.len() as u64 >= Daemon::committed(&after));
+}
+
+#[test]
+fn a_release_on_probation_when_everything_went_down_is_not_booted_again() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keeper_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    // A candidate that was current, never permanent, when the keeper died:
+    // its binary would fail at once.
+    let releases = agent::upgrade::releases::Releases::of_state(&state);
+    releases
+        .stage("candidate", Path::new("/bin/false"))
+        .unwrap();
+    releases
+        .point(agent::upgrade::releases::Pointer::Current, "candidate")
+        .unwrap();
+    let mut daemon = Daemon::bounded(
+        &state,
+        &config,
+        &workspace,
+        1,
+        &[("FAKE_CLAUDE_MODE", "edit")],
+    );
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
+    assert!(
+        stderr_of(&daemon).contains(
+            "agent: keeper: release candidate was on probation when the keeper last stopped; booting the permanent release installed"
+        ),
+        "{}",
+        daemon.logs()
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("releases/current")).unwrap(),
+        "installed\n"
+    );
+    assert_eq!(history(&state).len(), 1, "the permanent release ran");
+}
+
+/// Every start of the release aborts at its first commit: past
+/// `max_restarts` the keeper stops, with the cause, instead of spinning.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_release_that_keeps_crashing_stops_the_keeper_with_the_cause() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keeper_config(dir.path(), &[("max_restarts = 5", "max_restarts = 1")]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let env = [
+        ("FAKE_CLAUDE_MODE", "edit"),
+        ("FAILPOINTS", "iteration.before_store_commit=return"),
+    ];
+    let mut daemon = Daemon::unbounded(&state, &config, &workspace, &env);
+    let status = daemon.wait_exit(WAIT);
+    assert_eq!(status.code(), Some(1), "{}", daemon.logs());
+    let stderr = stderr_of(&daemon);
+    assert!(
+        stderr.contains("agent: keeper: release installed crashed 2 times within 10m: it was killed by SIGABRT; not restarting it"),
+        "{}",
+        daemon.logs()
+    );
+    assert_eq!(stderr.matches("restarting it in").count(), 1, "{stderr}");
+    assert!(history(&state).is_empty());
+}
