@@ -29,6 +29,9 @@ pub mod exit {
     /// `agent run --exit-on-pause`: the run paused by itself and exited,
     /// checkpointed; it needs the cause fixed before it is started again.
     pub const PAUSED: u8 = 4;
+    /// `agent ctl upgrade`: checkpointed; the keeper starts the current
+    /// release.
+    pub const HANDOVER: u8 = 10;
 }
 
 /// The exit status of a run that could not run.
@@ -286,6 +289,13 @@ pub enum CtlCommand {
     /// Move the agent branch onto the repository's current HEAD, kept only
     /// if validation passes there (pause the run first).
     Rebase,
+    /// Hand over to another agent binary ([upgrade] enabled only): it is
+    /// staged as a release and started by the keeper on probation; a crash
+    /// or a failed health gate rolls back to the permanent release.
+    Upgrade {
+        /// The agent binary to run.
+        binary: PathBuf,
+    },
     /// Make an actor fail on purpose (debug mode or [debug] fault_injection only).
     Fault {
         /// governor | learner | researcher | executor | modifier | planner
@@ -439,6 +449,7 @@ async fn run(args: RunArgs, format: LogFormat) -> u8 {
         Ok(Ending::Finished(_) | Ending::Stopped) => exit::OK,
         Ok(Ending::Escalated(_)) => exit::FAILED,
         Ok(Ending::Paused(_)) => exit::PAUSED,
+        Ok(Ending::Handover) => exit::HANDOVER,
         Err(error) => {
             eprintln!("agent: {error}");
             run_exit_code(&error)
@@ -589,6 +600,12 @@ fn ctl_command(command: CtlCommand) -> Result<Command, String> {
         CtlCommand::Reject { id, reason } => Command::Reject { id, reason },
         CtlCommand::Checkpoint => Command::Checkpoint,
         CtlCommand::Rebase => Command::Rebase,
+        CtlCommand::Upgrade { binary } => Command::Upgrade {
+            binary: std::path::absolute(&binary)
+                .map_err(|e| format!("{}: {e}", binary.display()))?
+                .display()
+                .to_string(),
+        },
         CtlCommand::Fault { actor, fault } => Command::Fault { actor, fault },
         CtlCommand::Watch => Command::Watch,
         CtlCommand::History { last } => Command::History { last: Some(last) },

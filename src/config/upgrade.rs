@@ -15,6 +15,7 @@ pub(super) struct RawUpgrade {
     ready_within: Option<HumanDuration>,
     max_restarts: Option<Positive>,
     restart_window: Option<HumanDuration>,
+    probation: Option<HumanDuration>,
 }
 
 impl From<RawUpgrade> for UpgradeConfig {
@@ -27,6 +28,7 @@ impl From<RawUpgrade> for UpgradeConfig {
                 .max_restarts
                 .map_or(default.max_restarts, |n| n.get() as u32),
             restart_window: raw.restart_window.map_or(default.restart_window, |d| d.0),
+            probation: raw.probation.map_or(default.probation, |d| d.0),
         }
     }
 }

@@ -57,6 +57,7 @@ pub async fn answer(
         )),
         Command::Rebase => operations::rebase().await.map(done),
         Command::Backup { to } => backup(&to, context).await,
+        Command::Upgrade { binary } => upgrade(&binary, context).await,
         Command::History { last } => history(last, context),
     }
 }
@@ -80,6 +81,7 @@ pub(super) fn command_name(command: &Command) -> &'static str {
         Command::History { .. } => "history",
         Command::Backup { .. } => "backup",
         Command::Rebase => "rebase",
+        Command::Upgrade { .. } => "upgrade",
     }
 }
 
@@ -134,6 +136,7 @@ fn audited(command: &Command) -> Option<String> {
         ),
         Command::Fault { actor, fault } => format!("fault {actor} {fault}"),
         Command::Rebase => "rebase".into(),
+        Command::Upgrade { binary } => format!("upgrade {binary}"),
         _ => return None,
     };
     Some(detail)
@@ -521,6 +524,45 @@ fn inject_fault(actor: &str, fault: &str, context: &ServerContext) -> Result<Rep
     })?;
     messages::send_common(kind, Common::Fault(fault)).map_err(peer_error)?;
     Ok(done(format!("injected {} into {kind}", fault.name())))
+}
+
+// --------------------------------------------------------------- upgrade --
+
+/// `upgrade`: stages the binary as a release, points `current` at it and
+/// stops for the keeper to hand over; refused without a keeper.
+async fn upgrade(binary: &str, context: &ServerContext) -> Result<Reply, WireError> {
+    let refused = |message: String| WireError::new(ErrorKind::Refused, message);
+    let Some(releases) = context.releases.clone() else {
+        return Err(refused(
+            "no keeper runs this agent: start it with [upgrade] enabled = true".into(),
+        ));
+    };
+    let binary = std::path::PathBuf::from(binary);
+    if !binary.is_absolute() || !binary.is_file() {
+        return Err(refused(format!(
+            "{}: expected the path of an agent binary",
+            binary.display()
+        )));
+    }
+    let release = format!("upgrade-{}", crate::store::now_ms());
+    let staged = release.clone();
+    tokio::task::spawn_blocking(move || {
+        use crate::upgrade::releases::Pointer;
+        releases.stage(&staged, &binary)?;
+        releases.point(Pointer::Current, &staged)
+    })
+    .await
+    .map_err(|e| WireError::new(ErrorKind::Internal, e.to_string()))?
+    .map_err(|e| {
+        WireError::new(
+            ErrorKind::Internal,
+            format!("cannot stage the release: {e}"),
+        )
+    })?;
+    context.stop.send_replace(Some(StopRequest::Handover));
+    Ok(done(format!(
+        "release {release} is current: the in-flight iteration finishes, then the keeper starts it on probation"
+    )))
 }
 
 // ---------------------------------------------------------------- backup --

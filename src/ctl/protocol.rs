@@ -75,6 +75,12 @@ pub enum Command {
     Backup {
         to: String,
     },
+    /// Stage `binary` (an absolute path) as a release, make it current,
+    /// and hand over to it: the daemon checkpoints and exits, and its
+    /// keeper starts the release on probation.
+    Upgrade {
+        binary: String,
+    },
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -41,6 +41,9 @@ pub enum StopRequest {
     Graceful,
     /// Abandon the in-flight step at once.
     Now,
+    /// Stop as gracefully, and exit asking the keeper to start the current
+    /// release.
+    Handover,
 }
 
 /// What the server needs from the daemon.
@@ -54,6 +57,8 @@ pub struct ServerContext {
     pub events: EventBus,
     /// Cancelled when the daemon stops: watchers get a last event and close.
     pub closing: CancellationToken,
+    /// The releases of the keeper that runs this daemon; `None` without one.
+    pub releases: Option<crate::upgrade::releases::Releases>,
 }
 
 /// The listening socket; removed when dropped.

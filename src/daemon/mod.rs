@@ -54,6 +54,9 @@ pub enum Ending {
     /// The run paused by itself, with this reason, and `exit_on_pause` is
     /// set: it exits checkpointed instead of waiting for an operator.
     Paused(String),
+    /// `agent ctl upgrade`: checkpointed, for the keeper to start the
+    /// current release.
+    Handover,
 }
 
 /// What a program that embeds the agent hands in instead of what the
@@ -508,7 +511,7 @@ async fn wait_for_end(
             ))
             .await?;
     }
-    if ending.1 == StopRequest::Graceful {
+    if ending.1 != StopRequest::Now {
         let hurry = services.stop_sender();
         services.during_shutdown(tokio::spawn(hurry_on_a_second_stop(
             signals,
@@ -527,7 +530,12 @@ async fn run_ending(services: &mut Services) -> (Ending, StopRequest) {
         tokio::select! {
             changed = stop_rx.changed() => {
                 if changed.is_ok() && let Some(request) = *stop_rx.borrow() {
-                    return (Ending::Stopped, request);
+                    let ending = if request == StopRequest::Handover {
+                        Ending::Handover
+                    } else {
+                        Ending::Stopped
+                    };
+                    return (ending, request);
                 }
             }
             event = listener.recv() => match event {
@@ -637,7 +645,7 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
     match ending {
         Ending::Finished(_) => run.state = RunPhase::Finished,
         Ending::Escalated(reason) => run.last_escalation = Some(reason.clone()),
-        Ending::Stopped | Ending::Paused(_) => {}
+        Ending::Stopped | Ending::Paused(_) | Ending::Handover => {}
     }
     store.put_run(&run).await?;
     let committed = committed_summary(store)?;
@@ -646,6 +654,7 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
         Ending::Stopped => "stopped".to_string(),
         Ending::Escalated(reason) => format!("escalated: {reason}"),
         Ending::Paused(reason) => format!("paused (--exit-on-pause): {reason}"),
+        Ending::Handover => "handed over to the current release".to_string(),
     };
     store
         .audit(Decision::new(
@@ -657,6 +666,9 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
     match ending {
         Ending::Finished(reason) => println!("agent: run finished ({reason}); {committed}"),
         Ending::Stopped => println!("agent: stopped, state checkpointed; {committed}"),
+        Ending::Handover => {
+            println!("agent: handing over to the current release, state checkpointed; {committed}")
+        }
         Ending::Paused(reason) => {
             println!("{}", console::PauseHint::of(config).line(reason));
             println!("agent: exited on the pause, state checkpointed; {committed}");

@@ -83,6 +83,8 @@ impl Services {
             tree,
             events: events.clone(),
             closing: CancellationToken::new(),
+            releases: crate::upgrade::keeper::is_child()
+                .then(|| crate::upgrade::releases::Releases::of_state(&config.state_dir)),
         });
         dashboard.attach(server_context.clone(), prepared.workspace.clone());
         let socket_path = config.socket_path();
@@ -175,7 +177,7 @@ async fn drain(
     mut hurry: watch::Receiver<Option<StopRequest>>,
 ) {
     let deadline = match stop {
-        StopRequest::Graceful => config.shutdown_timeout,
+        StopRequest::Graceful | StopRequest::Handover => config.shutdown_timeout,
         StopRequest::Now => Duration::ZERO,
     };
     let now_requested = async {

@@ -11,7 +11,12 @@
 //!   `ready_within`, or status 1 before answering) restarts it after a
 //!   back-off, and past `max_restarts` crashes within `restart_window` the
 //!   keeper stops with the last cause instead of spinning;
-//! - SIGTERM or SIGINT are passed on, and the keeper exits as its child did.
+//! - SIGTERM or SIGINT are passed on, and the keeper exits as its child did;
+//! - a child that exits asking for a handover (`agent ctl upgrade`) is
+//!   followed by the release `current` now names, on probation for
+//!   `probation`: a crash, a failed gate or an escalation in that time
+//!   points `current` back at the permanent release and starts it; a
+//!   release that lives through its probation is made permanent.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -25,7 +30,7 @@ use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::UpgradeConfig;
-use super::releases::Releases;
+use super::releases::{INSTALLED, Pointer, Releases};
 use crate::cli::exit;
 use crate::ctl::client;
 use crate::ctl::protocol::{Command, Outcome};
@@ -70,6 +75,13 @@ enum End {
     Stopped(u8),
 }
 
+/// The release running now, and until when it is on probation.
+#[derive(Debug, Clone)]
+struct Running {
+    release: String,
+    probation_until: Option<Instant>,
+}
+
 impl Keeper {
     /// Runs releases until one ends by itself or the keeper is stopped;
     /// the exit status of `agent run`.
@@ -88,46 +100,128 @@ impl Keeper {
                 boot.release
             );
         }
+        let mut running = Running {
+            release: boot.release,
+            probation_until: None,
+        };
+        // When the running release crashed, within the restart window.
         let mut crashes: VecDeque<Instant> = VecDeque::new();
         loop {
-            match self.run_once(&boot.release).await {
+            let end = self.run_once(&mut running).await;
+            let on_probation = running.probation_until.is_some();
+            match end {
+                End::Exited(exit::HANDOVER) => {
+                    running = self.hand_over(&running);
+                    crashes.clear();
+                }
+                End::Exited(exit::FAILED) if on_probation => {
+                    running = self.roll_back(&running, "it escalated");
+                    crashes.clear();
+                }
                 End::Exited(code) | End::Stopped(code) => return code,
+                End::Crashed(why) if on_probation => {
+                    running = self.roll_back(&running, &why);
+                    crashes.clear();
+                }
                 End::Crashed(why) => {
-                    let now = Instant::now();
-                    crashes.push_back(now);
-                    while crashes
-                        .front()
-                        .is_some_and(|at| now.duration_since(*at) > self.config.restart_window)
-                    {
-                        crashes.pop_front();
-                    }
-                    if crashes.len() as u32 > self.config.max_restarts {
-                        eprintln!(
-                            "agent: keeper: release {} crashed {} times within {}: {why}; not restarting it",
-                            boot.release,
-                            crashes.len(),
-                            humantime::format_duration(self.config.restart_window)
-                        );
-                        return exit::FAILED;
-                    }
-                    let delay = backoff(crashes.len() as u32);
-                    eprintln!(
-                        "agent: keeper: release {} crashed: {why}; restarting it in {}",
-                        boot.release,
-                        humantime::format_duration(delay)
-                    );
-                    if self.sleep_or_stop(delay).await {
-                        return exit::OK;
+                    if let Some(code) = self.after_crash(&running, &mut crashes, &why).await {
+                        return code;
                     }
                 }
             }
         }
     }
 
-    /// Starts `release`, gates it and waits for its end.
-    async fn run_once(&self, release: &str) -> End {
-        let binary = self.releases.binary(release, &self.installed);
-        let env = [(CHILD_VAR, "1"), (RELEASE_VAR, release)];
+    /// The release `current` names now, on probation: what the child that
+    /// asked for the handover pointed it at.
+    fn hand_over(&self, running: &Running) -> Running {
+        match self.releases.read(Pointer::Current) {
+            Ok(Some(next)) if next != running.release => {
+                eprintln!(
+                    "agent: keeper: handing over from release {} to {next}, on probation for {}",
+                    running.release,
+                    humantime::format_duration(self.config.probation)
+                );
+                Running {
+                    release: next,
+                    probation_until: Some(Instant::now() + self.config.probation),
+                }
+            }
+            other => {
+                eprintln!(
+                    "agent: keeper: a handover was asked for, but `current` names {}; starting release {} again",
+                    other.map_or_else(|e| e.to_string(), |r| r.unwrap_or_default()),
+                    running.release
+                );
+                running.clone()
+            }
+        }
+    }
+
+    /// The release on probation failed: `current` points back at the
+    /// permanent release, which starts at once.
+    fn roll_back(&self, failed: &Running, why: &str) -> Running {
+        let permanent = match self.releases.read(Pointer::Permanent) {
+            Ok(permanent) => permanent.unwrap_or_else(|| INSTALLED.to_string()),
+            Err(error) => {
+                eprintln!("agent: keeper: {error}; falling back to the installed binary");
+                INSTALLED.to_string()
+            }
+        };
+        if let Err(error) = self.releases.point(Pointer::Current, &permanent) {
+            eprintln!("agent: keeper: cannot point `current` back: {error}");
+        }
+        eprintln!(
+            "agent: keeper: release {} failed on probation: {why}; rolled back to the permanent release {permanent}",
+            failed.release
+        );
+        Running {
+            release: permanent,
+            probation_until: None,
+        }
+    }
+
+    /// A crash of a release that is not on probation: restarted after a
+    /// back-off, or `Some(status)` to exit with when it keeps crashing (or
+    /// a stop came meanwhile).
+    async fn after_crash(
+        &self,
+        running: &Running,
+        crashes: &mut VecDeque<Instant>,
+        why: &str,
+    ) -> Option<u8> {
+        let now = Instant::now();
+        crashes.push_back(now);
+        while crashes
+            .front()
+            .is_some_and(|at| now.duration_since(*at) > self.config.restart_window)
+        {
+            crashes.pop_front();
+        }
+        let count = crashes.len() as u32;
+        if count > self.config.max_restarts {
+            eprintln!(
+                "agent: keeper: release {} crashed {count} times within {}: {why}; not restarting it",
+                running.release,
+                humantime::format_duration(self.config.restart_window)
+            );
+            return Some(exit::FAILED);
+        }
+        let delay = backoff(count);
+        eprintln!(
+            "agent: keeper: release {} crashed: {why}; restarting it in {}",
+            running.release,
+            humantime::format_duration(delay)
+        );
+        self.sleep_or_stop(delay).await.then_some(exit::OK)
+    }
+
+    /// Starts the running release, gates it and waits for its end; a
+    /// release on probation that lives to its end of probation is made
+    /// permanent.
+    async fn run_once(&self, running: &mut Running) -> End {
+        let binary = self.releases.binary(&running.release, &self.installed);
+        let env = [(CHILD_VAR, "1"), (RELEASE_VAR, running.release.as_str())];
         let mut child = match crate::process::start_attached(&binary, &self.args, &env) {
             Ok(child) => child,
             Err(error) => return End::Crashed(error.to_string()),
@@ -146,10 +240,34 @@ impl Keeper {
         if let Some(end) = gate {
             return end;
         }
-        tokio::select! {
-            status = child.wait() => ended(status),
-            _ = term.recv() => stop(&mut child).await,
-            _ = int.recv() => stop(&mut child).await,
+        loop {
+            let promotion = async {
+                match running.probation_until {
+                    Some(until) => tokio::time::sleep_until(until.into()).await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                status = child.wait() => return ended(status),
+                _ = term.recv() => return stop(&mut child).await,
+                _ = int.recv() => return stop(&mut child).await,
+                () = promotion => self.promote(running),
+            }
+        }
+    }
+
+    /// The release lived through its probation: it becomes permanent.
+    fn promote(&self, running: &mut Running) {
+        running.probation_until = None;
+        match self.releases.point(Pointer::Permanent, &running.release) {
+            Ok(()) => eprintln!(
+                "agent: keeper: release {} passed its probation and is permanent",
+                running.release
+            ),
+            Err(error) => eprintln!(
+                "agent: keeper: cannot make release {} permanent: {error}; it stays current",
+                running.release
+            ),
         }
     }
 
@@ -253,6 +371,7 @@ fn own_end(code: i32) -> bool {
         exit::USAGE,
         exit::UNAVAILABLE,
         exit::PAUSED,
+        exit::HANDOVER,
     ]
     .iter()
     .any(|own| i32::from(*own) == code)

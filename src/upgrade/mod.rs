@@ -20,6 +20,9 @@ pub struct UpgradeConfig {
     /// restarting and exits with the last cause.
     pub max_restarts: u32,
     pub restart_window: Duration,
+    /// How long a release handed over to is on probation before it is
+    /// made permanent.
+    pub probation: Duration,
 }
 
 impl Default for UpgradeConfig {
@@ -29,6 +32,7 @@ impl Default for UpgradeConfig {
             ready_within: Duration::from_secs(60),
             max_restarts: 5,
             restart_window: Duration::from_secs(600),
+            probation: Duration::from_secs(600),
         }
     }
 }

@@ -147,3 +147,125 @@ fn a_release_that_keeps_crashing_stops_the_keeper_with_the_cause() {
     assert_eq!(stderr.matches("restarting it in").count(), 1, "{stderr}");
     assert!(history(&state).is_empty());
 }
+
+/// `agent ctl upgrade` to a working binary: the run checkpoints, the
+/// keeper starts the new release on probation, the run goes on without a
+/// gap, and after its probation the release is permanent.
+#[test]
+fn a_handover_to_a_working_release_goes_on_and_is_made_permanent() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keeper_config(dir.path(), &[("probation = \"10m\"", "probation = \"2s\"")]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut daemon =
+        Daemon::unbounded(&state, &config, &workspace, &[("FAKE_CLAUDE_MODE", "edit")]);
+    let before = daemon.wait_status("a committed iteration", WAIT, |s| Daemon::committed(s) >= 1);
+    let binary = crate::harness::agent_bin();
+    let asked = daemon.ctl(&["upgrade", binary.to_str().unwrap()]);
+    assert!(
+        asked.status.success(),
+        "{}",
+        crate::harness::text(&asked.stderr)
+    );
+    let release = poll_until("the new release to be made permanent", WAIT, || {
+        let permanent = std::fs::read_to_string(state.join("releases/permanent")).ok()?;
+        permanent
+            .starts_with("upgrade-")
+            .then(|| permanent.trim().to_string())
+    });
+    assert_eq!(
+        std::fs::read_to_string(state.join("releases/current"))
+            .unwrap()
+            .trim(),
+        release
+    );
+    daemon.wait_status("the run to go on in the new release", WAIT, |s| {
+        Daemon::committed(s) > Daemon::committed(&before) + 1
+    });
+    let stderr = stderr_of(&daemon);
+    assert!(
+        stderr.contains(&format!(
+            "handing over from release installed to {release}, on probation for 2s"
+        )),
+        "{}",
+        daemon.logs()
+    );
+    assert!(stderr.contains(&format!(
+        "release {release} passed its probation and is permanent"
+    )));
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
+    let numbers: Vec<u64> = history(&state)
+        .iter()
+        .map(|r| r["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "no gap, nothing twice"
+    );
+}
+
+/// A handover to a binary that cannot come up (it exits at once): the
+/// keeper rolls back to the permanent release and the run goes on.
+#[test]
+fn a_handover_to_a_release_that_fails_its_gate_is_rolled_back() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keeper_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut daemon =
+        Daemon::unbounded(&state, &config, &workspace, &[("FAKE_CLAUDE_MODE", "edit")]);
+    let before = daemon.wait_status("a committed iteration", WAIT, |s| Daemon::committed(s) >= 1);
+    let asked = daemon.ctl(&["upgrade", "/bin/false"]);
+    assert!(
+        asked.status.success(),
+        "{}",
+        crate::harness::text(&asked.stderr)
+    );
+    poll_until("the rollback", WAIT, || {
+        stderr_of(&daemon)
+            .contains("rolled back to the permanent release installed")
+            .then_some(())
+    });
+    daemon.wait_status("the run to go on in the permanent release", WAIT, |s| {
+        Daemon::committed(s) > Daemon::committed(&before) + 1
+    });
+    let stderr = stderr_of(&daemon);
+    assert!(
+        stderr.contains("failed on probation: it exited with status 1 before answering `ctl status`; rolled back to the permanent release installed"),
+        "{}",
+        daemon.logs()
+    );
+    assert_eq!(
+        std::fs::read_to_string(state.join("releases/current")).unwrap(),
+        "installed\n"
+    );
+    assert!(
+        !state.join("releases/permanent").exists(),
+        "nothing was promoted"
+    );
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
+}
+
+#[test]
+fn without_a_keeper_an_upgrade_is_refused_and_nothing_changes() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut daemon =
+        Daemon::unbounded(&state, &config, &workspace, &[("FAKE_CLAUDE_MODE", "edit")]);
+    daemon.wait_status("the daemon answers", WAIT, |_| true);
+    let asked = daemon.ctl(&["upgrade", "/bin/false"]);
+    assert_eq!(asked.status.code(), Some(1));
+    let stderr = crate::harness::text(&asked.stderr);
+    assert!(
+        stderr.contains("no keeper runs this agent: start it with [upgrade] enabled = true"),
+        "{stderr}"
+    );
+    assert!(!state.join("releases").exists());
+    assert!(daemon.ctl(&["stop"]).status.success());
+    assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
+}
