@@ -13,7 +13,7 @@ use super::catalog;
 use super::operations::{self, actor_error, peer_error};
 use super::protocol::{
     ActorStatus, ApprovalInfo, ArgInfo, Command, ErrorKind, HistoryEntry, MessageInfo,
-    OutcomeCounts, Reply, StatusReply, TreeChild, TreeReply, WireError,
+    OutcomeCounts, ReleaseStatus, Reply, StatusReply, TreeChild, TreeReply, WireError,
 };
 use super::server::{ServerContext, StopRequest};
 use crate::domain::{ActorKind, FaultKind, Iteration};
@@ -162,7 +162,7 @@ async fn status(context: &ServerContext) -> Result<Reply, WireError> {
         .await
         .map_err(peer_error)?;
     let children = children().await?;
-    Ok(Reply::Status(StatusReply {
+    Ok(Reply::Status(Box::new(StatusReply {
         goal: planner.goal,
         run_state: planner.run_state.as_str().to_string(),
         iteration: planner.iteration,
@@ -188,7 +188,27 @@ async fn status(context: &ServerContext) -> Result<Reply, WireError> {
                 last_error: child.last_error,
             })
             .collect(),
-    }))
+        release: release(context),
+    })))
+}
+
+/// The release a keeper runs this daemon as: permanent when the
+/// `permanent` pointer names it (or names none and it is the installed one).
+fn release(context: &ServerContext) -> Option<ReleaseStatus> {
+    use crate::upgrade::releases::{INSTALLED, Pointer};
+    let releases = context.releases.as_ref()?;
+    let name = crate::upgrade::keeper::running_release()?;
+    let permanent = match releases.read(Pointer::Permanent) {
+        Ok(Some(permanent)) => permanent == name,
+        Ok(None) => name == INSTALLED,
+        Err(_) => false,
+    };
+    Some(ReleaseStatus {
+        name,
+        version: env!("CARGO_PKG_VERSION").to_string(),
+        permanent,
+        since_ms: context.started_ms,
+    })
 }
 
 /// The supervisor's children as it reports them (`status` and `tree`).
@@ -231,6 +251,21 @@ pub fn render_status(status: &StatusReply) -> String {
         "iterations: {} committed{in_flight}: {} change(s) kept, {} no-change, {} rejected, {} failed\n",
         status.iteration, o.kept, o.no_change, o.rejected, o.failed
     ));
+    if let Some(release) = &status.release {
+        out.push_str(&format!(
+            "release:    {} ({}), {} since {}\n",
+            release.name,
+            release.version,
+            if release.permanent {
+                "permanent"
+            } else {
+                "on probation"
+            },
+            humantime::format_rfc3339_seconds(
+                std::time::UNIX_EPOCH + std::time::Duration::from_millis(release.since_ms)
+            )
+        ));
+    }
     if let Some(fitness) = status.fitness {
         out.push_str(&format!("fitness:    {fitness}\n"));
     }

@@ -102,7 +102,8 @@ pub enum Outcome {
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Reply {
-    Status(StatusReply),
+    /// Boxed: by far the largest reply, which would size every other.
+    Status(Box<StatusReply>),
     Tree(TreeReply),
     Sent {
         actor: String,
@@ -154,6 +155,22 @@ pub struct StatusReply {
     pub backend: String,
     pub mode: String,
     pub actors: Vec<ActorStatus>,
+    /// The release running, when a keeper runs it (`[upgrade] enabled`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub release: Option<ReleaseStatus>,
+}
+
+/// The release a keeper runs: which, of what version, permanent or on
+/// probation, and since when.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseStatus {
+    pub name: String,
+    /// The running binary's package version.
+    pub version: String,
+    /// `false` while on probation.
+    pub permanent: bool,
+    /// When this release started (ms since the epoch).
+    pub since_ms: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -59,6 +59,8 @@ pub struct ServerContext {
     pub closing: CancellationToken,
     /// The releases of the keeper that runs this daemon; `None` without one.
     pub releases: Option<crate::upgrade::releases::Releases>,
+    /// When this daemon started (ms since the epoch).
+    pub started_ms: u64,
 }
 
 /// The listening socket; removed when dropped.

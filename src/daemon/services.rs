@@ -85,6 +85,7 @@ impl Services {
             closing: CancellationToken::new(),
             releases: crate::upgrade::keeper::is_child()
                 .then(|| crate::upgrade::releases::Releases::of_state(&config.state_dir)),
+            started_ms: crate::store::now_ms(),
         });
         dashboard.attach(server_context.clone(), prepared.workspace.clone());
         let socket_path = config.socket_path();

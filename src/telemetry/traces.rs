@@ -234,7 +234,7 @@ fn provider(export: &Export) -> Result<SdkTracerProvider, String> {
     }
     let resource = resource
         .with_attributes([
-            KeyValue::new("service.version", env!("CARGO_PKG_VERSION")),
+            KeyValue::new("service.version", service_version()),
             KeyValue::new("service.instance.id", instance_id()),
         ])
         .build();
@@ -245,6 +245,17 @@ fn provider(export: &Export) -> Result<SdkTracerProvider, String> {
 }
 
 /// Host name and process id: stable enough to tell instances apart.
+/// The package version, with the release a keeper runs it as (`0.1.0+upgrade-…`):
+/// traces of a handed-over release say which one they came from.
+fn service_version() -> String {
+    match crate::upgrade::keeper::running_release() {
+        Some(release) if release != crate::upgrade::releases::INSTALLED => {
+            format!("{}+{release}", env!("CARGO_PKG_VERSION"))
+        }
+        _ => env!("CARGO_PKG_VERSION").to_string(),
+    }
+}
+
 fn instance_id() -> String {
     let host = nix::unistd::gethostname()
         .ok()

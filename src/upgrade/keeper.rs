@@ -51,6 +51,13 @@ pub fn is_child() -> bool {
     std::env::var_os(CHILD_VAR).is_some()
 }
 
+/// The release this process is, when a keeper started it.
+pub fn running_release() -> Option<String> {
+    is_child()
+        .then(|| std::env::var(RELEASE_VAR).ok())
+        .flatten()
+}
+
 /// What the keeper needs of the run's configuration.
 #[derive(Debug, Clone)]
 pub struct Keeper {

@@ -160,6 +160,8 @@ fn a_handover_to_a_working_release_goes_on_and_is_made_permanent() {
     let mut daemon =
         Daemon::unbounded(&state, &config, &workspace, &[("FAKE_CLAUDE_MODE", "edit")]);
     let before = daemon.wait_status("a committed iteration", WAIT, |s| Daemon::committed(s) >= 1);
+    assert_eq!(before["release"]["name"], "installed", "{before}");
+    assert_eq!(before["release"]["permanent"], true, "{before}");
     let binary = crate::harness::agent_bin();
     let asked = daemon.ctl(&["upgrade", binary.to_str().unwrap()]);
     assert!(
@@ -179,9 +181,11 @@ fn a_handover_to_a_working_release_goes_on_and_is_made_permanent() {
             .trim(),
         release
     );
-    daemon.wait_status("the run to go on in the new release", WAIT, |s| {
-        Daemon::committed(s) > Daemon::committed(&before) + 1
+    let status = daemon.wait_status("the run to go on in the new release", WAIT, |s| {
+        Daemon::committed(s) > Daemon::committed(&before) + 1 && s["release"]["permanent"] == true
     });
+    assert_eq!(status["release"]["name"], release.as_str(), "{status}");
+    assert_eq!(status["release"]["version"], env!("CARGO_PKG_VERSION"));
     let stderr = stderr_of(&daemon);
     assert!(
         stderr.contains(&format!(
@@ -257,7 +261,11 @@ fn without_a_keeper_an_upgrade_is_refused_and_nothing_changes() {
     let state = dir.path().join("state");
     let mut daemon =
         Daemon::unbounded(&state, &config, &workspace, &[("FAKE_CLAUDE_MODE", "edit")]);
-    daemon.wait_status("the daemon answers", WAIT, |_| true);
+    let status = daemon.wait_status("the daemon answers", WAIT, |_| true);
+    assert!(
+        status.get("release").is_none(),
+        "no release without a keeper: {status}"
+    );
     let asked = daemon.ctl(&["upgrade", "/bin/false"]);
     assert_eq!(asked.status.code(), Some(1));
     let stderr = crate::harness::text(&asked.stderr);
