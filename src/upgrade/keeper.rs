@@ -227,6 +227,19 @@ impl Keeper {
     /// release on probation that lives to its end of probation is made
     /// permanent.
     async fn run_once(&self, running: &mut Running) -> End {
+        // `current` names what runs: after a child died in the middle of a
+        // handover it may name the release that was never started.
+        if self
+            .releases
+            .read(Pointer::Current)
+            .ok()
+            .flatten()
+            .as_deref()
+            != Some(running.release.as_str())
+            && let Err(error) = self.releases.point(Pointer::Current, &running.release)
+        {
+            return End::Crashed(format!("cannot point `current` at it: {error}"));
+        }
         let binary = self.releases.binary(&running.release, &self.installed);
         let env = [(CHILD_VAR, "1"), (RELEASE_VAR, running.release.as_str())];
         let mut child = match crate::process::start_attached(&binary, &self.args, &env) {

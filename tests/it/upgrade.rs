@@ -277,3 +277,62 @@ fn without_a_keeper_an_upgrade_is_refused_and_nothing_changes() {
     assert!(daemon.ctl(&["stop"]).status.success());
     assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
 }
+
+/// The child dies in the middle of its handover (it aborts while it drains,
+/// after `current` was pointed at the new release): the keeper starts the
+/// release that ran, `current` names it again, and the run goes on with
+/// every committed iteration.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_child_killed_during_its_handover_comes_back_as_the_release_that_ran() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keeper_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let env = [
+        ("FAKE_CLAUDE_MODE", "edit"),
+        ("FAILPOINTS", "shutdown.drain=return"),
+    ];
+    let mut daemon = Daemon::unbounded(&state, &config, &workspace, &env);
+    let before = daemon.wait_status("a committed iteration", WAIT, |s| Daemon::committed(s) >= 1);
+    let binary = crate::harness::agent_bin();
+    assert!(
+        daemon
+            .ctl(&["upgrade", binary.to_str().unwrap()])
+            .status
+            .success()
+    );
+    poll_until("the restart after the abort", WAIT, || {
+        stderr_of(&daemon)
+            .contains("agent: keeper: release installed crashed: it was killed by SIGABRT; restarting it in 1s")
+            .then_some(())
+    });
+    let after = daemon.wait_status("the run to go on", WAIT, |s| {
+        Daemon::committed(s) > Daemon::committed(&before) + 1
+    });
+    assert_eq!(after["release"]["name"], "installed", "{after}");
+    assert_eq!(
+        std::fs::read_to_string(state.join("releases/current")).unwrap(),
+        "installed\n",
+        "current names the release that runs"
+    );
+    assert!(
+        !stderr_of(&daemon).contains("handing over"),
+        "no handover happened"
+    );
+    let child = children_of(daemon.pid());
+    daemon.kill9();
+    // The child dies with its keeper; the store is free once it is gone.
+    for pid in child {
+        wait_gone(pid);
+    }
+    let numbers: Vec<u64> = history(&state)
+        .iter()
+        .map(|r| r["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "no gap, nothing twice"
+    );
+}
