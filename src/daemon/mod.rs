@@ -144,6 +144,7 @@ async fn prepare(
     )
     .map_err(RunError::Usage)?;
     let store = open_state(&config)?;
+    crate::upgrade::keeper::audit_what_it_said(&store).await?;
     config.goal = resume::resolve_run(&store, &config, overrides).await?;
 
     let (workspace, notices) = prepare_worktree(&config, &store, overrides).await?;

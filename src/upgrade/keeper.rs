@@ -39,6 +39,10 @@ use crate::ctl::protocol::{Command, Outcome};
 pub const CHILD_VAR: &str = "AGENT_KEEPER_CHILD";
 /// The release the child is, for what it reports of itself.
 pub const RELEASE_VAR: &str = "AGENT_RELEASE";
+/// What the keeper decided since it last started a child (a JSON list of
+/// `[action, detail]`): the keeper holds no store, so the child it starts
+/// writes these to the audit chain.
+pub const SAID_VAR: &str = "AGENT_KEEPER_SAID";
 
 /// The first back-off after a crash, and the longest.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -82,11 +86,21 @@ enum End {
     Stopped(u8),
 }
 
-/// The release running now, and until when it is on probation.
+/// The release running now, until when it is on probation, and what the
+/// keeper decided that the next child it starts is to audit.
 #[derive(Debug, Clone)]
 struct Running {
     release: String,
     probation_until: Option<Instant>,
+    unaudited: Vec<(&'static str, String)>,
+}
+
+impl Running {
+    /// Says `detail` on stderr and keeps it for the audit chain.
+    fn say(&mut self, action: &'static str, detail: String) {
+        eprintln!("agent: keeper: {detail}");
+        self.unaudited.push((action, detail));
+    }
 }
 
 impl Keeper {
@@ -100,17 +114,21 @@ impl Keeper {
                 return exit::FAILED;
             }
         };
+        let mut running = Running {
+            release: boot.release.clone(),
+            probation_until: None,
+            unaudited: Vec::new(),
+        };
         if let Some(abandoned) = &boot.abandoned {
-            eprintln!(
-                "agent: keeper: release {abandoned} was on probation when the keeper last stopped; \
-                 booting the permanent release {}",
-                boot.release
+            running.say(
+                "release.abandoned",
+                format!(
+                    "release {abandoned} was on probation when the keeper last stopped; \
+                     booting the permanent release {}",
+                    boot.release
+                ),
             );
         }
-        let mut running = Running {
-            release: boot.release,
-            probation_until: None,
-        };
         // When the running release crashed, within the restart window.
         let mut crashes: VecDeque<Instant> = VecDeque::new();
         loop {
@@ -118,20 +136,20 @@ impl Keeper {
             let on_probation = running.probation_until.is_some();
             match end {
                 End::Exited(exit::HANDOVER) => {
-                    running = self.hand_over(&running);
+                    self.hand_over(&mut running);
                     crashes.clear();
                 }
                 End::Exited(exit::FAILED) if on_probation => {
-                    running = self.roll_back(&running, "it escalated");
+                    self.roll_back(&mut running, "it escalated");
                     crashes.clear();
                 }
                 End::Exited(code) | End::Stopped(code) => return code,
                 End::Crashed(why) if on_probation => {
-                    running = self.roll_back(&running, &why);
+                    self.roll_back(&mut running, &why);
                     crashes.clear();
                 }
                 End::Crashed(why) => {
-                    if let Some(code) = self.after_crash(&running, &mut crashes, &why).await {
+                    if let Some(code) = self.after_crash(&mut running, &mut crashes, &why).await {
                         return code;
                     }
                 }
@@ -141,33 +159,32 @@ impl Keeper {
 
     /// The release `current` names now, on probation: what the child that
     /// asked for the handover pointed it at.
-    fn hand_over(&self, running: &Running) -> Running {
+    fn hand_over(&self, running: &mut Running) {
         match self.releases.read(Pointer::Current) {
             Ok(Some(next)) if next != running.release => {
-                eprintln!(
-                    "agent: keeper: handing over from release {} to {next}, on probation for {}",
+                let detail = format!(
+                    "handing over from release {} to {next}, on probation for {}",
                     running.release,
                     humantime::format_duration(self.config.probation)
                 );
-                Running {
-                    release: next,
-                    probation_until: Some(Instant::now() + self.config.probation),
-                }
+                running.say("release.handover", detail);
+                running.release = next;
+                running.probation_until = Some(Instant::now() + self.config.probation);
             }
             other => {
-                eprintln!(
-                    "agent: keeper: a handover was asked for, but `current` names {}; starting release {} again",
-                    other.map_or_else(|e| e.to_string(), |r| r.unwrap_or_default()),
+                let named = other.map_or_else(|e| e.to_string(), |r| r.unwrap_or_default());
+                let detail = format!(
+                    "a handover was asked for, but `current` names {named}; starting release {} again",
                     running.release
                 );
-                running.clone()
+                running.say("release.handover", detail);
             }
         }
     }
 
     /// The release on probation failed: `current` points back at the
     /// permanent release, which starts at once.
-    fn roll_back(&self, failed: &Running, why: &str) -> Running {
+    fn roll_back(&self, running: &mut Running, why: &str) {
         let permanent = match self.releases.read(Pointer::Permanent) {
             Ok(permanent) => permanent.unwrap_or_else(|| INSTALLED.to_string()),
             Err(error) => {
@@ -178,14 +195,13 @@ impl Keeper {
         if let Err(error) = self.releases.point(Pointer::Current, &permanent) {
             eprintln!("agent: keeper: cannot point `current` back: {error}");
         }
-        eprintln!(
-            "agent: keeper: release {} failed on probation: {why}; rolled back to the permanent release {permanent}",
-            failed.release
+        let detail = format!(
+            "release {} failed on probation: {why}; rolled back to the permanent release {permanent}",
+            running.release
         );
-        Running {
-            release: permanent,
-            probation_until: None,
-        }
+        running.say("release.rolled_back", detail);
+        running.release = permanent;
+        running.probation_until = None;
     }
 
     /// A crash of a release that is not on probation: restarted after a
@@ -193,7 +209,7 @@ impl Keeper {
     /// a stop came meanwhile).
     async fn after_crash(
         &self,
-        running: &Running,
+        running: &mut Running,
         crashes: &mut VecDeque<Instant>,
         why: &str,
     ) -> Option<u8> {
@@ -215,11 +231,12 @@ impl Keeper {
             return Some(exit::FAILED);
         }
         let delay = backoff(count);
-        eprintln!(
-            "agent: keeper: release {} crashed: {why}; restarting it in {}",
+        let detail = format!(
+            "release {} crashed: {why}; restarting it in {}",
             running.release,
             humantime::format_duration(delay)
         );
+        running.say("release.crashed", detail);
         self.sleep_or_stop(delay).await.then_some(exit::OK)
     }
 
@@ -241,7 +258,12 @@ impl Keeper {
             return End::Crashed(format!("cannot point `current` at it: {error}"));
         }
         let binary = self.releases.binary(&running.release, &self.installed);
-        let env = [(CHILD_VAR, "1"), (RELEASE_VAR, running.release.as_str())];
+        let said = serde_json::to_string(&running.unaudited).unwrap_or_default();
+        let env = [
+            (CHILD_VAR, "1"),
+            (RELEASE_VAR, running.release.as_str()),
+            (SAID_VAR, said.as_str()),
+        ];
         let mut child = match crate::process::start_attached(&binary, &self.args, &env) {
             Ok(child) => child,
             Err(error) => return End::Crashed(error.to_string()),
@@ -258,8 +280,12 @@ impl Keeper {
             _ = int.recv() => return stop(&mut child).await,
         };
         if let Some(end) = gate {
+            // It never came up, so it audited nothing: the next child will.
             return end;
         }
+        // A child that answers has audited what it was told (at its start,
+        // before its control socket opened).
+        running.unaudited.clear();
         loop {
             let promotion = async {
                 match running.probation_until {
@@ -280,10 +306,13 @@ impl Keeper {
     fn promote(&self, running: &mut Running) {
         running.probation_until = None;
         match self.releases.point(Pointer::Permanent, &running.release) {
-            Ok(()) => eprintln!(
-                "agent: keeper: release {} passed its probation and is permanent",
-                running.release
-            ),
+            Ok(()) => {
+                let detail = format!(
+                    "release {} passed its probation and is permanent",
+                    running.release
+                );
+                running.say("release.permanent", detail);
+            }
             Err(error) => eprintln!(
                 "agent: keeper: cannot make release {} permanent: {error}; it stays current",
                 running.release
@@ -329,6 +358,32 @@ impl Keeper {
             _ = int.recv() => true,
         }
     }
+}
+
+/// Writes what the keeper said to this child's start into the audit chain
+/// (actor `keeper`); a promotion said while a child ran is written by the
+/// next one the keeper starts.
+pub async fn audit_what_it_said(
+    store: &crate::store::Store,
+) -> Result<(), crate::store::StoreError> {
+    let Some(said) = std::env::var(SAID_VAR).ok().filter(|s| !s.is_empty()) else {
+        return Ok(());
+    };
+    let decisions: Vec<(String, String)> = match serde_json::from_str(&said) {
+        Ok(decisions) => decisions,
+        Err(error) => {
+            tracing::warn!(%error, "cannot read what the keeper said; not audited");
+            return Ok(());
+        }
+    };
+    for (action, detail) in decisions {
+        store
+            .audit(crate::store::audit::Decision::new(
+                "keeper", &action, detail,
+            ))
+            .await?;
+    }
+    Ok(())
 }
 
 /// Whether the agent on `socket` answers `ctl status`.

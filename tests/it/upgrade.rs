@@ -251,6 +251,20 @@ fn a_handover_to_a_release_that_fails_its_gate_is_rolled_back() {
     );
     assert!(daemon.ctl(&["stop"]).status.success());
     assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
+    // The keeper's decisions are in the audit chain, written by the child
+    // it started next.
+    let audit = crate::harness::audit_chain(&state);
+    let keeper: Vec<&str> = audit.lines().filter(|l| l.contains("\"keeper\"")).collect();
+    assert_eq!(keeper.len(), 2, "{audit}");
+    assert!(
+        keeper[0].contains("release.handover")
+            && keeper[0].contains("handing over from release installed to upgrade-"),
+        "{audit}"
+    );
+    assert!(
+        keeper[1].contains("release.rolled_back") && keeper[1].contains("failed on probation"),
+        "{audit}"
+    );
 }
 
 #[test]
