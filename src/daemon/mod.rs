@@ -649,6 +649,9 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
         Ending::Stopped | Ending::Paused(_) | Ending::Handover => {}
     }
     store.put_run(&run).await?;
+    if matches!(ending, Ending::Handover) {
+        backup_before_handover(store, config).await?;
+    }
     let committed = committed_summary(store)?;
     let how = match ending {
         Ending::Finished(reason) => format!("finished: {reason}"),
@@ -679,6 +682,25 @@ async fn checkpoint(store: &Store, config: &Config, ending: &Ending) -> Result<(
             eprintln!("agent: escalated: {reason}; state checkpointed; {committed}");
         }
     }
+    Ok(())
+}
+
+/// A backup of the store as the old release leaves it, beside the release
+/// that takes over (`<state>/releases/<release>/before.backup`): what to
+/// restore if the new release damages the store (`agent restore`).
+async fn backup_before_handover(store: &Store, config: &Config) -> Result<(), RunError> {
+    use crate::upgrade::releases::{Pointer, Releases};
+    let releases = Releases::of_state(&config.state_dir);
+    let next = releases
+        .read(Pointer::Current)
+        .map_err(|e| RunError::Failed(e.to_string()))?
+        .ok_or_else(|| RunError::Failed("a handover with no current release".into()))?;
+    let to = releases.dir.join(&next).join("before.backup");
+    let iterations = store.backup_to(&to).await?;
+    println!(
+        "agent: backup of {iterations} committed iteration(s) before the handover: {}",
+        to.display()
+    );
     Ok(())
 }
 

@@ -185,6 +185,19 @@ fn a_handover_to_a_working_release_goes_on_and_is_made_permanent() {
         Daemon::committed(s) > Daemon::committed(&before) + 1 && s["release"]["permanent"] == true
     });
     assert_eq!(status["release"]["name"], release.as_str(), "{status}");
+    // The store as the old release left it, restorable.
+    let backup = state.join("releases").join(&release).join("before.backup");
+    let restored = dir.path().join("restored");
+    let restore = std::process::Command::new(crate::harness::agent_bin())
+        .args(["restore", "--from", backup.to_str().unwrap(), "--state"])
+        .arg(&restored)
+        .output()
+        .unwrap();
+    assert!(
+        restore.status.success(),
+        "{}",
+        crate::harness::text(&restore.stderr)
+    );
     assert_eq!(status["release"]["version"], env!("CARGO_PKG_VERSION"));
     let stderr = stderr_of(&daemon);
     assert!(
