@@ -416,23 +416,9 @@ async fn a_rotating_login_survives_three_concurrent_jobs_and_stays_valid_for_its
 /// read and its result is the job's clear failure.
 #[tokio::test]
 async fn the_real_claude_code_not_logged_in_fails_clearly_in_stream_json() {
-    let installed =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/claude-code/node_modules/.bin/claude");
-    let claude = std::env::var_os("AGENT_TEST_REAL_CLAUDE")
-        .map(std::path::PathBuf::from)
-        .unwrap_or(installed);
-    if !claude.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install Claude Code at {} (see .ci/run)",
-            claude.display()
-        );
-        eprintln!(
-            "skipped: Claude Code is not installed at {}",
-            claude.display()
-        );
+    let Some(claude) = crate::harness::real_claude() else {
         return;
-    }
+    };
     let f = Fixture::new();
     let home = f.dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();

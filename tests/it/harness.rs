@@ -22,6 +22,40 @@ pub fn fake_claude_program() -> agent::domain::Program {
     agent::domain::Program::resolve(&fake_claude()).unwrap()
 }
 
+/// The real Claude Code CLI (npm package `@anthropic-ai/claude-code`) that
+/// `.ci/run` installs under `target/claude-code`, or `AGENT_TEST_REAL_CLAUDE`;
+/// `None` (said on stderr) where it is not installed, which CI refuses.
+pub fn real_claude() -> Option<PathBuf> {
+    let installed =
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/claude-code/node_modules/.bin/claude");
+    let claude = std::env::var_os("AGENT_TEST_REAL_CLAUDE")
+        .map(PathBuf::from)
+        .unwrap_or(installed);
+    if claude.exists() {
+        return Some(claude);
+    }
+    assert!(
+        std::env::var_os("CI").is_none(),
+        "CI must install Claude Code at {} (see .ci/run)",
+        claude.display()
+    );
+    eprintln!(
+        "skipped: Claude Code is not installed at {} (.ci/run installs it)",
+        claude.display()
+    );
+    None
+}
+
+/// The edit jobs the stand-in logged to `FAKE_CLAUDE_LOG` (research runs in
+/// plan mode).
+pub fn edit_jobs(log: &Path) -> usize {
+    std::fs::read_to_string(log)
+        .unwrap_or_default()
+        .lines()
+        .filter(|l| l.contains(" acceptEdits "))
+        .count()
+}
+
 /// Polls `check` every 25 ms until it returns `Some`, or panics after
 /// `timeout` naming what was awaited.
 pub fn poll_until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Option<T>) -> T {

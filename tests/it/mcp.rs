@@ -559,23 +559,9 @@ async fn claude_status_shows_a_running_jobs_progress() {
 /// `.ci/run` installs under `target/claude-code`, not logged in.
 #[tokio::test]
 async fn the_real_claude_code_not_logged_in_is_a_failed_job_with_its_message() {
-    let installed =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("target/claude-code/node_modules/.bin/claude");
-    let claude = std::env::var_os("AGENT_TEST_REAL_CLAUDE")
-        .map(PathBuf::from)
-        .unwrap_or(installed);
-    if !claude.exists() {
-        assert!(
-            std::env::var_os("CI").is_none(),
-            "CI must install Claude Code at {} (see .ci/run)",
-            claude.display()
-        );
-        eprintln!(
-            "skipped: Claude Code is not installed at {} (.ci/run installs it)",
-            claude.display()
-        );
+    let Some(claude) = crate::harness::real_claude() else {
         return;
-    }
+    };
     let dir = tempfile::tempdir().unwrap();
     let home = dir.path().join("home");
     std::fs::create_dir_all(&home).unwrap();
@@ -610,7 +596,6 @@ async fn the_real_claude_code_not_logged_in_is_a_failed_job_with_its_message() {
 // ------------------------------------------------- the agent's mcp backend --
 
 mod backend {
-    use std::path::Path;
     use std::time::Duration;
 
     use crate::harness::{
@@ -619,13 +604,7 @@ mod backend {
 
     const WAIT: Duration = Duration::from_secs(120);
 
-    fn edits(log: &Path) -> usize {
-        std::fs::read_to_string(log)
-            .unwrap_or_default()
-            .lines()
-            .filter(|l| l.contains(" acceptEdits "))
-            .count()
-    }
+    use crate::harness::edit_jobs as edits;
 
     #[test]
     fn a_killed_server_is_restarted_the_iteration_fails_cleanly_and_the_next_one_runs() {

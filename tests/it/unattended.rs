@@ -9,18 +9,9 @@ use std::time::Duration;
 
 use git2::Repository;
 
-use crate::harness::{Daemon, audit_chain, fast_config, history, tiny_crate};
+use crate::harness::{Daemon, audit_chain, edit_jobs, fast_config, history, tiny_crate};
 
 const WAIT: Duration = Duration::from_secs(120);
-
-/// The edit jobs the stand-in ran (research runs in plan mode).
-fn edit_jobs(log: &Path) -> usize {
-    std::fs::read_to_string(log)
-        .unwrap_or_default()
-        .lines()
-        .filter(|l| l.contains(" acceptEdits "))
-        .count()
-}
 
 #[test]
 fn a_rejected_rate_limit_is_waited_out_and_counts_no_failure() {

@@ -34,6 +34,21 @@ fn children_of(pid: u32) -> Vec<i32> {
     children
 }
 
+/// How many iterations the stopped run at `state` committed, each once and
+/// none missing.
+fn committed_once_each(state: &Path) -> u64 {
+    let numbers: Vec<u64> = history(state)
+        .iter()
+        .map(|r| r["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(
+        numbers,
+        (1..=numbers.len() as u64).collect::<Vec<_>>(),
+        "no gap, nothing twice"
+    );
+    numbers.len() as u64
+}
+
 fn stderr_of(daemon: &Daemon) -> String {
     std::fs::read_to_string(&daemon.stderr).unwrap_or_default()
 }
@@ -77,12 +92,7 @@ fn the_keeper_restarts_a_killed_agent_and_the_run_goes_on() {
     assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
     wait_gone(restarted[0]);
     // Nothing committed was lost or done twice.
-    let numbers: Vec<u64> = history(&state)
-        .iter()
-        .map(|r| r["iteration"].as_u64().unwrap())
-        .collect();
-    assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
-    assert!(numbers.len() as u64 >= Daemon::committed(&after));
+    assert!(committed_once_each(&state) >= Daemon::committed(&after));
 }
 
 #[test]
@@ -212,15 +222,7 @@ fn a_handover_to_a_working_release_goes_on_and_is_made_permanent() {
     )));
     assert!(daemon.ctl(&["stop"]).status.success());
     assert!(daemon.wait_exit(WAIT).success(), "{}", daemon.logs());
-    let numbers: Vec<u64> = history(&state)
-        .iter()
-        .map(|r| r["iteration"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        numbers,
-        (1..=numbers.len() as u64).collect::<Vec<_>>(),
-        "no gap, nothing twice"
-    );
+    committed_once_each(&state);
 }
 
 /// A handover to a binary that cannot come up (it exits at once): the
@@ -353,13 +355,5 @@ fn a_child_killed_during_its_handover_comes_back_as_the_release_that_ran() {
     for pid in child {
         wait_gone(pid);
     }
-    let numbers: Vec<u64> = history(&state)
-        .iter()
-        .map(|r| r["iteration"].as_u64().unwrap())
-        .collect();
-    assert_eq!(
-        numbers,
-        (1..=numbers.len() as u64).collect::<Vec<_>>(),
-        "no gap, nothing twice"
-    );
+    committed_once_each(&state);
 }
