@@ -498,6 +498,9 @@ named_enum! {
         Rejected => "rejected",
         NoChange => "no-change",
         JobFailed => "job-failed",
+        /// A variant whose release failed on probation (its commit is
+        /// reverted on the branch).
+        UpgradeFailed => "upgrade-failed",
     }
 }
 
@@ -1006,7 +1009,7 @@ impl OutcomeCounts {
         match outcome {
             Outcome::Accepted => self.kept += 1,
             Outcome::NoChange => self.no_change += 1,
-            Outcome::Rejected => self.rejected += 1,
+            Outcome::Rejected | Outcome::UpgradeFailed => self.rejected += 1,
             Outcome::JobFailed => self.failed += 1,
         }
     }

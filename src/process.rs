@@ -399,7 +399,7 @@ pub fn group_command(program: impl AsRef<std::ffi::OsStr>) -> Command {
     command.process_group(0);
     // Claude Code refuses to start under these (its guard against nesting):
     // an agent started from inside a Claude Code session must still run jobs.
-    for inherited in NESTING_VARS {
+    for inherited in NESTING_VARS.iter().chain(&crate::upgrade::keeper::VARS) {
         command.env_remove(inherited);
     }
     if let Some(instance) = MARK.get() {

@@ -440,6 +440,31 @@ impl Workspace {
         Ok(id.to_string())
     }
 
+    /// Reverts `commit` with a new commit on the agent branch's head (the
+    /// history stays as it was), and checks it out; returns the revert.
+    pub fn revert(&self, commit: &str, message: &str) -> Result<String, WorkspaceError> {
+        let repo = self.repo()?;
+        let head_ref = repo.head()?;
+        let branch = head_ref
+            .name()
+            .ok_or_else(|| git2::Error::from_str("the agent branch has no UTF-8 name"))?
+            .to_string();
+        let head = head_ref.peel_to_commit()?;
+        let reverted = repo.find_commit(Oid::from_str(commit)?)?;
+        let mut index = repo.revert_commit(&reverted, &head, 0, None)?;
+        if index.has_conflicts() {
+            return Err(WorkspaceError::Git(git2::Error::from_str(&format!(
+                "reverting {commit} conflicts with the commits after it"
+            ))));
+        }
+        let tree = repo.find_tree(index.write_tree_to(&repo)?)?;
+        let signature = signature()?;
+        let id = repo.commit(None, &signature, &signature, message, &tree, &[&head])?;
+        repo.reference_matching(&branch, id, true, head.id(), "agent: revert")?;
+        repo.checkout_head(Some(CheckoutBuilder::new().force()))?;
+        Ok(id.to_string())
+    }
+
     /// Keeps the worktree's change as a commit on top of `parent`, off the
     /// branch, on the variant ref of `iteration`; returns the commit. The
     /// branch and the worktree's files do not move (the index does; a

@@ -47,6 +47,17 @@ pub struct Shared {
 
 pub type Context = Arc<Shared>;
 
+/// Each actor's snapshot schema in this build: what a release on probation
+/// may not migrate a store to (see `upgrade::attempts`).
+pub const SNAPSHOT_SCHEMAS: [(ActorKind, u32); 6] = [
+    (ActorKind::Planner, planner::SCHEMA),
+    (ActorKind::Executor, executor::SCHEMA),
+    (ActorKind::Researcher, researcher::SCHEMA),
+    (ActorKind::Learner, learner::SCHEMA),
+    (ActorKind::Modifier, modifier::SCHEMA),
+    (ActorKind::Governor, governor::SCHEMA),
+];
+
 /// Loads an actor's committed snapshot; `None` before its first commit. A
 /// snapshot of another schema is a clear error, never a panic.
 pub fn load_snapshot<S: DeserializeOwned>(

@@ -22,7 +22,7 @@ use crate::process::{self, CommandSpec};
 use crate::store::{ResearchRecord, now_ms};
 
 const KIND: ActorKind = ActorKind::Researcher;
-const SCHEMA: u32 = 1;
+pub(crate) const SCHEMA: u32 = 1;
 /// Most paragraphs a local answer carries.
 const MAX_PARAGRAPHS: usize = 6;
 const MAX_NOTES: usize = 6000;

@@ -281,7 +281,7 @@ fn label(workspace: &Path) -> String {
 
 /// One `agent run` on a fresh state directory; `knowledge` is the state
 /// directory of the run whose learning it starts from.
-async fn one_run(
+pub(crate) async fn one_run(
     own: &Path,
     workspace: &Path,
     dir: &Path,

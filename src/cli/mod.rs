@@ -14,7 +14,7 @@ use crate::daemon::{self, Ending, RunError};
 use crate::store::{Store, StoreError};
 
 mod audit;
-mod experiment;
+pub(crate) mod experiment;
 
 /// Exit statuses of `agent` (documented in the README).
 pub mod exit {

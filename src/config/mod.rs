@@ -313,7 +313,7 @@ impl RawConfig {
             safety: safety.rules,
             own_source_protected: safety.own_source_protected,
             sandbox,
-            upgrade: self.upgrade.into(),
+            upgrade: self.upgrade.check(file)?,
             max_turns: cognition.max_turns,
             max_budget_usd: cognition.max_budget_usd,
             claude_policy: cognition.policy,

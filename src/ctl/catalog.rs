@@ -226,6 +226,14 @@ static CATALOG: &[Spec] = &[
     },
     Spec {
         actor: ActorKind::Modifier,
+        name: "upgrades",
+        kind: Kind::Query,
+        args: &[],
+        description: "every self-upgrade attempt: commit, release, build time, the agent evaluation's figures, outcome and reason",
+        handler: |args| Box::pin(modifier_upgrades(args)),
+    },
+    Spec {
+        actor: ActorKind::Modifier,
         name: "rollback",
         kind: Kind::Command,
         args: &[],
@@ -833,6 +841,13 @@ async fn modifier_variants(args: Args) -> Reply {
     wire(VariantsReply {
         variants: variants.into_iter().map(variant_info).collect(),
     })
+}
+
+async fn modifier_upgrades(_: Args) -> Reply {
+    messages::call(ActorKind::Modifier, QUICK, ModifierMsg::Upgrades)
+        .await
+        .map_err(peer_error)?
+        .map_err(actor_error)
 }
 
 async fn modifier_rollback(_: Args) -> Reply {

@@ -203,9 +203,17 @@ fn release(context: &ServerContext) -> Option<ReleaseStatus> {
         Ok(None) => name == INSTALLED,
         Err(_) => false,
     };
+    let commit = context.store.upgrades().ok().and_then(|attempts| {
+        attempts
+            .into_iter()
+            .rev()
+            .find(|attempt| attempt.release == name)
+            .map(|attempt| attempt.commit)
+    });
     Some(ReleaseStatus {
         name,
         version: env!("CARGO_PKG_VERSION").to_string(),
+        commit,
         permanent,
         since_ms: context.started_ms,
     })
@@ -253,9 +261,13 @@ pub fn render_status(status: &StatusReply) -> String {
     ));
     if let Some(release) = &status.release {
         out.push_str(&format!(
-            "release:    {} ({}), {} since {}\n",
+            "release:    {} ({}{}), {} since {}\n",
             release.name,
             release.version,
+            release
+                .commit
+                .as_ref()
+                .map_or(String::new(), |c| format!(", commit {c}")),
             if release.permanent {
                 "permanent"
             } else {

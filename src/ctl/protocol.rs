@@ -167,6 +167,10 @@ pub struct ReleaseStatus {
     pub name: String,
     /// The running binary's package version.
     pub version: String,
+    /// The commit of the agent's own source it was built from, when it is
+    /// a release this run built.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub commit: Option<String>,
     /// `false` while on probation.
     pub permanent: bool,
     /// When this release started (ms since the epoch).

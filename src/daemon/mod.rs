@@ -145,6 +145,7 @@ async fn prepare(
     .map_err(RunError::Usage)?;
     let store = open_state(&config)?;
     crate::upgrade::keeper::audit_what_it_said(&store).await?;
+    crate::upgrade::attempts::refuse_migration_on_probation(&store).map_err(RunError::Failed)?;
     config.goal = resume::resolve_run(&store, &config, overrides).await?;
 
     let (workspace, notices) = prepare_worktree(&config, &store, overrides).await?;
@@ -166,6 +167,9 @@ async fn prepare(
     }
     committed::check(&store, &workspace, &config.goal, overrides.recover_from_git).await?;
     committed::keep_the_users_work(&store, &workspace)?;
+    crate::upgrade::attempts::settle_rollback(&store, &workspace)
+        .await
+        .map_err(|e| RunError::Failed(format!("cannot settle the failed upgrade: {e}")))?;
     check_toolchain(&config, &workspace).await?;
     let committed = store.last_iteration()?.map_or(0, |r| r.number);
     print_banner(
@@ -541,6 +545,12 @@ async fn run_ending(services: &mut Services) -> (Ending, StopRequest) {
             }
             event = listener.recv() => match event {
                 Ok(Event::RunFinished { reason }) => return (Ending::Finished(reason), StopRequest::Graceful),
+                Ok(Event::IterationCommitted(committed)) => {
+                    if let Some(release) = handover_to(&services.config, &committed) {
+                        println!("agent: iteration {}: release {release} is current; handing over", committed.number);
+                        return (Ending::Handover, StopRequest::Graceful);
+                    }
+                }
                 Ok(Event::Escalated { reason }) => {
                     services.readiness.escalating();
                     return (Ending::Escalated(reason), StopRequest::Now);
@@ -635,6 +645,30 @@ fn escalation_reason(listener: &mut broadcast::Receiver<Event>) -> String {
         }
     }
     reason
+}
+
+/// The release an accepted change to the agent's own source was staged as,
+/// pointed at as `current` once its iteration is committed; `None` when
+/// there is none (no keeper, no candidate, or `current` cannot be written,
+/// which is logged: the run goes on with the release it has).
+fn handover_to(config: &Config, committed: &crate::domain::Iteration) -> Option<String> {
+    use crate::upgrade::releases::{Pointer, Releases};
+    if !config.upgrade.enabled || !crate::upgrade::keeper::is_child() {
+        return None;
+    }
+    let commit = committed.commit.as_deref()?;
+    let release = crate::upgrade::attempts::release_name(commit);
+    let releases = Releases::of_state(&config.state_dir);
+    if !releases.binary(&release, std::path::Path::new("")).is_file() {
+        return None;
+    }
+    match releases.point(Pointer::Current, &release) {
+        Ok(()) => Some(release),
+        Err(error) => {
+            tracing::error!(%error, release, "cannot point `current` at the candidate; no handover");
+            None
+        }
+    }
 }
 
 /// The final checkpoint: the run record says how the run ended, the store is

@@ -257,6 +257,8 @@ pub enum ModifierMsg {
         reply: RpcReplyPort<Result<String, ActorError>>,
     },
     Status(RpcReplyPort<ModifierStatus>),
+    /// Every self-upgrade attempt with its figures and outcome (JSON).
+    Upgrades(RpcReplyPort<Result<serde_json::Value, ActorError>>),
     /// The latest `last` archived variants, oldest first.
     Variants {
         last: usize,

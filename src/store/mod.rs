@@ -25,7 +25,7 @@ use sled::transaction::ConflictableTransactionError;
 pub use codec::CodecError;
 pub use records::{
     ApprovalRecord, BackupRecord, JobRecord, JobRecordV1, JobSession, McpJobRecord, ResearchRecord,
-    ResearchRecordV1, RunRecord, SnapshotRecord, VariantRecord,
+    ResearchRecordV1, RunRecord, SnapshotRecord, UpgradeRecord, VariantRecord,
 };
 
 pub use retention::{AUDIT_ARCHIVE, Pruned, Retention};
@@ -56,6 +56,8 @@ const WORKSPACE_KEY: &[u8] = b"workspace";
 const OUTCOMES_KEY: &[u8] = b"outcomes";
 /// The registry of tools discovered on MCP servers.
 const TOOLS_KEY: &[u8] = b"tools";
+/// Self-upgrade attempts, by iteration: `upgrade/<iteration, big-endian>`.
+const UPGRADE_PREFIX: &[u8] = b"upgrade/";
 /// The second witness of what was committed, beside the store: a plain file
 /// holding the last committed iteration, replaced after every flushed commit.
 /// sled can come back from a damaged file with its last records silently
@@ -148,6 +150,10 @@ pub enum Durable {
     /// before the commit loses it together with the iteration, which runs
     /// again and writes it again.
     AtCommit,
+}
+
+fn upgrade_key(iteration: u64) -> Vec<u8> {
+    [UPGRADE_PREFIX, &iteration.to_be_bytes()].concat()
 }
 
 /// Milliseconds since the Unix epoch.
@@ -308,6 +314,50 @@ impl Store {
             };
         }
         self.flush().await
+    }
+
+    // --------------------------------------------------------- upgrades --
+
+    /// Records (or replaces) the self-upgrade attempt of its iteration.
+    pub async fn put_upgrade(&self, attempt: &UpgradeRecord) -> Result<(), StoreError> {
+        {
+            let _writing = self.writing();
+            self.meta
+                .insert(upgrade_key(attempt.iteration), codec::encode(attempt)?)?;
+        }
+        self.flush().await
+    }
+
+    /// Every self-upgrade attempt, oldest first.
+    pub fn upgrades(&self) -> Result<Vec<UpgradeRecord>, StoreError> {
+        self.meta
+            .scan_prefix(UPGRADE_PREFIX)
+            .map(|entry| {
+                let (_, bytes) = entry?;
+                decode(&bytes, "upgrade attempt")
+            })
+            .collect()
+    }
+
+    /// Marks the archived variant of `iteration` as a failed upgrade, with
+    /// why; `false` when there is no such variant.
+    pub async fn mark_upgrade_failed(
+        &self,
+        iteration: u64,
+        reason: &str,
+    ) -> Result<bool, StoreError> {
+        let key = iteration.to_be_bytes();
+        let Some(mut record) = self.get::<VariantRecord>(&self.variants, &key, "variant")? else {
+            return Ok(false);
+        };
+        record.outcome = crate::domain::Outcome::UpgradeFailed;
+        record.refused_by = Some(format!("upgrade: {reason}"));
+        {
+            let _writing = self.writing();
+            self.variants.insert(key, codec::encode(&record)?)?;
+        }
+        self.flush().await?;
+        Ok(true)
     }
 
     // -------------------------------------------------------- snapshots --

@@ -446,3 +446,22 @@ impl From<ToolRecord> for crate::domain::DiscoveredTool {
         }
     }
 }
+
+/// One self-upgrade attempt: a change to the agent's own source that
+/// passed the pipeline's checks, built as a candidate and judged as an
+/// agent; what became of it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct UpgradeRecord {
+    pub iteration: u64,
+    /// The commit on the branch when kept; the variant's commit otherwise.
+    pub commit: String,
+    /// The release it was staged as; empty when none was.
+    pub release: String,
+    pub build_ms: u64,
+    /// The evaluation's figures, when it ran.
+    pub evaluation: Option<crate::upgrade::candidate::Evaluation>,
+    /// `refused` (did not build, or worse), `handed-over`, `upgrade-failed`.
+    pub outcome: String,
+    pub reason: String,
+    pub at_ms: u64,
+}

@@ -14,9 +14,12 @@
 //! - SIGTERM or SIGINT are passed on, and the keeper exits as its child did;
 //! - a child that exits asking for a handover (`agent ctl upgrade`) is
 //!   followed by the release `current` now names, on probation for
-//!   `probation`: a crash, a failed gate or an escalation in that time
-//!   points `current` back at the permanent release and starts it; a
-//!   release that lives through its probation is made permanent.
+//!   `probation` and `probation_iterations` committed iterations: a crash,
+//!   a failed gate or an escalation in that time, or a failure rate over
+//!   its iterations above the run's before it, points `current` back at the
+//!   permanent release and starts it, telling it which release failed and
+//!   why (it reverts the release's commit); a release that lives through
+//!   its probation is made permanent.
 
 use std::collections::VecDeque;
 use std::ffi::OsString;
@@ -30,10 +33,11 @@ use tokio::process::Child;
 use tokio::signal::unix::{SignalKind, signal};
 
 use super::UpgradeConfig;
+use super::attempts::{PROBATION_VAR, ROLLED_BACK_VAR, RolledBack};
 use super::releases::{INSTALLED, Pointer, Releases};
 use crate::cli::exit;
 use crate::ctl::client;
-use crate::ctl::protocol::{Command, Outcome};
+use crate::ctl::protocol::{Command, Outcome, Reply, StatusReply};
 
 /// Set on the keeper's child: it runs as the agent, not as another keeper.
 pub const CHILD_VAR: &str = "AGENT_KEEPER_CHILD";
@@ -44,11 +48,18 @@ pub const RELEASE_VAR: &str = "AGENT_RELEASE";
 /// writes these to the audit chain.
 pub const SAID_VAR: &str = "AGENT_KEEPER_SAID";
 
+/// What a keeper tells the one child it starts; no other process the agent
+/// starts inherits them (a candidate judged by `agent run` in a process of
+/// its own is not a keeper's child).
+pub const VARS: [&str; 5] = [CHILD_VAR, RELEASE_VAR, SAID_VAR, PROBATION_VAR, ROLLED_BACK_VAR];
+
 /// The first back-off after a crash, and the longest.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_MAX: Duration = Duration::from_secs(30);
 /// How often the gate asks.
 const GATE_POLL: Duration = Duration::from_millis(100);
+/// How often a release on probation is asked how its iterations went.
+const PROBATION_POLL: Duration = Duration::from_secs(1);
 
 /// Whether this process is a keeper's child.
 pub fn is_child() -> bool {
@@ -93,6 +104,48 @@ struct Running {
     release: String,
     probation_until: Option<Instant>,
     unaudited: Vec<(&'static str, String)>,
+    /// The release that failed on probation, for the one rolled back to.
+    rolled_back: Option<RolledBack>,
+}
+
+/// Committed and failed iterations, as `ctl status` counts them.
+#[derive(Debug, Clone, Copy, PartialEq)]
+struct Tally {
+    committed: u64,
+    failed: u64,
+}
+
+impl Tally {
+    fn of(status: &StatusReply) -> Tally {
+        Tally {
+            committed: status.iteration,
+            failed: status.outcomes.failed,
+        }
+    }
+}
+
+/// Where a release on probation stands: `None` while it must go on, else
+/// whether it is promoted (`Ok`) or failed (`Err` with why). Its failure
+/// rate over its own iterations may not exceed the run's before it.
+fn probation_verdict(
+    before: Tally,
+    now: Tally,
+    iterations: u64,
+    time_up: bool,
+) -> Option<Result<(), String>> {
+    let committed = now.committed.saturating_sub(before.committed);
+    if !time_up || committed < iterations {
+        return None;
+    }
+    let failed = now.failed.saturating_sub(before.failed);
+    let rate = |failed: u64, of: u64| if of == 0 { 0.0 } else { failed as f64 / of as f64 };
+    if rate(failed, committed) > rate(before.failed, before.committed) {
+        return Some(Err(format!(
+            "{failed} of its {committed} iteration(s) failed, above the run's {} of {} before it",
+            before.failed, before.committed
+        )));
+    }
+    Some(Ok(()))
 }
 
 impl Running {
@@ -118,6 +171,7 @@ impl Keeper {
             release: boot.release.clone(),
             probation_until: None,
             unaudited: Vec::new(),
+            rolled_back: None,
         };
         if let Some(abandoned) = &boot.abandoned {
             running.say(
@@ -141,6 +195,13 @@ impl Keeper {
                 }
                 End::Exited(exit::FAILED) if on_probation => {
                     self.roll_back(&mut running, "it escalated");
+                    crashes.clear();
+                }
+                // Refusing its configuration or state is failing on
+                // probation; finishing or pausing is not (inconclusive:
+                // it stays current, and the next start boots the permanent).
+                End::Exited(code) if on_probation && code != exit::OK && code != exit::PAUSED => {
+                    self.roll_back(&mut running, &format!("it exited with status {code}"));
                     crashes.clear();
                 }
                 End::Exited(code) | End::Stopped(code) => return code,
@@ -200,6 +261,10 @@ impl Keeper {
             running.release
         );
         running.say("release.rolled_back", detail);
+        running.rolled_back = Some(RolledBack {
+            release: running.release.clone(),
+            reason: why.to_string(),
+        });
         running.release = permanent;
         running.probation_until = None;
     }
@@ -259,11 +324,21 @@ impl Keeper {
         }
         let binary = self.releases.binary(&running.release, &self.installed);
         let said = serde_json::to_string(&running.unaudited).unwrap_or_default();
-        let env = [
+        let rolled_back = running
+            .rolled_back
+            .as_ref()
+            .map(|r| serde_json::to_string(r).unwrap_or_default());
+        let mut env = vec![
             (CHILD_VAR, "1"),
             (RELEASE_VAR, running.release.as_str()),
             (SAID_VAR, said.as_str()),
         ];
+        if running.probation_until.is_some() {
+            env.push((PROBATION_VAR, "1"));
+        }
+        if let Some(rolled_back) = &rolled_back {
+            env.push((ROLLED_BACK_VAR, rolled_back.as_str()));
+        }
         let mut child = match crate::process::start_attached(&binary, &self.args, &env) {
             Ok(child) => child,
             Err(error) => return End::Crashed(error.to_string()),
@@ -283,13 +358,21 @@ impl Keeper {
             // It never came up, so it audited nothing: the next child will.
             return end;
         }
-        // A child that answers has audited what it was told (at its start,
-        // before its control socket opened).
+        // A child that answers has audited what it was told, and settled
+        // the rollback it was told of (at its start, before its control
+        // socket opened).
         running.unaudited.clear();
+        running.rolled_back = None;
+        // What the run had committed when the release on probation took
+        // over: its own iterations are counted from here.
+        let before = match running.probation_until {
+            Some(_) => tally(&self.socket).await,
+            None => None,
+        };
         loop {
-            let promotion = async {
+            let probation = async {
                 match running.probation_until {
-                    Some(until) => tokio::time::sleep_until(until.into()).await,
+                    Some(_) => tokio::time::sleep(PROBATION_POLL).await,
                     None => std::future::pending().await,
                 }
             };
@@ -297,7 +380,22 @@ impl Keeper {
                 status = child.wait() => return ended(status),
                 _ = term.recv() => return stop(&mut child).await,
                 _ = int.recv() => return stop(&mut child).await,
-                () = promotion => self.promote(running),
+                () = probation => {
+                    let Some(until) = running.probation_until else { continue };
+                    let (Some(before), Some(now)) = (before, tally(&self.socket).await) else {
+                        // Inconclusive (it does not answer now): hold.
+                        continue;
+                    };
+                    match probation_verdict(before, now, self.config.probation_iterations, Instant::now() >= until) {
+                        None => {}
+                        Some(Ok(())) => self.promote(running),
+                        Some(Err(why)) => {
+                            // It stops cleanly; the permanent release takes over.
+                            let _ = stop(&mut child).await;
+                            return End::Crashed(why);
+                        }
+                    }
+                }
             }
         }
     }
@@ -384,6 +482,14 @@ pub async fn audit_what_it_said(
             .await?;
     }
     Ok(())
+}
+
+/// The agent's committed and failed iterations, when it answers.
+async fn tally(socket: &Path) -> Option<Tally> {
+    match client::request(socket, Command::Status).await {
+        Ok(Outcome::Ok(Reply::Status(status))) => Some(Tally::of(&status)),
+        _ => None,
+    }
 }
 
 /// Whether the agent on `socket` answers `ctl status`.
@@ -486,6 +592,24 @@ mod tests {
             matches!(&killed, End::Crashed(why) if why == "it was killed by SIGKILL"),
             "{killed:?}"
         );
+    }
+
+    #[test]
+    fn probation_ends_after_its_time_and_iterations_and_fails_above_the_runs_failure_rate() {
+        let tally = |committed, failed| Tally { committed, failed };
+        let before = tally(10, 1);
+        // Neither the time nor the iterations alone end it.
+        assert_eq!(probation_verdict(before, tally(13, 1), 3, false), None);
+        assert_eq!(probation_verdict(before, tally(12, 1), 3, true), None);
+        assert_eq!(probation_verdict(before, tally(13, 1), 3, true), Some(Ok(())));
+        // 1 in 3 is above 1 in 10.
+        let failed = probation_verdict(before, tally(13, 2), 3, true);
+        assert!(
+            matches!(&failed, Some(Err(why)) if why == "1 of its 3 iteration(s) failed, above the run's 1 of 10 before it"),
+            "{failed:?}"
+        );
+        // With no iterations asked for, time alone promotes.
+        assert_eq!(probation_verdict(before, before, 0, true), Some(Ok(())));
     }
 
     #[test]

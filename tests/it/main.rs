@@ -31,4 +31,5 @@ mod sandbox;
 mod telemetry;
 mod tidy;
 mod unattended;
+mod self_upgrade;
 mod upgrade;

@@ -30,7 +30,7 @@ use crate::messages::{ActorError, ExecutorMsg};
 use crate::store::JobRecord;
 
 const KIND: ActorKind = ActorKind::Executor;
-const SCHEMA: u32 = 1;
+pub(crate) const SCHEMA: u32 = 1;
 
 /// The executor's committed state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

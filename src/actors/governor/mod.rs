@@ -31,7 +31,7 @@ use crate::store::{ApprovalRecord, Durable, now_ms};
 use budget::{Ledger, Permits, Spend};
 
 const KIND: ActorKind = ActorKind::Governor;
-const SCHEMA: u32 = 3;
+pub(crate) const SCHEMA: u32 = 3;
 
 /// The governor's committed state.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]

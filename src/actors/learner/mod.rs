@@ -25,7 +25,7 @@ use policy::{learn, rank};
 use snapshot::LearnerSnapshot;
 
 const KIND: ActorKind = ActorKind::Learner;
-const SCHEMA: u32 = 3;
+pub(crate) const SCHEMA: u32 = 3;
 /// How far back retrieval looks for relevant experiences.
 const RETRIEVAL_WINDOW: usize = 500;
 /// How far back an advice looks for attempts in the very same situation.

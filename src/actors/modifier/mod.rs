@@ -23,6 +23,7 @@ mod fitness;
 mod pipeline;
 mod prepare;
 mod rebase;
+mod upgrade;
 mod validate;
 
 pub use fitness::{count_warnings, first_compiler_error, measure_fitness};
@@ -148,6 +149,7 @@ impl Actor for Modifier {
             ModifierMsg::Reopen { iteration, reply } => state.reopen(iteration, reply),
             ModifierMsg::Status(reply) => state.status(reply),
             ModifierMsg::Variants { last, reply } => state.variants(last, reply),
+            ModifierMsg::Upgrades(reply) => state.upgrades(reply),
             ModifierMsg::Settled {
                 head,
                 fitness,
@@ -212,6 +214,13 @@ impl ModifierState {
             .variants(last)
             .map_err(|e| ActorError::Store(e.to_string()));
         let _ = reply.send(variants);
+    }
+
+    fn upgrades(&self, reply: RpcReplyPort<Result<serde_json::Value, ActorError>>) {
+        let releases = crate::upgrade::releases::Releases::of_state(&self.ctx.config.state_dir);
+        let listing =
+            crate::upgrade::attempts::listing(&self.ctx.store, &releases).map_err(ActorError::Store);
+        let _ = reply.send(listing);
     }
 
     /// Remembers what work off the mailbox left: a head other than the

@@ -12,6 +12,7 @@ use std::path::Path;
 use tracing::Instrument;
 
 use super::fitness::{self, Measure};
+use super::upgrade;
 use super::{blocking, confine, sandbox_started};
 use crate::actors::Context;
 use crate::config::Mode;
@@ -44,7 +45,7 @@ const REPAIR_LINES: usize = 40;
 
 /// What refused a change.
 #[derive(Debug)]
-struct Refusal {
+pub(super) struct Refusal {
     by: RefusedBy,
     reason: String,
     /// The first failing lines, when there are more than the reason says.
@@ -53,7 +54,11 @@ struct Refusal {
 }
 
 impl Refusal {
-    fn new(by: impl Into<RefusedBy>, reason: String, fitness_after: Option<f64>) -> Refusal {
+    pub(super) fn new(
+        by: impl Into<RefusedBy>,
+        reason: String,
+        fitness_after: Option<f64>,
+    ) -> Refusal {
         Refusal {
             by: by.into(),
             reason,
@@ -72,6 +77,9 @@ struct Trial {
     validation: Validation,
     generated_tests: Vec<String>,
     started_from: Option<u64>,
+    /// The candidate release, when the change is to the agent's own source
+    /// and `[upgrade]` is on.
+    upgrade: Option<upgrade::Judged>,
 }
 
 impl Trial {
@@ -85,6 +93,7 @@ impl Trial {
             validation: Validation::NotRun,
             generated_tests: Vec::new(),
             started_from: judged.started_from,
+            upgrade: None,
         }
     }
 
@@ -160,6 +169,9 @@ async fn accept(
     } = measure;
     let message = commit_message(trial, summary, fitness_after, files_changed);
     let commit = commit_change(ctx, message, &trial.base).await?;
+    if let Some(judged) = &trial.upgrade {
+        upgrade::kept(ctx, trial.iteration, &commit, judged).await?;
+    }
     let variant = trial.variant(commit.clone(), Outcome::Accepted, None, Some(fitness_after));
     let (workspace, iteration, marked) = (ctx.workspace.clone(), trial.iteration, commit.clone());
     let archived = blocking(move || {
@@ -222,6 +234,9 @@ async fn refuse(ctx: &Context, trial: &Trial, refusal: Refusal) -> Result<Verdic
     })
     .await;
     let variant = archived.as_ref().map_or(String::new(), Clone::clone);
+    if let Some(judged) = &trial.upgrade {
+        upgrade::refused(ctx, iteration, &variant, judged, &refusal.reason).await?;
+    }
     let variant = trial.variant(
         variant,
         Outcome::Rejected,
@@ -319,6 +334,24 @@ async fn steps(
         Err(refusal) => return Ok(Err(refusal)),
     };
     let fitness_after = after.fitness;
+
+    if ctx.config.upgrade.enabled && own_source(&ctx.workspace.path) {
+        let span = step_span!("modifier.upgrade", trial.iteration);
+        let judged = upgrade::judge(ctx, trial.iteration, fitness_after)
+            .instrument(span.clone())
+            .await;
+        match judged {
+            Ok(judged) => {
+                span.record("result", "passed");
+                trial.upgrade = Some(judged);
+            }
+            Err((judged, refusal)) => {
+                span.record("result", "refused");
+                trial.upgrade = judged;
+                return Ok(Err(refusal));
+            }
+        }
+    }
 
     if ctx.config.mode == Mode::Supervised {
         let span = step_span!("modifier.approval", trial.iteration);
@@ -600,8 +633,12 @@ fn commit_message(trial: &Trial, summary: &str, after: f64, files: usize) -> Str
     } else {
         format!("Generated tests: {}\n", trial.generated_tests.join(", "))
     };
+    let upgrade = trial
+        .upgrade
+        .as_ref()
+        .map_or(String::new(), upgrade::Judged::commit_lines);
     format!(
-        "agent: iteration {iteration}: {summary}\n\nFitness: {before} -> {after}\nFiles changed: {files}\nRules checked: {}\n{generated}Trace: {trace}\nIteration: {iteration}\n",
+        "agent: iteration {iteration}: {summary}\n\nFitness: {before} -> {after}\nFiles changed: {files}\nRules checked: {}\n{generated}{upgrade}Trace: {trace}\nIteration: {iteration}\n",
         trial.rules_checked.join(", ")
     )
 }
