@@ -51,7 +51,9 @@ impl RawUpgrade {
         if profile.is_empty() || profile.contains(char::is_whitespace) {
             return Err(ConfigError::whole_file(
                 file,
-                format!("[upgrade] profile \"{profile}\": expected a cargo profile name such as \"release\""),
+                format!(
+                    "[upgrade] profile \"{profile}\": expected a cargo profile name such as \"release\""
+                ),
             ));
         }
         let absolute = |key: &str, path: &Path| {

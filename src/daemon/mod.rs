@@ -659,7 +659,10 @@ fn handover_to(config: &Config, committed: &crate::domain::Iteration) -> Option<
     let commit = committed.commit.as_deref()?;
     let release = crate::upgrade::attempts::release_name(commit);
     let releases = Releases::of_state(&config.state_dir);
-    if !releases.binary(&release, std::path::Path::new("")).is_file() {
+    if !releases
+        .binary(&release, std::path::Path::new(""))
+        .is_file()
+    {
         return None;
     }
     match releases.point(Pointer::Current, &release) {

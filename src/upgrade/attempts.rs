@@ -92,7 +92,9 @@ pub async fn settle_rollback(store: &Store, workspace: &Workspace) -> Result<(),
     );
     let (worktree, commit) = (workspace.clone(), attempt.commit.clone());
     let revert = tokio::task::spawn_blocking(move || {
-        worktree.revert(&commit, &message).map_err(|e| e.to_string())
+        worktree
+            .revert(&commit, &message)
+            .map_err(|e| e.to_string())
     })
     .await
     .map_err(|e| e.to_string())??;
@@ -115,7 +117,10 @@ pub async fn settle_rollback(store: &Store, workspace: &Workspace) -> Result<(),
         .map_err(|e| e.to_string())?;
     attempt.outcome = UPGRADE_FAILED.to_string();
     attempt.reason = format!("{}; reverted by {revert}", rolled_back.reason);
-    store.put_upgrade(&attempt).await.map_err(|e| e.to_string())?;
+    store
+        .put_upgrade(&attempt)
+        .await
+        .map_err(|e| e.to_string())?;
     store
         .audit(Decision::new(
             "modifier",
@@ -148,12 +153,8 @@ pub fn listing(store: &Store, releases: &Releases) -> Result<Value, String> {
         .iter()
         .map(|attempt| {
             let outcome = match attempt.outcome.as_str() {
-                KEPT if permanent.as_deref() == Some(attempt.release.as_str()) => {
-                    "permanent"
-                }
-                KEPT if current.as_deref() == Some(attempt.release.as_str()) => {
-                    "on-probation"
-                }
+                KEPT if permanent.as_deref() == Some(attempt.release.as_str()) => "permanent",
+                KEPT if current.as_deref() == Some(attempt.release.as_str()) => "on-probation",
                 other => other,
             };
             json!({

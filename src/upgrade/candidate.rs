@@ -35,10 +35,11 @@ pub struct Built {
 /// Where candidates are built: `[upgrade] target_dir`, or beside the
 /// releases.
 pub fn target_dir(config: &UpgradeConfig, state_dir: &Path) -> PathBuf {
-    config
-        .target_dir
-        .clone()
-        .unwrap_or_else(|| super::releases::Releases::of_state(state_dir).dir.join("target"))
+    config.target_dir.clone().unwrap_or_else(|| {
+        super::releases::Releases::of_state(state_dir)
+            .dir
+            .join("target")
+    })
 }
 
 /// The directory cargo puts a profile's output in.

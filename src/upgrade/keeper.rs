@@ -51,7 +51,13 @@ pub const SAID_VAR: &str = "AGENT_KEEPER_SAID";
 /// What a keeper tells the one child it starts; no other process the agent
 /// starts inherits them (a candidate judged by `agent run` in a process of
 /// its own is not a keeper's child).
-pub const VARS: [&str; 5] = [CHILD_VAR, RELEASE_VAR, SAID_VAR, PROBATION_VAR, ROLLED_BACK_VAR];
+pub const VARS: [&str; 5] = [
+    CHILD_VAR,
+    RELEASE_VAR,
+    SAID_VAR,
+    PROBATION_VAR,
+    ROLLED_BACK_VAR,
+];
 
 /// The first back-off after a crash, and the longest.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
@@ -106,6 +112,8 @@ struct Running {
     unaudited: Vec<(&'static str, String)>,
     /// The release that failed on probation, for the one rolled back to.
     rolled_back: Option<RolledBack>,
+    /// When the release before it exited asking for a handover.
+    handed_over_at: Option<Instant>,
 }
 
 /// Committed and failed iterations, as `ctl status` counts them.
@@ -138,7 +146,13 @@ fn probation_verdict(
         return None;
     }
     let failed = now.failed.saturating_sub(before.failed);
-    let rate = |failed: u64, of: u64| if of == 0 { 0.0 } else { failed as f64 / of as f64 };
+    let rate = |failed: u64, of: u64| {
+        if of == 0 {
+            0.0
+        } else {
+            failed as f64 / of as f64
+        }
+    };
     if rate(failed, committed) > rate(before.failed, before.committed) {
         return Some(Err(format!(
             "{failed} of its {committed} iteration(s) failed, above the run's {} of {} before it",
@@ -172,6 +186,7 @@ impl Keeper {
             probation_until: None,
             unaudited: Vec::new(),
             rolled_back: None,
+            handed_over_at: None,
         };
         if let Some(abandoned) = &boot.abandoned {
             running.say(
@@ -231,6 +246,7 @@ impl Keeper {
                 running.say("release.handover", detail);
                 running.release = next;
                 running.probation_until = Some(Instant::now() + self.config.probation);
+                running.handed_over_at = Some(Instant::now());
             }
             other => {
                 let named = other.map_or_else(|e| e.to_string(), |r| r.unwrap_or_default());
@@ -267,6 +283,7 @@ impl Keeper {
         });
         running.release = permanent;
         running.probation_until = None;
+        running.handed_over_at = None;
     }
 
     /// A crash of a release that is not on probation: restarted after a
@@ -363,6 +380,13 @@ impl Keeper {
         // socket opened).
         running.unaudited.clear();
         running.rolled_back = None;
+        if let Some(at) = running.handed_over_at.take() {
+            eprintln!(
+                "agent: keeper: release {} answered {} ms after the handover",
+                running.release,
+                at.elapsed().as_millis()
+            );
+        }
         // What the run had committed when the release on probation took
         // over: its own iterations are counted from here.
         let before = match running.probation_until {
@@ -601,7 +625,10 @@ mod tests {
         // Neither the time nor the iterations alone end it.
         assert_eq!(probation_verdict(before, tally(13, 1), 3, false), None);
         assert_eq!(probation_verdict(before, tally(12, 1), 3, true), None);
-        assert_eq!(probation_verdict(before, tally(13, 1), 3, true), Some(Ok(())));
+        assert_eq!(
+            probation_verdict(before, tally(13, 1), 3, true),
+            Some(Ok(()))
+        );
         // 1 in 3 is above 1 in 10.
         let failed = probation_verdict(before, tally(13, 2), 3, true);
         assert!(

@@ -49,7 +49,11 @@ fn copy_of_this_repository(to: &Path) -> PathBuf {
             .current_dir(&root)
             .output()
             .unwrap();
-        assert!(done.status.success(), "git {args:?}: {}", String::from_utf8_lossy(&done.stderr));
+        assert!(
+            done.status.success(),
+            "git {args:?}: {}",
+            String::from_utf8_lossy(&done.stderr)
+        );
     };
     git(&["init", "--quiet"]);
     git(&["add", "--all"]);
@@ -90,8 +94,11 @@ fn scripts(dir: &Path) -> PathBuf {
         "sed -i 's/agent: handing over to the current release, state checkpointed/agent: handing over to the next release, state checkpointed/' src/daemon/mod.rs\n\
          grep -q 'handing over to the next release' src/daemon/mod.rs\n",
     );
-    // 2: does not compile.
-    write("2-broken.sh", "printf '\\nfn broken( {\\n' >> src/lib.rs\n");
+    // 2: parses, but does not compile.
+    write(
+        "2-broken.sh",
+        "printf '\\nfn broken() -> u32 {\\n    \"not a number\"\\n}\\n' >> src/lib.rs\n",
+    );
     // 3: the offline backend runs `cargo --version` instead of its fix: it
     // never changes anything.
     write(
@@ -125,13 +132,22 @@ fn an_accepted_change_to_its_own_source_becomes_the_running_agent_and_a_sick_one
     let config = fast_config(
         dir.path(),
         &[
-            ("enabled = false\n# A started release", "enabled = true\n# A started release"),
+            (
+                "enabled = false\n# A started release",
+                "enabled = true\n# A started release",
+            ),
             ("command = \"true\"", &validation),
             ("repair_turns = 1", "repair_turns = 0"),
             ("probation = \"10m\"", "probation = \"1s\""),
             ("probation_iterations = 3", "probation_iterations = 1"),
             ("profile = \"release\"", "profile = \"dev\""),
-            ("build_timeout = \"30m\"", &format!("build_timeout = \"10m\"\ntarget_dir = \"{}\"", target.display())),
+            (
+                "build_timeout = \"30m\"",
+                &format!(
+                    "build_timeout = \"10m\"\ntarget_dir = \"{}\"",
+                    target.display()
+                ),
+            ),
             ("suite = []", &suite),
             ("iterations = 4\nkeep_if", "iterations = 1\nkeep_if"),
         ],
@@ -152,7 +168,9 @@ fn an_accepted_change_to_its_own_source_becomes_the_running_agent_and_a_sick_one
     // While the first candidate runs, `status` names it and its commit.
     let upgraded = daemon.wait_status("the first candidate to run", WAIT, |s| {
         assert_ne!(s["run_state"], "paused", "{s}");
-        s["release"]["name"].as_str().is_some_and(|n| n != "installed")
+        s["release"]["name"]
+            .as_str()
+            .is_some_and(|n| n != "installed")
     });
     let status = daemon.wait_exit(WAIT);
     let logs = daemon.logs();
@@ -161,7 +179,10 @@ fn an_accepted_change_to_its_own_source_becomes_the_running_agent_and_a_sick_one
 
     // Every iteration committed once, in order.
     let records = history(&state);
-    let numbers: Vec<u64> = records.iter().map(|r| r["iteration"].as_u64().unwrap()).collect();
+    let numbers: Vec<u64> = records
+        .iter()
+        .map(|r| r["iteration"].as_u64().unwrap())
+        .collect();
     assert_eq!(numbers, [1, 2, 3, 4, 5], "{logs}");
     let outcome = |n: usize| records[n - 1]["outcome"].as_str().unwrap().to_string();
     let summary = |n: usize| records[n - 1]["summary"].as_str().unwrap().to_string();
@@ -180,7 +201,11 @@ fn an_accepted_change_to_its_own_source_becomes_the_running_agent_and_a_sick_one
     assert_eq!(first.outcome, "kept", "{first:?}");
     let release = first.release.clone();
     assert_eq!(upgraded["release"]["name"], release.as_str(), "{upgraded}");
-    assert_eq!(upgraded["release"]["commit"], first.commit.as_str(), "{upgraded}");
+    assert_eq!(
+        upgraded["release"]["commit"],
+        first.commit.as_str(),
+        "{upgraded}"
+    );
     assert_eq!(records[0]["commit"], first.commit.as_str());
     let evaluation = first.evaluation.as_ref().expect("its evaluation");
     assert!(evaluation.kept);
@@ -190,10 +215,17 @@ fn an_accepted_change_to_its_own_source_becomes_the_running_agent_and_a_sick_one
     let worse = attempt(3).expect("an attempt for iteration 3");
     assert_eq!(worse.outcome, "refused");
     let scores = worse.evaluation.as_ref().expect("its evaluation");
-    assert!(!scores.kept && scores.candidate.best > scores.running.best, "{scores:?}");
     assert!(
-        worse.reason.contains(&format!("candidate best fitness {}", scores.candidate.best))
-            && worse.reason.contains(&format!("running {}", scores.running.best)),
+        !scores.kept && scores.candidate.best > scores.running.best,
+        "{scores:?}"
+    );
+    assert!(
+        worse
+            .reason
+            .contains(&format!("candidate best fitness {}", scores.candidate.best))
+            && worse
+                .reason
+                .contains(&format!("running {}", scores.running.best)),
         "{}",
         worse.reason
     );
@@ -206,7 +238,8 @@ fn an_accepted_change_to_its_own_source_becomes_the_running_agent_and_a_sick_one
     drop(store);
 
     // Only the releases kept were staged; the permanent one runs.
-    let read = |pointer: &str| std::fs::read_to_string(state.join("releases").join(pointer)).unwrap();
+    let read =
+        |pointer: &str| std::fs::read_to_string(state.join("releases").join(pointer)).unwrap();
     assert_eq!(read("permanent").trim(), release);
     assert_eq!(read("current").trim(), release);
     let staged: Vec<String> = std::fs::read_dir(state.join("releases"))
@@ -229,9 +262,18 @@ fn an_accepted_change_to_its_own_source_becomes_the_running_agent_and_a_sick_one
         .position(|m| m.starts_with("agent: iteration 4:"))
         .unwrap();
     assert!(revert < reverted, "the revert comes after: {log:#?}");
-    let first_message = log.iter().find(|m| m.starts_with("agent: iteration 1:")).unwrap();
-    assert!(first_message.contains("Agent evaluation: candidate best fitness"), "{first_message}");
-    assert!(first_message.contains("Candidate build: "), "{first_message}");
+    let first_message = log
+        .iter()
+        .find(|m| m.starts_with("agent: iteration 1:"))
+        .unwrap();
+    assert!(
+        first_message.contains("Agent evaluation: candidate best fitness"),
+        "{first_message}"
+    );
+    assert!(
+        first_message.contains("Candidate build: "),
+        "{first_message}"
+    );
     let main = std::fs::read_to_string(state.join("worktree/src/main.rs")).unwrap();
     assert!(
         !main.contains("this release cannot start"),
@@ -243,18 +285,31 @@ fn an_accepted_change_to_its_own_source_becomes_the_running_agent_and_a_sick_one
     for said in [
         format!("handing over from release installed to {release}"),
         format!("release {release} passed its probation and is permanent"),
-        format!("release {} failed on probation: it exited with status 1 before answering", sick.release),
+        format!(
+            "release {} failed on probation: it exited with status 1 before answering",
+            sick.release
+        ),
         format!("rolled back to the permanent release {release}"),
+        format!("release {release} answered "),
     ] {
         assert!(stderr.contains(&said), "no {said:?} in {logs}");
     }
     figures(&stderr);
 }
 
-/// Prints the handover's figures from the log: how long from the old
-/// release's checkpoint line to the new one answering.
+/// Prints the figures from the log: build, evaluation, and the handover
+/// from the old release's exit to the new one's first answer.
 fn figures(stderr: &str) {
-    for line in stderr.lines().filter(|l| l.contains("candidate release built") || l.contains("agent evaluation:")) {
+    let figure = |l: &&str| {
+        [
+            "candidate release built",
+            "agent evaluation:",
+            "after the handover",
+        ]
+        .iter()
+        .any(|f| l.contains(f))
+    };
+    for line in stderr.lines().filter(figure) {
         eprintln!("figure: {line}");
     }
 }

@@ -282,6 +282,60 @@ fn a_handover_to_a_release_that_fails_its_gate_is_rolled_back() {
     );
 }
 
+/// `kill -9` of the keeper while a release is on probation: its child dies
+/// with it, and the next start comes up on the permanent release — the one
+/// both pointers name — with every committed iteration, once each.
+#[test]
+fn a_keeper_killed_during_probation_comes_back_on_the_permanent_release_with_every_iteration() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = keeper_config(dir.path(), &[]);
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut daemon =
+        Daemon::unbounded(&state, &config, &workspace, &[("FAKE_CLAUDE_MODE", "edit")]);
+    daemon.wait_status("a committed iteration", WAIT, |s| Daemon::committed(s) >= 1);
+    let binary = crate::harness::agent_bin();
+    assert!(
+        daemon
+            .ctl(&["upgrade", binary.to_str().unwrap()])
+            .status
+            .success()
+    );
+    let on_probation = daemon.wait_status("the new release on probation", WAIT, |s| {
+        s["release"]["permanent"] == false && Daemon::committed(s) >= 2
+    });
+    let candidate = on_probation["release"]["name"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let child = children_of(daemon.pid());
+    daemon.kill9();
+    for pid in child {
+        wait_gone(pid);
+    }
+    let committed = committed_once_each(&state);
+    assert!(committed >= Daemon::committed(&on_probation));
+    let mut again = Daemon::bounded(
+        &state,
+        &config,
+        &workspace,
+        committed + 1,
+        &[("FAKE_CLAUDE_MODE", "edit")],
+    );
+    assert!(again.wait_exit(WAIT).success(), "{}", again.logs());
+    assert!(
+        stderr_of(&again).contains(&format!(
+            "release {candidate} was on probation when the keeper last stopped; booting the permanent release installed"
+        )),
+        "{}",
+        again.logs()
+    );
+    let read = |pointer: &str| std::fs::read_to_string(state.join("releases").join(pointer)).ok();
+    assert_eq!(read("current").as_deref(), Some("installed\n"));
+    assert!(read("permanent").is_none(), "nothing was promoted");
+    assert_eq!(committed_once_each(&state), committed + 1);
+}
+
 #[test]
 fn without_a_keeper_an_upgrade_is_refused_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();

@@ -218,8 +218,8 @@ impl ModifierState {
 
     fn upgrades(&self, reply: RpcReplyPort<Result<serde_json::Value, ActorError>>) {
         let releases = crate::upgrade::releases::Releases::of_state(&self.ctx.config.state_dir);
-        let listing =
-            crate::upgrade::attempts::listing(&self.ctx.store, &releases).map_err(ActorError::Store);
+        let listing = crate::upgrade::attempts::listing(&self.ctx.store, &releases)
+            .map_err(ActorError::Store);
         let _ = reply.send(listing);
     }
 

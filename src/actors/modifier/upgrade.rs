@@ -46,9 +46,7 @@ impl Judged {
     }
 
     fn build_ms(&self) -> u64 {
-        self.built
-            .as_ref()
-            .map_or(0, |b| b.took.as_millis() as u64)
+        self.built.as_ref().map_or(0, |b| b.took.as_millis() as u64)
     }
 }
 
@@ -88,8 +86,13 @@ pub(super) async fn judge(
             Refusal::new(by, why, Some(fitness_after)),
         )
     };
-    let running = std::env::current_exe()
-        .map_err(|e| refused(&judged, Judge::Validation.into(), format!("cannot find the running release: {e}")))?;
+    let running = std::env::current_exe().map_err(|e| {
+        refused(
+            &judged,
+            Judge::Validation.into(),
+            format!("cannot find the running release: {e}"),
+        )
+    })?;
     let suite = candidate::suite(config, &ctx.workspace.path)
         .map_err(|why| refused(&judged, Judge::Validation.into(), why))?;
     let out = Releases::of_state(state_dir)
