@@ -460,7 +460,7 @@ pub struct UpgradeRecord {
     pub build_ms: u64,
     /// The evaluation's figures, when it ran.
     pub evaluation: Option<crate::upgrade::candidate::Evaluation>,
-    /// `refused` (did not build, or worse), `handed-over`, `upgrade-failed`.
+    /// `refused` (did not build, worse, or refused after), `kept`, `upgrade-failed`.
     pub outcome: String,
     pub reason: String,
     pub at_ms: u64,

@@ -41,7 +41,11 @@ pub struct RolledBack {
 /// Refuses to start a release on probation that would migrate a stored
 /// snapshot to a schema the permanent release may not read.
 pub fn refuse_migration_on_probation(store: &Store) -> Result<(), String> {
-    if std::env::var_os(PROBATION_VAR).is_none() {
+    refuse_migration(store, std::env::var_os(PROBATION_VAR).is_some())
+}
+
+fn refuse_migration(store: &Store, on_probation: bool) -> Result<(), String> {
+    if !on_probation {
         return Ok(());
     }
     for (kind, ours) in crate::actors::SNAPSHOT_SCHEMAS {
@@ -192,5 +196,43 @@ pub fn record(iteration: u64) -> UpgradeRecord {
         outcome: REFUSED.to_string(),
         reason: String::new(),
         at_ms: crate::store::now_ms(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::SnapshotRecord;
+
+    #[tokio::test]
+    async fn a_release_on_probation_refuses_a_store_it_would_migrate() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let (kind, ours) = crate::actors::SNAPSHOT_SCHEMAS[3];
+        assert_eq!(kind, ActorKind::Learner);
+        let older = SnapshotRecord {
+            actor: kind.name().to_string(),
+            schema: ours - 1,
+            iteration: 0,
+            body: Vec::new(),
+        };
+        store.put_snapshot(&older).await.unwrap();
+        let refused = refuse_migration(&store, true).unwrap_err();
+        assert!(
+            refused.contains(&format!(
+                "would migrate the learner snapshot from schema {} to {ours}",
+                ours - 1
+            )),
+            "{refused}"
+        );
+        // Off probation the migration is the release's to do.
+        assert_eq!(refuse_migration(&store, false), Ok(()));
+        // A store at this build's schemas starts on probation too.
+        let current = SnapshotRecord {
+            schema: ours,
+            ..older
+        };
+        store.put_snapshot(&current).await.unwrap();
+        assert_eq!(refuse_migration(&store, true), Ok(()));
     }
 }

@@ -339,26 +339,9 @@ impl Keeper {
         {
             return End::Crashed(format!("cannot point `current` at it: {error}"));
         }
-        let binary = self.releases.binary(&running.release, &self.installed);
-        let said = serde_json::to_string(&running.unaudited).unwrap_or_default();
-        let rolled_back = running
-            .rolled_back
-            .as_ref()
-            .map(|r| serde_json::to_string(r).unwrap_or_default());
-        let mut env = vec![
-            (CHILD_VAR, "1"),
-            (RELEASE_VAR, running.release.as_str()),
-            (SAID_VAR, said.as_str()),
-        ];
-        if running.probation_until.is_some() {
-            env.push((PROBATION_VAR, "1"));
-        }
-        if let Some(rolled_back) = &rolled_back {
-            env.push((ROLLED_BACK_VAR, rolled_back.as_str()));
-        }
-        let mut child = match crate::process::start_attached(&binary, &self.args, &env) {
+        let mut child = match self.start(running) {
             Ok(child) => child,
-            Err(error) => return End::Crashed(error.to_string()),
+            Err(end) => return end,
         };
         let (Ok(mut term), Ok(mut int)) = (
             signal(SignalKind::terminate()),
@@ -393,6 +376,44 @@ impl Keeper {
             Some(_) => tally(&self.socket).await,
             None => None,
         };
+        self.watch(&mut child, running, before, &mut term, &mut int)
+            .await
+    }
+
+    /// Starts the running release's binary with what the keeper has to tell it.
+    fn start(&self, running: &Running) -> Result<Child, End> {
+        let binary = self.releases.binary(&running.release, &self.installed);
+        let said = serde_json::to_string(&running.unaudited).unwrap_or_default();
+        let rolled_back = running
+            .rolled_back
+            .as_ref()
+            .map(|r| serde_json::to_string(r).unwrap_or_default());
+        let mut env = vec![
+            (CHILD_VAR, "1"),
+            (RELEASE_VAR, running.release.as_str()),
+            (SAID_VAR, said.as_str()),
+        ];
+        if running.probation_until.is_some() {
+            env.push((PROBATION_VAR, "1"));
+        }
+        if let Some(rolled_back) = &rolled_back {
+            env.push((ROLLED_BACK_VAR, rolled_back.as_str()));
+        }
+        crate::process::start_attached(&binary, &self.args, &env)
+            .map_err(|error| End::Crashed(error.to_string()))
+    }
+
+    /// Waits for the end of a release that answered; a release on
+    /// probation is asked how its iterations go and promoted, or stopped
+    /// as failed.
+    async fn watch(
+        &self,
+        child: &mut Child,
+        running: &mut Running,
+        before: Option<Tally>,
+        term: &mut tokio::signal::unix::Signal,
+        int: &mut tokio::signal::unix::Signal,
+    ) -> End {
         loop {
             let probation = async {
                 match running.probation_until {
@@ -402,8 +423,8 @@ impl Keeper {
             };
             tokio::select! {
                 status = child.wait() => return ended(status),
-                _ = term.recv() => return stop(&mut child).await,
-                _ = int.recv() => return stop(&mut child).await,
+                _ = term.recv() => return stop(child).await,
+                _ = int.recv() => return stop(child).await,
                 () = probation => {
                     let Some(until) = running.probation_until else { continue };
                     let (Some(before), Some(now)) = (before, tally(&self.socket).await) else {
@@ -415,7 +436,7 @@ impl Keeper {
                         Some(Ok(())) => self.promote(running),
                         Some(Err(why)) => {
                             // It stops cleanly; the permanent release takes over.
-                            let _ = stop(&mut child).await;
+                            let _ = stop(child).await;
                             return End::Crashed(why);
                         }
                     }

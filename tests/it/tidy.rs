@@ -31,6 +31,8 @@ const SERDE_EDGES: &[&str] = &[
     "src/mcp/tools.rs",
     "src/claude/mod.rs",
     "src/claude/stream.rs",
+    "src/upgrade/candidate.rs",
+    "src/upgrade/attempts.rs",
     "src/actors/governor/mod.rs",
     "src/actors/governor/budget.rs",
     "src/actors/learner/snapshot.rs",
