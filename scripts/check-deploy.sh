@@ -9,9 +9,11 @@
 #   - every agent.toml and actors.toml deploy/ ships, with `agent config
 #     check`, and the ConfigMap's actors.toml against the repository's;
 #   - with --build, the Dockerfile's build stage, run as written: its COPY
-#     lines copied into a fresh context and its `cargo build` run there (the
-#     target directory shared with this checkout's, so it is incremental),
-#     and every source its runtime stage copies present.
+#     lines copied into a fresh context, keeping their modification times
+#     as Docker's COPY does, and its `cargo build` run there (the target
+#     directory shared with this checkout's: a build of the same sources is
+#     not compiled again, while a source the COPY lines miss fails it), and
+#     every source its runtime stage copies present.
 # Usage: scripts/check-deploy.sh [--build]   (AGENT_BIN=path: the binary to use)
 set -euo pipefail
 
@@ -71,7 +73,7 @@ if [[ $BUILD == 1 ]]; then
             dest=${words[-1]}
             for src in "${words[@]:0:${#words[@]}-1}"; do
                 [[ -e "$ROOT/$src" ]] || fail "the Dockerfile copies $src, which is not in the repository"
-                if [[ "$dest" == "./" ]]; then cp -r "$ROOT/$src" "$context/"; else cp -r "$ROOT/$src" "$context/$dest"; fi
+                if [[ "$dest" == "./" ]]; then cp -rp "$ROOT/$src" "$context/"; else cp -rp "$ROOT/$src" "$context/$dest"; fi
             done
         done
     command=$(awk '/^FROM .* AS build/{b=1} /^FROM /&&!/AS build/{b=0} b' "$ROOT/deploy/Dockerfile" |
