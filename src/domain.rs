@@ -223,6 +223,27 @@ pub struct Plan {
     /// Continue this Claude Code session instead of starting a new one:
     /// the repair turn of a change validation refused.
     pub resume: Option<String>,
+    /// Which candidate of the iteration this is (0 when there is one).
+    pub slot: u32,
+    /// The candidate's own worktree; `None`: the agent's worktree.
+    pub lane: Option<std::path::PathBuf>,
+}
+
+/// One candidate change of one iteration, from its job to its verdict:
+/// what the tables of changes in flight are keyed by.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Attempt {
+    pub iteration: u64,
+    pub slot: u32,
+}
+
+impl Attempt {
+    pub fn of(plan: &Plan) -> Attempt {
+        Attempt {
+            iteration: plan.iteration,
+            slot: plan.slot,
+        }
+    }
 }
 
 named_enum! {
@@ -351,6 +372,16 @@ pub enum Verdict {
     },
     /// The job changed nothing.
     NoChange,
+}
+
+/// A candidate of an iteration other than the one committed: what the
+/// learner took from it and the change it left, archived beside the chosen
+/// one (`sibling_of` its iteration).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Sibling {
+    pub slot: u32,
+    pub experience: Experience,
+    pub variant: Option<Variant>,
 }
 
 /// One change an iteration produced, kept whether accepted or refused (the

@@ -398,6 +398,19 @@ impl Workspace {
         Ok(text)
     }
 
+    /// The paths a commit changed against its first parent.
+    pub fn commit_paths(&self, commit: &str) -> Result<Vec<String>, WorkspaceError> {
+        let repo = self.repo()?;
+        let commit = repo.find_commit(git2::Oid::from_str(commit)?)?;
+        let parent = commit.parent(0).ok().map(|p| p.tree()).transpose()?;
+        let diff = repo.diff_tree_to_tree(parent.as_ref(), Some(&commit.tree()?), None)?;
+        Ok(diff
+            .deltas()
+            .filter_map(|delta| delta.new_file().path().or_else(|| delta.old_file().path()))
+            .map(|path| path.display().to_string())
+            .collect())
+    }
+
     /// What a commit changed against its first parent: (files, lines
     /// added, lines removed).
     pub fn commit_stat(&self, commit: &str) -> Result<(usize, usize, usize), WorkspaceError> {
@@ -438,6 +451,69 @@ impl Workspace {
                 _ => WorkspaceError::Git(error),
             })?;
         Ok(id.to_string())
+    }
+
+    /// The worktree of candidate `slot` under `dir` (`<state>/candidates`):
+    /// a linked worktree of this one's repository on a branch of its own
+    /// (`<agent branch>-lane-<slot>`), made the first time and reused after.
+    /// Its commits and variant refs never touch the agent branch; only
+    /// [`Workspace::advance_to`] brings a candidate's commit there.
+    pub fn lane(&self, dir: &Path, slot: u32) -> Result<Workspace, WorkspaceError> {
+        let path = dir.join(slot.to_string());
+        if Repository::open(&path).is_ok() {
+            return Ok(Workspace { path });
+        }
+        let repo = self.repo()?;
+        let head = repo.head()?;
+        let agent_branch = head
+            .shorthand()
+            .ok_or_else(|| git2::Error::from_str("the agent branch has no UTF-8 name"))?
+            .to_string();
+        let commit = head.peel_to_commit()?;
+        std::fs::create_dir_all(dir)?;
+        if path.exists() {
+            // A directory left half-made by a crash: made again.
+            std::fs::remove_dir_all(&path)?;
+        }
+        prune_stale_worktrees(&repo)?;
+        let branch = repo.branch(&format!("{agent_branch}-lane-{slot}"), &commit, true)?;
+        let reference = branch.into_reference();
+        let mut options = git2::WorktreeAddOptions::new();
+        options.reference(Some(&reference));
+        std::fs::create_dir_all(repo.commondir().join("worktrees"))?;
+        let name = format!("agent-{}-lane-{slot}", std::process::id());
+        repo.worktree(&name, &path, Some(&options))?;
+        exclude_build_output(&Repository::open(&path)?)?;
+        Ok(Workspace { path })
+    }
+
+    /// Moves the agent branch from `parent` to `commit` (a candidate's, made
+    /// on `parent` in its lane) and checks it out: a compare-and-swap of the
+    /// ref, as [`Workspace::commit_all`] does.
+    pub fn advance_to(&self, commit: &str, parent: &str) -> Result<(), WorkspaceError> {
+        let repo = self.repo()?;
+        let branch = repo
+            .head()?
+            .name()
+            .ok_or_else(|| git2::Error::from_str("the agent branch has no UTF-8 name"))?
+            .to_string();
+        let parent_id = Oid::from_str(parent)?;
+        crash_point!("git.commit");
+        repo.reference_matching(
+            &branch,
+            Oid::from_str(commit)?,
+            true,
+            parent_id,
+            "agent: commit the chosen candidate",
+        )
+        .map_err(|error| match error.code() {
+            git2::ErrorCode::Modified => WorkspaceError::Moved {
+                expected: parent_id.to_string(),
+            },
+            _ => WorkspaceError::Git(error),
+        })?;
+        repo.checkout_head(Some(CheckoutBuilder::new().force()))?;
+        Ok(())
     }
 
     /// Reverts `commit` with a new commit on the agent branch's head (the

@@ -29,6 +29,7 @@ use crate::supervisor::{ChildFactory, PingFuture, SpawnFuture};
 use crate::workspace::Workspace;
 
 /// What every actor of one agent instance shares.
+#[derive(Clone)]
 pub struct Shared {
     pub config: Config,
     pub tree: TreeSpec,
@@ -46,6 +47,17 @@ pub struct Shared {
 }
 
 pub type Context = Arc<Shared>;
+
+/// The context of one candidate: the same instance, working in the
+/// candidate's own worktree.
+pub fn in_lane(ctx: &Context, lane: &std::path::Path) -> Context {
+    Arc::new(Shared {
+        workspace: Workspace {
+            path: lane.to_path_buf(),
+        },
+        ..Shared::clone(ctx)
+    })
+}
 
 /// Each actor's snapshot schema in this build: what a release on probation
 /// may not migrate a store to (see `upgrade::attempts`).

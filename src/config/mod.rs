@@ -153,6 +153,13 @@ pub struct Config {
     pub start_from_variant_after: u64,
     /// What loop detection pauses the run on.
     pub loops: crate::domain::LoopRules,
+    /// Candidate changes each iteration runs at once (`[run] candidates`).
+    pub candidates: u32,
+    /// Candidates' checks (validation, fitness) that run at once.
+    pub max_parallel_checks: usize,
+    /// How long a candidate still running is waited for once the first
+    /// candidate of its iteration is judged.
+    pub candidate_deadline: Duration,
     /// How much history the store keeps (`[retention]`).
     pub retention: crate::store::Retention,
     /// How capabilities are chosen and what the planner is told (`[learning]`).
@@ -280,6 +287,9 @@ impl RawConfig {
             pause_after_failures: run.pause_after_failures,
             start_from_variant_after: run.start_from_variant_after,
             loops: run.loops,
+            candidates: run.candidates,
+            max_parallel_checks: run.max_parallel_checks,
+            candidate_deadline: run.candidate_deadline,
             retention: self.retention.into(),
             learning,
             mcp_servers,

@@ -41,6 +41,9 @@ pub(super) struct RawRun {
     loop_same_plan: Option<u32>,
     loop_same_refused_change: Option<u32>,
     loop_no_progress: Option<u32>,
+    candidates: Option<Positive>,
+    max_parallel_checks: Option<Positive>,
+    candidate_deadline: Option<HumanDuration>,
 }
 
 /// `[run]` checked; each field is the [`Config`](super::Config) field of
@@ -58,7 +61,15 @@ pub(super) struct RunConfig {
     pub pause_after_failures: u32,
     pub start_from_variant_after: u64,
     pub loops: LoopRules,
+    pub candidates: u32,
+    pub max_parallel_checks: usize,
+    pub candidate_deadline: Duration,
 }
+
+/// More candidates than this in one iteration is refused: past about four
+/// the candidates are made before the improvements reach the archive (see
+/// DESIGN §14), and each is a job, a worktree and a build.
+pub const MAX_CANDIDATES: u64 = 16;
 
 impl RawRun {
     /// Refuses an empty goal, makes the paths absolute and fills in the
@@ -70,7 +81,21 @@ impl RawRun {
                 "[run] goal must be a non-empty sentence",
             ));
         }
+        let candidates = self.candidates.map_or(1, Positive::get);
+        if candidates > MAX_CANDIDATES {
+            return Err(ConfigError::whole_file(
+                file,
+                format!("[run] candidates = {candidates}: at most {MAX_CANDIDATES} candidates run in one iteration"),
+            ));
+        }
         Ok(RunConfig {
+            candidates: candidates as u32,
+            max_parallel_checks: self
+                .max_parallel_checks
+                .map_or_else(cores, |n| n.get().min(1024) as usize),
+            candidate_deadline: self
+                .candidate_deadline
+                .map_or(Duration::from_secs(600), |d| d.0),
             goal: self.goal,
             workspace: absolute(file, "[run] workspace", &self.workspace)?,
             state_dir: absolute(file, "[run] state", &self.state)?,
@@ -91,4 +116,10 @@ impl RawRun {
             },
         })
     }
+}
+
+/// The default of `max_parallel_checks`: the cores this process may use,
+/// because cargo builds do not scale past them.
+fn cores() -> usize {
+    std::thread::available_parallelism().map_or(1, usize::from)
 }

@@ -215,9 +215,16 @@ pub enum ExecutorMsg {
         plan: Plan,
         reply: RpcReplyPort<JobOutcome>,
     },
+    /// Cancel the job of a candidate that is past its deadline.
+    Cancel(crate::domain::Attempt),
+    /// A job went on record (off the mailbox): `KillJob` finds it by id.
+    JobStarted {
+        attempt: crate::domain::Attempt,
+        job: u64,
+    },
     /// A job finished off the mailbox.
     JobDone {
-        iteration: u64,
+        attempt: crate::domain::Attempt,
         outcome: JobOutcome,
         reply: RpcReplyPort<JobOutcome>,
     },
@@ -263,6 +270,32 @@ pub enum ModifierMsg {
     Variants {
         last: usize,
         reply: RpcReplyPort<Result<Vec<Variant>, ActorError>>,
+    },
+    /// Put candidate `slot`'s worktree at the committed head (with the
+    /// change of the variant the iteration starts from); answers its path.
+    OpenLane {
+        slot: u32,
+        started_from: Option<u64>,
+        reply: RpcReplyPort<Result<std::path::PathBuf, ActorError>>,
+    },
+    /// Judge a candidate's change in its worktree through the pipeline
+    /// (without approval); the agent branch does not move.
+    Judge {
+        attempt: crate::domain::Attempt,
+        lane: std::path::PathBuf,
+        summary: String,
+        fitness_before: Option<f64>,
+        reply: RpcReplyPort<Result<Verdict, ActorError>>,
+    },
+    /// Stop judging candidate `slot`: it is past its deadline.
+    DropLane(u32),
+    /// Bring the chosen candidate's accepted change onto the agent branch
+    /// (approved first in supervised mode); answers the verdict that stands.
+    Adopt {
+        iteration: u64,
+        summary: String,
+        verdict: Verdict,
+        reply: RpcReplyPort<Result<Verdict, ActorError>>,
     },
     /// Validate the worktree's change and commit or roll back.
     Validate {
@@ -371,6 +404,13 @@ where
         Ok(ractor::rpc::CallResult::Timeout) => Err(PeerError::Timeout(kind, timeout)),
         Ok(ractor::rpc::CallResult::SenderError) | Err(_) => Err(PeerError::Gone(kind)),
     }
+}
+
+/// Sends a peer a message that has no answer.
+pub fn cast<M: ractor::Message>(kind: ActorKind, message: M) -> Result<(), PeerError> {
+    lookup::<M>(kind)?
+        .cast(message)
+        .map_err(|_| PeerError::Gone(kind))
 }
 
 /// Sends a `Common` message to any actor by kind.

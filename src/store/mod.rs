@@ -30,7 +30,7 @@ pub use records::{
 
 pub use retention::{AUDIT_ARCHIVE, Pruned, Retention};
 
-use crate::domain::{Experience, Iteration, OutcomeCounts, Variant};
+use crate::domain::{Experience, Iteration, OutcomeCounts, Sibling, Variant};
 use records::{ExperienceRecord, ExperienceRecordV1, ExperienceRecordV2, IterationRecord};
 
 /// Fails the store call it stands in with an injected sled error when the
@@ -185,6 +185,8 @@ pub struct Store {
     audit: sled::Tree,
     /// Held while an entry is chained to the last one (never across an await).
     chaining: Arc<std::sync::Mutex<()>>,
+    /// Held while an iteration's transaction runs (never across an await).
+    committing: Arc<std::sync::Mutex<()>>,
 }
 
 impl std::fmt::Debug for Store {
@@ -237,6 +239,7 @@ impl Store {
             variants: db.open_tree("variants")?,
             audit: db.open_tree("audit")?,
             chaining: Arc::default(),
+            committing: Arc::default(),
             db,
         })
     }
@@ -379,12 +382,19 @@ impl Store {
 
     // ------------------------------------------------------- iterations --
 
-    /// Commits one iteration atomically: its log entry, the experience learned
-    /// from it and every actor's snapshot, in one transaction, then flushed.
+    /// Commits an iteration: its record, its experience, the siblings its
+    /// candidates left (each experience and archived change, keyed by the
+    /// iteration and the candidate's slot), the outcome counts and every
+    /// actor's snapshot in one transaction, flushed and witnessed. A repeated
+    /// commit of the same iteration replaces it and does not count twice: the
+    /// counts are read and written inside the transaction, and commits are
+    /// taken one at a time so that the transaction never contends with
+    /// another on the counts' key.
     pub async fn commit_iteration(
         &self,
         iteration: &Iteration,
         experience: Option<&Experience>,
+        siblings: &[Sibling],
         snapshots: &[SnapshotRecord],
     ) -> Result<(), StoreError> {
         let key = iteration.number.to_be_bytes();
@@ -401,15 +411,33 @@ impl Store {
             .as_ref()
             .map(|v| codec::encode(&VariantRecord::from(&**v)))
             .transpose()?;
-        // Commits come one at a time (the planner's), so the counts read here
-        // are the ones this transaction replaces; a repeated commit of the
-        // same iteration does not count twice.
-        let mut outcomes = self.outcome_counts()?;
-        if !self.iterations.contains_key(key)? {
-            outcomes.add(iteration.outcome);
-        }
-        let outcome_bytes = codec::encode(&records::OutcomesRecord::from(outcomes))?;
+        let sibling_bytes = siblings
+            .iter()
+            .map(|sibling| {
+                let key = sibling_key(iteration.number, sibling.slot);
+                let experience = codec::encode(&ExperienceRecord::from(&sibling.experience))?;
+                let variant = sibling
+                    .variant
+                    .as_ref()
+                    .map(|v| codec::encode(&VariantRecord::from(v)))
+                    .transpose()?;
+                Ok((key, experience, variant))
+            })
+            .collect::<Result<Vec<_>, CodecError>>()?;
         let writing = self.writing();
+        let committing = self
+            .committing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        // A store written before the counts were kept counts its log once.
+        if !self.meta.contains_key(OUTCOMES_KEY)? {
+            let counts = self.outcome_counts()?;
+            self.meta.insert(
+                OUTCOMES_KEY,
+                codec::encode(&records::OutcomesRecord::from(counts))?,
+            )?;
+        }
+        let outcome = iteration.outcome;
         (
             &self.iterations,
             &self.experiences,
@@ -418,13 +446,29 @@ impl Store {
             &self.meta,
         )
             .transaction(|(iterations, experiences, snapshots, variants, meta)| {
-                iterations.insert(&key, record_bytes.as_slice())?;
-                meta.insert(OUTCOMES_KEY, outcome_bytes.as_slice())?;
+                let first_time = iterations.insert(&key, record_bytes.as_slice())?.is_none();
+                if first_time {
+                    let stored = meta.get(OUTCOMES_KEY)?;
+                    let mut counts: OutcomeCounts = stored
+                        .and_then(|bytes| codec::decode::<records::OutcomesRecord>(&bytes).ok())
+                        .map(Into::into)
+                        .unwrap_or_default();
+                    counts.add(outcome);
+                    let bytes = codec::encode(&records::OutcomesRecord::from(counts))
+                        .map_err(|_| ConflictableTransactionError::Abort(()))?;
+                    meta.insert(OUTCOMES_KEY, bytes)?;
+                }
                 if let Some(bytes) = &experience_bytes {
                     experiences.insert(&key, bytes.as_slice())?;
                 }
                 if let Some(bytes) = &variant_bytes {
                     variants.insert(&key, bytes.as_slice())?;
+                }
+                for (key, experience, variant) in &sibling_bytes {
+                    experiences.insert(key.as_slice(), experience.as_slice())?;
+                    if let Some(bytes) = variant {
+                        variants.insert(key.as_slice(), bytes.as_slice())?;
+                    }
                 }
                 for (actor, bytes) in &snapshot_bytes {
                     snapshots.insert(actor.as_slice(), bytes.as_slice())?;
@@ -432,10 +476,29 @@ impl Store {
                 Ok::<(), ConflictableTransactionError<()>>(())
             })
             .map_err(StoreError::from)?;
+        drop(committing);
         drop(writing);
         crash_point!("store.before_flush");
         self.flush().await?;
         self.witness_durably(iteration.number).await
+    }
+
+    /// The changes the other candidates of `iteration` left, by slot: what
+    /// was not committed, archived beside what was.
+    pub fn siblings(&self, iteration: u64) -> Result<Vec<(u32, Variant)>, StoreError> {
+        self.variants
+            .scan_prefix(iteration.to_be_bytes())
+            .filter_map(|entry| match entry {
+                Ok((key, bytes)) => {
+                    let slot = sibling_slot(&key)?;
+                    Some(
+                        decode::<VariantRecord>(&bytes, "variant")
+                            .map(|record| (slot, Variant::from(record))),
+                    )
+                }
+                Err(error) => Some(Err(error.into())),
+            })
+            .collect()
     }
 
     /// `witness` on the blocking pool: its fsync would otherwise hold one of
@@ -455,6 +518,11 @@ impl Store {
         let aside = path.with_extension("tmp");
         let io =
             |e: std::io::Error| StoreError::Io(format!("cannot write {}: {e}", path.display()));
+        // One witness written at a time: they share the file written aside.
+        let _committing = self
+            .committing
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         let mut file = std::fs::File::create(&aside).map_err(io)?;
         file.write_all(format!("{iteration}\n").as_bytes())
             .and_then(|()| file.sync_all())
@@ -524,6 +592,9 @@ impl Store {
             .variants
             .range((iteration + 1).to_be_bytes()..)
             .rev()
+            // An iteration's own variant; its candidates' siblings are read
+            // with `siblings`.
+            .filter(|entry| entry.as_ref().map_or(true, |(key, _)| key.len() == 8))
             .take(count)
             .map(|entry| {
                 let (_, bytes) = entry?;
@@ -1007,6 +1078,21 @@ fn is_lock_error(error: &sled::Error) -> bool {
     }
 }
 
+/// The key of a sibling's record: its iteration, then its slot, so that an
+/// iteration's siblings sort right after its own record and go with it when
+/// the retention prunes.
+fn sibling_key(iteration: u64, slot: u32) -> Vec<u8> {
+    let mut key = iteration.to_be_bytes().to_vec();
+    key.extend_from_slice(&slot.to_be_bytes());
+    key
+}
+
+/// The slot of a sibling's key; `None` for an iteration's own record.
+fn sibling_slot(key: &[u8]) -> Option<u32> {
+    let slot: [u8; 4] = key.get(8..)?.try_into().ok()?;
+    Some(u32::from_be_bytes(slot))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -1034,6 +1120,70 @@ mod tests {
         }
     }
 
+    fn experience(iteration: u64, capability: &str) -> Experience {
+        Experience {
+            iteration,
+            capability: capability.into(),
+            prompt: None,
+            signals: Default::default(),
+            outcome: Outcome::Rejected,
+            fitness_before: Some(3.0),
+            fitness_after: Some(4.0),
+            files_changed: 1,
+            usage: Usage::default(),
+            duration: std::time::Duration::from_millis(5),
+            error_signature: None,
+            denied_tools: Vec::new(),
+            repaired: false,
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+    async fn commits_at_once_count_each_iteration_once_with_its_siblings() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let commits = (1..=40).map(|n| {
+            let store = store.clone();
+            tokio::spawn(async move {
+                let mut iteration = record(n);
+                iteration.outcome = if n % 2 == 0 {
+                    Outcome::Accepted
+                } else {
+                    Outcome::NoChange
+                };
+                let siblings: Vec<Sibling> = (1..=3)
+                    .map(|slot| Sibling {
+                        slot,
+                        experience: experience(n, "other"),
+                        variant: None,
+                    })
+                    .collect();
+                let chosen = experience(n, "chosen");
+                // Each twice: a repeated commit replaces, never counts again.
+                for _ in 0..2 {
+                    store
+                        .commit_iteration(&iteration, Some(&chosen), &siblings, &[])
+                        .await
+                        .unwrap();
+                }
+            })
+        });
+        let all = futures::future::join_all(commits);
+        let joined = tokio::time::timeout(std::time::Duration::from_secs(60), all)
+            .await
+            .expect("40 concurrent commits must not hang");
+        assert!(joined.iter().all(Result::is_ok));
+        let counts = store.outcome_counts().unwrap();
+        assert_eq!((counts.kept, counts.no_change), (20, 20));
+        let experiences = store.experiences(1000).unwrap();
+        assert_eq!(experiences.len(), 40 * 4, "the chosen and three siblings each");
+        assert_eq!(
+            experiences.iter().filter(|e| e.iteration == 7).count(),
+            4,
+            "an iteration's experiences sort together"
+        );
+    }
+
     #[tokio::test]
     async fn a_committed_iteration_survives_reopening() {
         let dir = tempfile::tempdir().unwrap();
@@ -1046,7 +1196,7 @@ mod tests {
                 body: vec![1, 2, 3],
             };
             store
-                .commit_iteration(&record(1), None, std::slice::from_ref(&snapshot))
+                .commit_iteration(&record(1), None, &[], std::slice::from_ref(&snapshot))
                 .await
                 .unwrap();
             let mut refused = record(2);
@@ -1064,7 +1214,7 @@ mod tests {
                 started_from: None,
                 change_id: String::new(),
             }));
-            store.commit_iteration(&refused, None, &[]).await.unwrap();
+            store.commit_iteration(&refused, None, &[], &[]).await.unwrap();
         }
         let store = Store::open(dir.path()).unwrap();
         assert_eq!(store.last_iteration().unwrap().unwrap().number, 2);

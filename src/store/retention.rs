@@ -183,13 +183,19 @@ fn remove_through(tree: &sled::Tree, cutoff: u64) -> Result<Vec<u64>, StoreError
             break;
         }
         tree.remove(key)?;
-        removed.push(iteration);
+        // An iteration's siblings (longer keys) follow its own record.
+        if removed.last() != Some(&iteration) {
+            removed.push(iteration);
+        }
     }
     Ok(removed)
 }
 
+/// The iteration a key starts with (a sibling's key goes on with its slot).
 fn u64_key(key: &[u8]) -> u64 {
-    key.try_into().map_or(u64::MAX, u64::from_be_bytes)
+    key.get(..8)
+        .and_then(|head| head.try_into().ok())
+        .map_or(u64::MAX, u64::from_be_bytes)
 }
 
 /// The sequence number of the archive's last entry, read from its tail.
@@ -308,7 +314,7 @@ mod tests {
                 .await
                 .unwrap();
             store
-                .commit_iteration(&iteration(n), None, &[])
+                .commit_iteration(&iteration(n), None, &[], &[])
                 .await
                 .unwrap();
             store.prune(retention, n).unwrap();

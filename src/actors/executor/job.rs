@@ -26,11 +26,16 @@ pub(super) async fn run(
     plan: Plan,
     cancel: CancellationToken,
     progress: Arc<watch::Sender<JobProgress>>,
+    recorded: impl FnOnce(u64),
 ) -> JobOutcome {
     let Ok(_slot) = slots.acquire_owned().await else {
         return records::failed(0, "the executor is shutting down".into());
     };
-    if let Some(outcome) = leftover::reattach(ctx, &plan, &cancel).await {
+    // Only a job in the agent's own worktree is re-attached after a
+    // restart: a candidate's lane is reset before its iteration is redone.
+    if plan.lane.is_none()
+        && let Some(outcome) = leftover::reattach(ctx, &plan, &cancel).await
+    {
         return outcome;
     }
     let record = match open(ctx, &plan).await {
@@ -38,6 +43,7 @@ pub(super) async fn run(
         Err(not_recorded) => return not_recorded,
     };
     let id = record.id;
+    recorded(id);
     let (outcome, running) = run_recorded(ctx, &plan, &record, cancel, progress).await;
     close(ctx, running.unwrap_or(record), &outcome).await;
     tracing::info!(
@@ -56,8 +62,8 @@ pub(super) async fn run(
 async fn open(ctx: &Context, plan: &Plan) -> Result<JobRecord, JobOutcome> {
     // A remote job recorded before the agent died but never seen started
     // keeps its id: the backend asks the server for it under the same key.
-    let unseen =
-        leftover::pending_remote_job(ctx, plan.iteration).filter(|j| j.remote_id.is_none());
+    let unseen = leftover::pending_remote_job(ctx, plan.iteration)
+        .filter(|j| j.remote_id.is_none() && plan.lane.is_none());
     if let Some(job) = &unseen {
         tracing::info!(
             job = job.id,
@@ -112,7 +118,10 @@ async fn run_recorded(
         id: record.id,
         capability: plan.capability.clone(),
         prompt: plan.prompt.clone(),
-        cwd: ctx.workspace.path.clone(),
+        cwd: plan
+            .lane
+            .clone()
+            .unwrap_or_else(|| ctx.workspace.path.clone()),
         timeout: ctx.config.job_timeout,
         execution: plan.execution,
         cancel,

@@ -24,7 +24,7 @@ use tracing::Instrument;
 
 use super::{Context, handle_common, load_snapshot};
 use crate::domain::{
-    ActorKind, Capability, DiscoveredTool, JobOutcome, JobProgress, JobStatus, Plan,
+    ActorKind, Attempt, Capability, DiscoveredTool, JobOutcome, JobProgress, JobStatus, Plan,
 };
 use crate::messages::{ActorError, ExecutorMsg};
 use crate::store::JobRecord;
@@ -51,10 +51,12 @@ pub struct ExecutorState {
     /// Running jobs; dropping the set (the actor died) aborts them, and the
     /// process runner kills their process groups.
     jobs: JoinSet<()>,
-    /// Cancel handles of running jobs, by iteration.
-    cancels: HashMap<u64, CancellationToken>,
-    /// What each running job's events showed, by iteration.
-    progress: HashMap<u64, Arc<tokio::sync::watch::Sender<JobProgress>>>,
+    /// Cancel handles of running jobs, by attempt.
+    cancels: HashMap<Attempt, CancellationToken>,
+    /// What each running job's events showed, by attempt.
+    progress: HashMap<Attempt, Arc<tokio::sync::watch::Sender<JobProgress>>>,
+    /// The job each running attempt has on record, once it has one.
+    attempts: HashMap<u64, Attempt>,
 }
 
 impl Actor for Executor {
@@ -70,12 +72,18 @@ impl Actor for Executor {
         let snapshot = load_snapshot(&ctx.store, KIND, SCHEMA)?.unwrap_or_default();
         leftover::abandon_leftover_jobs(&ctx).await;
         Ok(ExecutorState {
-            slots: Arc::new(Semaphore::new(ctx.tree.executor_concurrency)),
+            // An iteration's candidates run at once, whatever the tree says.
+            slots: Arc::new(Semaphore::new(
+                ctx.tree
+                    .executor_concurrency
+                    .max(ctx.config.candidates as usize),
+            )),
             ctx,
             snapshot,
             jobs: JoinSet::new(),
             cancels: HashMap::new(),
             progress: HashMap::new(),
+            attempts: HashMap::new(),
         })
     }
 
@@ -92,11 +100,15 @@ impl Actor for Executor {
             ExecutorMsg::Execute { plan, reply } => state.execute(&myself, plan, reply),
             ExecutorMsg::Jobs { last, reply } => state.jobs(last, reply),
             ExecutorMsg::KillJob { job, reply } => state.kill_job(job, reply),
+            ExecutorMsg::Cancel(attempt) => state.cancel(attempt),
+            ExecutorMsg::JobStarted { attempt, job } => {
+                state.attempts.insert(job, attempt);
+            }
             ExecutorMsg::JobDone {
-                iteration,
+                attempt,
                 outcome,
                 reply,
-            } => state.job_done(iteration, outcome, reply),
+            } => state.job_done(attempt, outcome, reply),
             ExecutorMsg::Common(common) => {
                 handle_common(KIND, SCHEMA, &state.ctx.store, &mut state.snapshot, common).await?
             }
@@ -145,9 +157,10 @@ impl ExecutorState {
         let ctx = self.ctx.clone();
         let slots = self.slots.clone();
         let cancel = CancellationToken::new();
-        self.cancels.insert(plan.iteration, cancel.clone());
+        let attempt = Attempt::of(&plan);
+        self.cancels.insert(attempt, cancel.clone());
         let progress = Arc::new(tokio::sync::watch::Sender::new(JobProgress::default()));
-        self.progress.insert(plan.iteration, progress.clone());
+        self.progress.insert(attempt, progress.clone());
         // Off the mailbox, in a span of its own under the caller's.
         let span = tracing::info_span!(
             "executor.job",
@@ -157,16 +170,21 @@ impl ExecutorState {
             job.id = tracing::field::Empty,
             job.status = tracing::field::Empty,
         );
-        let iteration = plan.iteration;
         let myself = myself.clone();
         self.jobs.spawn(
             async move {
-                let outcome = job::run(&ctx, slots, plan, cancel, progress).await;
+                let recorded = {
+                    let myself = myself.clone();
+                    move |job: u64| {
+                        let _ = myself.cast(ExecutorMsg::JobStarted { attempt, job });
+                    }
+                };
+                let outcome = job::run(&ctx, slots, plan, cancel, progress, recorded).await;
                 let span = tracing::Span::current();
                 span.record("job.id", outcome.job_id as i64);
                 span.record("job.status", outcome.status.as_str());
                 let _ = myself.cast(ExecutorMsg::JobDone {
-                    iteration,
+                    attempt,
                     outcome,
                     reply,
                 });
@@ -181,8 +199,9 @@ impl ExecutorState {
             jobs.into_iter()
                 .map(|job| {
                     let progress = self
-                        .progress
-                        .get(&job.iteration)
+                        .attempts
+                        .get(&job.id)
+                        .and_then(|attempt| self.progress.get(attempt))
                         .filter(|_| job.status.is_running())
                         .map(|sender| sender.borrow().clone());
                     (job, progress)
@@ -200,7 +219,11 @@ impl ExecutorState {
                 "job {job} is not running (it is {})",
                 record.status
             ))),
-            Some(record) => match self.cancels.get(&record.iteration) {
+            Some(record) => match self
+                .attempts
+                .get(&record.id)
+                .and_then(|attempt| self.cancels.get(attempt))
+            {
                 Some(cancel) => {
                     cancel.cancel();
                     Ok(())
@@ -213,10 +236,19 @@ impl ExecutorState {
         let _ = reply.send(result);
     }
 
+    /// Cancels the job of `attempt` (a candidate past its deadline), if it
+    /// still runs; its `Execute` is answered as the job ends.
+    fn cancel(&mut self, attempt: Attempt) {
+        if let Some(cancel) = self.cancels.get(&attempt) {
+            cancel.cancel();
+        }
+    }
+
     /// A job ended off the mailbox: it is counted, then answered.
-    fn job_done(&mut self, iteration: u64, outcome: JobOutcome, reply: RpcReplyPort<JobOutcome>) {
-        self.cancels.remove(&iteration);
-        self.progress.remove(&iteration);
+    fn job_done(&mut self, attempt: Attempt, outcome: JobOutcome, reply: RpcReplyPort<JobOutcome>) {
+        self.cancels.remove(&attempt);
+        self.progress.remove(&attempt);
+        self.attempts.remove(&outcome.job_id);
         let s = &mut self.snapshot;
         match outcome.status {
             JobStatus::Completed => s.jobs_completed += 1,

@@ -83,6 +83,8 @@ mod tests {
             rationale: String::new(),
             execution: Execution::Async,
             resume: None,
+            slot: 0,
+            lane: None,
         }
     }
 

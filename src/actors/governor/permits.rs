@@ -161,12 +161,82 @@ fn audit_entry(iteration: u64, permit: &Permit) -> (&'static str, String) {
 }
 
 /// The most one iteration may spend in dollars: every Claude Code call it
-/// may make (the research questions, then the job) at `--max-budget-usd`
-/// each. The offline backend spends nothing.
+/// may make at `--max-budget-usd` each. The offline backend spends nothing.
 fn iteration_worst_usd(ctx: &Context) -> Option<f64> {
     if ctx.backend.kind() == BackendKind::Offline {
         return Some(0.0);
     }
-    let calls = 1 + crate::cognition::research_questions("").len();
+    let calls = iteration_calls(
+        crate::cognition::research_questions("").len(),
+        ctx.config.candidates,
+        ctx.config.repair_turns,
+    );
     ctx.config.max_budget_usd.map(|usd| usd * calls as f64)
+}
+
+/// The Claude Code calls one iteration may make: the research questions,
+/// then each candidate's job and its repair turns.
+pub(super) fn iteration_calls(research: usize, candidates: u32, repair_turns: u32) -> u64 {
+    research as u64 + u64::from(candidates) * (1 + u64::from(repair_turns))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::super::budget::{Asked, Ledger, Spend, decide};
+    use super::iteration_calls;
+    use crate::domain::{Budgets, Permit};
+
+    /// The permit for an iteration of `candidates` with `spent` dollars of
+    /// a $5.00 day gone; $0.50 a call, two research questions, one repair
+    /// turn per job.
+    fn permit(candidates: u32, spent: f64) -> Permit {
+        let budgets = Budgets {
+            tokens_per_day: u64::MAX,
+            usd_per_day: Some(5.0),
+            iterations_per_hour: None,
+            deadline: None,
+            day_window: Duration::from_secs(24 * 3600),
+            hour_window: Duration::from_secs(3600),
+        };
+        let now = 100 * 24 * 3600 * 1000;
+        let spend = [Spend {
+            at_ms: now - 1000,
+            tokens: 0,
+            usd: spent,
+        }];
+        let ledger = Ledger {
+            spend: &spend,
+            ..Default::default()
+        };
+        let asked = Asked {
+            iteration: 1,
+            max_iterations: None,
+            paused: false,
+            budgets: &budgets,
+            job_worst_usd: Some(0.5 * iteration_calls(2, candidates, 1) as f64),
+            retry_after: Duration::from_secs(1),
+            now_ms: now,
+        };
+        decide(&ledger, &asked)
+    }
+
+    #[test]
+    fn the_dollar_budget_holds_the_worst_case_of_every_candidate() {
+        // Three candidates: 2 research calls + 3 × (job + repair) = 8 calls,
+        // $4.00; one candidate: 4 calls, $2.00.
+        assert_eq!(iteration_calls(2, 3, 1), 8);
+        // $2.50 left: three worst cases do not fit, one would.
+        match permit(3, 2.5) {
+            Permit::Wait { reason, .. } => assert!(
+                reason.contains("$2.50 left, less than one iteration's worst case $4.00"),
+                "{reason}"
+            ),
+            other => panic!("three candidates' worst case must not fit: {other:?}"),
+        }
+        assert_eq!(permit(1, 2.5), Permit::Granted);
+        // $4.50 left: three fit.
+        assert_eq!(permit(3, 0.5), Permit::Granted);
+    }
 }

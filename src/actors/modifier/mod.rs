@@ -20,6 +20,7 @@ use tokio::task::JoinSet;
 mod baseline;
 mod explore;
 mod fitness;
+mod lanes;
 mod pipeline;
 mod prepare;
 mod rebase;
@@ -67,6 +68,10 @@ pub struct ModifierState {
     /// kept (which validation must pass). std Mutex: never held across an
     /// await.
     failing_base: Arc<Mutex<Option<(String, Signals)>>>,
+    /// Candidates' checks that may run at once (`[run] max_parallel_checks`).
+    checks: Arc<tokio::sync::Semaphore>,
+    /// The candidates being judged, by slot.
+    judging: std::collections::HashMap<u32, tokio::task::AbortHandle>,
 }
 
 impl ModifierState {
@@ -100,6 +105,7 @@ impl Actor for Modifier {
         _myself: ActorRef<Self::Msg>,
         ctx: Context,
     ) -> Result<Self::State, ActorProcessingErr> {
+        let ctx_checks = ctx.config.max_parallel_checks.max(1);
         let mut state = ModifierState {
             ctx,
             snapshot: ModifierSnapshot::default(),
@@ -107,6 +113,8 @@ impl Actor for Modifier {
             exploration: Arc::default(),
             head_signals: None,
             failing_base: Arc::default(),
+            checks: Arc::new(tokio::sync::Semaphore::new(ctx_checks)),
+            judging: std::collections::HashMap::new(),
         };
         state.restore().await?;
         Ok(state)
@@ -122,6 +130,7 @@ impl Actor for Modifier {
     ) -> Result<(), ActorProcessingErr> {
         // Reaps the tasks that have finished, so `work` holds only live ones.
         while state.work.try_join_next().is_some() {}
+        state.judging.retain(|_, task| !task.is_finished());
         match message {
             ModifierMsg::Prepare {
                 iteration,
@@ -142,6 +151,25 @@ impl Actor for Modifier {
                 started_from,
                 reply,
             ),
+            ModifierMsg::OpenLane {
+                slot,
+                started_from,
+                reply,
+            } => state.open_lane(slot, started_from, reply),
+            ModifierMsg::Judge {
+                attempt,
+                lane,
+                summary,
+                fitness_before,
+                reply,
+            } => state.judge(attempt, lane, summary, fitness_before, reply),
+            ModifierMsg::DropLane(slot) => state.drop_lane(slot),
+            ModifierMsg::Adopt {
+                iteration,
+                summary,
+                verdict,
+                reply,
+            } => state.adopt(myself, iteration, summary, verdict, reply),
             ModifierMsg::Rebase(reply) => state.rebase(myself, reply),
             ModifierMsg::Moved { head, said, reply } => state.head_moved(head, said, reply).await,
             ModifierMsg::Baseline(reply) => state.baseline(reply),
@@ -264,7 +292,10 @@ impl ModifierState {
                     // blocking pool.
                     Ok(()) => {
                         let (ctx, head) = (self.ctx.clone(), self.snapshot.head.clone());
-                        blocking(move || reset_to_committed(&ctx, &head))
+                        blocking(move || {
+                            reset_to_committed(&ctx, &head)?;
+                            lanes::reset_lanes(&ctx, &head)
+                        })
                             .await
                             .map_err(ActorError::Workspace)
                     }

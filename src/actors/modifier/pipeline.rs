@@ -80,6 +80,9 @@ struct Trial {
     /// The candidate release, when the change is to the agent's own source
     /// and `[upgrade]` is on.
     upgrade: Option<upgrade::Judged>,
+    /// One of several candidates: judged without approval, which only the
+    /// chosen one is asked for (`adopt`).
+    candidate: bool,
 }
 
 impl Trial {
@@ -94,6 +97,7 @@ impl Trial {
             generated_tests: Vec::new(),
             started_from: judged.started_from,
             upgrade: None,
+            candidate: judged.candidate,
         }
     }
 
@@ -127,6 +131,8 @@ pub(super) struct Judged {
     pub fitness_before: Option<f64>,
     /// The earlier variant the worktree started from.
     pub started_from: Option<u64>,
+    /// A candidate's change, judged in its own worktree.
+    pub candidate: bool,
 }
 
 /// Judges the worktree's change against `base`; see the module.
@@ -180,9 +186,15 @@ async fn accept(
             .map_err(|e| e.to_string())
     })
     .await;
+    // A candidate's change passed; it is accepted when it is chosen.
+    let action = if trial.candidate {
+        "candidate.passed"
+    } else {
+        "change.accepted"
+    };
     audit(
         ctx,
-        "change.accepted",
+        action,
         format!(
             "iteration {iteration}: commit {commit}, fitness {} -> {fitness_after}, rules checked: {}",
             trial.fitness_before.map_or("?".into(), |f| f.to_string()),
@@ -353,11 +365,16 @@ async fn steps(
         }
     }
 
-    if ctx.config.mode == Mode::Supervised {
+    if ctx.config.mode == Mode::Supervised && !trial.candidate {
+        let request = ApprovalRequest {
+            iteration: trial.iteration,
+            summary: summary.to_string(),
+            files: changed.to_vec(),
+            fitness_before: trial.fitness_before,
+            fitness_after,
+        };
         let span = step_span!("modifier.approval", trial.iteration);
-        let decided = approval(ctx, trial, summary, changed, fitness_after)
-            .instrument(span.clone())
-            .await;
+        let decided = approval(ctx, request).instrument(span.clone()).await;
         if let Err(refusal) = ended(&span, decided) {
             return Ok(Err(refusal));
         }
@@ -580,20 +597,8 @@ async fn run_fitness(ctx: &Context, before: Option<f64>) -> Result<Measure, Refu
 }
 
 /// Supervised mode: the governor holds the change until an operator decides.
-async fn approval(
-    ctx: &Context,
-    trial: &Trial,
-    summary: &str,
-    changed: &[String],
-    fitness_after: f64,
-) -> Result<(), Refusal> {
-    let request = ApprovalRequest {
-        iteration: trial.iteration,
-        summary: summary.to_string(),
-        files: changed.to_vec(),
-        fitness_before: trial.fitness_before,
-        fitness_after,
-    };
+async fn approval(ctx: &Context, request: ApprovalRequest) -> Result<(), Refusal> {
+    let fitness_after = request.fitness_after;
     let decision = messages::call(ActorKind::Governor, ctx.config.approval_timeout, |reply| {
         GovernorMsg::RequestApproval { request, reply }
     })
@@ -614,6 +619,80 @@ async fn approval(
         Err(error) => format!("approval lost: {error}"),
     };
     Err(Refusal::new(Judge::Approval, reason, Some(fitness_after)))
+}
+
+/// The chosen candidate's accepted change onto the agent branch, which
+/// must still be at `base`: approval first in supervised mode (a refusal is
+/// the verdict that stands, audited), then the branch moves to the
+/// candidate's commit, which becomes the iteration's variant. Any other
+/// verdict is answered as it is.
+pub(super) async fn adopt(
+    ctx: &Context,
+    base: &str,
+    iteration: u64,
+    summary: &str,
+    verdict: Verdict,
+) -> Result<Verdict, String> {
+    let Verdict::Accepted {
+        commit,
+        fitness_after,
+        variant,
+        ..
+    } = &verdict
+    else {
+        return Ok(verdict);
+    };
+    if ctx.config.mode == Mode::Supervised {
+        let (workspace, of) = (ctx.workspace.clone(), commit.clone());
+        let files = blocking(move || workspace.commit_paths(&of).map_err(|e| e.to_string())).await?;
+        let request = ApprovalRequest {
+            iteration,
+            summary: summary.to_string(),
+            files,
+            fitness_before: variant.as_ref().and_then(|v| v.fitness_before),
+            fitness_after: *fitness_after,
+        };
+        let span = step_span!("modifier.approval", iteration);
+        let decided = approval(ctx, request).instrument(span.clone()).await;
+        if let Err(refusal) = ended(&span, decided) {
+            audit(
+                ctx,
+                "change.refused",
+                format!("iteration {iteration}: refused by {}: {}", refusal.by, refusal.reason),
+            )
+            .await?;
+            return Ok(Verdict::Rejected {
+                details: refusal.reason.clone(),
+                variant: variant.clone().map(|variant| Variant {
+                    outcome: Outcome::Rejected,
+                    refused_by: Some(refusal.by.clone()),
+                    ..variant
+                }),
+                reason: refusal.reason,
+                fitness_after: Some(*fitness_after),
+            });
+        }
+    }
+    let (workspace, chosen, parent) = (ctx.workspace.clone(), commit.clone(), base.to_string());
+    blocking(move || {
+        workspace
+            .advance_to(&chosen, &parent)
+            .and_then(|()| workspace.mark_variant(iteration, &chosen))
+            .map(drop)
+            .map_err(|e| e.to_string())
+    })
+    .instrument(tracing::info_span!(
+        "modifier.commit",
+        actor = ActorKind::Modifier.name()
+    ))
+    .await?;
+    audit(
+        ctx,
+        "change.accepted",
+        format!("iteration {iteration}: commit {commit}, the best of its candidates, fitness -> {fitness_after}"),
+    )
+    .await?;
+    Ok(verdict)
 }
 
 /// The iteration's trace, as Jaeger shows it.

@@ -42,6 +42,7 @@ impl ModifierState {
                 iteration,
                 fitness_before,
                 started_from,
+                candidate: false,
             };
             let result = pipeline::validate(&ctx, &base, judged, &summary)
                 .instrument(span.clone())
@@ -92,7 +93,7 @@ fn record_verdict(span: &tracing::Span, result: &Result<Verdict, ActorError>) {
 
 /// What the head is after `verdict`: the kept change's commit with what was
 /// measured there, or still `base`, rolled back when the change was refused.
-fn settled(verdict: &Verdict, base: String, fitness_before: Option<f64>) -> ModifierMsg {
+pub(super) fn settled(verdict: &Verdict, base: String, fitness_before: Option<f64>) -> ModifierMsg {
     match verdict {
         Verdict::Accepted {
             commit,

@@ -26,7 +26,7 @@ use crate::store::{StoreError, now_ms};
 use crate::telemetry::SpanLink;
 
 /// Timeout of quick questions to peers.
-pub(super) const QUICK: Duration = Duration::from_secs(15);
+pub(crate) const QUICK: Duration = Duration::from_secs(15);
 /// Added to the configured timeouts of slow steps.
 const MARGIN: Duration = Duration::from_secs(30);
 
@@ -150,6 +150,19 @@ async fn run_steps(
         return Err(StepError::NothingLeft(reason));
     }
     let research = research(ctx, &research_topic(&snapshot.goal, &prepared.signals)).await?;
+    if ctx.config.candidates > 1 {
+        return super::candidates::run(
+            ctx,
+            snapshot,
+            iteration,
+            &prepared,
+            &advice,
+            &capabilities,
+            research.as_ref(),
+            started,
+        )
+        .await;
+    }
     let plan = plan(
         ctx,
         &snapshot.goal,
@@ -184,7 +197,7 @@ async fn run_steps(
         &job,
         now_ms(),
     );
-    commit(ctx, snapshot, &committed, &experience).await?;
+    commit(ctx, snapshot, &committed, &experience, &[]).await?;
     Ok(committed)
 }
 
@@ -374,7 +387,7 @@ fn plan(
 }
 
 /// The executor runs the plan; what it spent is recorded at once.
-async fn execute(ctx: &Context, plan: &Plan) -> Result<JobOutcome, StepError> {
+pub(super) async fn execute(ctx: &Context, plan: &Plan) -> Result<JobOutcome, StepError> {
     let for_executor = plan.clone();
     let job: JobOutcome = messages::call(
         ActorKind::Executor,
@@ -404,7 +417,7 @@ async fn execute(ctx: &Context, plan: &Plan) -> Result<JobOutcome, StepError> {
 /// A job a rate limit or an overloaded API turned away ends the attempt
 /// as a wait, not as the capability's failure; one whose login is gone
 /// pauses the run.
-fn turned_away(job: &JobOutcome) -> Result<(), StepError> {
+pub(super) fn turned_away(job: &JobOutcome) -> Result<(), StepError> {
     if job.status == JobStatus::Completed {
         return Ok(());
     }
@@ -513,7 +526,7 @@ async fn repair(
 
 /// The learner records the experience; `after` is what the workspace
 /// showed once its change was kept.
-async fn learn(
+pub(super) async fn learn(
     ctx: &Context,
     experience: &Experience,
     after: Option<Signals>,
@@ -541,11 +554,12 @@ async fn learn(
 
 /// The commit: the log entry, the experience and every actor's snapshot in
 /// one store transaction, flushed. Only then is the iteration done.
-async fn commit(
+pub(super) async fn commit(
     ctx: &Context,
     mut snapshot: PlannerSnapshot,
     committed: &Iteration,
     experience: &Experience,
+    siblings: &[crate::domain::Sibling],
 ) -> Result<(), StepError> {
     snapshot.committed = committed.number;
     snapshot.last_fitness = committed.head_fitness();
@@ -558,7 +572,7 @@ async fn commit(
     }
     crash_point!("iteration.before_store_commit");
     ctx.store
-        .commit_iteration(committed, Some(experience), &snapshots)
+        .commit_iteration(committed, Some(experience), siblings, &snapshots)
         .await?;
     step(ctx, committed.number, "commit", committed.summary.clone());
     forget_old(ctx, committed.number);
@@ -581,7 +595,7 @@ fn forget_old(ctx: &Context, committed: u64) {
 }
 
 /// Announces one step of an iteration (for `agent ctl watch` and the log).
-fn step(ctx: &Context, iteration: u64, step: &'static str, detail: String) {
+pub(super) fn step(ctx: &Context, iteration: u64, step: &'static str, detail: String) {
     tracing::debug!(iteration, step, %detail, "iteration step");
     ctx.events.emit(Event::Step {
         iteration,
@@ -591,7 +605,7 @@ fn step(ctx: &Context, iteration: u64, step: &'static str, detail: String) {
 }
 
 /// The deadline of the modifier's slow steps (validation and fitness).
-fn slow(ctx: &Context) -> Duration {
+pub(super) fn slow(ctx: &Context) -> Duration {
     ctx.config.validation_timeout * 2 + MARGIN
 }
 

@@ -43,10 +43,46 @@ pub fn make_plan(
     research: Option<&Research>,
 ) -> Result<Plan, PlanError> {
     let best = advice.ranked.first().ok_or(PlanError::NoCapability)?;
+    Ok(plan_with(situation, advice, capabilities, research, best))
+}
+
+/// The plans of an iteration's `count` candidates, slot by slot: the
+/// learner's top `count` capabilities, best first, taken round again from
+/// the best when there are fewer (a model backend's same template gives a
+/// different change each call).
+pub fn make_plans(
+    situation: &Situation<'_>,
+    advice: &Advice,
+    capabilities: &[Capability],
+    research: Option<&Research>,
+    count: u32,
+) -> Result<Vec<Plan>, PlanError> {
+    if advice.ranked.is_empty() {
+        return Err(PlanError::NoCapability);
+    }
+    Ok((0..count)
+        .map(|slot| {
+            let ranked = &advice.ranked[slot as usize % advice.ranked.len()];
+            Plan {
+                slot,
+                ..plan_with(situation, advice, capabilities, research, ranked)
+            }
+        })
+        .collect())
+}
+
+/// The plan that runs capability `best` in the situation.
+fn plan_with(
+    situation: &Situation<'_>,
+    advice: &Advice,
+    capabilities: &[Capability],
+    research: Option<&Research>,
+    best: &crate::domain::RankedCapability,
+) -> Plan {
     let offered = capabilities.iter().any(|c| c.id == best.id);
     let template = situation.prompts.template(&best.id).filter(|_| offered);
     let assembled = template.map(|t| render_prompt(&t.text, situation, advice, research));
-    Ok(Plan {
+    Plan {
         iteration: situation.iteration,
         capability: best.id.clone(),
         prompt_tokens: assembled.as_ref().map_or(0, |a| a.tokens),
@@ -55,7 +91,9 @@ pub fn make_plan(
         rationale: best.why.clone(),
         execution: situation.execution,
         resume: None,
-    })
+        slot: 0,
+        lane: None,
+    }
 }
 
 /// A template filled with the goal, the fitness, the workspace's signals,
@@ -733,6 +771,8 @@ mod tests {
             rationale: String::new(),
             execution: Execution::Async,
             resume: None,
+            slot: 0,
+            lane: None,
         };
         let job = JobOutcome {
             job_id: 1,

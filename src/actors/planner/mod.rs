@@ -11,6 +11,7 @@
 //! iteration done. Anything that fails before that abandons the attempt: every
 //! actor reverts to its committed state and the same iteration runs again.
 
+mod candidates;
 mod control;
 mod ending;
 mod iteration;
