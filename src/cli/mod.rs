@@ -898,11 +898,16 @@ fn history(args: &HistoryArgs) -> u8 {
     for record in records {
         if args.json {
             // The same object as each entry of `agent ctl history --json`.
-            let entry = crate::ctl::commands::history_entry(&record);
+            let siblings = store.siblings(record.number).unwrap_or_default();
+            let entry = crate::ctl::commands::history_entry(&record, &siblings);
             println!("{}", serde_json::to_string(&entry).unwrap_or_default());
         } else {
+            let others = match store.siblings(record.number).map(|s| s.len()) {
+                Ok(0) | Err(_) => String::new(),
+                Ok(n) => format!(" (+{n} others)"),
+            };
             println!(
-                "{:>4}  {:<24} {:<10} {}",
+                "{:>4}  {:<24} {:<10} {}{others}",
                 record.number,
                 record.capability,
                 record.outcome.as_str(),

@@ -641,13 +641,29 @@ fn history(last: Option<usize>, context: &ServerContext) -> Result<Reply, WireEr
         .store
         .iterations(last.unwrap_or(20))
         .map_err(internal)?;
-    Ok(Reply::History {
-        iterations: records.iter().map(history_entry).collect(),
-    })
+    let iterations = records
+        .iter()
+        .map(|i| Ok(history_entry(i, &context.store.siblings(i.number)?)))
+        .collect::<Result<_, crate::store::StoreError>>()
+        .map_err(internal)?;
+    Ok(Reply::History { iterations })
 }
 
-pub fn history_entry(i: &Iteration) -> HistoryEntry {
+/// One iteration as `history` shows it, with the other candidates its
+/// iteration archived beside it (`siblings`, by slot).
+pub fn history_entry(i: &Iteration, siblings: &[(u32, crate::domain::Variant)]) -> HistoryEntry {
     HistoryEntry {
+        others: siblings
+            .iter()
+            .map(|(slot, v)| super::protocol::OtherCandidate {
+                slot: *slot,
+                sibling_of: i.number,
+                outcome: v.outcome.as_str().to_string(),
+                rule: v.refused_by.as_ref().map(ToString::to_string),
+                fitness_after: v.fitness_after,
+                variant: v.commit.clone(),
+            })
+            .collect(),
         iteration: i.number,
         capability: i.capability.clone(),
         outcome: i.outcome.as_str().to_string(),
@@ -673,6 +689,16 @@ pub fn history_entry(i: &Iteration) -> HistoryEntry {
     }
 }
 
+/// The other candidates of an iteration, in a few words: ` (+3 others:
+/// rejected, accepted, job-failed)`.
+fn others(others: &[super::protocol::OtherCandidate]) -> String {
+    if others.is_empty() {
+        return String::new();
+    }
+    let outcomes: Vec<&str> = others.iter().map(|o| o.outcome.as_str()).collect();
+    format!(" (+{} others: {})", others.len(), outcomes.join(", "))
+}
+
 /// `history` for a person: one row per iteration, or a line saying there are none.
 pub fn render_history(iterations: &[HistoryEntry]) -> String {
     if iterations.is_empty() {
@@ -681,13 +707,14 @@ pub fn render_history(iterations: &[HistoryEntry]) -> String {
     let mut out = String::new();
     for r in iterations {
         out.push_str(&format!(
-            "{:>4}  {:<24} {:<10} {:>6} tok  {:>6.1}s  {}\n",
+            "{:>4}  {:<24} {:<10} {:>6} tok  {:>6.1}s  {}{}\n",
             r.iteration,
             r.capability,
             r.outcome,
             r.input_tokens + r.output_tokens,
             r.duration_ms as f64 / 1000.0,
-            r.summary
+            r.summary,
+            others(&r.others)
         ));
     }
     out.trim_end().to_string()

@@ -268,6 +268,24 @@ pub struct HistoryEntry {
     /// The change's commit in the variant archive.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub variant: Option<String>,
+    /// The iteration's other candidates (`[run] candidates` > 1), archived
+    /// beside the one committed.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub others: Vec<OtherCandidate>,
+}
+
+/// A candidate of an iteration that was not committed.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct OtherCandidate {
+    pub slot: u32,
+    /// The iteration whose committed change it is a sibling of.
+    pub sibling_of: u64,
+    pub outcome: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rule: Option<String>,
+    pub fitness_after: Option<f64>,
+    /// Its change's commit in the variant archive.
+    pub variant: String,
 }
 
 /// One event of `agent ctl watch`.

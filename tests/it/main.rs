@@ -7,6 +7,7 @@
 )]
 
 mod archive;
+mod candidates;
 mod audit;
 // Holds a backup open through a failpoint: only with `--features failpoints`.
 #[cfg(feature = "failpoints")]
