@@ -570,7 +570,7 @@ async fn floor(state_dir: &Path, count: u64) -> (Vec<f64>, usize) {
         iteration.number = last.number + n;
         iteration.commit = Some(head.clone());
         store
-            .commit_iteration(&iteration, experience.as_ref(), &snapshots)
+            .commit_iteration(&iteration, experience.as_ref(), &[], &snapshots)
             .await
             .unwrap();
         took.push(ms(started));

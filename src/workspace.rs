@@ -463,6 +463,13 @@ impl Workspace {
         if Repository::open(&path).is_ok() {
             return Ok(Workspace { path });
         }
+        // Candidates open their lanes at once; libgit2's worktree add and
+        // the pruning of stale ones must not interleave.
+        static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
+        let _making = MAKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if Repository::open(&path).is_ok() {
+            return Ok(Workspace { path });
+        }
         let repo = self.repo()?;
         let head = repo.head()?;
         let agent_branch = head

@@ -294,7 +294,7 @@ pub enum ModifierMsg {
     Adopt {
         iteration: u64,
         summary: String,
-        verdict: Verdict,
+        verdict: Box<Verdict>,
         reply: RpcReplyPort<Result<Verdict, ActorError>>,
     },
     /// Validate the worktree's change and commit or roll back.

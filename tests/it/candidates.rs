@@ -67,6 +67,7 @@ fn config(dir: &Path, candidates: u32, deadline: &str) -> PathBuf {
 
 fn env(scripts: &Path) -> Vec<(&'static str, String)> {
     vec![
+        ("FAKE_CLAUDE_LOG", scripts.with_extension("log").display().to_string()),
         ("FAKE_CLAUDE_MODE", "script".into()),
         ("FAKE_CLAUDE_SCRIPTS", scripts.display().to_string()),
         // The research questions change nothing and take no script.
@@ -124,7 +125,12 @@ fn four_candidates_run_at_once_and_the_best_of_four_is_committed() {
             .collect()
     };
     let (starts, ends) = (at("start "), at("end "));
-    assert_eq!((starts.len(), ends.len()), (4, 4), "{marks}");
+    assert_eq!(
+        (starts.len(), ends.len()),
+        (4, 4),
+        "{marks}\n{}",
+        std::fs::read_to_string(dir.path().join("scripts.log")).unwrap_or_default()
+    );
     assert!(
         starts.iter().max() < ends.iter().min(),
         "the candidates ran one after another:\n{marks}"
@@ -206,4 +212,102 @@ fn a_hung_candidate_is_killed_at_the_deadline_and_the_best_of_the_others_committ
             .is_empty()
             .then_some(())
     });
+}
+
+/// The `Iteration: N` trailer of each agent commit on the branch.
+fn on_branch(state: &Path) -> Vec<u64> {
+    let mut numbers: Vec<u64> = crate::harness::worktree_log(state)
+        .iter()
+        .filter_map(|m| m.lines().find_map(|l| l.strip_prefix("Iteration: ")))
+        .map(|n| n.trim().parse().unwrap())
+        .collect();
+    numbers.sort_unstable();
+    numbers
+}
+
+/// Stand-in scripts `first..first + 3`: quick edits, each its own line.
+fn quick_edits(scripts: &Path, first: usize) {
+    for i in first..first + 3 {
+        std::fs::write(
+            scripts.join(format!("{i}.sh")),
+            format!("echo '// candidate {i}' >>src/lib.rs\n"),
+        )
+        .unwrap();
+    }
+}
+
+#[test]
+fn kill_dash_nine_during_three_candidates_leaves_no_process_no_dirty_worktree_no_repeat() {
+    let dir = tempfile::tempdir().unwrap();
+    let config = fast_config(
+        dir.path(),
+        &[crate::harness::UNCONFINED, ("candidates = 1", "candidates = 3")],
+    );
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let scripts = dir.path().join("scripts");
+    std::fs::create_dir(&scripts).unwrap();
+    // Iteration 1: three quick changes; iteration 2: three jobs that hang
+    // (each edits first, so its worktree is dirty when the agent dies).
+    quick_edits(&scripts, 0);
+    for i in 3..6 {
+        std::fs::write(
+            scripts.join(format!("{i}.sh")),
+            "echo '// half a change' >>src/lib.rs\nsleep 99992\n",
+        )
+        .unwrap();
+    }
+    let env = env(&scripts);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let hung = || crate::harness::processes_with(&["sleep", "99992"]);
+    let wait = Duration::from_secs(std::env::var("CANDIDATES_WAIT").map_or(120, |s| s.parse().unwrap()));
+
+    let mut daemon = Daemon::unbounded(&state, &config, &workspace, &env);
+    daemon.wait_status("iteration 1", wait, |s| Daemon::committed(s) >= 1);
+    let since = Instant::now();
+    while hung().len() < 3 {
+        assert!(
+            since.elapsed() < wait,
+            "iteration 2's three jobs never ran:\n{}",
+            daemon.logs()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    daemon.kill9();
+    assert_eq!(history(&state).len(), 1);
+    assert!(!hung().is_empty(), "the jobs outlive a killed agent until it restarts");
+
+    // The restart (bounded to what is committed: it only recovers) leaves
+    // no job's process and no candidate worktree with a change.
+    quick_edits(&scripts, 6);
+    let mut restarted = Daemon::bounded(&state, &config, &workspace, 1, &env);
+    assert!(restarted.wait_exit(wait).success(), "{}", restarted.logs());
+    poll_until("no job left running", Duration::from_secs(10), || {
+        hung().is_empty().then_some(())
+    });
+    for slot in 0..3 {
+        let lane = state.join("candidates").join(slot.to_string());
+        let repo = Repository::open(&lane).unwrap();
+        let dirty: Vec<String> = repo
+            .statuses(None)
+            .unwrap()
+            .iter()
+            .filter_map(|s| s.path().map(String::from))
+            .collect();
+        assert!(dirty.is_empty(), "candidate {slot} keeps {dirty:?}");
+    }
+
+    // Iteration 2 is redone once, to its end: every iteration once.
+    let mut daemon = Daemon::bounded(&state, &config, &workspace, 2, &env);
+    assert!(daemon.wait_exit(wait).success(), "{}", daemon.logs());
+    let records = history(&state);
+    let numbers: Vec<u64> = records.iter().map(|r| r["iteration"].as_u64().unwrap()).collect();
+    assert_eq!(numbers, [1, 2]);
+    let accepted: Vec<u64> = records
+        .iter()
+        .filter(|r| r["outcome"] == "accepted")
+        .map(|r| r["iteration"].as_u64().unwrap())
+        .collect();
+    assert_eq!(accepted, [1, 2]);
+    assert_eq!(on_branch(&state), [1, 2], "each iteration once on the branch");
 }

@@ -169,7 +169,7 @@ impl Actor for Modifier {
                 summary,
                 verdict,
                 reply,
-            } => state.adopt(myself, iteration, summary, verdict, reply),
+            } => state.adopt(myself, iteration, summary, *verdict, reply),
             ModifierMsg::Rebase(reply) => state.rebase(myself, reply),
             ModifierMsg::Moved { head, said, reply } => state.head_moved(head, said, reply).await,
             ModifierMsg::Baseline(reply) => state.baseline(reply),

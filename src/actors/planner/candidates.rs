@@ -387,6 +387,7 @@ async fn adopt(
     }
     let summary = chosen.plan.capability.clone();
     let deadline = slow(ctx) + ctx.config.approval_timeout;
+    let verdict = Box::new(verdict);
     let adopted = messages::call(ActorKind::Modifier, deadline, |reply| ModifierMsg::Adopt {
         iteration,
         summary,
