@@ -466,7 +466,9 @@ impl Workspace {
         // Candidates open their lanes at once; libgit2's worktree add and
         // the pruning of stale ones must not interleave.
         static MAKING: std::sync::Mutex<()> = std::sync::Mutex::new(());
-        let _making = MAKING.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        let _making = MAKING
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
         if Repository::open(&path).is_ok() {
             return Ok(Workspace { path });
         }

@@ -4,7 +4,10 @@
 //! uniform draw among the same capabilities), over several seeds. In the
 //! learning-on arm what was learned on one workspace (the learner's bandit,
 //! rules and statistics) is carried into the next run: transfer is what
-//! should make it win. Each run is the real `agent run` in a process of its
+//! should make it win. `--candidates K` adds an arm that learns as the first
+//! does and runs K candidates per iteration (`[run] candidates`); every arm
+//! reports wall time to best beside iterations to best, which is what
+//! candidates buy. Each run is the real `agent run` in a process of its
 //! own; the figures are read from its store afterwards, not from its output.
 
 use std::path::{Path, PathBuf};
@@ -42,10 +45,41 @@ pub struct ExperimentArgs {
     /// Print the results as one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// Add an arm that runs K candidates per iteration, learning on;
+    /// repeat for several.
+    #[arg(long = "candidates", value_name = "K", value_parser = clap::value_parser!(u32).range(1..=16))]
+    pub candidates: Vec<u32>,
 }
 
-/// The two arms.
-const ARMS: [(&str, bool); 2] = [("learning_on", true), ("learning_off", false)];
+/// One arm of the experiment.
+#[derive(Debug, Clone, PartialEq)]
+struct Arm {
+    name: String,
+    learning: bool,
+    candidates: u32,
+}
+
+/// Learning on and off, one candidate each, then an arm per `--candidates`.
+fn arms(candidates: &[u32]) -> Vec<Arm> {
+    let mut arms = vec![
+        Arm {
+            name: "learning_on".into(),
+            learning: true,
+            candidates: 1,
+        },
+        Arm {
+            name: "learning_off".into(),
+            learning: false,
+            candidates: 1,
+        },
+    ];
+    arms.extend(candidates.iter().map(|&k| Arm {
+        name: format!("candidates_{k}"),
+        learning: true,
+        candidates: k,
+    }));
+    arms
+}
 
 /// What one run achieved.
 #[derive(Debug, Clone, PartialEq)]
@@ -54,21 +88,30 @@ pub struct RunResult {
     pub best: f64,
     /// The first iteration whose head had the best fitness (0: the start).
     pub iterations_to_best: u64,
+    /// From the first iteration's start to the commit of that iteration.
+    pub wall_to_best: Duration,
     pub kept: u64,
     pub refused: u64,
 }
 
 /// Reads a run's figures from its committed iterations (oldest first).
 pub fn result_of(iterations: &[Iteration]) -> Option<RunResult> {
-    let start = iterations.first()?.fitness_before?;
+    let first = iterations.first()?;
+    let start = first.fitness_before?;
+    let started_ms = first
+        .finished_at_ms
+        .saturating_sub(first.duration.as_millis() as u64);
     let mut best = start;
     let mut iterations_to_best = 0;
+    let mut wall_to_best = Duration::ZERO;
     for iteration in iterations {
         if let Some(fitness) = iteration.head_fitness()
             && fitness < best
         {
             best = fitness;
             iterations_to_best = iteration.number;
+            wall_to_best =
+                Duration::from_millis(iteration.finished_at_ms.saturating_sub(started_ms));
         }
     }
     let count = |outcome| iterations.iter().filter(|i| i.outcome == outcome).count() as u64;
@@ -76,6 +119,7 @@ pub fn result_of(iterations: &[Iteration]) -> Option<RunResult> {
         start,
         best,
         iterations_to_best,
+        wall_to_best,
         kept: count(Outcome::Accepted),
         refused: count(Outcome::Rejected),
     })
@@ -102,6 +146,7 @@ fn summarise(results: &[RunResult]) -> Value {
     let (start, start_sd) = field(|r| r.start);
     let (best, best_sd) = field(|r| r.best);
     let (to_best, to_best_sd) = field(|r| r.iterations_to_best as f64);
+    let (wall, wall_sd) = field(|r| r.wall_to_best.as_secs_f64());
     let (kept, kept_sd) = field(|r| r.kept as f64);
     let (refused, refused_sd) = field(|r| r.refused as f64);
     json!({
@@ -109,6 +154,7 @@ fn summarise(results: &[RunResult]) -> Value {
         "start_fitness_mean": start, "start_fitness_sd": start_sd,
         "best_fitness_mean": best, "best_fitness_sd": best_sd,
         "iterations_to_best_mean": to_best, "iterations_to_best_sd": to_best_sd,
+        "wall_seconds_to_best_mean": wall, "wall_seconds_to_best_sd": wall_sd,
         "kept_mean": kept, "kept_sd": kept_sd,
         "refused_mean": refused, "refused_sd": refused_sd,
     })
@@ -147,9 +193,18 @@ async fn experiment(args: &ExperimentArgs) -> Result<Value, String> {
         ),
     };
     std::fs::create_dir_all(&out).map_err(|e| format!("cannot create {}: {e}", out.display()))?;
-    let mut table = Table::new(workspaces.len());
+    let arms = arms(&args.candidates);
+    let mut table = Table::new(workspaces.len(), arms.clone());
     for seed in 0..args.seeds {
-        for (arm, (arm_name, learning)) in ARMS.iter().enumerate() {
+        for (
+            arm,
+            Arm {
+                name: arm_name,
+                learning,
+                candidates,
+            },
+        ) in arms.iter().enumerate()
+        {
             // The learning arm carries what it learned on one workspace to
             // the next.
             let mut knowledge: Option<PathBuf> = None;
@@ -167,9 +222,12 @@ async fn experiment(args: &ExperimentArgs) -> Result<Value, String> {
                     &own,
                     workspace,
                     &dir,
-                    *learning,
-                    run_seed,
-                    args.iterations,
+                    Setting {
+                        learning: *learning,
+                        seed: run_seed,
+                        iterations: args.iterations,
+                        candidates: *candidates,
+                    },
                     knowledge.as_deref(),
                 )
                 .await;
@@ -226,15 +284,17 @@ struct RunId<'a> {
 /// What the runs gave: per workspace and arm, one result per seed; per
 /// workspace, why runs on it ended without one.
 struct Table {
-    results: Vec<[Vec<RunResult>; 2]>,
+    arms: Vec<Arm>,
+    results: Vec<Vec<Vec<RunResult>>>,
     failures: Vec<Vec<String>>,
 }
 
 impl Table {
-    fn new(workspaces: usize) -> Table {
+    fn new(workspaces: usize, arms: Vec<Arm>) -> Table {
         Table {
-            results: vec![[Vec::new(), Vec::new()]; workspaces],
+            results: vec![vec![Vec::new(); arms.len()]; workspaces],
             failures: vec![Vec::new(); workspaces],
+            arms,
         }
     }
 
@@ -244,7 +304,7 @@ impl Table {
         match result {
             Ok(result) => self.results[run.workspace][run.arm].push(result),
             Err(error) => {
-                let (arm_name, _) = ARMS[run.arm];
+                let arm_name = &self.arms[run.arm].name;
                 eprintln!(
                     "agent experiment: {} ({arm_name}, seed {}): {error}",
                     run.name, run.seed
@@ -260,13 +320,16 @@ impl Table {
             .iter()
             .zip(&self.results)
             .zip(&self.failures)
-            .map(|((workspace, arms), failed)| {
-                json!({
+            .map(|((workspace, results), failed)| {
+                let mut row = json!({
                     "workspace": label(workspace),
-                    "learning_on": summarise(&arms[0]),
-                    "learning_off": summarise(&arms[1]),
                     "failed": failed,
-                })
+                    "arms": self.arms.iter().map(|arm| arm.name.clone()).collect::<Vec<_>>(),
+                });
+                for (arm, results) in self.arms.iter().zip(results) {
+                    row[arm.name.as_str()] = summarise(results);
+                }
+                row
             })
             .collect()
     }
@@ -279,17 +342,31 @@ fn label(workspace: &Path) -> String {
         .unwrap_or_else(|| workspace.display().to_string())
 }
 
+/// How one run is set.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Setting {
+    pub learning: bool,
+    pub seed: u64,
+    pub iterations: u64,
+    /// `[run] candidates`.
+    pub candidates: u32,
+}
+
 /// One `agent run` on a fresh state directory; `knowledge` is the state
 /// directory of the run whose learning it starts from.
 pub(crate) async fn one_run(
     own: &Path,
     workspace: &Path,
     dir: &Path,
-    learning: bool,
-    seed: u64,
-    iterations: u64,
+    setting: Setting,
     knowledge: Option<&Path>,
 ) -> Result<RunResult, String> {
+    let Setting {
+        learning,
+        seed,
+        iterations,
+        candidates,
+    } = setting;
     let state = dir.join("state");
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
@@ -299,10 +376,17 @@ pub(crate) async fn one_run(
     let config = dir.join("agent.toml");
     let text = format!(
         "[run]\ngoal = {goal:?}\nworkspace = {workspace:?}\nstate = {state:?}\nmax_iterations = {iterations}\n\
-         loop_same_plan = 0\nloop_same_refused_change = 0\nloop_no_progress = 0\nstart_from_variant_after = 0\n\
+         loop_same_plan = 0\nloop_same_refused_change = 0\nloop_no_progress = 0\nstart_from_variant_after = 0\n{candidates}\
          [cognition]\nbackend = \"offline\"\n\
          [validation]\nfailing_base = \"proceed\"\n\
          [learning]\nenabled = {learning}\nseed = {seed}\n",
+        // Written only when asked for: a release from before the key
+        // (an upgrade's running binary) refuses it.
+        candidates = if candidates > 1 {
+            format!("candidates = {candidates}\n")
+        } else {
+            String::new()
+        },
         goal = GOAL,
         workspace = workspace.display().to_string(),
         state = state.display().to_string(),
@@ -397,7 +481,7 @@ async fn carry_learning(from: &Path, to: &Path) -> Result<(), String> {
 /// The report as a table: per workspace and arm, mean ± sd over seeds.
 pub fn table(report: &Value) -> String {
     let mut out = format!(
-        "{} seed(s), {} iteration(s) per run, offline backend\n\n{:<18} {:<13} {:>12} {:>12} {:>14} {:>11} {:>11}\n",
+        "{} seed(s), {} iteration(s) per run, offline backend\n\n{:<18} {:<13} {:>12} {:>12} {:>14} {:>16} {:>11} {:>11}\n",
         report["seeds"],
         report["iterations"],
         "workspace",
@@ -405,6 +489,7 @@ pub fn table(report: &Value) -> String {
         "start",
         "best",
         "iters to best",
+        "secs to best",
         "kept",
         "refused"
     );
@@ -416,18 +501,18 @@ pub fn table(report: &Value) -> String {
         )
     };
     for row in report["workspaces"].as_array().into_iter().flatten() {
-        for (arm, name) in [
-            ("learning_on", "learning on"),
-            ("learning_off", "learning off"),
-        ] {
+        let arms = row["arms"].as_array().cloned().unwrap_or_default();
+        for arm in arms.iter().filter_map(Value::as_str) {
+            let name = arm.replace('_', " ");
             let a = &row[arm];
             out.push_str(&format!(
-                "{:<18} {:<13} {:>12} {:>12} {:>14} {:>11} {:>11}\n",
+                "{:<18} {:<13} {:>12} {:>12} {:>14} {:>16} {:>11} {:>11}\n",
                 row["workspace"].as_str().unwrap_or("?"),
                 name,
                 cell(a, "start_fitness"),
                 cell(a, "best_fitness"),
                 cell(a, "iterations_to_best"),
+                cell(a, "wall_seconds_to_best"),
                 cell(a, "kept"),
                 cell(a, "refused"),
             ));
@@ -452,7 +537,7 @@ mod tests {
             duration: Duration::ZERO,
             commit: None,
             summary: String::new(),
-            finished_at_ms: 0,
+            finished_at_ms: number * 1000,
             variant: None,
         }
     }
@@ -471,6 +556,8 @@ mod tests {
                 start: 10.0,
                 best: 6.0,
                 iterations_to_best: 2,
+                // From iteration 1's start (it took no time) to iteration 2.
+                wall_to_best: Duration::from_secs(1),
                 kept: 2,
                 refused: 1,
             })

@@ -85,7 +85,9 @@ impl RawRun {
         if candidates > MAX_CANDIDATES {
             return Err(ConfigError::whole_file(
                 file,
-                format!("[run] candidates = {candidates}: at most {MAX_CANDIDATES} candidates run in one iteration"),
+                format!(
+                    "[run] candidates = {candidates}: at most {MAX_CANDIDATES} candidates run in one iteration"
+                ),
             ));
         }
         Ok(RunConfig {

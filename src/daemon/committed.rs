@@ -150,7 +150,9 @@ async fn rebuild(
         for snapshot in &mut snapshots {
             snapshot.iteration = number;
         }
-        store.commit_iteration(&iteration, None, &[], &snapshots).await?;
+        store
+            .commit_iteration(&iteration, None, &[], &snapshots)
+            .await?;
     }
     Ok(())
 }

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use serde::{Deserialize, Serialize};
 
 use super::{KeepIf, UpgradeConfig};
-use crate::cli::experiment::{RunResult, one_run};
+use crate::cli::experiment::{RunResult, Setting, one_run};
 use crate::process::{self, CommandSpec, Ending};
 use crate::sandbox::{Reach, Sandbox};
 
@@ -267,22 +267,20 @@ async fn runs(
         for (index, workspace) in suite.iter().enumerate() {
             let dir = out.join(format!("{arm}-seed{seed}-{index}"));
             let run_seed = seed * 1_000 + index as u64;
-            let result = one_run(
-                binary,
-                workspace,
-                &dir,
-                true,
-                run_seed,
-                config.iterations,
-                None,
-            )
-            .await
-            .map_err(|error| {
-                format!(
-                    "the {arm} release's run on {} (seed {run_seed}) failed: {error}",
-                    workspace.display()
-                )
-            });
+            let setting = Setting {
+                learning: true,
+                seed: run_seed,
+                iterations: config.iterations,
+                candidates: 1,
+            };
+            let result = one_run(binary, workspace, &dir, setting, None)
+                .await
+                .map_err(|error| {
+                    format!(
+                        "the {arm} release's run on {} (seed {run_seed}) failed: {error}",
+                        workspace.display()
+                    )
+                });
             // The run's worktree and builds are large; its log stays.
             let _ = std::fs::remove_dir_all(dir.join("state"));
             results.push(result?);

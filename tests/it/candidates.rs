@@ -67,7 +67,10 @@ fn config(dir: &Path, candidates: u32, deadline: &str) -> PathBuf {
 
 fn env(scripts: &Path) -> Vec<(&'static str, String)> {
     vec![
-        ("FAKE_CLAUDE_LOG", scripts.with_extension("log").display().to_string()),
+        (
+            "FAKE_CLAUDE_LOG",
+            scripts.with_extension("log").display().to_string(),
+        ),
         ("FAKE_CLAUDE_MODE", "script".into()),
         ("FAKE_CLAUDE_SCRIPTS", scripts.display().to_string()),
         // The research questions change nothing and take no script.
@@ -76,7 +79,12 @@ fn env(scripts: &Path) -> Vec<(&'static str, String)> {
 }
 
 /// Runs one iteration to its end; answers the wall time of the run.
-fn one_iteration(dir: &Path, candidates: u32, deadline: &str, deletes: &[(usize, Option<u32>)]) -> Duration {
+fn one_iteration(
+    dir: &Path,
+    candidates: u32,
+    deadline: &str,
+    deletes: &[(usize, Option<u32>)],
+) -> Duration {
     let workspace = workspace(dir);
     let config = config(dir, candidates, deadline);
     let scripts = scripts(dir, deletes);
@@ -200,18 +208,26 @@ fn a_hung_candidate_is_killed_at_the_deadline_and_the_best_of_the_others_committ
         .iter()
         .filter(|e| e.outcome == agent::domain::Outcome::JobFailed)
         .collect();
-    assert_eq!(killed.len(), 1, "the hung candidate counts as failed: {experiences:?}");
+    assert_eq!(
+        killed.len(),
+        1,
+        "the hung candidate counts as failed: {experiences:?}"
+    );
     let jobs = store.jobs().unwrap();
     assert!(
         jobs.iter().all(|job| !job.status.is_running()),
         "no job is left running: {jobs:?}"
     );
     // Its process is gone: nothing sleeps in the test's script.
-    poll_until("the hung script to be gone", Duration::from_secs(10), || {
-        crate::harness::processes_with(&["sleep", "99991"])
-            .is_empty()
-            .then_some(())
-    });
+    poll_until(
+        "the hung script to be gone",
+        Duration::from_secs(10),
+        || {
+            crate::harness::processes_with(&["sleep", "99991"])
+                .is_empty()
+                .then_some(())
+        },
+    );
 }
 
 /// The `Iteration: N` trailer of each agent commit on the branch.
@@ -241,7 +257,10 @@ fn kill_dash_nine_during_three_candidates_leaves_no_process_no_dirty_worktree_no
     let dir = tempfile::tempdir().unwrap();
     let config = fast_config(
         dir.path(),
-        &[crate::harness::UNCONFINED, ("candidates = 1", "candidates = 3")],
+        &[
+            crate::harness::UNCONFINED,
+            ("candidates = 1", "candidates = 3"),
+        ],
     );
     let workspace = tiny_crate(dir.path());
     let state = dir.path().join("state");
@@ -260,7 +279,8 @@ fn kill_dash_nine_during_three_candidates_leaves_no_process_no_dirty_worktree_no
     let env = env(&scripts);
     let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
     let hung = || crate::harness::processes_with(&["sleep", "99992"]);
-    let wait = Duration::from_secs(std::env::var("CANDIDATES_WAIT").map_or(120, |s| s.parse().unwrap()));
+    let wait =
+        Duration::from_secs(std::env::var("CANDIDATES_WAIT").map_or(120, |s| s.parse().unwrap()));
 
     let mut daemon = Daemon::unbounded(&state, &config, &workspace, &env);
     daemon.wait_status("iteration 1", wait, |s| Daemon::committed(s) >= 1);
@@ -275,7 +295,10 @@ fn kill_dash_nine_during_three_candidates_leaves_no_process_no_dirty_worktree_no
     }
     daemon.kill9();
     assert_eq!(history(&state).len(), 1);
-    assert!(!hung().is_empty(), "the jobs outlive a killed agent until it restarts");
+    assert!(
+        !hung().is_empty(),
+        "the jobs outlive a killed agent until it restarts"
+    );
 
     // The restart (bounded to what is committed: it only recovers) leaves
     // no job's process and no candidate worktree with a change.
@@ -301,7 +324,10 @@ fn kill_dash_nine_during_three_candidates_leaves_no_process_no_dirty_worktree_no
     let mut daemon = Daemon::bounded(&state, &config, &workspace, 2, &env);
     assert!(daemon.wait_exit(wait).success(), "{}", daemon.logs());
     let records = history(&state);
-    let numbers: Vec<u64> = records.iter().map(|r| r["iteration"].as_u64().unwrap()).collect();
+    let numbers: Vec<u64> = records
+        .iter()
+        .map(|r| r["iteration"].as_u64().unwrap())
+        .collect();
     assert_eq!(numbers, [1, 2]);
     let accepted: Vec<u64> = records
         .iter()
@@ -309,5 +335,9 @@ fn kill_dash_nine_during_three_candidates_leaves_no_process_no_dirty_worktree_no
         .map(|r| r["iteration"].as_u64().unwrap())
         .collect();
     assert_eq!(accepted, [1, 2]);
-    assert_eq!(on_branch(&state), [1, 2], "each iteration once on the branch");
+    assert_eq!(
+        on_branch(&state),
+        [1, 2],
+        "each iteration once on the branch"
+    );
 }

@@ -7,8 +7,8 @@
 )]
 
 mod archive;
-mod candidates;
 mod audit;
+mod candidates;
 // Holds a backup open through a failpoint: only with `--features failpoints`.
 #[cfg(feature = "failpoints")]
 mod backup;

@@ -296,8 +296,8 @@ impl ModifierState {
                             reset_to_committed(&ctx, &head)?;
                             lanes::reset_lanes(&ctx, &head)
                         })
-                            .await
-                            .map_err(ActorError::Workspace)
+                        .await
+                        .map_err(ActorError::Workspace)
                     }
                     Err(error) => Err(error),
                 };

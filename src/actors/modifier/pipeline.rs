@@ -644,7 +644,8 @@ pub(super) async fn adopt(
     };
     if ctx.config.mode == Mode::Supervised {
         let (workspace, of) = (ctx.workspace.clone(), commit.clone());
-        let files = blocking(move || workspace.commit_paths(&of).map_err(|e| e.to_string())).await?;
+        let files =
+            blocking(move || workspace.commit_paths(&of).map_err(|e| e.to_string())).await?;
         let request = ApprovalRequest {
             iteration,
             summary: summary.to_string(),
@@ -658,7 +659,10 @@ pub(super) async fn adopt(
             audit(
                 ctx,
                 "change.refused",
-                format!("iteration {iteration}: refused by {}: {}", refusal.by, refusal.reason),
+                format!(
+                    "iteration {iteration}: refused by {}: {}",
+                    refusal.by, refusal.reason
+                ),
             )
             .await?;
             return Ok(Verdict::Rejected {

@@ -126,7 +126,11 @@ async fn run_all(
     // given a moment to come back with what its job spent.
     for plan in &waiting {
         let attempt = Attempt::of(plan);
-        tracing::warn!(iteration, slot = plan.slot, "candidate past its deadline: stopped");
+        tracing::warn!(
+            iteration,
+            slot = plan.slot,
+            "candidate past its deadline: stopped"
+        );
         let _ = messages::cast(ActorKind::Executor, ExecutorMsg::Cancel(attempt));
         let _ = messages::cast(ActorKind::Modifier, ModifierMsg::DropLane(plan.slot));
     }
@@ -256,7 +260,10 @@ fn past_deadline(ctx: &Context, prepared: &Prepared, plan: Plan, started: Instan
         ctx,
         plan.iteration,
         "candidate",
-        format!("candidate {} ({}): killed at the deadline", plan.slot, plan.capability),
+        format!(
+            "candidate {} ({}): killed at the deadline",
+            plan.slot, plan.capability
+        ),
     );
     Candidate {
         plan,
@@ -471,7 +478,11 @@ mod tests {
         assert_eq!(best(&ranks), 1);
         // Nothing accepted: a refusal is the iteration's outcome before no
         // change, before a failed job.
-        let ranks = [rank(3, None, 0, 0), rank(2, None, 0, 1), rank(1, None, 0, 2)];
+        let ranks = [
+            rank(3, None, 0, 0),
+            rank(2, None, 0, 1),
+            rank(1, None, 0, 2),
+        ];
         assert_eq!(best(&ranks), 2);
         let ranks = [rank(3, None, 0, 0), rank(3, None, 0, 1)];
         assert_eq!(best(&ranks), 0, "all equal: the lowest slot");
