@@ -361,37 +361,14 @@ pub(crate) async fn one_run(
     setting: Setting,
     knowledge: Option<&Path>,
 ) -> Result<RunResult, String> {
-    let Setting {
-        learning,
-        seed,
-        iterations,
-        candidates,
-    } = setting;
+    let iterations = setting.iterations;
     let state = dir.join("state");
     if dir.exists() {
         std::fs::remove_dir_all(dir).map_err(|e| format!("cannot clear {}: {e}", dir.display()))?;
     }
     std::fs::create_dir_all(&state)
         .map_err(|e| format!("cannot create {}: {e}", state.display()))?;
-    let config = dir.join("agent.toml");
-    let text = format!(
-        "[run]\ngoal = {goal:?}\nworkspace = {workspace:?}\nstate = {state:?}\nmax_iterations = {iterations}\n\
-         loop_same_plan = 0\nloop_same_refused_change = 0\nloop_no_progress = 0\nstart_from_variant_after = 0\n{candidates}\
-         [cognition]\nbackend = \"offline\"\n\
-         [validation]\nfailing_base = \"proceed\"\n\
-         [learning]\nenabled = {learning}\nseed = {seed}\n",
-        // Written only when asked for: a release from before the key
-        // (an upgrade's running binary) refuses it.
-        candidates = if candidates > 1 {
-            format!("candidates = {candidates}\n")
-        } else {
-            String::new()
-        },
-        goal = GOAL,
-        workspace = workspace.display().to_string(),
-        state = state.display().to_string(),
-    );
-    std::fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    let config = write_config(dir, workspace, &state, setting)?;
     if let Some(from) = knowledge {
         carry_learning(from, &state).await?;
     }
@@ -443,6 +420,42 @@ pub(crate) async fn one_run(
             log.display()
         )
     })
+}
+
+/// The run's `agent.toml`: the offline backend, loop checks off, the
+/// setting's learning, seed, iterations and candidates.
+fn write_config(
+    dir: &Path,
+    workspace: &Path,
+    state: &Path,
+    setting: Setting,
+) -> Result<PathBuf, String> {
+    let Setting {
+        learning,
+        seed,
+        iterations,
+        candidates,
+    } = setting;
+    let config = dir.join("agent.toml");
+    let text = format!(
+        "[run]\ngoal = {goal:?}\nworkspace = {workspace:?}\nstate = {state:?}\nmax_iterations = {iterations}\n\
+         loop_same_plan = 0\nloop_same_refused_change = 0\nloop_no_progress = 0\nstart_from_variant_after = 0\n{candidates}\
+         [cognition]\nbackend = \"offline\"\n\
+         [validation]\nfailing_base = \"proceed\"\n\
+         [learning]\nenabled = {learning}\nseed = {seed}\n",
+        // Written only when asked for: a release from before the key
+        // (an upgrade's running binary) refuses it.
+        candidates = if candidates > 1 {
+            format!("candidates = {candidates}\n")
+        } else {
+            String::new()
+        },
+        goal = GOAL,
+        workspace = workspace.display().to_string(),
+        state = state.display().to_string(),
+    );
+    std::fs::write(&config, text).map_err(|e| format!("cannot write {}: {e}", config.display()))?;
+    Ok(config)
 }
 
 /// Asks the run for its status every second until it is paused; its reason.

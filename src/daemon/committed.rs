@@ -96,43 +96,11 @@ async fn rebuild(
             });
     for number in known + 1..=last {
         let commit = commits.iter().find(|(i, _)| *i == number);
-        let iteration = match commit {
-            Some((_, id)) => {
-                modifier.head = id.clone();
-                modifier.accepted += 1;
-                Iteration {
-                    number,
-                    goal: goal.to_string(),
-                    capability: "recovered".into(),
-                    outcome: Outcome::Accepted,
-                    fitness_before: None,
-                    fitness_after: None,
-                    usage: Usage::default(),
-                    duration: Duration::ZERO,
-                    commit: Some(id.clone()),
-                    summary: format!(
-                        "recovered from the agent branch: commit {}",
-                        &id[..id.len().min(10)]
-                    ),
-                    finished_at_ms: now_ms(),
-                    variant: None,
-                }
-            }
-            None => Iteration {
-                number,
-                goal: goal.to_string(),
-                capability: "recovered".into(),
-                outcome: Outcome::NoChange,
-                fitness_before: None,
-                fitness_after: None,
-                usage: Usage::default(),
-                duration: Duration::ZERO,
-                commit: None,
-                summary: "recovered: this iteration left no commit on the agent branch; its outcome was not kept".into(),
-                finished_at_ms: now_ms(),
-                variant: None,
-            },
-        };
+        if let Some((_, id)) = commit {
+            modifier.head = id.clone();
+            modifier.accepted += 1;
+        }
+        let iteration = recovered(number, goal, commit.map(|(_, id)| id.as_str()));
         // The head's fitness is unknown after a recovery: measured anew.
         modifier.head_fitness = None;
         planner_snapshot.committed = number;
@@ -155,6 +123,38 @@ async fn rebuild(
             .await?;
     }
     Ok(())
+}
+
+/// The log entry of iteration `number` rebuilt from the branch: accepted
+/// with its commit when it left one, else no change.
+fn recovered(number: u64, goal: &str, commit: Option<&str>) -> Iteration {
+    let (outcome, summary) = match commit {
+        Some(id) => (
+            Outcome::Accepted,
+            format!(
+                "recovered from the agent branch: commit {}",
+                &id[..id.len().min(10)]
+            ),
+        ),
+        None => (
+            Outcome::NoChange,
+            "recovered: this iteration left no commit on the agent branch; its outcome was not kept".into(),
+        ),
+    };
+    Iteration {
+        number,
+        goal: goal.to_string(),
+        capability: "recovered".into(),
+        outcome,
+        fitness_before: None,
+        fitness_after: None,
+        usage: Usage::default(),
+        duration: Duration::ZERO,
+        commit: commit.map(str::to_string),
+        summary,
+        finished_at_ms: now_ms(),
+        variant: None,
+    }
 }
 
 /// Keeps on a rescue ref whatever the worktree holds beyond the committed

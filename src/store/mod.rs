@@ -408,19 +408,7 @@ impl Store {
             .as_ref()
             .map(|v| codec::encode(&VariantRecord::from(&**v)))
             .transpose()?;
-        let sibling_bytes = siblings
-            .iter()
-            .map(|sibling| {
-                let key = sibling_key(iteration.number, sibling.slot);
-                let experience = codec::encode(&ExperienceRecord::from(&sibling.experience))?;
-                let variant = sibling
-                    .variant
-                    .as_ref()
-                    .map(|v| codec::encode(&VariantRecord::from(v)))
-                    .transpose()?;
-                Ok((key, experience, variant))
-            })
-            .collect::<Result<Vec<_>, CodecError>>()?;
+        let sibling_bytes = sibling_records(iteration.number, siblings)?;
         let writing = self.writing();
         let committing = self
             .committing
@@ -1064,6 +1052,24 @@ fn is_lock_error(error: &sled::Error) -> bool {
         }
         _ => false,
     }
+}
+
+/// Each sibling's key with its experience's and its variant's bytes.
+type SiblingBytes = (Vec<u8>, Vec<u8>, Option<Vec<u8>>);
+
+fn sibling_records(iteration: u64, siblings: &[Sibling]) -> Result<Vec<SiblingBytes>, CodecError> {
+    siblings
+        .iter()
+        .map(|sibling| {
+            let experience = codec::encode(&ExperienceRecord::from(&sibling.experience))?;
+            let variant = sibling
+                .variant
+                .as_ref()
+                .map(|v| codec::encode(&VariantRecord::from(v)))
+                .transpose()?;
+            Ok((sibling_key(iteration, sibling.slot), experience, variant))
+        })
+        .collect()
 }
 
 /// The key of a sibling's record: its iteration, then its slot, so that an

@@ -136,8 +136,9 @@ fn four_candidates_run_at_once_and_the_best_of_four_is_committed() {
     assert_eq!(
         (starts.len(), ends.len()),
         (4, 4),
-        "{marks}\n{}",
-        std::fs::read_to_string(dir.path().join("scripts.log")).unwrap_or_default()
+        "{marks}\n{}\n{}",
+        std::fs::read_to_string(dir.path().join("scripts.log")).unwrap_or_default(),
+        std::fs::read_to_string(dir.path().join("state.logs/0.stderr")).unwrap_or_default()
     );
     assert!(
         starts.iter().max() < ends.iter().min(),

@@ -131,8 +131,9 @@ fn the_hourly_iteration_budget_waits_and_goes_on_when_its_window_frees() {
 #[test]
 fn a_job_whose_worst_case_would_cross_the_dollar_budget_is_not_started_until_raised_live() {
     // Every Claude Code call costs $0.30 and may cost up to $0.50; an
-    // iteration makes up to three (two research questions, the job): its
-    // worst case is $1.50. After the first, $0.90 is spent and $1.10 left.
+    // iteration makes up to four (two research questions, the job and its
+    // repair turn): its worst case is $2.00. After the first (three calls:
+    // its change is kept), $0.90 is spent and $1.10 left.
     let run = start(
         &[
             ("usd_per_day = 50.0", "usd_per_day = 2.0"),
@@ -143,7 +144,7 @@ fn a_job_whose_worst_case_would_cross_the_dollar_budget_is_not_started_until_rai
     let reason = run.waiting_for("budget usd_per_day");
     assert!(
         reason.contains(
-            "$0.90 of $2.00 spent in the last 1day, $1.10 left, less than one iteration's worst case $1.50"
+            "$0.90 of $2.00 spent in the last 1day, $1.10 left, less than one iteration's worst case $2.00"
         ),
         "{reason}"
     );
