@@ -3,7 +3,10 @@
 # zero delay and `true` / `echo 1` as validation and fitness, for N
 # iterations, next to the same process spawns and a `git commit` done by a
 # shell loop for N iterations (the floor). The ratio is the figure. Then the
-# `agent ctl status` process's round trip while the agent iterates.
+# `agent ctl status` process's round trip while the agent iterates. Then
+# candidates: K=4 against K=1 (`[run] candidates`) with the stand-in at a
+# fixed delay (DELAY seconds, default 1), for a few iterations each: the
+# wall time of an iteration of four jobs should stay near one job's delay.
 #
 #   scripts/bench-e2e.sh [--iterations N] [--json]     (default 200)
 #
@@ -77,6 +80,28 @@ done >"$work/ctl-us"
 "$AGENT" ctl --state "$work/state" stop --now >/dev/null
 wait "$daemon" || true
 
+# --- candidates: K=4 against K=1, the stand-in at a fixed delay ------------
+delay=${DELAY:-1}
+k_iterations=4
+# candidates_ms K: ms per iteration of a run of K candidates, start to exit.
+candidates_ms() {
+    local k=$1 dir="$work/k$1"
+    make_crate "$dir/crate"
+    write_config "$dir/agent.toml" "$dir/crate" "$dir/state" \
+        'enabled = "auto"' "enabled = \"$sandbox\"" 'candidates = 1' "candidates = $k"
+    local t
+    t=$(now_ns)
+    FAKE_CLAUDE_DELAY=$delay FAKE_CLAUDE_PLAN_MODE=success \
+        "$AGENT" run --config "$dir/agent.toml" --max-iterations "$k_iterations" --exit-on-pause \
+        >"$dir/run.log" 2>&1 || {
+        echo "bench-e2e FAILED (candidates = $k): $(run_failure $? "$dir/run.log")" >&2
+        exit 1
+    }
+    awk -v ns="$(($(now_ns) - t))" -v n="$k_iterations" 'BEGIN {printf "%.0f", ns/n/1e6}'
+}
+k1_ms=$(candidates_ms 1)
+k4_ms=$(candidates_ms 4)
+
 agent_ms=$(awk -v ns="$agent_ns" -v n="$iterations" 'BEGIN {printf "%.2f", ns/n/1e6}')
 floor_ms=$(awk -v ns="$floor_ns" -v n="$iterations" 'BEGIN {printf "%.2f", ns/n/1e6}')
 ratio=$(awk -v a="$agent_ns" -v f="$floor_ns" 'BEGIN {printf "%.2f", a/f}')
@@ -88,7 +113,8 @@ printf '  %-44s %s ms (%.1f iterations/s)\n' "agent run, per iteration (start to
 printf '  %-44s %s ms (%.1f iterations/s)\n' "floor: the same spawns + git commit, by sh" "$floor_ms" "$(awk -v m="$floor_ms" 'BEGIN {print 1000/m}')"
 printf '  %-44s %s\n' "ratio agent / floor" "$ratio"
 printf '  %-44s %s ms / %s ms\n' "agent ctl status process p50 / p99" "$ctl_p50" "$ctl_p99"
+printf '  %-44s %s ms (K=1: %s ms; one job: %s s)\n' "K=4 candidates, per iteration (start to exit)" "$k4_ms" "$k1_ms" "$delay"
 if [[ $json == 1 ]]; then
-    printf '{"iterations":%s,"agent_ms_per_iteration":%s,"floor_ms_per_iteration":%s,"ratio":%s,"ctl_process_p50_ms":%s,"ctl_process_p99_ms":%s,"sandbox":"%s"}\n' \
-        "$iterations" "$agent_ms" "$floor_ms" "$ratio" "$ctl_p50" "$ctl_p99" "$sandbox"
+    printf '{"iterations":%s,"agent_ms_per_iteration":%s,"floor_ms_per_iteration":%s,"ratio":%s,"ctl_process_p50_ms":%s,"ctl_process_p99_ms":%s,"sandbox":"%s","job_delay_s":%s,"k1_ms_per_iteration":%s,"k4_ms_per_iteration":%s}\n' \
+        "$iterations" "$agent_ms" "$floor_ms" "$ratio" "$ctl_p50" "$ctl_p99" "$sandbox" "$delay" "$k1_ms" "$k4_ms"
 fi

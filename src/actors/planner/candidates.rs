@@ -210,6 +210,12 @@ async fn attempt(
     })
     .await??;
     plan.lane = Some(lane.clone());
+    step(
+        ctx,
+        plan.iteration,
+        "candidate",
+        format!("candidate {slot} ({}): running its job", plan.capability),
+    );
     let job = iteration::execute(ctx, plan).await?;
     if let Err(turned) = iteration::turned_away(&job) {
         return Ok((job, None, Some(turned)));

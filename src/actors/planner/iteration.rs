@@ -585,8 +585,20 @@ pub(super) async fn commit(
 fn forget_old(ctx: &Context, committed: u64) {
     match ctx.store.prune(ctx.config.retention, committed) {
         Ok(pruned) if !pruned.variants.is_empty() => {
-            if let Err(error) = ctx.workspace.forget_variants(&pruned.variants) {
-                tracing::warn!(%error, "cannot delete the variant refs beyond the retention");
+            // The candidates' lanes archive their changes on refs of their own.
+            let lanes = (0..ctx.config.candidates).filter_map(|slot| {
+                let lane = ctx
+                    .config
+                    .state_dir
+                    .join("candidates")
+                    .join(slot.to_string());
+                lane.exists()
+                    .then_some(crate::workspace::Workspace { path: lane })
+            });
+            for workspace in std::iter::once(ctx.workspace.clone()).chain(lanes) {
+                if let Err(error) = workspace.forget_variants(&pruned.variants) {
+                    tracing::warn!(%error, "cannot delete the variant refs beyond the retention");
+                }
             }
         }
         Ok(_) => {}
