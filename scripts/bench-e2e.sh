@@ -6,7 +6,9 @@
 # `agent ctl status` process's round trip while the agent iterates. Then
 # candidates: K=4 against K=1 (`[run] candidates`) with the stand-in at a
 # fixed delay (DELAY seconds, default 1), for a few iterations each: the
-# wall time of an iteration of four jobs should stay near one job's delay.
+# wall time of an iteration of four jobs should stay near one job's delay
+# (the dollar budget is raised for these runs: the permit holds four jobs'
+# worst cases, which the shipped $50 a day would allow once a day).
 #
 #   scripts/bench-e2e.sh [--iterations N] [--json]     (default 200)
 #
@@ -88,7 +90,8 @@ candidates_ms() {
     local k=$1 dir="$work/k$1"
     make_crate "$dir/crate"
     write_config "$dir/agent.toml" "$dir/crate" "$dir/state" \
-        'enabled = "auto"' "enabled = \"$sandbox\"" 'candidates = 1' "candidates = $k"
+        'enabled = "auto"' "enabled = \"$sandbox\"" 'candidates = 1' "candidates = $k" \
+        'usd_per_day = 50.0' 'usd_per_day = 100000.0'
     local t
     t=$(now_ns)
     FAKE_CLAUDE_DELAY=$delay FAKE_CLAUDE_PLAN_MODE=success \

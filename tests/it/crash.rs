@@ -25,15 +25,27 @@ struct Window {
     by_stop: bool,
     /// The workspace is a plain directory, imported at the first start.
     import: bool,
+    /// Replacements in the configuration.
+    config: &'static [(&'static str, &'static str)],
 }
 
 const WINDOWS: &[Window] = &[
+    // Between choosing the best of three candidates and committing it.
+    Window {
+        failpoint: "candidates.before_commit",
+        action: "2*off->return",
+        flags: &[],
+        by_stop: false,
+        import: false,
+        config: &[("candidates = 1", "candidates = 3")],
+    },
     Window {
         failpoint: "iteration.before_store_commit",
         action: "2*off->return",
         flags: &[],
         by_stop: false,
         import: false,
+        config: &[],
     },
     Window {
         failpoint: "git.commit",
@@ -41,6 +53,7 @@ const WINDOWS: &[Window] = &[
         flags: &[],
         by_stop: false,
         import: false,
+        config: &[],
     },
     Window {
         failpoint: "store.before_flush",
@@ -48,6 +61,7 @@ const WINDOWS: &[Window] = &[
         flags: &[],
         by_stop: false,
         import: false,
+        config: &[],
     },
     Window {
         failpoint: "worktree.reset",
@@ -55,6 +69,7 @@ const WINDOWS: &[Window] = &[
         flags: &[],
         by_stop: false,
         import: false,
+        config: &[],
     },
     Window {
         failpoint: "worktree.import",
@@ -62,6 +77,7 @@ const WINDOWS: &[Window] = &[
         flags: &[],
         by_stop: false,
         import: true,
+        config: &[],
     },
     Window {
         failpoint: "approval.pending",
@@ -69,6 +85,7 @@ const WINDOWS: &[Window] = &[
         flags: &["--mode", "supervised"],
         by_stop: false,
         import: false,
+        config: &[],
     },
     Window {
         failpoint: "validation.running",
@@ -76,6 +93,7 @@ const WINDOWS: &[Window] = &[
         flags: &[],
         by_stop: false,
         import: false,
+        config: &[],
     },
     Window {
         failpoint: "shutdown.drain",
@@ -83,6 +101,7 @@ const WINDOWS: &[Window] = &[
         flags: &[],
         by_stop: true,
         import: false,
+        config: &[],
     },
 ];
 
@@ -196,10 +215,9 @@ fn crash_at(window: &Window) {
     )
     .unwrap();
     let validation = format!("command = \"sh {}\"", suite.display());
-    let config = fast_config(
-        dir.path(),
-        &[("command = \"true\"", &validation), UNCONFINED],
-    );
+    let mut replacements = vec![("command = \"true\"", validation.as_str()), UNCONFINED];
+    replacements.extend_from_slice(window.config);
+    let config = fast_config(dir.path(), &replacements);
     let workspace = if window.import {
         plain_crate(dir.path())
     } else {
