@@ -5,7 +5,8 @@
 # shell loop for N iterations (the floor). The ratio is the figure. Then the
 # `agent ctl status` process's round trip while the agent iterates. Then
 # candidates: K=4 against K=1 (`[run] candidates`) with the stand-in at a
-# fixed delay (DELAY seconds, default 1), for a few iterations each: the
+# fixed delay (DELAY seconds, default 1), for K_ITERATIONS (default 4)
+# iterations each: the
 # wall time of an iteration of four jobs should stay near one job's delay
 # (the dollar budget is raised for these runs: the permit holds four jobs'
 # worst cases, which the shipped $50 a day would allow once a day).
@@ -84,7 +85,7 @@ wait "$daemon" || true
 
 # --- candidates: K=4 against K=1, the stand-in at a fixed delay ------------
 delay=${DELAY:-1}
-k_iterations=4
+k_iterations=${K_ITERATIONS:-4}
 # candidates_ms K: ms per iteration of a run of K candidates, start to exit.
 candidates_ms() {
     local k=$1 dir="$work/k$1"
