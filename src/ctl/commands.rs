@@ -650,18 +650,22 @@ fn history(last: Option<usize>, context: &ServerContext) -> Result<Reply, WireEr
 }
 
 /// One iteration as `history` shows it, with the other candidates its
-/// iteration archived beside it (`siblings`, by slot).
-pub fn history_entry(i: &Iteration, siblings: &[(u32, crate::domain::Variant)]) -> HistoryEntry {
+/// iteration ran beside it (`siblings`, by slot).
+pub fn history_entry(i: &Iteration, siblings: &[crate::domain::Sibling]) -> HistoryEntry {
     HistoryEntry {
         others: siblings
             .iter()
-            .map(|(slot, v)| super::protocol::OtherCandidate {
-                slot: *slot,
+            .map(|sibling| super::protocol::OtherCandidate {
+                slot: sibling.slot,
                 sibling_of: i.number,
-                outcome: v.outcome.as_str().to_string(),
-                rule: v.refused_by.as_ref().map(ToString::to_string),
-                fitness_after: v.fitness_after,
-                variant: v.commit.clone(),
+                outcome: sibling.experience.outcome.as_str().to_string(),
+                rule: sibling
+                    .variant
+                    .as_ref()
+                    .and_then(|v| v.refused_by.as_ref())
+                    .map(ToString::to_string),
+                fitness_after: sibling.experience.fitness_after,
+                variant: sibling.variant.as_ref().map(|v| v.commit.clone()),
             })
             .collect(),
         iteration: i.number,

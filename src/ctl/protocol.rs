@@ -284,8 +284,9 @@ pub struct OtherCandidate {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub rule: Option<String>,
     pub fitness_after: Option<f64>,
-    /// Its change's commit in the variant archive.
-    pub variant: String,
+    /// Its change's commit in the variant archive, when it made one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub variant: Option<String>,
 }
 
 /// One event of `agent ctl watch`.

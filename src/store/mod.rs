@@ -459,22 +459,26 @@ impl Store {
         self.witness_durably(iteration.number).await
     }
 
-    /// The changes the other candidates of `iteration` left, by slot: what
-    /// was not committed, archived beside what was.
-    pub fn siblings(&self, iteration: u64) -> Result<Vec<(u32, Variant)>, StoreError> {
-        self.variants
-            .scan_prefix(iteration.to_be_bytes())
-            .filter_map(|entry| match entry {
-                Ok((key, bytes)) => {
-                    let slot = sibling_slot(&key)?;
-                    Some(
-                        decode::<VariantRecord>(&bytes, "variant")
-                            .map(|record| (slot, Variant::from(record))),
-                    )
-                }
-                Err(error) => Some(Err(error.into())),
-            })
-            .collect()
+    /// The other candidates of `iteration`, by slot: what the learner took
+    /// from each and the change it left, if any, archived beside the one
+    /// committed.
+    pub fn siblings(&self, iteration: u64) -> Result<Vec<Sibling>, StoreError> {
+        let mut siblings = Vec::new();
+        for entry in self.experiences.scan_prefix(iteration.to_be_bytes()) {
+            let (key, bytes) = entry?;
+            let Some(slot) = sibling_slot(&key) else {
+                continue;
+            };
+            let variant = self
+                .get::<VariantRecord>(&self.variants, &key, "variant")?
+                .map(Variant::from);
+            siblings.push(Sibling {
+                slot,
+                experience: decode_experience(&bytes).map(Experience::from)?,
+                variant,
+            });
+        }
+        Ok(siblings)
     }
 
     /// `witness` on the blocking pool: its fsync would otherwise hold one of
