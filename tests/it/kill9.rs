@@ -100,12 +100,16 @@ fn kill_dash_nine_mid_iteration_loses_and_repeats_nothing() {
     );
 
     // Nothing the killed daemons started is still running.
+    // Each file is named `<pid>.pid` (the stand-in writes its pid into it
+    // too, but one killed at its first line leaves it empty); edit mode
+    // leaves no grandchild.
     for entry in std::fs::read_dir(&pids).unwrap().flatten() {
-        let pid: i32 = std::fs::read_to_string(entry.path())
-            .unwrap()
-            .trim()
-            .parse()
-            .unwrap();
+        let name = entry.file_name();
+        let pid: i32 = name
+            .to_str()
+            .and_then(|name| name.strip_suffix(".pid"))
+            .and_then(|pid| pid.parse().ok())
+            .unwrap_or_else(|| panic!("not the stand-in's own pid file: {name:?}"));
         wait_gone(pid);
     }
 }
