@@ -342,3 +342,47 @@ fn kill_dash_nine_during_three_candidates_leaves_no_process_no_dirty_worktree_no
         "each iteration once on the branch"
     );
 }
+
+#[test]
+fn supervised_mode_asks_approval_of_the_chosen_candidate_only() {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = workspace(dir.path());
+    let config = config(dir.path(), 3, "30s");
+    let scripts = scripts(dir.path(), &[(1, Some(0)), (3, Some(0)), (2, Some(0))]);
+    let env = env(&scripts);
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let args = [
+        "--config",
+        config.to_str().unwrap(),
+        "--workspace",
+        workspace.to_str().unwrap(),
+        "--mode",
+        "supervised",
+        "--max-iterations",
+        "1",
+    ];
+    let mut daemon = Daemon::start(&dir.path().join("state"), &args, &env);
+    let wait = Duration::from_secs(120);
+    daemon.wait_status("the daemon", wait, |_| true);
+    let pending = poll_until("the chosen change to wait for approval", wait, || {
+        let approvals = crate::harness::json_of(&daemon.ctl(&["approvals", "--json"]));
+        let list = approvals["approvals"].as_array()?.clone();
+        (!list.is_empty()).then_some(list)
+    });
+    // One request for the iteration: the best of three (7 lines left).
+    assert_eq!(pending.len(), 1, "{pending:?}");
+    assert_eq!(pending[0]["iteration"], 1);
+    assert_eq!(pending[0]["fitness_after"], 7.0, "{}", pending[0]);
+    assert_eq!(pending[0]["files"], serde_json::json!(["lines.txt"]));
+    let id = pending[0]["id"].as_str().unwrap().to_string();
+    assert!(daemon.ctl(&["approve", &id]).status.success());
+    assert!(daemon.wait_exit(wait).success(), "{}", daemon.logs());
+    let state = dir.path().join("state");
+    let entries = history(&state);
+    assert_eq!(entries[0]["outcome"], "accepted", "{}", entries[0]);
+    assert_eq!(committed_lines(&state), 7);
+    assert_eq!(others(&entries[0]).len(), 2);
+    // The losers were never put to an operator.
+    let chain = crate::harness::audit_chain(&state);
+    assert_eq!(chain.matches("approval.requested").count(), 1, "{chain}");
+}
