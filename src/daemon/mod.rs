@@ -161,6 +161,7 @@ async fn prepare(
         console,
     } = choose_backend(&config, sandbox.as_ref(), embedded).await?;
     tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
+    affordable(&config, selection.backend.kind())?;
 
     for notice in notices {
         println!("agent: {notice}");
@@ -213,6 +214,26 @@ fn open_state(config: &Config) -> Result<Store, RunError> {
     reap_leftovers(&config.state_dir);
     clear_stale_locks(&config.state_dir);
     Ok(store)
+}
+
+/// Refuses a daily dollar budget smaller than one iteration's worst case:
+/// no permit could ever be granted, and the run would wait day after day.
+fn affordable(config: &Config, backend: crate::domain::BackendKind) -> Result<(), RunError> {
+    use crate::actors::governor::{worst_case_calls, worst_case_usd};
+    let (Some(limit), Some(worst)) = (config.budgets.usd_per_day, worst_case_usd(config, backend))
+    else {
+        return Ok(());
+    };
+    if worst <= limit {
+        return Ok(());
+    }
+    Err(RunError::Usage(format!(
+        "one iteration's worst case ${worst:.2} ({} Claude Code calls at [cognition] max_budget_usd ${:.2}: the research questions, then {} candidate job(s) with {} repair turn(s) each) is more than [governor] usd_per_day ${limit:.2}, so no iteration could ever start; lower [run] candidates or max_budget_usd, or raise usd_per_day",
+        worst_case_calls(config),
+        config.max_budget_usd.unwrap_or_default(),
+        config.candidates,
+        config.repair_turns,
+    )))
 }
 
 /// The backend this run uses and how its checks run and its lines print.

@@ -386,3 +386,24 @@ fn supervised_mode_asks_approval_of_the_chosen_candidate_only() {
     let chain = crate::harness::audit_chain(&state);
     assert_eq!(chain.matches("approval.requested").count(), 1, "{chain}");
 }
+
+#[test]
+fn a_daily_budget_below_one_iteration_of_its_candidates_is_refused_at_start() {
+    let dir = tempfile::tempdir().unwrap();
+    let workspace = tiny_crate(dir.path());
+    // Five candidates: 2 research questions + 5 × (job + repair turn) = 12
+    // calls at $5.00 = $60.00 a day's worst case, against $50.00.
+    let config = fast_config(dir.path(), &[("candidates = 1", "candidates = 5")]);
+    let mut daemon = Daemon::bounded(&dir.path().join("state"), &config, &workspace, 1, &[]);
+    let status = daemon.wait_exit(Duration::from_secs(60));
+    assert_eq!(status.code(), Some(2), "{}", daemon.logs());
+    let stderr = std::fs::read_to_string(&daemon.stderr).unwrap();
+    assert!(
+        stderr.contains(
+            "one iteration's worst case $60.00 (12 Claude Code calls at [cognition] max_budget_usd $5.00"
+        ) && stderr.contains("is more than [governor] usd_per_day $50.00"),
+        "{stderr}"
+    );
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(history(&dir.path().join("state")).is_empty());
+}

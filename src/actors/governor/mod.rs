@@ -18,6 +18,8 @@ mod pause;
 mod permits;
 mod spending;
 
+pub use permits::{worst_case_calls, worst_case_usd};
+
 use std::collections::HashMap;
 
 use ractor::{Actor, ActorProcessingErr, ActorRef, RpcReplyPort};

@@ -163,15 +163,27 @@ fn audit_entry(iteration: u64, permit: &Permit) -> (&'static str, String) {
 /// The most one iteration may spend in dollars: every Claude Code call it
 /// may make at `--max-budget-usd` each. The offline backend spends nothing.
 fn iteration_worst_usd(ctx: &Context) -> Option<f64> {
-    if ctx.backend.kind() == BackendKind::Offline {
+    worst_case_usd(&ctx.config, ctx.backend.kind())
+}
+
+/// [`iteration_worst_usd`] for a configuration and a backend, with the calls
+/// it counts.
+pub fn worst_case_usd(config: &crate::config::Config, backend: BackendKind) -> Option<f64> {
+    if backend == BackendKind::Offline {
         return Some(0.0);
     }
-    let calls = iteration_calls(
+    config
+        .max_budget_usd
+        .map(|usd| usd * worst_case_calls(config) as f64)
+}
+
+/// The Claude Code calls one iteration of this configuration may make.
+pub fn worst_case_calls(config: &crate::config::Config) -> u64 {
+    iteration_calls(
         crate::cognition::research_questions("").len(),
-        ctx.config.candidates,
-        ctx.config.repair_turns,
-    );
-    ctx.config.max_budget_usd.map(|usd| usd * calls as f64)
+        config.candidates,
+        config.repair_turns,
+    )
 }
 
 /// The Claude Code calls one iteration may make: the research questions,
