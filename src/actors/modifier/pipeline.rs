@@ -256,15 +256,7 @@ async fn refuse(ctx: &Context, trial: &Trial, refusal: Refusal) -> Result<Verdic
         refusal.fitness_after,
     );
     super::rollback(&ctx.workspace, &trial.base).await?;
-    audit(
-        ctx,
-        "change.refused",
-        format!(
-            "iteration {iteration}: refused by {}: {}",
-            refusal.by, refusal.reason
-        ),
-    )
-    .await?;
+    audit_refused(ctx, iteration, &refusal).await?;
     Ok(Verdict::Rejected {
         details: refusal.details.unwrap_or_else(|| refusal.reason.clone()),
         reason: refusal.reason,
@@ -285,6 +277,15 @@ async fn audit(ctx: &Context, action: &str, detail: String) -> Result<(), String
         .await
         .map(|_| ())
         .map_err(|e| format!("cannot audit {action}: {e}"))
+}
+
+/// Audits a refused change with what refused it.
+async fn audit_refused(ctx: &Context, iteration: u64, refusal: &Refusal) -> Result<(), String> {
+    let detail = format!(
+        "iteration {iteration}: refused by {}: {}",
+        refusal.by, refusal.reason
+    );
+    audit(ctx, "change.refused", detail).await
 }
 
 /// The variant when its ref was written, with its change's identity; an
@@ -656,15 +657,7 @@ pub(super) async fn adopt(
         let span = step_span!("modifier.approval", iteration);
         let decided = approval(ctx, request).instrument(span.clone()).await;
         if let Err(refusal) = ended(&span, decided) {
-            audit(
-                ctx,
-                "change.refused",
-                format!(
-                    "iteration {iteration}: refused by {}: {}",
-                    refusal.by, refusal.reason
-                ),
-            )
-            .await?;
+            audit_refused(ctx, iteration, &refusal).await?;
             return Ok(Verdict::Rejected {
                 details: refusal.reason.clone(),
                 variant: variant.clone().map(|variant| Variant {

@@ -99,7 +99,6 @@ async fn run_all(
     plans: Vec<Plan>,
     started: Instant,
 ) -> Vec<Candidate> {
-    let iteration = prepared_iteration(&plans);
     let mut waiting: Vec<Plan> = plans.clone();
     let mut running: FuturesUnordered<Running> = plans
         .into_iter()
@@ -127,7 +126,7 @@ async fn run_all(
     for plan in &waiting {
         let attempt = Attempt::of(plan);
         tracing::warn!(
-            iteration,
+            iteration = plan.iteration,
             slot = plan.slot,
             "candidate past its deadline: stopped"
         );
@@ -143,10 +142,6 @@ async fn run_all(
         done.push(past_deadline(ctx, prepared, plan, started));
     }
     done
-}
-
-fn prepared_iteration(plans: &[Plan]) -> u64 {
-    plans.first().map_or(0, |plan| plan.iteration)
 }
 
 /// One candidate: its worktree, its job, its verdict, in a span of its own
