@@ -374,8 +374,18 @@ pub fn text(bytes: &[u8]) -> String {
 }
 
 /// Whether process `pid` runs (a zombie waiting for its reaper does not).
+///
+/// A zombie counts as gone only once it is its last thread: after a
+/// SIGKILL the leader of a threaded process turns zombie while its other
+/// threads are still exiting and holding its files (the store's lock).
 pub fn alive(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| !stat.contains(") Z "))
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    if !stat.contains(") Z ") {
+        return true;
+    }
+    std::fs::read_dir(format!("/proc/{pid}/task")).is_ok_and(|tasks| tasks.count() > 1)
 }
 
 /// Waits until process `pid` is gone (or a zombie about to be reaped).
