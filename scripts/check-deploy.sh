@@ -6,6 +6,10 @@
 #   - the systemd unit with `systemd-analyze verify` (its ExecStart pointed at
 #     this build's binary); any line it prints fails, since it reports a
 #     value it cannot parse as "ignoring" and still exits 0;
+#   - that the Kubernetes manifests agree with each other: the worker pool
+#     runs the agent's image and dials the NATS URL the agent's ConfigMap
+#     names, which is the nats Service's name and client port; fleet.toml's
+#     instances are the agent StatefulSet's pods on its Service's port;
 #   - every agent.toml and actors.toml deploy/ ships, with `agent config
 #     check`, and the ConfigMap's actors.toml against the repository's;
 #   - with --build, the Dockerfile's build stage, run as written: its COPY
@@ -33,6 +37,51 @@ trap 'rm -rf "$WORK"' EXIT
 echo "::: kubernetes manifests"
 "$VALIDATE" --strict --quiet "$ROOT"/deploy/kubernetes/*.yaml \
     || fail "a Kubernetes manifest does not validate"
+
+echo "::: the fleet's manifests agree"
+# With kubernetes-validate's Python, which has PyYAML (a dependency of it).
+PYTHON=$(dirname "$VALIDATE")/python3
+[[ -x "$PYTHON" ]] || PYTHON=python3
+"$PYTHON" - "$ROOT/deploy/kubernetes" <<'PY'
+import sys, tomllib, yaml
+from urllib.parse import urlsplit
+d = sys.argv[1]
+def fail(message):
+    sys.exit(f"check-deploy: {message}")
+def load(name):
+    return {(o["kind"], o["metadata"]["name"]): o for o in yaml.safe_load_all(open(f"{d}/{name}")) if o}
+def container(o):
+    return o["spec"]["template"]["spec"]["containers"][0]
+def port(service, name):
+    return next(p["port"] for p in service["spec"]["ports"] if p["name"] == name)
+agent, worker, nats = load("statefulset.yaml"), load("worker.yaml"), load("nats.yaml")
+config = tomllib.loads(load("configmap.yaml")[("ConfigMap", "agent-config")]["data"]["agent.toml"])
+sts, svc = agent[("StatefulSet", "agent")], agent[("Service", "agent")]
+pool = container(worker[("Deployment", "agent-worker")])
+if pool["image"] != container(sts)["image"]:
+    fail(f"worker.yaml runs {pool['image']}, statefulset.yaml {container(sts)['image']}")
+args = pool["args"]
+url = args[args.index("--nats") + 1]
+if url != config["workers"]["nats"]:
+    fail(f"worker.yaml's --nats is {url}, configmap.yaml's [workers] nats {config['workers']['nats']}")
+server = urlsplit(url)
+nats_svc = [o for (kind, _), o in nats.items() if kind == "Service"][0]
+if (server.hostname, server.port) != (nats_svc["metadata"]["name"], port(nats_svc, "client")):
+    fail(f"{url} is not nats.yaml's Service {nats_svc['metadata']['name']}:{port(nats_svc, 'client')}")
+listen = int(args[args.index("--listen") + 1].rsplit(":", 1)[1])
+if listen != next(p["containerPort"] for p in pool["ports"] if p["name"] == "http"):
+    fail(f"worker.yaml's --listen port {listen} is not its container's http port")
+instances = tomllib.load(open(f"{d}/fleet.toml", "rb"))["instances"]
+if not instances:
+    fail("fleet.toml lists no instances")
+for instance in instances:
+    u = urlsplit(instance)
+    labels = (u.hostname or "").split(".")
+    if u.port != port(svc, "http") or len(labels) < 2 or labels[1] != svc["metadata"]["name"] \
+            or not labels[0].startswith(sts["metadata"]["name"] + "-"):
+        fail(f"fleet.toml's {instance} is not a pod of the StatefulSet {sts['metadata']['name']} "
+             f"on its Service's port {port(svc, 'http')}")
+PY
 
 echo "::: systemd unit"
 sed "s|/usr/local/bin/agent|$AGENT|g" "$ROOT/deploy/systemd/agent.service" >"$WORK/agent.service"

@@ -124,6 +124,8 @@ named_enum! {
         ClaudeCli => "claude-cli",
         /// Claude Code reached over MCP.
         Mcp => "mcp",
+        /// Claude Code run by `agent worker` processes through NATS.
+        Nats => "nats",
     }
 }
 
@@ -231,7 +233,7 @@ pub struct Plan {
 
 /// One candidate change of one iteration, from its job to its verdict:
 /// what the tables of changes in flight are keyed by.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Hash)]
 pub struct Attempt {
     pub iteration: u64,
     pub slot: u32,

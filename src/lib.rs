@@ -28,4 +28,5 @@ pub mod supervisor;
 pub mod telemetry;
 pub mod testgen;
 pub mod upgrade;
+pub mod workers;
 pub mod workspace;

@@ -1,10 +1,13 @@
 //! Cognition: what turns a plan into a change in the worktree. One trait,
 //! [`Cognition`], with a backend per way of thinking: `offline` (local cargo
-//! commands, no model), `claude-cli` (`claude -p` run directly) and `mcp`
-//! (Claude Code behind an MCP server). [`select`] implements `backend = "auto"`.
+//! commands, no model), `claude-cli` (`claude -p` run directly), `mcp`
+//! (Claude Code behind an MCP server) and `nats` (Claude Code on `agent
+//! worker` processes through NATS JetStream). [`select`] implements
+//! `backend = "auto"`.
 
 pub mod claude_cli;
 pub mod mcp;
+pub mod nats;
 pub mod offline;
 pub mod prompt;
 
@@ -24,6 +27,8 @@ use crate::sandbox::Sandbox;
 #[derive(Debug, Clone)]
 pub struct Job {
     pub id: u64,
+    /// The iteration and candidate the job is for.
+    pub attempt: crate::domain::Attempt,
     pub capability: String,
     pub prompt: Option<String>,
     pub cwd: PathBuf,
@@ -140,6 +145,9 @@ pub enum SelectError {
     ClaudeNotFound(String),
     #[error("cannot find this program's own path to start `agent mcp-serve`: {0}")]
     NoOwnPath(String),
+    /// NATS did not answer (with its URL), or its queue could not be made.
+    #[error("{0}; start NATS with JetStream (`nats-server -js`), or remove [workers] nats to run jobs here")]
+    Workers(String),
 }
 
 /// The read-only questions a model is asked about a topic (answered as one
@@ -236,7 +244,12 @@ fn mcp(config: &Config, sandbox: Option<&Sandbox>) -> Result<Arc<dyn Cognition>,
 /// MCP when it is installed and usable, else the offline backend.
 /// `sandbox` confines every job of the chosen backend.
 pub async fn select(config: &Config, sandbox: Option<&Sandbox>) -> Result<Selection, SelectError> {
+    // A server named in `[workers]` sends jobs there, whatever the backend.
+    if config.workers.nats.is_some() {
+        return workers(config).await;
+    }
     match config.backend {
+        BackendChoice::Nats => workers(config).await,
         BackendChoice::Offline => Ok(offline_selection(
             sandbox,
             "offline backend chosen in configuration".into(),
@@ -269,6 +282,36 @@ pub async fn select(config: &Config, sandbox: Option<&Sandbox>) -> Result<Select
         }
         BackendChoice::Auto => select_auto(config, sandbox).await,
     }
+}
+
+/// Jobs on `agent worker` processes: `[workers] nats` (or the default
+/// server with `backend = "nats"`).
+async fn workers(config: &Config) -> Result<Selection, SelectError> {
+    let url = config
+        .workers
+        .nats
+        .clone()
+        .unwrap_or_else(|| crate::workers::DEFAULT_URL.to_string());
+    let backend = nats::Nats::connect(
+        &url,
+        &config.workers,
+        &config.state_dir,
+        nats::JobSettings {
+            permission_mode: config.permission_mode,
+            model: config.model.clone(),
+            max_turns: config.max_turns,
+            max_budget_usd: config.max_budget_usd,
+        },
+    )
+    .await
+    .map_err(SelectError::Workers)?;
+    Ok(Selection {
+        backend: Arc::new(backend),
+        reason: format!(
+            "Claude Code jobs go to workers through NATS at {url} (stream {})",
+            config.workers.stream
+        ),
+    })
 }
 
 /// `backend = "auto"`: Claude Code over MCP when it is installed and

@@ -23,6 +23,9 @@ pub enum BackendChoice {
     ClaudeCli,
     /// Claude Code reached over MCP.
     Mcp,
+    /// Jobs run by `agent worker` processes through NATS JetStream
+    /// (`[workers]`).
+    Nats,
 }
 
 /// `[cognition]` as written.

@@ -22,6 +22,7 @@ mod tool_servers;
 mod upgrade;
 mod validation;
 pub mod values;
+mod workers;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -65,6 +66,8 @@ struct RawConfig {
     sandbox: sandbox::RawSandbox,
     #[serde(default)]
     upgrade: upgrade::RawUpgrade,
+    #[serde(default)]
+    workers: workers::RawWorkers,
     #[serde(default)]
     limits: alerts::RawLimits,
     #[serde(default)]
@@ -211,6 +214,8 @@ pub struct Config {
     pub sandbox: crate::sandbox::SandboxConfig,
     /// `[upgrade]`: whether `agent run` is the keeper of its releases.
     pub upgrade: crate::upgrade::UpgradeConfig,
+    /// `[workers]`: jobs run by `agent worker` processes through NATS.
+    pub workers: crate::workers::WorkersConfig,
     /// `--max-turns` of every Claude Code job.
     pub max_turns: Option<u32>,
     /// `--max-budget-usd` of every Claude Code job.
@@ -324,6 +329,7 @@ impl RawConfig {
             own_source_protected: safety.own_source_protected,
             sandbox,
             upgrade: self.upgrade.check(file)?,
+            workers: self.workers.check(file)?,
             max_turns: cognition.max_turns,
             max_budget_usd: cognition.max_budget_usd,
             claude_policy: cognition.policy,

@@ -37,6 +37,7 @@ fn backend(dir: &Path, pid_dir: &Path, log: &Path) -> ClaudeCli {
 
 fn job(cwd: &Path, prompt: &str, timeout: Duration) -> Job {
     Job {
+        attempt: Default::default(),
         id: 1,
         capability: "claude-edit".into(),
         prompt: Some(prompt.into()),
@@ -269,6 +270,7 @@ async fn a_job_that_lingers_after_its_result_ends_within_the_grace_and_its_resul
         .backend()
         .run(
             Job {
+                attempt: Default::default(),
                 progress: progress.clone(),
                 ..job(&f.cwd(), "[fake:linger] go", Duration::from_secs(120))
             },
@@ -371,6 +373,7 @@ async fn a_rotating_login_survives_three_concurrent_jobs_and_stays_valid_for_its
     let run = |id: u64| {
         let backend = backend.clone();
         let job = Job {
+            attempt: Default::default(),
             id,
             ..job(&f.cwd(), &format!("job {id}"), Duration::from_secs(60))
         };

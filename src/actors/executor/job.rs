@@ -31,11 +31,9 @@ pub(super) async fn run(
     let Ok(_slot) = slots.acquire_owned().await else {
         return records::failed(0, "the executor is shutting down".into());
     };
-    // Only a job in the agent's own worktree is re-attached after a
-    // restart: a candidate's lane is reset before its iteration is redone.
-    if plan.lane.is_none()
-        && let Some(outcome) = leftover::reattach(ctx, &plan, &cancel).await
-    {
+    // A candidate's job is re-attached only where its key names its
+    // attempt (the workers' queue): see `leftover::pending_remote_job`.
+    if let Some(outcome) = leftover::reattach(ctx, &plan, &cancel).await {
         return outcome;
     }
     let record = match open(ctx, &plan).await {
@@ -62,7 +60,7 @@ pub(super) async fn run(
 async fn open(ctx: &Context, plan: &Plan) -> Result<JobRecord, JobOutcome> {
     // A remote job recorded before the agent died but never seen started
     // keeps its id: the backend asks the server for it under the same key.
-    let unseen = leftover::pending_remote_job(ctx, plan.iteration)
+    let unseen = leftover::pending_remote_job(ctx, plan)
         .filter(|j| j.remote_id.is_none() && plan.lane.is_none());
     if let Some(job) = &unseen {
         tracing::info!(
@@ -116,6 +114,7 @@ async fn run_recorded(
     ));
     let job = Job {
         id: record.id,
+        attempt: crate::domain::Attempt::of(plan),
         capability: plan.capability.clone(),
         prompt: plan.prompt.clone(),
         cwd: plan

@@ -139,7 +139,7 @@ impl ExecutorState {
     }
 
     fn pending_job(&self, iteration: u64, reply: RpcReplyPort<Option<String>>) {
-        let pending = leftover::pending_remote_job(&self.ctx, iteration);
+        let pending = leftover::editing_in_place(&self.ctx, iteration);
         let _ = reply
             .send(pending.map(|job| job.remote_id.unwrap_or_else(|| format!("job {}", job.id))));
     }

@@ -10,7 +10,7 @@ use crate::store::{JobRecord, JobSession};
 /// A job on the MCP server: it outlives the agent and can be found again,
 /// by its id or, if the agent died before it saw the id, by its request key.
 pub(super) fn is_remote(job: &JobRecord) -> bool {
-    job.remote_id.is_some() || job.backend == BackendKind::Mcp
+    job.remote_id.is_some() || matches!(job.backend, BackendKind::Mcp | BackendKind::Nats)
 }
 
 /// The outcome of a job that failed before the backend ran it.
