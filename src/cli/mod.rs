@@ -14,6 +14,8 @@ use crate::daemon::{self, Ending, RunError};
 use crate::store::{Store, StoreError};
 
 mod audit;
+mod fleet;
+mod worker;
 pub(crate) mod experiment;
 
 /// Exit statuses of `agent` (documented in the README).
@@ -92,6 +94,13 @@ pub enum TopCommand {
     },
     /// Serve Claude Code as MCP tools on stdin/stdout (started by the mcp backend).
     McpServe(McpServeArgs),
+    /// Run jobs for agents from a NATS JetStream work queue (`[workers]`).
+    Worker(WorkerArgs),
+    /// A fleet of instances and workers.
+    Fleet {
+        #[command(subcommand)]
+        command: fleet::FleetCommand,
+    },
     /// Print a shell completion script.
     Completions {
         /// bash | zsh | fish | elvish | powershell
@@ -156,6 +165,33 @@ pub struct McpServeArgs {
     /// The only MCP servers jobs load (`--mcp-config`).
     #[arg(long, value_name = "FILE")]
     pub mcp_config: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct WorkerArgs {
+    /// The NATS server (with JetStream) the agents publish jobs to.
+    #[arg(long, value_name = "URL", env = "AGENT_NATS")]
+    pub nats: String,
+    /// Jobs run at once.
+    #[arg(long, value_name = "N", default_value_t = 2, value_parser = clap::value_parser!(u64).range(1..=64))]
+    pub concurrency: u64,
+    /// Path or name of the Claude Code executable [default: `[cognition] claude_bin`].
+    #[arg(long, value_name = "PATH")]
+    pub claude_bin: Option<PathBuf>,
+    /// Where the worker keeps its cache of git objects and its jobs'
+    /// checkouts (nothing in it must survive a restart).
+    #[arg(long, value_name = "DIR", default_value = "worker-state")]
+    pub state: PathBuf,
+    /// Address of `/healthz` and `/status`.
+    #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:9465")]
+    pub listen: std::net::SocketAddr,
+    /// This worker's name in the fleet [default: host name and process id].
+    #[arg(long, value_name = "NAME")]
+    pub name: Option<String>,
+    /// The configuration `[workers]`, `[sandbox]` and Claude Code's job
+    /// policy come from [default: config/agent.toml, else the embedded default].
+    #[arg(long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
 }
 
 fn parse_duration_arg(text: &str) -> Result<std::time::Duration, String> {
@@ -373,6 +409,7 @@ pub fn main(cli: Cli) -> ExitCode {
         cli.command,
         TopCommand::Run(_)
             | TopCommand::McpServe(_)
+            | TopCommand::Worker(_)
             | TopCommand::Ctl(_)
             | TopCommand::Experiment(_)
     ) {
@@ -381,7 +418,7 @@ pub fn main(cli: Cli) -> ExitCode {
     let format = cli.log_format;
     crate::telemetry::traces::set_verbose(cli.verbose);
     let code = runtime.block_on(async move {
-        if !matches!(cli.command, TopCommand::Run(_)) {
+        if !matches!(cli.command, TopCommand::Run(_) | TopCommand::Worker(_)) {
             crate::telemetry::traces::init_logs(format);
         }
         match cli.command {
@@ -396,6 +433,8 @@ pub fn main(cli: Cli) -> ExitCode {
             TopCommand::Restore(args) => restore(&args).await,
             TopCommand::Audit { command } => audit::run(&command),
             TopCommand::McpServe(args) => mcp_serve(args).await,
+            TopCommand::Worker(args) => worker::run(args, format).await,
+            TopCommand::Fleet { command } => fleet::run(command).await,
             TopCommand::Completions { shell } => {
                 let mut command = <Cli as clap::CommandFactory>::command();
                 clap_complete::generate(shell, &mut command, "agent", &mut std::io::stdout());

@@ -244,8 +244,7 @@ fn mcp(config: &Config, sandbox: Option<&Sandbox>) -> Result<Arc<dyn Cognition>,
 /// MCP when it is installed and usable, else the offline backend.
 /// `sandbox` confines every job of the chosen backend.
 pub async fn select(config: &Config, sandbox: Option<&Sandbox>) -> Result<Selection, SelectError> {
-    // A server named in `[workers]` sends jobs there, whatever the backend.
-    if config.workers.nats.is_some() {
+    if sends_to_workers(config) {
         return workers(config).await;
     }
     match config.backend {
@@ -282,6 +281,13 @@ pub async fn select(config: &Config, sandbox: Option<&Sandbox>) -> Result<Select
         }
         BackendChoice::Auto => select_auto(config, sandbox).await,
     }
+}
+
+/// Whether jobs go to `agent worker` processes: a server named in
+/// `[workers]` sends them there whatever the backend, and `backend = "nats"`
+/// sends them to the default server.
+pub fn sends_to_workers(config: &Config) -> bool {
+    config.workers.nats.is_some() || config.backend == BackendChoice::Nats
 }
 
 /// Jobs on `agent worker` processes: `[workers] nats` (or the default

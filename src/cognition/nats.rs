@@ -36,9 +36,10 @@ pub struct JobSettings {
 /// The queue's client side.
 pub struct Nats {
     queue: Queue,
-    /// This agent instance's part of every job key (stored in the state
-    /// directory, so that a restart finds its jobs again).
-    instance: String,
+    /// This agent instance's part of every job key, kept in the state
+    /// directory (so that a restart finds its jobs again) from the first job.
+    instance: std::sync::OnceLock<String>,
+    state_dir: std::path::PathBuf,
     settings: JobSettings,
     /// Bases whose bundle this process has put in the object store.
     uploaded: Mutex<HashSet<String>>,
@@ -55,14 +56,23 @@ impl Nats {
         settings: JobSettings,
     ) -> Result<Nats, String> {
         let queue = Queue::connect_or_wait(url, workers, "agent").await?;
-        let instance = instance_id(state_dir)?;
         tokio::spawn(crate::workers::queue::fail_exhausted(queue.clone()));
         Ok(Nats {
             queue,
-            instance,
+            instance: std::sync::OnceLock::new(),
+            state_dir: state_dir.to_path_buf(),
             settings,
             uploaded: Mutex::new(HashSet::new()),
         })
+    }
+
+    /// The instance id, read or made at the first job.
+    fn instance(&self) -> Result<&str, String> {
+        if let Some(id) = self.instance.get() {
+            return Ok(id);
+        }
+        let id = instance_id(&self.state_dir)?;
+        Ok(self.instance.get_or_init(|| id))
     }
 
     /// Waits (up to `until`) for the connection to be up.
@@ -91,7 +101,13 @@ impl Nats {
             .bundles
             .put(base, &mut bundle.as_slice())
             .await
-            .map_err(|e| format!("cannot upload the bundle of {base}: {}", why(&e)))?;
+            .map_err(|e| {
+                format!(
+                    "cannot upload the bundle of {base} to NATS at {}: {}",
+                    self.queue.url,
+                    why(&e)
+                )
+            })?;
         tracing::info!(base, bytes = size, "uploaded the workspace's objects for workers");
         uploaded.insert(base.to_string());
         Ok(())
@@ -128,9 +144,9 @@ impl Nats {
             .jetstream
             .send_publish(subject, publish)
             .await
-            .map_err(|e| format!("cannot publish job {key}: {}", why(&e)))?
+            .map_err(|e| format!("cannot publish job {key} to NATS at {}: {}", self.queue.url, why(&e)))?
             .await
-            .map_err(|e| format!("job {key} was not stored by NATS: {}", why(&e)))?;
+            .map_err(|e| format!("job {key} was not stored by NATS at {}: {}", self.queue.url, why(&e)))?;
         tracing::info!(key, sequence = ack.sequence, duplicate = ack.duplicate, "job queued for workers");
         Ok(())
     }
@@ -280,7 +296,11 @@ impl Cognition for Nats {
     }
 
     async fn run(&self, job: Job, started: StartHook) -> JobOutcome {
-        let key = crate::workers::job_key(&self.instance, job.attempt, job.id);
+        let instance = match self.instance() {
+            Ok(instance) => instance,
+            Err(error) => return outcome(job.id, JobStatus::Failed, error),
+        };
+        let key = crate::workers::job_key(instance, job.attempt, job.id);
         // On record before it is published: a restart finds it by this key.
         started.started(Started::Remote(key.clone())).await;
         if let Err(error) = self.submit(&job, &key).await {

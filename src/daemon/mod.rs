@@ -143,6 +143,16 @@ async fn prepare(
         &config.prompts,
     )
     .map_err(RunError::Usage)?;
+    // The workers' queue is dialled before anything is written: when NATS
+    // does not answer, the run refuses to start having changed nothing.
+    let workers = match &embedded {
+        None if cognition::sends_to_workers(&config) => Some(
+            cognition::select(&config, None)
+                .await
+                .map_err(|e| RunError::Usage(e.to_string()))?,
+        ),
+        _ => None,
+    };
     let store = open_state(&config)?;
     crate::upgrade::keeper::audit_what_it_said(&store).await?;
     crate::upgrade::attempts::refuse_migration_on_probation(&store).map_err(RunError::Failed)?;
@@ -159,7 +169,7 @@ async fn prepare(
         selection,
         checks,
         console,
-    } = choose_backend(&config, sandbox.as_ref(), embedded).await?;
+    } = choose_backend(&config, sandbox.as_ref(), embedded, workers).await?;
     tracing::info!(backend = selection.backend.name(), "{}", selection.reason);
     affordable(&config, selection.backend.kind())?;
 
@@ -244,12 +254,21 @@ struct Chosen {
     console: bool,
 }
 
-/// What an embedding program hands in, else what the configuration selects.
+/// What an embedding program hands in, else the workers' queue already
+/// dialled, else what the configuration selects.
 async fn choose_backend(
     config: &Config,
     sandbox: Option<&Sandbox>,
     embedded: Option<Embedded>,
+    workers: Option<cognition::Selection>,
 ) -> Result<Chosen, RunError> {
+    if let Some(selection) = workers {
+        return Ok(Chosen {
+            selection,
+            checks: None,
+            console: true,
+        });
+    }
     Ok(match embedded {
         Some(embedded) => Chosen {
             selection: cognition::Selection {

@@ -31,7 +31,6 @@ use crate::sandbox::{Sandbox, SandboxConfig};
 const REPORT_EVERY: Duration = Duration::from_secs(5);
 /// How long one pull request waits for a job before asking again.
 const PULL_EXPIRES: Duration = Duration::from_secs(5);
-const PULL_HEARTBEAT: Duration = Duration::from_secs(2);
 /// How long a result is tried again while NATS is away.
 const RESULT_PERSISTENCE: Duration = Duration::from_secs(300);
 
@@ -183,11 +182,14 @@ async fn next_job(
     let Some(pulling) = consumer.as_ref() else {
         return Ok(None);
     };
+    // A batch of one waits for a job up to its expiry (`fetch` would
+    // answer at once when none is queued, and the loop would spin). No idle
+    // heartbeat: async-nats 0.52's batch stream returns Pending on one
+    // without polling on, and stalls with a job in hand until its expiry.
     let mut batch = pulling
-        .fetch()
+        .batch()
         .max_messages(1)
         .expires(PULL_EXPIRES)
-        .heartbeat(PULL_HEARTBEAT)
         .messages()
         .await
         .map_err(|e| why(&e))?;

@@ -34,3 +34,4 @@ mod telemetry;
 mod tidy;
 mod unattended;
 mod upgrade;
+mod workers;

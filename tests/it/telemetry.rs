@@ -22,7 +22,7 @@ use crate::harness::{Daemon, actors_config, fast_config, poll_until, tiny_crate}
 
 const WAIT: Duration = Duration::from_secs(120);
 
-type Received = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
+pub(crate) type Received = Arc<Mutex<Vec<ExportTraceServiceRequest>>>;
 
 #[derive(Clone, Default)]
 struct Collector {
@@ -62,7 +62,7 @@ where
 }
 
 /// A gRPC OTLP collector on a free loopback port.
-fn grpc_collector() -> (SocketAddr, Received) {
+pub(crate) fn grpc_collector() -> (SocketAddr, Received) {
     let received = Received::default();
     let collector = Collector {
         received: received.clone(),
@@ -103,7 +103,7 @@ fn http_collector() -> (SocketAddr, Received) {
     (address, received)
 }
 
-fn spans(received: &Received) -> Vec<Span> {
+pub(crate) fn spans(received: &Received) -> Vec<Span> {
     received
         .lock()
         .unwrap()
@@ -114,14 +114,14 @@ fn spans(received: &Received) -> Vec<Span> {
         .collect()
 }
 
-fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
+pub(crate) fn attribute<'a>(attributes: &'a [KeyValue], key: &str) -> Option<&'a AnyValue> {
     attributes
         .iter()
         .find(|kv| kv.key == key)
         .and_then(|kv| kv.value.as_ref()?.value.as_ref())
 }
 
-fn text_of(value: Option<&AnyValue>) -> String {
+pub(crate) fn text_of(value: Option<&AnyValue>) -> String {
     match value {
         Some(AnyValue::StringValue(s)) => s.clone(),
         Some(AnyValue::IntValue(i)) => i.to_string(),
