@@ -74,13 +74,8 @@ pub async fn run(command: FleetCommand) -> u8 {
 fn read_instances(file: &std::path::Path) -> Result<Vec<String>, String> {
     let text = std::fs::read_to_string(file)
         .map_err(|e| format!("cannot read {}: {e}", file.display()))?;
-    let table: toml::Table = toml::from_str(&text).map_err(|e| {
-        format!(
-            "{}: {}",
-            file.display(),
-            e.message()
-        )
-    })?;
+    let table: toml::Table =
+        toml::from_str(&text).map_err(|e| format!("{}: {}", file.display(), e.message()))?;
     let Some(list) = table.get("instances").and_then(toml::Value::as_array) else {
         return Err(format!(
             "{}: expected `instances = [\"http://host:port\", ...]`",
@@ -91,7 +86,12 @@ fn read_instances(file: &std::path::Path) -> Result<Vec<String>, String> {
         .map(|v| {
             v.as_str()
                 .map(|url| url.trim_end_matches('/').to_string())
-                .ok_or_else(|| format!("{}: every instance must be a URL string, found {v}", file.display()))
+                .ok_or_else(|| {
+                    format!(
+                        "{}: every instance must be a URL string, found {v}",
+                        file.display()
+                    )
+                })
         })
         .collect()
 }
@@ -143,7 +143,12 @@ async fn workers(url: &str, stream: &str) -> Result<Value, String> {
         .connection_timeout(ASK_TIMEOUT)
         .connect(url)
         .await
-        .map_err(|e| format!("cannot reach NATS at {url}: {}", crate::workers::queue::why(&e)))?;
+        .map_err(|e| {
+            format!(
+                "cannot reach NATS at {url}: {}",
+                crate::workers::queue::why(&e)
+            )
+        })?;
     let jetstream = async_nats::jetstream::new(client);
     let bucket = format!("{stream}_workers");
     let store = match jetstream.get_key_value(&bucket).await {
@@ -184,8 +189,12 @@ fn budgets_cell(budgets: &Value) -> String {
             format!(
                 "{} {}/{}",
                 cell(&b["name"]),
-                b["spent"].as_f64().map_or("-".into(), |s| format!("{s:.2}")),
-                b["limit"].as_f64().map_or("-".into(), |l| format!("{l:.2}"))
+                b["spent"]
+                    .as_f64()
+                    .map_or("-".into(), |s| format!("{s:.2}")),
+                b["limit"]
+                    .as_f64()
+                    .map_or("-".into(), |l| format!("{l:.2}"))
             )
         })
         .collect::<Vec<_>>()
@@ -216,9 +225,15 @@ fn print_instances(instances: &[Value]) {
 
 fn print_workers(workers: &Value) {
     let list = workers.as_array().cloned().unwrap_or_default();
-    println!("\n{:<32} {:>5} {:>5} {:>6} {:>7}", "WORKER", "SLOTS", "BUSY", "DONE", "FAILED");
+    println!(
+        "\n{:<32} {:>5} {:>5} {:>6} {:>7}",
+        "WORKER", "SLOTS", "BUSY", "DONE", "FAILED"
+    );
     if list.is_empty() {
-        println!("(no worker reported in the last {}s)", crate::workers::queue::WORKER_REPORT_TTL.as_secs());
+        println!(
+            "(no worker reported in the last {}s)",
+            crate::workers::queue::WORKER_REPORT_TTL.as_secs()
+        );
     }
     for worker in &list {
         println!(

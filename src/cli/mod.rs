@@ -14,9 +14,9 @@ use crate::daemon::{self, Ending, RunError};
 use crate::store::{Store, StoreError};
 
 mod audit;
+pub(crate) mod experiment;
 mod fleet;
 mod worker;
-pub(crate) mod experiment;
 
 /// Exit statuses of `agent` (documented in the README).
 pub mod exit {

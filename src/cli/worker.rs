@@ -57,11 +57,14 @@ async fn stopped() {
 /// The flags over the configuration file's settings.
 fn options(args: WorkerArgs) -> Result<(WorkerOptions, config::Config), String> {
     let (config, _) = config::load_all(args.config.as_deref(), None).map_err(|e| e.to_string())?;
-    crate::workers::check_url(&args.nats).map_err(|why| format!("--nats \"{}\": {why}", args.nats))?;
+    crate::workers::check_url(&args.nats)
+        .map_err(|why| format!("--nats \"{}\": {why}", args.nats))?;
     let state = AbsolutePath::resolve(&args.state)
         .map_err(|e| format!("--state \"{}\": {e}", args.state.display()))?;
     let claude_bin = match &args.claude_bin {
-        Some(bin) => Program::resolve(bin).map_err(|e| format!("--claude-bin \"{}\": {e}", bin.display()))?,
+        Some(bin) => {
+            Program::resolve(bin).map_err(|e| format!("--claude-bin \"{}\": {e}", bin.display()))?
+        }
         None => config.claude_bin.clone(),
     };
     let name = args.name.unwrap_or_else(|| {
@@ -71,7 +74,11 @@ fn options(args: WorkerArgs) -> Result<(WorkerOptions, config::Config), String> 
             .unwrap_or_else(|| "worker".into());
         format!("{host}-{}", std::process::id())
     });
-    if name.is_empty() || !name.chars().all(|c| c.is_ascii_alphanumeric() || "-_".contains(c)) {
+    if name.is_empty()
+        || !name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "-_".contains(c))
+    {
         return Err(format!(
             "--name \"{name}\": a worker's name is letters, digits, '-' and '_'"
         ));

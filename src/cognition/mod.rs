@@ -146,7 +146,9 @@ pub enum SelectError {
     #[error("cannot find this program's own path to start `agent mcp-serve`: {0}")]
     NoOwnPath(String),
     /// NATS did not answer (with its URL), or its queue could not be made.
-    #[error("{0}; start NATS with JetStream (`nats-server -js`), or remove [workers] nats to run jobs here")]
+    #[error(
+        "{0}; start NATS with JetStream (`nats-server -js`), or remove [workers] nats to run jobs here"
+    )]
     Workers(String),
 }
 

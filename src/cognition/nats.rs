@@ -108,14 +108,19 @@ impl Nats {
                     why(&e)
                 )
             })?;
-        tracing::info!(base, bytes = size, "uploaded the workspace's objects for workers");
+        tracing::info!(
+            base,
+            bytes = size,
+            "uploaded the workspace's objects for workers"
+        );
         uploaded.insert(base.to_string());
         Ok(())
     }
 
     /// Publishes the job under `key` and waits for the stream's ack.
     async fn submit(&self, job: &Job, key: &str) -> Result<(), String> {
-        self.connected(tokio::time::Instant::now() + job.timeout).await?;
+        self.connected(tokio::time::Instant::now() + job.timeout)
+            .await?;
         let base = git::head_commit(&job.cwd)?;
         let base_changes = git::changes(&job.cwd, true)?;
         self.upload(&job.cwd, &base).await?;
@@ -133,7 +138,9 @@ impl Nats {
             resume: job.resume.clone(),
         };
         let payload = serde_json::to_vec(&request).map_err(|e| e.to_string())?;
-        let mut publish = PublishMessage::build().message_id(key).payload(payload.into());
+        let mut publish = PublishMessage::build()
+            .message_id(key)
+            .payload(payload.into());
         // The worker's span continues this one's trace.
         if let Some(traceparent) = crate::telemetry::current_traceparent() {
             publish = publish.header("traceparent", traceparent.as_str());
@@ -144,10 +151,27 @@ impl Nats {
             .jetstream
             .send_publish(subject, publish)
             .await
-            .map_err(|e| format!("cannot publish job {key} to NATS at {}: {}", self.queue.url, why(&e)))?
+            .map_err(|e| {
+                format!(
+                    "cannot publish job {key} to NATS at {}: {}",
+                    self.queue.url,
+                    why(&e)
+                )
+            })?
             .await
-            .map_err(|e| format!("job {key} was not stored by NATS at {}: {}", self.queue.url, why(&e)))?;
-        tracing::info!(key, sequence = ack.sequence, duplicate = ack.duplicate, "job queued for workers");
+            .map_err(|e| {
+                format!(
+                    "job {key} was not stored by NATS at {}: {}",
+                    self.queue.url,
+                    why(&e)
+                )
+            })?;
+        tracing::info!(
+            key,
+            sequence = ack.sequence,
+            duplicate = ack.duplicate,
+            "job queued for workers"
+        );
         Ok(())
     }
 
@@ -169,7 +193,11 @@ impl Nats {
                 killed_at = Some(now);
             }
             if killed_at.is_some_and(|at| now > at + KILL_GRACE) {
-                return outcome(job.id, JobStatus::Killed, "the job was killed on request".into());
+                return outcome(
+                    job.id,
+                    JobStatus::Killed,
+                    "the job was killed on request".into(),
+                );
             }
             if now > give_up {
                 self.cancel(key).await;

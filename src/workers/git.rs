@@ -7,9 +7,7 @@
 use std::io::Write;
 use std::path::Path;
 
-use git2::{
-    ApplyLocation, Diff, DiffFormat, DiffOptions, Oid, Repository, build::CheckoutBuilder,
-};
+use git2::{ApplyLocation, Diff, DiffFormat, DiffOptions, Oid, Repository, build::CheckoutBuilder};
 
 const BUNDLE_SIGNATURE: &str = "# v2 git bundle\n";
 
@@ -52,7 +50,8 @@ pub fn import(cache: &Repository, bundle: &[u8]) -> Result<Oid, String> {
         .windows(2)
         .position(|w| w == b"\n\n")
         .ok_or("a git bundle without the end of its header")?;
-    let header = std::str::from_utf8(&rest[..end]).map_err(|_| "a bundle header that is not text")?;
+    let header =
+        std::str::from_utf8(&rest[..end]).map_err(|_| "a bundle header that is not text")?;
     let tip = header
         .lines()
         .find(|line| !line.starts_with('-'))
@@ -79,8 +78,11 @@ pub fn has_commit(cache: &Repository, commit: Oid) -> bool {
 pub fn check_out(cache: &Path, commit: Oid, dir: &Path, base_changes: &str) -> Result<(), String> {
     Repository::init(dir).map_err(text)?;
     let alternates = dir.join(".git/objects/info/alternates");
-    std::fs::write(&alternates, format!("{}\n", cache.join("objects").display()))
-        .map_err(|e| format!("cannot write {}: {e}", alternates.display()))?;
+    std::fs::write(
+        &alternates,
+        format!("{}\n", cache.join("objects").display()),
+    )
+    .map_err(|e| format!("cannot write {}: {e}", alternates.display()))?;
     let repo = Repository::open(dir).map_err(text)?;
     repo.set_head_detached(commit).map_err(text)?;
     repo.checkout_head(Some(CheckoutBuilder::new().force()))
@@ -156,8 +158,15 @@ mod tests {
             .into_iter()
             .collect();
         let parents: Vec<&git2::Commit> = parents.iter().collect();
-        repo.commit(Some("HEAD"), &signature, &signature, message, &tree, &parents)
-            .unwrap()
+        repo.commit(
+            Some("HEAD"),
+            &signature,
+            &signature,
+            message,
+            &tree,
+            &parents,
+        )
+        .unwrap()
     }
 
     /// A commit crosses as a bundle into a cache, a job's worktree starts
@@ -187,22 +196,34 @@ mod tests {
 
         let job = root.path().join("job");
         check_out(&cache_dir, base, &job, &base_changes).unwrap();
-        assert_eq!(std::fs::read_to_string(job.join("a.txt")).unwrap(), "one\ntwo\n");
+        assert_eq!(
+            std::fs::read_to_string(job.join("a.txt")).unwrap(),
+            "one\ntwo\n"
+        );
         assert!(job.join("dirty.txt").is_file());
         std::fs::write(job.join("a.txt"), "one\ntwo\nthree\n").unwrap();
         std::fs::write(job.join("new.rs"), "fn main() {}\n").unwrap();
         std::fs::write(job.join("blob.bin"), [0u8, 159, 146, 150, 255]).unwrap();
         std::fs::remove_file(job.join("gone.txt")).unwrap();
         let patch = changes(&job, false).unwrap();
-        assert!(!patch.contains("dirty.txt"), "only the job's own change: {patch}");
+        assert!(
+            !patch.contains("dirty.txt"),
+            "only the job's own change: {patch}"
+        );
 
         apply(&agent, &patch).unwrap();
         assert_eq!(
             std::fs::read_to_string(agent.join("a.txt")).unwrap(),
             "one\ntwo\nthree\n"
         );
-        assert_eq!(std::fs::read_to_string(agent.join("new.rs")).unwrap(), "fn main() {}\n");
-        assert_eq!(std::fs::read(agent.join("blob.bin")).unwrap(), [0u8, 159, 146, 150, 255]);
+        assert_eq!(
+            std::fs::read_to_string(agent.join("new.rs")).unwrap(),
+            "fn main() {}\n"
+        );
+        assert_eq!(
+            std::fs::read(agent.join("blob.bin")).unwrap(),
+            [0u8, 159, 146, 150, 255]
+        );
         assert!(!agent.join("gone.txt").exists());
         assert!(agent.join("dirty.txt").is_file());
     }

@@ -32,7 +32,9 @@ pub struct Queue {
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Queue").field("url", &self.url).finish_non_exhaustive()
+        f.debug_struct("Queue")
+            .field("url", &self.url)
+            .finish_non_exhaustive()
     }
 }
 
@@ -41,7 +43,12 @@ pub fn why(error: &(dyn std::error::Error + 'static)) -> String {
     let mut parts: Vec<String> = Vec::new();
     let mut next = Some(error);
     while let Some(error) = next {
-        let line = error.to_string().lines().next().unwrap_or_default().to_string();
+        let line = error
+            .to_string()
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
         if !line.is_empty() && !parts.iter().any(|p| p.contains(&line)) {
             parts.push(line);
         }
@@ -87,7 +94,9 @@ impl Queue {
             Self::make_parts(&jetstream, settings),
         )
         .await
-        .map_err(|_| unreachable("JetStream did not answer (is the server started with -js?)".into()))?
+        .map_err(|_| {
+            unreachable("JetStream did not answer (is the server started with -js?)".into())
+        })?
         .map_err(|e| format!("NATS at {url}: {e}"))?;
         let (stream, results, bundles, workers) = made;
         Ok(Queue {
@@ -187,7 +196,11 @@ impl Queue {
 }
 
 /// A key-value bucket, made when missing, whose entries live `ttl`.
-async fn bucket(jetstream: &jetstream::Context, name: &str, ttl: Duration) -> Result<kv::Store, String> {
+async fn bucket(
+    jetstream: &jetstream::Context,
+    name: &str,
+    ttl: Duration,
+) -> Result<kv::Store, String> {
     match jetstream.get_key_value(name).await {
         Ok(store) => Ok(store),
         Err(_) => jetstream

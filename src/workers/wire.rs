@@ -55,7 +55,13 @@ pub struct JobResult {
 
 impl JobResult {
     /// The result of `outcome` under `key`, with its change.
-    pub fn of(key: &str, outcome: &JobOutcome, patch: String, worker: &str, deliveries: i64) -> Self {
+    pub fn of(
+        key: &str,
+        outcome: &JobOutcome,
+        patch: String,
+        worker: &str,
+        deliveries: i64,
+    ) -> Self {
         JobResult {
             key: key.to_string(),
             status: outcome.status.as_str().to_string(),

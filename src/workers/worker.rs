@@ -114,7 +114,11 @@ pub async fn run(
         queue.url,
         queue.settings.stream,
         worker.options.concurrency,
-        if worker.sandbox.is_some() { "on" } else { "off" },
+        if worker.sandbox.is_some() {
+            "on"
+        } else {
+            "off"
+        },
     );
     let http = tokio::spawn(serve(listener, worker.clone()));
     let report = tokio::spawn(report(worker.clone()));
@@ -122,9 +126,7 @@ pub async fn run(
     let slots = Arc::new(Semaphore::new(worker.options.concurrency));
     pull(&worker, &slots, stop).await;
     // What is running ends (each job has its own deadline) before the exit.
-    let _all = slots
-        .acquire_many(worker.options.concurrency as u32)
-        .await;
+    let _all = slots.acquire_many(worker.options.concurrency as u32).await;
     for task in [http, report, exhausted] {
         task.abort();
     }
@@ -133,7 +135,11 @@ pub async fn run(
 }
 
 /// Takes one job per free slot until `stop`.
-async fn pull(worker: &Arc<Worker>, slots: &Arc<Semaphore>, stop: impl std::future::Future<Output = ()>) {
+async fn pull(
+    worker: &Arc<Worker>,
+    slots: &Arc<Semaphore>,
+    stop: impl std::future::Future<Output = ()>,
+) {
     tokio::pin!(stop);
     let mut consumer = None;
     let mut delay = Duration::from_millis(200);
@@ -238,7 +244,11 @@ impl Worker {
     ) {
         let key = request.key.clone();
         if deliveries > 1 && matches!(self.queue.results.get(&key).await, Ok(Some(_))) {
-            tracing::info!(key, deliveries, "delivered again, and its result is already written: acked without running");
+            tracing::info!(
+                key,
+                deliveries,
+                "delivered again, and its result is already written: acked without running"
+            );
             let _ = message.double_ack().await;
             return;
         }
@@ -273,7 +283,10 @@ impl Worker {
                 tracing::warn!(key, error = %why(&*error), "cannot ack a finished job");
             }
         } else {
-            tracing::error!(key, "the result could not be written; the job will be delivered again");
+            tracing::error!(
+                key,
+                "the result could not be written; the job will be delivered again"
+            );
         }
     }
 
@@ -290,9 +303,7 @@ impl Worker {
             let size = bytes.len();
             match self.queue.results.create(&result.key, bytes.into()).await {
                 Ok(_) => return true,
-                Err(error)
-                    if error.kind() == jetstream::kv::CreateErrorKind::AlreadyExists =>
-                {
+                Err(error) if error.kind() == jetstream::kv::CreateErrorKind::AlreadyExists => {
                     tracing::info!(key = %result.key, "another delivery's result was written first; this one is dropped");
                     return true;
                 }
@@ -319,17 +330,26 @@ impl Worker {
     }
 
     /// Runs the job in a fresh checkout; answers its outcome and its change.
-    async fn run_job(&self, request: &JobRequest, cancel: CancellationToken) -> (JobOutcome, String) {
+    async fn run_job(
+        &self,
+        request: &JobRequest,
+        cancel: CancellationToken,
+    ) -> (JobOutcome, String) {
         let dir = self.jobs.join(&request.key);
         let ran = async {
             let base = self.base(&request.base).await?;
             let cache = self.cache.clone();
             let (checkout, base_changes) = (dir.clone(), request.base_changes.clone());
             let _ = std::fs::remove_dir_all(&checkout);
-            tokio::task::spawn_blocking(move || git::check_out(&cache, base, &checkout, &base_changes))
-                .await
-                .map_err(|e| e.to_string())??;
-            let outcome = self.backend(request)?.run(self.job(request, &dir, cancel), StartHook::ignored()).await;
+            tokio::task::spawn_blocking(move || {
+                git::check_out(&cache, base, &checkout, &base_changes)
+            })
+            .await
+            .map_err(|e| e.to_string())??;
+            let outcome = self
+                .backend(request)?
+                .run(self.job(request, &dir, cancel), StartHook::ignored())
+                .await;
             let changed = dir.clone();
             let patch = tokio::task::spawn_blocking(move || git::changes(&changed, false))
                 .await
@@ -392,9 +412,7 @@ impl Worker {
     async fn base(&self, base: &str) -> Result<git2::Oid, String> {
         let oid = git2::Oid::from_str(base).map_err(|e| e.message().to_string())?;
         let _one_at_a_time = self.fetching.lock().await;
-        let open = || {
-            git2::Repository::open_bare(&self.cache).map_err(|e| e.message().to_string())
-        };
+        let open = || git2::Repository::open_bare(&self.cache).map_err(|e| e.message().to_string());
         if git::has_commit(&open()?, oid) {
             return Ok(oid);
         }
@@ -410,7 +428,11 @@ impl Worker {
             .await
             .map_err(|e| format!("cannot read the bundle of {base}: {e}"))?;
         let imported = git::import(&open()?, &bundle)?;
-        tracing::info!(base, bytes = bundle.len(), "fetched the objects of a base commit");
+        tracing::info!(
+            base,
+            bytes = bundle.len(),
+            "fetched the objects of a base commit"
+        );
         if imported == oid {
             Ok(oid)
         } else {
@@ -446,7 +468,11 @@ async fn listen_for_cancel(queue: Queue, key: String, cancel: CancellationToken)
 async fn report(worker: Arc<Worker>) {
     loop {
         if let Ok(bytes) = serde_json::to_vec(&worker.status()) {
-            let _ = worker.queue.workers.put(&worker.options.name, bytes.into()).await;
+            let _ = worker
+                .queue
+                .workers
+                .put(&worker.options.name, bytes.into())
+                .await;
         }
         tokio::time::sleep(REPORT_EVERY).await;
     }

@@ -28,6 +28,7 @@ const SERDE_EDGES: &[&str] = &[
     "src/config/safety.rs",
     "src/config/sandbox.rs",
     "src/config/upgrade.rs",
+    "src/config/workers.rs",
     "src/mcp/tools.rs",
     "src/claude/mod.rs",
     "src/claude/stream.rs",
@@ -42,6 +43,7 @@ const SERDE_EDGES: &[&str] = &[
     "src/actors/planner/mod.rs",
     "src/learning/bandit.rs",
     "src/learning/rules.rs",
+    "src/workers/wire.rs",
 ];
 
 const ACTORS: &[&str] = &[

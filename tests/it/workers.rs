@@ -80,7 +80,15 @@ impl Nats {
         let store = self.dir.join("store");
         let port = self.port.to_string();
         let child = Command::new(nats_server_bin())
-            .args(["-js", "-sd", store.to_str().unwrap(), "-a", "127.0.0.1", "-p", &port])
+            .args([
+                "-js",
+                "-sd",
+                store.to_str().unwrap(),
+                "-a",
+                "127.0.0.1",
+                "-p",
+                &port,
+            ])
             .stdin(Stdio::null())
             .stdout(log.try_clone().unwrap())
             .stderr(log)
@@ -235,7 +243,10 @@ fn stand_in(dir: &Path, delay: &str) -> Vec<(&'static str, String)> {
         ("FAKE_CLAUDE_MODE", "edit".into()),
         ("FAKE_CLAUDE_DELAY", delay.into()),
         ("FAKE_CLAUDE_EDIT_TEXT", "// job {nonce}".into()),
-        ("FAKE_CLAUDE_LOG", dir.join("claude.log").display().to_string()),
+        (
+            "FAKE_CLAUDE_LOG",
+            dir.join("claude.log").display().to_string(),
+        ),
     ]
 }
 
@@ -304,7 +315,11 @@ fn eight_candidates_on_two_workers_of_two_slots_run_four_at_a_time_and_each_resu
     for worker in &workers {
         assert_eq!(worker.status()["slots"], 2);
         // Each worker took its share: four slots were busy at once.
-        assert!(worker.status()["done"].as_u64().unwrap() >= 2, "{}", worker.logs());
+        assert!(
+            worker.status()["done"].as_u64().unwrap() >= 2,
+            "{}",
+            worker.logs()
+        );
     }
 }
 
@@ -314,7 +329,7 @@ fn a_worker_killed_mid_job_leaves_it_to_the_other_and_it_is_counted_once() {
     let nats = Nats::start(dir.path());
     let config = config(dir.path(), &nats.url(), &[]);
     let env = stand_in(dir.path(), "3");
-    let mut workers = vec![
+    let mut workers = [
         Worker::start(dir.path(), "w1", &nats, 1, &borrowed(&env)),
         Worker::start(dir.path(), "w2", &nats, 1, &borrowed(&env)),
     ];
@@ -323,7 +338,9 @@ fn a_worker_killed_mid_job_leaves_it_to_the_other_and_it_is_counted_once() {
     let mut agent = Daemon::bounded(&state, &config, &workspace, 1, &[]);
     // Claude Code runs on one of them.
     let log = dir.path().join("claude.log");
-    poll_until("the job to start", WAIT, || (edit_jobs(&log) == 1).then_some(()));
+    poll_until("the job to start", WAIT, || {
+        (edit_jobs(&log) == 1).then_some(())
+    });
     let busy = poll_until("a worker to hold the job", WAIT, || {
         workers.iter().position(|w| w.status()["busy"] == 1)
     });
@@ -356,7 +373,11 @@ fn a_worker_killed_mid_job_leaves_it_to_the_other_and_it_is_counted_once() {
 fn an_agent_killed_while_its_jobs_are_queued_collects_them_after_a_restart_and_none_runs_twice() {
     let dir = tempfile::tempdir().unwrap();
     let nats = Nats::start(dir.path());
-    let config = config(dir.path(), &nats.url(), &[("candidates = 1", "candidates = 4")]);
+    let config = config(
+        dir.path(),
+        &nats.url(),
+        &[("candidates = 1", "candidates = 4")],
+    );
     let env = stand_in(dir.path(), "1");
     let worker = Worker::start(dir.path(), "w1", &nats, 1, &borrowed(&env));
     let workspace = tiny_crate(dir.path());
@@ -404,7 +425,9 @@ fn nats_stopped_mid_run_fails_the_iteration_in_flight_and_the_run_goes_on_when_i
     let workspace = tiny_crate(dir.path());
     let state = dir.path().join("state");
     let mut agent = Daemon::unbounded(&state, &config, &workspace, &[]);
-    let before = agent.wait_status("a kept change", WAIT, |s| s["outcomes"]["kept"].as_u64() >= Some(1));
+    let before = agent.wait_status("a kept change", WAIT, |s| {
+        s["outcomes"]["kept"].as_u64() >= Some(1)
+    });
     nats.down();
     let failed = agent.wait_status("the iteration in flight to fail", WAIT, |s| {
         s["outcomes"]["failed"].as_u64() >= Some(1)
@@ -429,7 +452,10 @@ fn nats_stopped_mid_run_fails_the_iteration_in_flight_and_the_run_goes_on_when_i
         "the failure says why: {failure}"
     );
     // Every committed iteration is there once.
-    let numbers: Vec<u64> = entries.iter().map(|e| e["iteration"].as_u64().unwrap()).collect();
+    let numbers: Vec<u64> = entries
+        .iter()
+        .map(|e| e["iteration"].as_u64().unwrap())
+        .collect();
     assert_eq!(numbers, (1..=numbers.len() as u64).collect::<Vec<_>>());
 }
 
@@ -437,7 +463,11 @@ fn nats_stopped_mid_run_fails_the_iteration_in_flight_and_the_run_goes_on_when_i
 fn nats_down_at_start_is_a_clear_error_naming_the_url_and_nothing_changes() {
     let dir = tempfile::tempdir().unwrap();
     let url = format!("nats://127.0.0.1:{}", free_port());
-    let config = config(dir.path(), &url, &[("connect_timeout = \"5s\"", "connect_timeout = \"1s\"")]);
+    let config = config(
+        dir.path(),
+        &url,
+        &[("connect_timeout = \"5s\"", "connect_timeout = \"1s\"")],
+    );
     let workspace = tiny_crate(dir.path());
     let state = dir.path().join("state");
     let mut agent = Daemon::bounded(&state, &config, &workspace, 1, &[]);
@@ -452,7 +482,10 @@ fn nats_down_at_start_is_a_clear_error_naming_the_url_and_nothing_changes() {
         said.starts_with(&format!("agent: cannot reach NATS at {url}")),
         "{stderr}"
     );
-    assert!(!stderr.contains("panicked") && !stderr.contains("backtrace"), "{stderr}");
+    assert!(
+        !stderr.contains("panicked") && !stderr.contains("backtrace"),
+        "{stderr}"
+    );
     // The workspace has no branch of the agent's, nor a commit more.
     let repo = git2::Repository::open(&workspace).unwrap();
     let branches = repo.branches(None).unwrap().count();

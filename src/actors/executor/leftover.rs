@@ -96,13 +96,10 @@ pub(super) async fn abandon_leftover_jobs(ctx: &Context) {
     let Ok(jobs) = ctx.store.jobs() else {
         return;
     };
-    for mut job in jobs
-        .into_iter()
-        .filter(|j| {
-            j.status.is_running()
-                && (!is_remote(j) || (j.backend == BackendKind::Nats && j.remote_id.is_none()))
-        })
-    {
+    for mut job in jobs.into_iter().filter(|j| {
+        j.status.is_running()
+            && (!is_remote(j) || (j.backend == BackendKind::Nats && j.remote_id.is_none()))
+    }) {
         if let Some(group) = job.process_group {
             process::kill_stale_group(group);
         }
