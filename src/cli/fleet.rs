@@ -179,6 +179,15 @@ fn cell(value: &Value) -> String {
     }
 }
 
+/// A whole amount without decimals (tokens, iterations), else cents.
+fn amount(value: &Value) -> String {
+    match value.as_f64() {
+        Some(whole) if whole.fract() == 0.0 => format!("{whole:.0}"),
+        Some(part) => format!("{part:.2}"),
+        None => "-".into(),
+    }
+}
+
 fn budgets_cell(budgets: &Value) -> String {
     let Some(list) = budgets.as_array() else {
         return "-".into();
@@ -189,12 +198,8 @@ fn budgets_cell(budgets: &Value) -> String {
             format!(
                 "{} {}/{}",
                 cell(&b["name"]),
-                b["spent"]
-                    .as_f64()
-                    .map_or("-".into(), |s| format!("{s:.2}")),
-                b["limit"]
-                    .as_f64()
-                    .map_or("-".into(), |l| format!("{l:.2}"))
+                amount(&b["spent"]),
+                amount(&b["limit"])
             )
         })
         .collect::<Vec<_>>()

@@ -65,6 +65,8 @@ struct Worker {
     tally: Tally,
     /// One bundle fetched at a time: two jobs on one base fetch it once.
     fetching: Mutex<()>,
+    /// Wakes the report as a job ends, so the bucket is current.
+    changed: tokio::sync::Notify,
 }
 
 impl Worker {
@@ -107,6 +109,7 @@ pub async fn run(
         jobs,
         tally: Tally::default(),
         fetching: Mutex::new(()),
+        changed: tokio::sync::Notify::new(),
     });
     println!(
         "agent worker: {} pulls jobs from NATS at {} (stream {}), {} slot(s), sandbox {}; health at http://{address}/healthz",
@@ -269,6 +272,7 @@ impl Worker {
             &self.tally.failed
         };
         counter.fetch_add(1, Ordering::Relaxed);
+        self.changed.notify_one();
         let span = tracing::Span::current();
         span.record("job.status", outcome.status.as_str());
         if outcome.status != JobStatus::Completed {
@@ -463,8 +467,8 @@ async fn listen_for_cancel(queue: Queue, key: String, cancel: CancellationToken)
     }
 }
 
-/// Renews the worker's entry in the workers' bucket (it lapses on its own
-/// when the worker dies).
+/// Renews the worker's entry in the workers' bucket as each job ends and
+/// every few seconds (it lapses on its own when the worker dies).
 async fn report(worker: Arc<Worker>) {
     loop {
         if let Ok(bytes) = serde_json::to_vec(&worker.status()) {
@@ -474,7 +478,10 @@ async fn report(worker: Arc<Worker>) {
                 .put(&worker.options.name, bytes.into())
                 .await;
         }
-        tokio::time::sleep(REPORT_EVERY).await;
+        tokio::select! {
+            () = tokio::time::sleep(REPORT_EVERY) => {}
+            () = worker.changed.notified() => {}
+        }
     }
 }
 

@@ -576,3 +576,79 @@ fn a_workers_span_is_a_child_of_the_iterations_span_in_one_trace() {
     assert!(services.iter().any(|s| s == "agent-worker"), "{services:?}");
     assert!(services.iter().any(|s| s != "agent-worker"), "{services:?}");
 }
+
+#[test]
+fn fleet_status_shows_each_instance_and_each_workers_slots_and_names_what_it_cannot_reach() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let config = config(
+        dir.path(),
+        &nats.url(),
+        &[("# listen = \"127.0.0.1:9464\"", "listen = \"127.0.0.1:0\"")],
+    );
+    let env = stand_in(dir.path(), "0");
+    let _worker = Worker::start(dir.path(), "w1", &nats, 3, &borrowed(&env));
+    let workspace = tiny_crate(dir.path());
+    let mut agent = Daemon::unbounded(&dir.path().join("state"), &config, &workspace, &[]);
+    agent.wait_status("a committed iteration", WAIT, |s| Daemon::committed(s) >= 1);
+    let address = poll_until("the agent's HTTP address", WAIT, || {
+        let logs = agent.logs();
+        let line = logs.lines().find(|l| l.contains("serving the dashboard"))?;
+        let at = line.find("address=")? + "address=".len();
+        Some(
+            line[at..]
+                .split_whitespace()
+                .next()?
+                .trim_matches('"')
+                .to_string(),
+        )
+    });
+    let gone = format!("http://127.0.0.1:{}", free_port());
+    let fleet = dir.path().join("fleet.toml");
+    std::fs::write(
+        &fleet,
+        format!("instances = [\"http://{address}\", \"{gone}\"]\n"),
+    )
+    .unwrap();
+    let status = |json: bool| {
+        let mut command = Command::new(agent_bin());
+        command
+            .args(["fleet", "status", "--nats", &nats.url(), "--instances"])
+            .arg(&fleet);
+        if json {
+            command.arg("--json");
+        }
+        command.output().unwrap()
+    };
+    let table = status(false);
+    let printed = String::from_utf8_lossy(&table.stdout);
+    eprintln!("{printed}");
+    // One instance unreachable: said, and the exit status says so.
+    assert_eq!(table.status.code(), Some(1), "{printed}");
+    assert!(
+        printed.contains(&gone) && printed.contains("unreachable"),
+        "{printed}"
+    );
+    assert!(
+        printed.contains("running") && printed.contains("Reduce the compiler"),
+        "{printed}"
+    );
+    assert!(printed.contains("w1"), "{printed}");
+    let json: Value = serde_json::from_slice(&status(true).stdout).unwrap();
+    let instance = &json["instances"][0];
+    assert_eq!(instance["run_state"], "running", "{json}");
+    assert!(instance["iteration"].as_u64() >= Some(1), "{json}");
+    assert!(
+        instance["budgets"]
+            .as_array()
+            .is_some_and(|b| !b.is_empty()),
+        "{json}"
+    );
+    assert!(json["instances"][1]["error"].is_string(), "{json}");
+    assert_eq!(json["workers"][0]["name"], "w1", "{json}");
+    assert_eq!(json["workers"][0]["slots"], 3, "{json}");
+    // Reported as each job ends: the committed iteration's job is counted.
+    assert!(json["workers"][0]["done"].as_u64() >= Some(1), "{json}");
+    assert!(agent.ctl(&["stop"]).status.success());
+    assert!(agent.wait_exit(WAIT).success(), "{}", agent.logs());
+}
