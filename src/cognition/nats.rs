@@ -10,8 +10,10 @@ use std::collections::HashSet;
 use std::path::Path;
 use std::time::Duration;
 
+use async_nats::jetstream::kv::Operation;
 use async_nats::jetstream::message::PublishMessage;
 use async_trait::async_trait;
+use futures::StreamExt;
 use tokio::sync::Mutex;
 
 use super::{Cognition, Job, StartHook, Started};
@@ -20,7 +22,7 @@ use crate::workers::wire::{JobRequest, JobResult};
 use crate::workers::{Queue, git, queue::why};
 
 const POLL_FIRST: Duration = Duration::from_millis(20);
-const POLL_MAX: Duration = Duration::from_millis(250);
+const POLL_MAX: Duration = Duration::from_secs(1);
 /// How long a killed job's worker is given to say what it spent.
 const KILL_GRACE: Duration = Duration::from_secs(10);
 
@@ -180,6 +182,9 @@ impl Nats {
     async fn collect(&self, job: &Job, key: &str) -> JobOutcome {
         let give_up = tokio::time::Instant::now() + collect_deadline(job.timeout, &self.queue);
         let mut killed_at: Option<tokio::time::Instant> = None;
+        // The result is announced as it is written; reads at a falling rate
+        // are the net below it (a watch lost with the connection).
+        let mut watch = self.queue.results.watch(key).await.ok();
         let mut delay = POLL_FIRST;
         loop {
             let last_error = match self.queue.results.get(key).await {
@@ -214,9 +219,23 @@ impl Nats {
                     ),
                 );
             }
-            tokio::select! {
-                () = tokio::time::sleep(delay) => {}
-                () = job.cancel.cancelled(), if killed_at.is_none() => {}
+            let announced = async {
+                match watch.as_mut() {
+                    Some(entries) => entries.next().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let heard = tokio::select! {
+                () = tokio::time::sleep(delay) => None,
+                () = job.cancel.cancelled(), if killed_at.is_none() => None,
+                entry = announced => Some(entry),
+            };
+            match heard {
+                Some(Some(Ok(entry))) if entry.operation == Operation::Put => {
+                    return self.land(job, key, &entry.value);
+                }
+                Some(Some(Ok(_))) | None => {}
+                Some(_) => watch = None,
             }
             delay = (delay * 2).min(POLL_MAX);
         }
