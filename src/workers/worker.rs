@@ -281,6 +281,9 @@ impl Worker {
         let result = JobResult::of(&key, &outcome, patch, &self.options.name, deliveries);
         let written = self.write(&result).await;
         progress.abort();
+        // Between the stored result and the ack: the job is delivered again
+        // and acked without running (tests/it/workers.rs).
+        crash_point!("worker.before_ack");
         if written {
             if let Err(error) = message.double_ack().await {
                 // The result is stored: a redelivery acks without running.

@@ -652,3 +652,46 @@ fn fleet_status_shows_each_instance_and_each_workers_slots_and_names_what_it_can
     assert!(agent.ctl(&["stop"]).status.success());
     assert!(agent.wait_exit(WAIT).success(), "{}", agent.logs());
 }
+
+#[test]
+fn a_job_delivered_again_after_its_result_was_written_is_acked_without_running() {
+    let dir = tempfile::tempdir().unwrap();
+    let nats = Nats::start(dir.path());
+    let config = config(dir.path(), &nats.url(), &[]);
+    let mut env = stand_in(dir.path(), "0");
+    // The first worker dies between writing the result and acking the job.
+    env.push(("FAILPOINTS", "worker.before_ack=return".into()));
+    let mut first = Worker::start(dir.path(), "w1", &nats, 1, &borrowed(&env));
+    let workspace = tiny_crate(dir.path());
+    let state = dir.path().join("state");
+    let mut agent = Daemon::bounded(&state, &config, &workspace, 1, &[]);
+    let child = first.child.as_mut().unwrap();
+    let died = poll_until("the first worker to die before its ack", WAIT, || {
+        child.try_wait().unwrap()
+    });
+    assert!(!died.success(), "{}", first.logs());
+    assert!(
+        first.logs().contains("failpoint worker.before_ack reached"),
+        "{}",
+        first.logs()
+    );
+    assert!(agent.wait_exit(WAIT).success(), "{}", agent.logs());
+    // The job is delivered again after the ack wait, to a second worker.
+    let env = stand_in(dir.path(), "0");
+    let second = Worker::start(dir.path(), "w2", &nats, 1, &borrowed(&env));
+    let log = dir.path().join("claude.log");
+    let acked = || {
+        std::fs::read_to_string(&second.stderr)
+            .unwrap_or_default()
+            .contains("acked without running")
+    };
+    poll_until("the second worker to ack it, or run it", WAIT, || {
+        (acked() || edit_jobs(&log) > 1).then_some(())
+    });
+    assert_eq!(edit_jobs(&log), 1, "run twice: {}", second.logs());
+    assert!(acked(), "{}", second.logs());
+    assert_eq!(second.status()["done"], 0);
+    let entry = only_iteration(&state);
+    assert_eq!(entry["outcome"], "accepted", "{entry}");
+    assert_eq!(entry["input_tokens"], TOKENS_PER_JOB, "{entry}");
+}
