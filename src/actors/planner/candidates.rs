@@ -88,7 +88,7 @@ pub(super) async fn run(
     );
     crash_point!("candidates.before_commit");
     let verdict = adopt(ctx, iteration, &chosen).await?;
-    finish(ctx, snapshot, chosen, verdict, others).await
+    finish(ctx, snapshot, (chosen, verdict), others, started).await
 }
 
 /// Runs every plan as a candidate at once and collects them, with the
@@ -411,9 +411,9 @@ async fn adopt(
 async fn finish(
     ctx: &Context,
     snapshot: PlannerSnapshot,
-    chosen: Candidate,
-    verdict: Option<Verdict>,
+    (chosen, verdict): (Candidate, Option<Verdict>),
     others: Vec<Candidate>,
+    started: Instant,
 ) -> Result<Iteration, StepError> {
     let mut experience = chosen.experience.clone();
     if let Some(verdict) = &verdict {
@@ -439,6 +439,9 @@ async fn finish(
         output_tokens: total.output_tokens + other.job.usage.output_tokens,
         cost_usd: total.cost_usd + other.job.usage.cost_usd,
     });
+    // The iteration took as long as all its candidates and the adoption;
+    // each experience keeps its own candidate's time.
+    committed.duration = started.elapsed();
     let siblings: Vec<Sibling> = others
         .into_iter()
         .map(|other| Sibling {
