@@ -42,18 +42,7 @@ fn daemon_with_dashboard_env(
     let state = dir.join("state");
     let mut daemon = Daemon::unbounded(&state, &config, &workspace, env);
     daemon.wait_status("the daemon answers", WAIT, |_| true);
-    let address = poll_until("the dashboard's address in the log", WAIT, || {
-        let logs = daemon.logs();
-        let line = logs.lines().find(|l| l.contains("serving the dashboard"))?;
-        let at = line.find("address=")? + "address=".len();
-        Some(
-            line[at..]
-                .split_whitespace()
-                .next()?
-                .trim_matches('"')
-                .to_string(),
-        )
-    });
+    let address = daemon.http_address();
     (daemon, address)
 }
 

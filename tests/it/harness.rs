@@ -295,6 +295,26 @@ impl Daemon {
         status
     }
 
+    /// The address of its HTTP listener (`[http] listen`), from its log.
+    pub fn http_address(&self) -> String {
+        poll_until(
+            "the HTTP listener's address in the log",
+            Duration::from_secs(120),
+            || {
+                let logs = self.logs();
+                let line = logs.lines().find(|l| l.contains("serving the dashboard"))?;
+                let at = line.find("address=")? + "address=".len();
+                Some(
+                    line[at..]
+                        .split_whitespace()
+                        .next()?
+                        .trim_matches('"')
+                        .to_string(),
+                )
+            },
+        )
+    }
+
     pub fn logs(&self) -> String {
         format!(
             "--- stdout\n{}\n--- stderr\n{}",

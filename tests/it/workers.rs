@@ -622,18 +622,7 @@ fn fleet_status_shows_each_instance_and_each_workers_slots_and_names_what_it_can
     let workspace = tiny_crate(dir.path());
     let mut agent = Daemon::unbounded(&dir.path().join("state"), &config, &workspace, &[]);
     agent.wait_status("a committed iteration", WAIT, |s| Daemon::committed(s) >= 1);
-    let address = poll_until("the agent's HTTP address", WAIT, || {
-        let logs = agent.logs();
-        let line = logs.lines().find(|l| l.contains("serving the dashboard"))?;
-        let at = line.find("address=")? + "address=".len();
-        Some(
-            line[at..]
-                .split_whitespace()
-                .next()?
-                .trim_matches('"')
-                .to_string(),
-        )
-    });
+    let address = agent.http_address();
     let gone = format!("http://127.0.0.1:{}", free_port());
     let fleet = dir.path().join("fleet.toml");
     std::fs::write(
