@@ -97,7 +97,10 @@ impl Nats {
             uploaded.insert(base.to_string());
             return Ok(());
         }
-        let bundle = git::bundle(cwd, base)?;
+        let bundle = {
+            let (cwd, base) = (cwd.to_path_buf(), base.to_string());
+            git::off_runtime(move || git::bundle(&cwd, &base)).await?
+        };
         let size = bundle.len();
         self.queue
             .bundles
@@ -123,8 +126,10 @@ impl Nats {
     async fn submit(&self, job: &Job, key: &str) -> Result<(), String> {
         self.connected(tokio::time::Instant::now() + job.timeout)
             .await?;
-        let base = git::head_commit(&job.cwd)?;
-        let base_changes = git::changes(&job.cwd, true)?;
+        let cwd = job.cwd.clone();
+        let (base, base_changes) =
+            git::off_runtime(move || Ok((git::head_commit(&cwd)?, git::changes(&cwd, true)?)))
+                .await?;
         self.upload(&job.cwd, &base).await?;
         let request = JobRequest {
             key: key.to_string(),
@@ -188,7 +193,7 @@ impl Nats {
         let mut delay = POLL_FIRST;
         loop {
             let last_error = match self.queue.results.get(key).await {
-                Ok(Some(bytes)) => return self.land(job, key, &bytes),
+                Ok(Some(bytes)) => return self.land(job, key, &bytes).await,
                 Ok(None) => None,
                 Err(error) => Some(why(&error)),
             };
@@ -232,7 +237,7 @@ impl Nats {
             };
             match heard {
                 Some(Some(Ok(entry))) if entry.operation == Operation::Put => {
-                    return self.land(job, key, &entry.value);
+                    return self.land(job, key, &entry.value).await;
                 }
                 Some(Some(Ok(_))) | None => {}
                 Some(_) => watch = None,
@@ -242,7 +247,7 @@ impl Nats {
     }
 
     /// A result as the job's outcome, its change applied in the worktree.
-    fn land(&self, job: &Job, key: &str, bytes: &[u8]) -> JobOutcome {
+    async fn land(&self, job: &Job, key: &str, bytes: &[u8]) -> JobOutcome {
         let result: JobResult = match serde_json::from_slice(bytes) {
             Ok(result) => result,
             Err(error) => {
@@ -255,7 +260,8 @@ impl Nats {
         };
         tracing::info!(key, worker = %result.worker, deliveries = result.deliveries, status = %result.status, "job result collected");
         let mut collected = result.outcome(job.id);
-        if let Err(error) = git::apply(&job.cwd, &result.patch) {
+        let (cwd, patch) = (job.cwd.clone(), result.patch.clone());
+        if let Err(error) = git::off_runtime(move || git::apply(&cwd, &patch)).await {
             collected.status = JobStatus::Failed;
             collected.error = Some(error);
         }

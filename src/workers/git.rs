@@ -15,6 +15,16 @@ fn text(error: git2::Error) -> String {
     error.message().to_string()
 }
 
+/// Runs git work off the async runtime's threads (libgit2 blocks: a diff
+/// of a large worktree, a pack of a whole tree).
+pub async fn off_runtime<T: Send + 'static>(
+    work: impl FnOnce() -> Result<T, String> + Send + 'static,
+) -> Result<T, String> {
+    tokio::task::spawn_blocking(work)
+        .await
+        .map_err(|e| format!("git work stopped: {e}"))?
+}
+
 /// The commit `dir`'s worktree stands on.
 pub fn head_commit(dir: &Path) -> Result<String, String> {
     let repo = Repository::open(dir).map_err(text)?;

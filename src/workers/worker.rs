@@ -348,19 +348,14 @@ impl Worker {
             let cache = self.cache.clone();
             let (checkout, base_changes) = (dir.clone(), request.base_changes.clone());
             let _ = std::fs::remove_dir_all(&checkout);
-            tokio::task::spawn_blocking(move || {
-                git::check_out(&cache, base, &checkout, &base_changes)
-            })
-            .await
-            .map_err(|e| e.to_string())??;
+            git::off_runtime(move || git::check_out(&cache, base, &checkout, &base_changes))
+                .await?;
             let outcome = self
                 .backend(request)?
                 .run(self.job(request, &dir, cancel), StartHook::ignored())
                 .await;
             let changed = dir.clone();
-            let patch = tokio::task::spawn_blocking(move || git::changes(&changed, false))
-                .await
-                .map_err(|e| e.to_string())??;
+            let patch = git::off_runtime(move || git::changes(&changed, false)).await?;
             Ok::<_, String>((outcome, patch))
         }
         .await;
@@ -434,12 +429,13 @@ impl Worker {
             .read_to_end(&mut bundle)
             .await
             .map_err(|e| format!("cannot read the bundle of {base}: {e}"))?;
-        let imported = git::import(&open()?, &bundle)?;
-        tracing::info!(
-            base,
-            bytes = bundle.len(),
-            "fetched the objects of a base commit"
-        );
+        let (cache, bytes) = (self.cache.clone(), bundle.len());
+        let imported = git::off_runtime(move || {
+            let repo = git2::Repository::open_bare(&cache).map_err(|e| e.message().to_string())?;
+            git::import(&repo, &bundle)
+        })
+        .await?;
+        tracing::info!(base, bytes, "fetched the objects of a base commit");
         if imported == oid {
             Ok(oid)
         } else {
